@@ -1,0 +1,74 @@
+"""The run context handed to spaces and objectives: paths, seed, cache, progress."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+
+def content_hash(payload: Any) -> str:
+    """SHA-256 (16 hex digits) of a JSON-serialisable payload, keys sorted."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ArtifactCache:
+    """Files keyed by a hash of what produced them.
+
+    ``path(namespace, payload, suffix)`` is where the artifact of ``payload``
+    lives; ``get_or_create`` calls ``make(path)`` only when that file does not
+    exist yet, writing atomically (to a temporary name, then renamed), so an
+    interrupted job never leaves a half-written artifact behind.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, namespace: str, payload: Any, suffix: str = "") -> Path:
+        return self.root / namespace / f"{content_hash(payload)}{suffix}"
+
+    def get_or_create(self, namespace: str, payload: Any, make: Callable[[Path], None],
+                      suffix: str = "") -> Path:
+        path = self.path(namespace, payload, suffix)
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        make(tmp)
+        os.replace(tmp, path)
+        meta = path.with_name(path.name + ".json")
+        meta.write_text(json.dumps(payload, sort_keys=True, indent=1, default=str))
+        return path
+
+
+@dataclass
+class Context:
+    """Shared by :meth:`SearchSpace.prepare` and :meth:`Objective.evaluate`."""
+
+    run_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.cache = ArtifactCache(Path(self.cache_dir) if self.cache_dir else self.run_dir / "cache")
+
+    def progress(self, *columns_unused: Any, transient: bool = True):
+        """A rich progress bar for a long step (teacher training, distillation)."""
+        from nasframe.progress import step_progress
+
+        return step_progress(self.console, disable=self.quiet, transient=transient)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)

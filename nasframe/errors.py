@@ -1,0 +1,52 @@
+"""The one error hierarchy of nasframe.
+
+The CLI maps :class:`ConfigError` (and its subclasses) to exit code 2 with a
+one-line message and no traceback; every other :class:`NasframeError` is a
+failure while running (exit code 1). A message names the bad value, where it
+came from, and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class NasframeError(Exception):
+    """Base of every error nasframe raises on purpose."""
+
+
+class ConfigError(NasframeError):
+    """Bad user input: an experiment file, a CLI argument, a plugin parameter.
+
+    ``problems`` holds one line per problem; ``str(err)`` joins them.
+    """
+
+    def __init__(self, *problems: str):
+        self.problems = [p for p in problems if p]
+        super().__init__("\n".join(self.problems))
+
+
+class PluginError(ConfigError):
+    """A plugin registered something invalid (wrong type, duplicate name)."""
+
+
+class RunError(NasframeError):
+    """A run could not continue (too many failures, a broken run directory)."""
+
+
+class EvaluationError(NasframeError):
+    """An objective could not evaluate a candidate."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` when a close choice exists, else ``""``."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_name(kind: str, value: str, choices: Iterable[str], where: str | None = None) -> str:
+    """A message for an unknown component name, listing what is available."""
+    choices = sorted(choices)
+    loc = f"{where}: " if where else ""
+    avail = ", ".join(choices) if choices else "none (is the plugin installed?)"
+    return f"{loc}unknown {kind} '{value}'{did_you_mean(value, choices)} available: {avail}"

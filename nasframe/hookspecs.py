@@ -1,0 +1,38 @@
+"""Hook specifications: one hook per kind of component.
+
+A plugin is a module (or object) with ``@hookimpl`` functions, exposed through
+an entry point in the ``nasframe`` group::
+
+    [project.entry-points.nasframe]
+    my_plugin = "my_package.plugin"
+
+Each hook is handed a typed registry; ``registry.add(cls)`` checks the class
+at once and rejects a wrong type or a duplicate name, naming both plugins.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from nasframe.registry import Registry
+
+PROJECT = "nasframe"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_search_spaces(registry: Registry) -> None:
+    """Add :class:`nasframe.SearchSpace` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_objectives(registry: Registry) -> None:
+    """Add :class:`nasframe.Objective` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_strategies(registry: Registry) -> None:
+    """Add :class:`nasframe.Strategy` subclasses with ``registry.add(cls)``."""

@@ -1,0 +1,97 @@
+"""Objectives: what a candidate is scored on, and where the number came from."""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from nasframe.candidate import Candidate
+    from nasframe.context import Context
+    from nasframe.space import SearchSpace
+
+Direction = Literal["min", "max"]
+Kind = Literal["proxy", "measured"]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a value came from.
+
+    ``kind`` is ``"proxy"`` (computed from the architecture or a cheap model of
+    the truth: parameter count, MACs, transformer count, short-training PSNR) or
+    ``"measured"`` (timed or scored on real hardware/data); ``backend`` names
+    the tool (``fvcore``, ``torch``, ``qai_hub``) and ``device`` the hardware.
+    ``details`` holds anything else worth keeping (threads, ops not counted).
+    """
+
+    kind: Kind
+    backend: str
+    device: str = "n/a"
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("proxy", "measured"):
+            raise ValueError(f"provenance kind must be 'proxy' or 'measured', got {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "backend": self.backend, "device": self.device,
+                "details": dict(self.details)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Provenance:
+        return cls(d["kind"], d["backend"], d.get("device", "n/a"), dict(d.get("details", {})))
+
+    def short(self) -> str:
+        return f"{self.kind}:{self.backend}@{self.device}"
+
+
+@dataclass(frozen=True)
+class Value:
+    """An objective's result: the number and, optionally, extra provenance details."""
+
+    value: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(abc.ABC):
+    """One number per candidate, minimised or maximised.
+
+    Subclasses set ``name``, ``direction`` (the default; YAML may override it),
+    ``kind`` (``proxy`` or ``measured``) and implement :meth:`evaluate`.
+    ``cost`` orders evaluation: the runner evaluates cheap objectives first, so
+    a candidate that breaks a constraint on a cheap one skips the expensive ones.
+    Constructor keyword arguments are the YAML ``params``.
+    """
+
+    name: ClassVar[str]
+    direction: ClassVar[Direction] = "min"
+    kind: ClassVar[Kind] = "proxy"
+    backend: ClassVar[str] = "python"
+    unit: ClassVar[str] = ""
+    cost: ClassVar[float] = 1.0
+
+    def prepare(self, space: SearchSpace, ctx: Context) -> None:
+        """One-time setup (load data, a reference model) before the search."""
+
+    def device(self, ctx: Context) -> str:
+        """The hardware the value is computed on (``n/a`` for pure proxies)."""
+        return "n/a"
+
+    def provenance(self, ctx: Context, details: dict[str, Any] | None = None) -> Provenance:
+        return Provenance(self.kind, self.backend, self.device(ctx), dict(details or {}))
+
+    @abc.abstractmethod
+    def evaluate(self, candidate: Candidate, ctx: Context) -> float | Value:
+        """Score one candidate. Raise to mark the trial failed."""
+
+    def __call__(self, candidate: Candidate, ctx: Context) -> tuple[float, Provenance]:
+        out = self.evaluate(candidate, ctx)
+        details = {}
+        if isinstance(out, Value):
+            out, details = out.value, out.details
+        value = float(out)
+        if math.isnan(value):
+            raise ValueError(f"objective '{self.name}' returned NaN")
+        return value, self.provenance(ctx, details)

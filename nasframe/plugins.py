@@ -1,0 +1,111 @@
+"""Plugin discovery: entry points in the ``nasframe`` group, loaded lazily, once.
+
+Environment variables:
+
+``NASFRAME_PLUGINS``
+    Comma-separated entry-point names to load (all others are skipped);
+    ``none`` (or an empty string) loads no plugin at all.
+``NASFRAME_DISABLE_PLUGINS``
+    Comma-separated entry-point names never to load.
+
+A plugin that fails to import, or whose hook raises, is reported by name in
+:attr:`Plugins.failures` (and by ``nasframe plugins``); the others keep working.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from nasframe import hookspecs
+from nasframe.objective import Objective
+from nasframe.registry import Registry
+from nasframe.space import SearchSpace
+from nasframe.strategy import Strategy
+
+GROUP = "nasframe"
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    plugin: str
+    error: str
+    detail: str
+
+
+class Plugins:
+    """The one plugin manager and its three registries, behind a typed API."""
+
+    def __init__(self) -> None:
+        self.search_spaces: Registry[SearchSpace] = Registry("search space", SearchSpace)
+        self.objectives: Registry[Objective] = Registry("objective", Objective)
+        self.strategies: Registry[Strategy] = Registry("strategy", Strategy)
+        self.failures: list[PluginFailure] = []
+        self.loaded: list[tuple[str, str]] = []  # (plugin name, version)
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+
+    def registry(self, kind: str) -> Registry:
+        return {"search_space": self.search_spaces, "objective": self.objectives,
+                "strategy": self.strategies}[kind]
+
+    # -- loading ---------------------------------------------------------
+    def load_entry_points(self) -> None:
+        only = os.environ.get("NASFRAME_PLUGINS")
+        allow = None if only is None else {n.strip() for n in only.split(",") if n.strip()} - {"none"}
+        deny = {n.strip() for n in os.environ.get("NASFRAME_DISABLE_PLUGINS", "").split(",") if n.strip()}
+        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+            if (allow is not None and ep.name not in allow) or ep.name in deny:
+                continue
+            version = ep.dist.version if ep.dist is not None else ""
+            try:
+                module = ep.load()
+            except Exception as err:  # a broken plugin must not break the others
+                self._fail(ep.name, err)
+                continue
+            self.register(module, ep.name, version)
+
+    def register(self, plugin: Any, name: str, version: str = "") -> None:
+        """Register a plugin object (module or instance with ``@hookimpl`` functions)."""
+        try:
+            self._pm.register(plugin, name=name)
+        except Exception as err:
+            self._fail(name, err)
+            return
+        ok = True
+        for hook, reg in (("register_search_spaces", self.search_spaces),
+                          ("register_objectives", self.objectives),
+                          ("register_strategies", self.strategies)):
+            impls = [i for i in getattr(self._pm.hook, hook).get_hookimpls() if i.plugin is plugin]
+            for impl in impls:
+                reg._current_plugin = (name, version)
+                try:
+                    impl.function(registry=reg)
+                except Exception as err:  # PluginError included: reported, not fatal
+                    self._fail(name, err)
+                    ok = False
+                finally:
+                    reg._current_plugin = ("<unknown>", "")
+        if ok:
+            self.loaded.append((name, version))
+
+    def _fail(self, name: str, err: BaseException) -> None:
+        self.failures.append(PluginFailure(name, f"{type(err).__name__}: {err}",
+                                           "".join(traceback.format_exception(err))))
+
+
+_PLUGINS: Plugins | None = None
+
+
+def get_plugins(reload: bool = False) -> Plugins:
+    """The process-wide plugin manager, loading entry points on first use."""
+    global _PLUGINS
+    if _PLUGINS is None or reload:
+        plugins = Plugins()
+        plugins.load_entry_points()
+        _PLUGINS = plugins
+    return _PLUGINS

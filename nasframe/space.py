@@ -1,0 +1,270 @@
+"""Search spaces: decisions, sampling, validation, encoding, models and graphs."""
+from __future__ import annotations
+
+import abc
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from nasframe.architecture import Architecture
+
+if TYPE_CHECKING:
+    import networkx as nx
+    import torch
+
+    from nasframe.context import Context
+
+
+# ---------------------------------------------------------------- decisions
+class Decision(abc.ABC):
+    """One choice of a search space. Subclasses: Categorical, Integer, Boolean."""
+
+    name: str
+
+    @abc.abstractmethod
+    def values(self) -> list[Any]:
+        """Every allowed value, in a fixed order."""
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        vals = self.values()
+        return vals[int(rng.integers(len(vals)))]
+
+    def contains(self, value: Any) -> bool:
+        return any(_same(value, v) for v in self.values())
+
+    @property
+    def width(self) -> int:
+        """Length of this decision's slice of :meth:`SearchSpace.encode`."""
+        return 1
+
+    def encode(self, value: Any) -> list[float]:
+        vals = self.values()
+        if len(vals) == 1:
+            return [0.0]
+        return [vals.index(value) / (len(vals) - 1)]
+
+    def decode(self, code: Sequence[float]) -> Any:
+        vals = self.values()
+        i = int(round(float(code[0]) * (len(vals) - 1))) if len(vals) > 1 else 0
+        return vals[min(max(i, 0), len(vals) - 1)]
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.values()}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    # 3 == 3.0 is fine for numbers, but True must not match 1
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@dataclass(frozen=True)
+class Categorical(Decision):
+    """An unordered choice; encoded one-hot."""
+
+    name: str
+    choices: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", tuple(tuple(c) if isinstance(c, list) else c
+                                                  for c in self.choices))
+        if not self.choices:
+            raise ValueError(f"decision '{self.name}' has no choices")
+
+    def values(self) -> list[Any]:
+        return list(self.choices)
+
+    @property
+    def width(self) -> int:
+        return len(self.choices)
+
+    def encode(self, value: Any) -> list[float]:
+        idx = next(i for i, c in enumerate(self.choices) if _same(value, c))
+        return [1.0 if i == idx else 0.0 for i in range(len(self.choices))]
+
+    def decode(self, code: Sequence[float]) -> Any:
+        return self.choices[int(np.argmax(np.asarray(code, dtype=float)))]
+
+
+@dataclass(frozen=True)
+class Integer(Decision):
+    """An ordered integer in ``[low, high]`` with ``step``; encoded to [0, 1]."""
+
+    name: str
+    low: int
+    high: int
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.high < self.low or self.step < 1:
+            raise ValueError(f"decision '{self.name}': need low <= high and step >= 1")
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+@dataclass(frozen=True)
+class Boolean(Decision):
+    """A yes/no choice; encoded 0/1."""
+
+    name: str
+
+    def values(self) -> list[bool]:
+        return [False, True]
+
+
+# ------------------------------------------------------------ search space
+class SearchSpace(abc.ABC):
+    """A family of architectures and how to build them.
+
+    Lifecycle: the runner instantiates the space with the YAML ``params``,
+    calls :meth:`prepare` once (train teachers, distil components; cache by
+    content hash through ``ctx.cache``), then, for each architecture a strategy
+    proposes, :meth:`validate` and, lazily, :meth:`build`.
+
+    Subclasses implement :meth:`decisions` and :meth:`build`; they may override
+    :meth:`check` (extra validity rules with a reason), :meth:`graph`,
+    :meth:`reference_architectures`, :meth:`example_inputs` and :meth:`prepare`.
+    """
+
+    name: ClassVar[str]
+    #: a default input shape for :meth:`example_inputs` (objectives may override it)
+    input_shape: ClassVar[tuple[int, ...] | None] = None
+
+    # -- to implement ----------------------------------------------------
+    @abc.abstractmethod
+    def decisions(self) -> Sequence[Decision]:
+        """The decisions, in a fixed order (which fixes the encoding)."""
+
+    @abc.abstractmethod
+    def build(self, arch: Architecture) -> torch.nn.Module:
+        """A freshly initialised model for a valid architecture."""
+
+    # -- optional hooks --------------------------------------------------
+    def check(self, arch: Architecture) -> str | None:
+        """Extra validity rules: return a reason if ``arch`` cannot be built, else None."""
+        return None
+
+    def reference_architectures(self) -> dict[str, Architecture]:
+        """Named baselines evaluated before the search (e.g. ``teacher``)."""
+        return {}
+
+    def prepare(self, ctx: Context) -> None:
+        """One-time work before the search; cache artifacts with ``ctx.cache``."""
+
+    def example_inputs(self, arch: Architecture, input_shape: Sequence[int] | None = None,
+                       batch_size: int = 1) -> tuple[Any, ...]:
+        """Inputs for one forward pass (used by ``gmacs`` and ``latency``)."""
+        import torch
+
+        shape = tuple(input_shape) if input_shape else self.input_shape
+        if shape is None:
+            raise ValueError(f"search space '{self.name}' has no default input shape; "
+                             "give `input_shape` in the objective's params")
+        if input_shape is None:
+            shape = (batch_size, *shape)
+        return (torch.randn(*shape),)
+
+    def graph(self, arch: Architecture) -> nx.DiGraph:
+        """The block graph: nodes carry ``kind``, ``channels`` and ``resolution``.
+
+        The default is a chain of the built model's top-level children.
+        """
+        import networkx as nx
+
+        g = nx.DiGraph()
+        prev = None
+        for name, child in self.build(arch).named_children():
+            g.add_node(name, kind=type(child).__name__, channels=None, resolution=None)
+            if prev is not None:
+                g.add_edge(prev, name)
+            prev = name
+        return g
+
+    # -- provided --------------------------------------------------------
+    def decision_map(self) -> dict[str, Decision]:
+        return {d.name: d for d in self.decisions()}
+
+    def validate(self, arch: Architecture) -> str | None:
+        """None when ``arch`` belongs to this space, else the reason it does not."""
+        decisions = self.decision_map()
+        missing = [n for n in decisions if n not in arch]
+        extra = [n for n in arch if n not in decisions]
+        if missing:
+            return f"missing decisions: {', '.join(missing)}"
+        if extra:
+            return f"unknown decisions: {', '.join(extra)} (this space has: {', '.join(decisions)})"
+        for name, dec in decisions.items():
+            if not dec.contains(arch[name]):
+                return f"decision '{name}' = {arch[name]!r} is not one of {dec.values()}"
+        return self.check(arch)
+
+    def is_valid(self, arch: Architecture) -> bool:
+        return self.validate(arch) is None
+
+    def sample(self, rng: np.random.Generator, max_tries: int = 1000) -> Architecture:
+        """A valid architecture drawn uniformly per decision (rejection sampling)."""
+        decisions = self.decisions()
+        reason = None
+        for _ in range(max_tries):
+            arch = Architecture({d.name: d.sample(rng) for d in decisions})
+            reason = self.validate(arch)
+            if reason is None:
+                return arch
+        raise RuntimeError(f"search space '{self.name}': no valid sample in {max_tries} tries "
+                           f"(last reason: {reason})")
+
+    @property
+    def encoding_width(self) -> int:
+        return sum(d.width for d in self.decisions())
+
+    def encode(self, arch: Architecture) -> np.ndarray:
+        """A float vector: one-hot for categoricals, [0, 1] for integers and booleans."""
+        out: list[float] = []
+        for d in self.decisions():
+            out.extend(d.encode(arch[d.name]))
+        return np.asarray(out, dtype=float)
+
+    def decode(self, vector: Sequence[float]) -> Architecture:
+        """The architecture nearest to an encoded vector (inverse of :meth:`encode`)."""
+        vector = np.asarray(vector, dtype=float)
+        if vector.shape != (self.encoding_width,):
+            raise ValueError(f"expected a vector of length {self.encoding_width}, got {vector.shape}")
+        values, i = {}, 0
+        for d in self.decisions():
+            values[d.name] = d.decode(vector[i:i + d.width])
+            i += d.width
+        return Architecture(values)
+
+    @property
+    def size(self) -> int:
+        """Number of decision combinations (valid or not): an upper bound."""
+        return math.prod(len(d.values()) for d in self.decisions())
+
+    def is_finite(self) -> bool:
+        return True
+
+    def enumerate(self, limit: int | None = None) -> Iterator[Architecture]:
+        """Every valid architecture, in a fixed (lexicographic) order."""
+        decisions = self.decisions()
+        count = 0
+        for combo in itertools.product(*(d.values() for d in decisions)):
+            arch = Architecture({d.name: v for d, v in zip(decisions, combo)})
+            if self.check(arch) is None:
+                yield arch
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "decisions": [d.describe() for d in self.decisions()],
+                "size": self.size}

@@ -1,0 +1,60 @@
+"""Search strategies: ask/tell with a resumable, JSON-serialisable state."""
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nasframe.architecture import Architecture
+from nasframe.trial import Problem, Trial
+
+
+class Strategy(abc.ABC):
+    """Proposes architectures and learns from their results.
+
+    Lifecycle: ``Strategy(problem, seed=..., **params)``; then repeatedly
+    :meth:`ask` for up to ``n`` architectures and :meth:`tell` the finished
+    trials (complete, failed or infeasible; in any order; possibly trials the
+    strategy did not ask for, such as reference architectures or duplicates
+    answered from the store). After every tell the runner stores
+    :meth:`state_dict`; a resumed run calls :meth:`load_state_dict` on a fresh
+    instance and continues the same search.
+
+    ``ask`` returns an empty list when the strategy has nothing left to propose.
+    The state must be JSON-serialisable (no pickles): use
+    :meth:`rng_state` / :meth:`set_rng_state` for ``self.rng``.
+    """
+
+    name: ClassVar[str]
+    #: True when the strategy needs a finite, enumerable space
+    requires_finite_space: ClassVar[bool] = False
+
+    def __init__(self, problem: Problem, seed: int = 0):
+        self.problem = problem
+        self.space = problem.space
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    @abc.abstractmethod
+    def ask(self, n: int) -> list[Architecture]:
+        """Up to ``n`` architectures to evaluate next."""
+
+    @abc.abstractmethod
+    def tell(self, trials: Sequence[Trial]) -> None:
+        """Results of finished trials."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue; JSON-serialisable."""
+        return {"rng": self.rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.set_rng_state(state["rng"])
+
+    # -- helpers ---------------------------------------------------------
+    def rng_state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state

@@ -1,0 +1,127 @@
+"""Immutable records: objective specs, constraints, problems and trials."""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from nasframe.architecture import Architecture
+from nasframe.objective import Provenance
+
+if TYPE_CHECKING:
+    from nasframe.space import SearchSpace
+
+Status = Literal["running", "complete", "failed", "pruned"]
+STATUSES = ("running", "complete", "failed", "pruned")
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """An objective as the search sees it: its key in trial values and direction."""
+
+    key: str
+    direction: Literal["min", "max"]
+
+    def to_min(self, value: float) -> float:
+        return value if self.direction == "min" else -value
+
+
+_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``key op bound`` with op ``<=`` or ``>=`` (``<``/``>`` are read as such)."""
+
+    key: str
+    op: Literal["<=", ">="]
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        m = _CONSTRAINT_RE.match(str(text))
+        if not m:
+            raise ValueError(f"cannot read constraint {text!r}; write it as 'NAME <= NUMBER' "
+                             "or 'NAME >= NUMBER', e.g. 'gmacs <= 20'")
+        key, op, bound = m.groups()
+        return cls(key, "<=" if op.startswith("<") else ">=", float(bound))
+
+    def violation(self, value: float | None) -> float:
+        """0 when satisfied, else how far off (inf when the value is missing)."""
+        if value is None or math.isnan(value):
+            return math.inf
+        return max(0.0, value - self.bound) if self.op == "<=" else max(0.0, self.bound - value)
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.op} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a strategy optimises: the space, the objectives and the constraints."""
+
+    space: SearchSpace
+    objectives: tuple[ObjectiveSpec, ...]
+    constraints: tuple[Constraint, ...] = ()
+
+    @property
+    def keys(self) -> list[str]:
+        return [o.key for o in self.objectives]
+
+    def minimised(self, trial: Trial) -> np.ndarray:
+        """The trial's objective vector, every component to be minimised (NaN if missing)."""
+        return np.array([o.to_min(trial.values[o.key]) if o.key in trial.values else math.nan
+                         for o in self.objectives], dtype=float)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluation of one architecture. Never changed once read."""
+
+    number: int
+    arch: Architecture
+    status: Status
+    values: Mapping[str, float] = field(default_factory=dict)
+    provenance: Mapping[str, Provenance] = field(default_factory=dict)
+    feasible: bool | None = None
+    violation: float = 0.0
+    error: str | None = None
+    seed: int = 0
+    origin: str = "strategy"
+    started: float | None = None
+    finished: float | None = None
+    attempt: int = 1
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+    @property
+    def is_reference(self) -> bool:
+        return self.origin.startswith("reference:")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete"
+
+
+def evaluate_constraints(constraints: Sequence[Constraint], values: Mapping[str, float]) -> tuple[bool, float]:
+    """(feasible, total violation) of ``values`` under ``constraints``."""
+    total = sum(c.violation(values.get(c.key)) for c in constraints)
+    return total == 0.0, float(total)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
