@@ -41,15 +41,21 @@ class Decision(abc.ABC):
         """Length of this decision's slice of :meth:`SearchSpace.encode`."""
         return 1
 
+    def index(self, value: Any) -> int:
+        """Position of ``value`` in :meth:`values`; a ValueError naming the decision if absent."""
+        for i, v in enumerate(self.values()):
+            if _same(value, v):
+                return i
+        raise ValueError(f"decision '{self.name}': {value!r} is not one of {self.values()}")
+
     def encode(self, value: Any) -> list[float]:
         vals = self.values()
-        if len(vals) == 1:
-            return [0.0]
-        return [vals.index(value) / (len(vals) - 1)]
+        i = self.index(value)
+        return [0.0] if len(vals) == 1 else [i / (len(vals) - 1)]
 
     def decode(self, code: Sequence[float]) -> Any:
         vals = self.values()
-        i = int(round(float(code[0]) * (len(vals) - 1))) if len(vals) > 1 else 0
+        i = math.floor(float(code[0]) * (len(vals) - 1) + 0.5) if len(vals) > 1 else 0
         return vals[min(max(i, 0), len(vals) - 1)]
 
     def describe(self) -> str:
@@ -79,6 +85,9 @@ class Categorical(Decision):
                                                   for c in self.choices))
         if not self.choices:
             raise ValueError(f"decision '{self.name}' has no choices")
+        for i, c in enumerate(self.choices):
+            if any(_same(c, d) for d in self.choices[:i]):
+                raise ValueError(f"decision '{self.name}': choice {c!r} appears twice")
 
     def values(self) -> list[Any]:
         return list(self.choices)
@@ -88,7 +97,7 @@ class Categorical(Decision):
         return len(self.choices)
 
     def encode(self, value: Any) -> list[float]:
-        idx = next(i for i, c in enumerate(self.choices) if _same(value, c))
+        idx = self.index(value)
         return [1.0 if i == idx else 0.0 for i in range(len(self.choices))]
 
     def decode(self, code: Sequence[float]) -> Any:
@@ -132,7 +141,9 @@ class SearchSpace(abc.ABC):
     proposes, :meth:`validate` and, lazily, :meth:`build`.
 
     Subclasses implement :meth:`decisions` and :meth:`build`; they may override
-    :meth:`check` (extra validity rules with a reason), :meth:`graph`,
+    :meth:`check` (extra validity rules with a reason), :meth:`canonicalize`
+    (map equivalent encodings to one architecture), :meth:`sample` (when
+    rejection sampling would skew the distribution), :meth:`graph`,
     :meth:`reference_architectures`, :meth:`example_inputs` and :meth:`prepare`.
     """
 
@@ -154,6 +165,13 @@ class SearchSpace(abc.ABC):
         """Extra validity rules: return a reason if ``arch`` cannot be built, else None."""
         return None
 
+    def canonicalize(self, arch: Architecture) -> Architecture:
+        """The canonical form of ``arch`` (e.g. unused decisions reset); identity by default.
+
+        :meth:`decode` applies it, so model-based strategies land on valid architectures.
+        """
+        return arch
+
     def reference_architectures(self) -> dict[str, Architecture]:
         """Named baselines evaluated before the search (e.g. ``teacher``)."""
         return {}
@@ -163,7 +181,12 @@ class SearchSpace(abc.ABC):
 
     def example_inputs(self, arch: Architecture, input_shape: Sequence[int] | None = None,
                        batch_size: int = 1) -> tuple[Any, ...]:
-        """Inputs for one forward pass (used by ``gmacs`` and ``latency``)."""
+        """Inputs for one forward pass (used by ``gmacs`` and ``latency``).
+
+        ``input_shape``, when given, is the full shape including the batch
+        dimension and ``batch_size`` is ignored; otherwise the space's
+        :attr:`input_shape` (without batch) is used with ``batch_size``.
+        """
         import torch
 
         shape = tuple(input_shape) if input_shape else self.input_shape
@@ -212,7 +235,10 @@ class SearchSpace(abc.ABC):
         return self.validate(arch) is None
 
     def sample(self, rng: np.random.Generator, max_tries: int = 1000) -> Architecture:
-        """A valid architecture drawn uniformly per decision (rejection sampling)."""
+        """A valid architecture drawn uniformly per decision (rejection sampling).
+
+        Spaces whose decisions matter only conditionally may override it.
+        """
         decisions = self.decisions()
         reason = None
         for _ in range(max_tries):
@@ -243,7 +269,7 @@ class SearchSpace(abc.ABC):
         for d in self.decisions():
             values[d.name] = d.decode(vector[i:i + d.width])
             i += d.width
-        return Architecture(values)
+        return self.canonicalize(Architecture(values))
 
     @property
     def size(self) -> int:

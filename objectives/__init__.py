@@ -1,1 +1,18 @@
-"""placeholder"""
+"""Built-in objectives: ``params``, ``gmacs``, ``latency`` and ``quick_psnr``.
+
+A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
+group). The classes are imported inside the hook so that loading the plugin
+stays cheap. Other plugins can teach ``gmacs`` new ops with
+:func:`objectives.cost.register_op_handle`.
+"""
+from nasframe import hookimpl
+
+
+@hookimpl
+def register_objectives(registry):
+    from objectives.cost import GMACs, Params
+    from objectives.latency import Latency
+    from objectives.quick_psnr import QuickPSNR
+
+    for cls in (Params, GMACs, Latency, QuickPSNR):
+        registry.add(cls)

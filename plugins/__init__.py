@@ -1,1 +1,18 @@
-"""placeholder"""
+"""Built-in search strategies, registered through the ``nasframe`` entry point like any plugin."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nasframe import hookimpl
+
+if TYPE_CHECKING:
+    from nasframe.registry import Registry
+
+
+@hookimpl
+def register_strategies(registry: Registry) -> None:
+    from plugins.grid import GridSearch
+    from plugins.random_search import RandomSearch
+
+    registry.add(RandomSearch)
+    registry.add(GridSearch)

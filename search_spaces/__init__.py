@@ -1,1 +1,16 @@
-"""placeholder"""
+"""Built-in search spaces, registered through the ``nasframe`` entry point like any plugin."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nasframe import hookimpl
+
+if TYPE_CHECKING:
+    from nasframe.registry import Registry
+
+
+@hookimpl
+def register_search_spaces(registry: Registry) -> None:
+    from search_spaces.denoiser import ConvDenoiserSpace
+
+    registry.add(ConvDenoiserSpace)

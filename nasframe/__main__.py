@@ -1,0 +1,5 @@
+import sys
+
+from nasframe.cli import main
+
+sys.exit(main())

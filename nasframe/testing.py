@@ -1,0 +1,270 @@
+"""A conformance suite for plugin authors (pytest).
+
+Subclass the contract for your component in a test module; pytest collects
+the subclass when its name starts with ``Test``::
+
+    from nasframe.testing import SearchSpaceContract
+
+    class TestMySpace(SearchSpaceContract):
+        def make_space(self):
+            return MySpace(preset="tiny")
+
+``ObjectiveContract`` needs ``make_objective`` (and may override
+``make_space``: the default is :class:`ToySpace`); ``StrategyContract`` needs
+``make_strategy(problem, seed)``. Each test states one rule of the contract.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from nasframe.architecture import Architecture
+from nasframe.candidate import Candidate
+from nasframe.context import Context
+from nasframe.objective import Objective, Provenance
+from nasframe.space import Boolean, Categorical, Integer, SearchSpace
+from nasframe.strategy import Strategy
+from nasframe.trial import ObjectiveSpec, Problem, Trial
+
+
+class ToySpace(SearchSpace):
+    """A tiny finite space of MLPs (4 -> 2), for testing objectives and strategies."""
+
+    name = "toy"
+    input_shape = (4,)
+
+    def __init__(self, widths: Sequence[int] = (2, 4, 8), max_depth: int = 3):
+        self.widths = tuple(widths)
+        self.max_depth = max_depth
+
+    def decisions(self):
+        return [Categorical("width", self.widths), Integer("depth", 1, self.max_depth),
+                Boolean("activation")]
+
+    def build(self, arch: Architecture) -> torch.nn.Module:
+        layers: list[torch.nn.Module] = []
+        width_in = 4
+        for _ in range(arch["depth"]):
+            layers.append(torch.nn.Linear(width_in, arch["width"]))
+            if arch["activation"]:
+                layers.append(torch.nn.ReLU())
+            width_in = arch["width"]
+        layers.append(torch.nn.Linear(width_in, 2))
+        return torch.nn.Sequential(*layers)
+
+
+def _fake_value(arch: Architecture, k: int) -> float:
+    return (int(arch.id[2 * k: 2 * k + 6], 16) % 1000) / 10.0
+
+
+def fake_trials(problem: Problem, archs: Sequence[Architecture], start: int = 0,
+                fail_every: int = 0) -> list[Trial]:
+    """Finished trials with deterministic pseudo-values (every ``fail_every``-th failed)."""
+    out = []
+    for i, arch in enumerate(archs):
+        if fail_every and (start + i) % fail_every == fail_every - 1:
+            out.append(Trial(start + i, arch, "failed", error="synthetic failure"))
+            continue
+        values = {o.key: _fake_value(arch, k) for k, o in enumerate(problem.objectives)}
+        prov = {o.key: Provenance("proxy", "test") for o in problem.objectives}
+        out.append(Trial(start + i, arch, "complete", values, prov, feasible=True))
+    return out
+
+
+class SearchSpaceContract:
+    """The contract of a :class:`SearchSpace`. Implement :meth:`make_space`."""
+
+    n_samples = 4
+    #: enumerate and check every architecture when the space has at most this many
+    max_enumerate = 2000
+
+    def make_space(self) -> SearchSpace:
+        raise NotImplementedError("return an instance of your search space (a small preset)")
+
+    def _samples(self, space: SearchSpace, seed: int = 0) -> list[Architecture]:
+        rng = np.random.default_rng(seed)
+        return [space.sample(rng) for _ in range(self.n_samples)]
+
+    def test_is_named_and_concrete(self):
+        space = self.make_space()
+        assert isinstance(space, SearchSpace)
+        assert isinstance(type(space).name, str) and type(space).name
+        assert not inspect.isabstract(type(space))
+
+    def test_decisions_have_unique_names_and_values(self):
+        decisions = self.make_space().decisions()
+        names = [d.name for d in decisions]
+        assert names and len(names) == len(set(names))
+        assert all(len(d.values()) >= 1 for d in decisions)
+
+    def test_sampling_is_valid_and_seeded(self):
+        space = self.make_space()
+        a, b = self._samples(space, 1), self._samples(space, 1)
+        assert a == b, "the same seed must give the same samples"
+        assert all(space.validate(x) is None for x in a)
+
+    def test_validate_names_the_problem(self):
+        space = self.make_space()
+        arch = self._samples(space)[0]
+        first = space.decisions()[0].name
+        reason = space.validate(arch.replace(**{first: "__not_a_value__"}))
+        assert reason and first in reason
+        reason = space.validate(Architecture({**arch, "__unknown__": 1}))
+        assert reason and "__unknown__" in reason
+
+    def test_encode_decode_round_trip(self):
+        space = self.make_space()
+        for arch in self._samples(space):
+            vec = space.encode(arch)
+            assert vec.shape == (space.encoding_width,) and np.isfinite(vec).all()
+            assert space.decode(vec) == arch
+
+    def test_build_runs_a_forward_pass(self):
+        space = self.make_space()
+        for arch in self._samples(space)[:2]:
+            cand = Candidate(space, arch, seed=0)
+            with torch.no_grad():
+                y = cand.model(*cand.example_inputs())
+            tensors = [y] if isinstance(y, torch.Tensor) else [t for t in _flatten(y)
+                                                                  if isinstance(t, torch.Tensor)]
+            assert tensors and all(torch.isfinite(t).all() for t in tensors)
+
+    def test_build_is_seeded(self):
+        space = self.make_space()
+        arch = self._samples(space)[0]
+        p1 = [p.detach().clone() for p in Candidate(space, arch, seed=3).model.parameters()]
+        p2 = list(Candidate(space, arch, seed=3).model.parameters())
+        assert all(torch.equal(x, y) for x, y in zip(p1, p2))
+
+    def test_graph_nodes_carry_attributes(self):
+        space = self.make_space()
+        g = space.graph(self._samples(space)[0])
+        assert g.number_of_nodes() > 0
+        for _, attrs in g.nodes(data=True):
+            assert {"kind", "channels", "resolution"} <= set(attrs)
+
+    def test_reference_architectures_are_valid(self):
+        space = self.make_space()
+        for name, arch in space.reference_architectures().items():
+            assert isinstance(arch, Architecture)
+            assert space.validate(arch) is None, f"reference '{name}': {space.validate(arch)}"
+
+    def test_enumeration_is_valid_and_unique(self):
+        space = self.make_space()
+        if not space.is_finite() or space.size > self.max_enumerate:
+            return
+        archs = list(space.enumerate())
+        assert archs and len({a.id for a in archs}) == len(archs)
+        assert all(space.validate(a) is None for a in archs)
+
+
+def _flatten(obj):
+    if isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _flatten(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _flatten(x)
+    elif hasattr(obj, "to_tuple"):
+        yield from _flatten(obj.to_tuple())
+    else:
+        yield obj
+
+
+class ObjectiveContract:
+    """The contract of an :class:`Objective`. Implement :meth:`make_objective`."""
+
+    def make_objective(self) -> Objective:
+        raise NotImplementedError("return an instance of your objective")
+
+    def make_space(self) -> SearchSpace:
+        return ToySpace()
+
+    def _evaluate(self, tmp_path, seed: int = 0):
+        space, obj = self.make_space(), self.make_objective()
+        ctx = Context(run_dir=tmp_path, quiet=True)
+        obj.prepare(space, ctx)
+        arch = space.sample(np.random.default_rng(seed))
+        return obj(Candidate(space, arch, seed=seed), ctx)
+
+    def test_declares_name_direction_and_kind(self):
+        obj = self.make_objective()
+        assert isinstance(type(obj).name, str) and type(obj).name
+        assert obj.direction in ("min", "max")
+        assert obj.kind in ("proxy", "measured")
+
+    def test_returns_a_finite_value_with_provenance(self, tmp_path):
+        value, prov = self._evaluate(tmp_path)
+        assert isinstance(value, float) and math.isfinite(value)
+        assert isinstance(prov, Provenance)
+        assert prov.kind == self.make_objective().kind
+        assert prov.backend and prov.device
+        json.dumps(prov.to_dict(), default=str)
+
+    def test_proxies_are_deterministic(self, tmp_path):
+        if self.make_objective().kind != "proxy":
+            return
+        assert self._evaluate(tmp_path)[0] == self._evaluate(tmp_path)[0]
+
+
+class StrategyContract:
+    """The contract of a :class:`Strategy`. Implement :meth:`make_strategy`."""
+
+    batch = 3
+    steps = 4
+
+    def make_strategy(self, problem: Problem, seed: int) -> Strategy:
+        raise NotImplementedError("return an instance of your strategy for this problem")
+
+    def make_problem(self) -> Problem:
+        return Problem(ToySpace(), (ObjectiveSpec("a", "min"), ObjectiveSpec("b", "max")))
+
+    def _drive(self, strategy: Strategy, problem: Problem, steps: int, start: int = 0):
+        asked_all = []
+        n = start
+        for _ in range(steps):
+            asked = strategy.ask(self.batch)
+            asked_all.append(asked)
+            trials = fake_trials(problem, asked, n, fail_every=5)
+            n += len(trials)
+            strategy.tell(trials)
+        return asked_all, n
+
+    def test_asks_valid_architectures(self):
+        problem = self.make_problem()
+        strategy = self.make_strategy(problem, 0)
+        asked, _ = self._drive(strategy, problem, self.steps)
+        flat = [a for batch in asked for a in batch]
+        assert flat, "the strategy proposed nothing"
+        assert all(len(batch) <= self.batch for batch in asked)
+        assert all(isinstance(a, Architecture) and problem.space.validate(a) is None for a in flat)
+
+    def test_same_seed_same_sequence(self):
+        problem = self.make_problem()
+        a, _ = self._drive(self.make_strategy(problem, 7), problem, self.steps)
+        b, _ = self._drive(self.make_strategy(problem, 7), problem, self.steps)
+        assert a == b
+
+    def test_state_round_trip_continues_the_same_search(self):
+        problem = self.make_problem()
+        first = self.make_strategy(problem, 1)
+        _, n = self._drive(first, problem, 2)
+        state = json.loads(json.dumps(first.state_dict()))  # must survive JSON
+        second = self.make_strategy(problem, 999)
+        second.load_state_dict(state)
+        a, _ = self._drive(first, problem, 2, n)
+        b, _ = self._drive(second, problem, 2, n)
+        assert a == b
+
+    def test_accepts_trials_it_did_not_ask_for(self):
+        problem = self.make_problem()
+        strategy = self.make_strategy(problem, 0)
+        rng = np.random.default_rng(5)
+        foreign = [problem.space.sample(rng) for _ in range(3)]
+        strategy.tell(fake_trials(problem, foreign, 100))
+        assert all(problem.space.validate(a) is None for a in strategy.ask(self.batch))

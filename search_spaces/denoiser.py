@@ -1,0 +1,173 @@
+"""``conv_denoiser``: compact convolutional image denoisers with a global residual.
+
+A model maps ``(B, C, H, W) -> (B, C, H, W)`` as ``x + tail(body(head(x)))``:
+
+* ``head``: 3x3 conv, ``C -> width``;
+* ``body``: ``depth`` blocks, block ``i`` a ``kernel_i x kernel_i`` conv (``width -> width``)
+  then ReLU, plus the block's input when ``residual_blocks`` is set;
+* ``tail``: 3x3 conv, ``width -> C``.
+
+Every conv pads by ``kernel // 2`` (kernels are odd), so ``H`` and ``W`` never change.
+
+Canonical form. There is one ``kernel_i`` decision per possible block
+(``i < max(depths)``), but only the first ``depth`` are used. So that one model
+has exactly one architecture (one id, one cache entry, one trial), an unused
+kernel must hold the canonical value ``kernels[0]``; :meth:`ConvDenoiserSpace.check`
+rejects anything else and says why. :meth:`ConvDenoiserSpace.canonicalize` folds
+an arbitrary combination (say, a decoded vector) onto its canonical form, and
+:meth:`ConvDenoiserSpace.sample` draws the active decisions only, so depths are
+drawn uniformly rather than biased by rejection towards the deepest.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nasframe.architecture import Architecture
+from nasframe.space import Boolean, Categorical, Decision, SearchSpace
+
+if TYPE_CHECKING:
+    import networkx as nx
+    import torch
+
+HEAD_TAIL_KERNEL = 3  # the head and tail conv size
+
+
+def _int_choices(param: str, values: Any, *, odd: bool = False) -> tuple[int, ...]:
+    """``values`` as a tuple of distinct positive ints, or a ValueError naming ``param``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"`{param}` must be a list of positive integers, got {values!r}; "
+                         f"write it as e.g. `{param}: [3, 5]`")
+    if len(values) == 0:
+        raise ValueError(f"`{param}` is empty; give at least one value, e.g. `{param}: [3]`")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"`{param}` holds {v!r}; every value must be a positive integer")
+        if odd and v % 2 == 0:
+            raise ValueError(f"`{param}` holds the even kernel size {v}; use odd sizes "
+                             f"(e.g. {v - 1} or {v + 1}) so that padding keeps the image size")
+        out.append(int(v))
+    dupes = sorted({v for v in out if out.count(v) > 1})
+    if dupes:
+        raise ValueError(f"`{param}` repeats {dupes}; list each value once")
+    return tuple(out)
+
+
+def _positive_int(param: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{param}` must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class ConvDenoiserSpace(SearchSpace):
+    """Compact conv denoisers: depth, width, a kernel per block, optional block residuals.
+
+    Params (YAML ``params``): ``depths`` (numbers of body blocks), ``widths``
+    (body channels), ``kernels`` (odd kernel sizes; ``kernels[0]`` is the
+    canonical value of unused kernel decisions), ``image_channels`` and
+    ``input_size`` (the default example input is ``(image_channels, input_size,
+    input_size)``, no batch dimension).
+
+    Decisions, in encoding order: ``depth``, ``width``, ``residual_blocks``,
+    ``kernel_0`` ... ``kernel_{max(depths) - 1}``.
+    """
+
+    name = "conv_denoiser"
+    input_shape = (3, 64, 64)
+
+    def __init__(self, depths: Sequence[int] = (2, 3, 4), widths: Sequence[int] = (8, 16, 24),
+                 kernels: Sequence[int] = (3, 5), image_channels: int = 3, input_size: int = 64):
+        self.depths = _int_choices("depths", depths)
+        self.widths = _int_choices("widths", widths)
+        self.kernels = _int_choices("kernels", kernels, odd=True)
+        self.image_channels = _positive_int("image_channels", image_channels)
+        self.input_size = _positive_int("input_size", input_size)
+        self.input_shape = (self.image_channels, self.input_size, self.input_size)
+        self.max_depth = max(self.depths)
+        self._decisions: tuple[Decision, ...] = (
+            Categorical("depth", self.depths),
+            Categorical("width", self.widths),
+            Boolean("residual_blocks"),
+            *(Categorical(f"kernel_{i}", self.kernels) for i in range(self.max_depth)),
+        )
+
+    def __repr__(self) -> str:
+        return (f"ConvDenoiserSpace(depths={self.depths}, widths={self.widths}, "
+                f"kernels={self.kernels}, image_channels={self.image_channels}, "
+                f"input_size={self.input_size})")
+
+    # -- decisions and validity ---------------------------------------------
+    def decisions(self) -> Sequence[Decision]:
+        return self._decisions
+
+    def check(self, arch: Architecture) -> str | None:
+        depth, canonical = arch["depth"], self.kernels[0]
+        for i in range(depth, self.max_depth):
+            if arch[f"kernel_{i}"] != canonical:
+                return (f"decision 'kernel_{i}' = {arch[f'kernel_{i}']!r} is unused at depth "
+                        f"{depth} and must hold the canonical value {canonical} (kernels[0]), "
+                        "so that each model has exactly one architecture")
+        return None
+
+    def canonicalize(self, arch: Architecture) -> Architecture:
+        """``arch`` with its unused kernel decisions set to ``kernels[0]``."""
+        depth = arch["depth"]
+        return arch.replace(**{f"kernel_{i}": self.kernels[0]
+                               for i in range(depth, self.max_depth)})
+
+    def sample(self, rng: np.random.Generator, max_tries: int = 1000) -> Architecture:
+        """A valid architecture: depth, width, residual and each used kernel drawn uniformly."""
+        dm = self.decision_map()
+        values = {name: dm[name].sample(rng) for name in ("depth", "width", "residual_blocks")}
+        for i in range(self.max_depth):
+            used = i < values["depth"]
+            values[f"kernel_{i}"] = dm[f"kernel_{i}"].sample(rng) if used else self.kernels[0]
+        return Architecture(values)
+
+    def block_kernels(self, arch: Architecture) -> tuple[int, ...]:
+        """The kernel size of each body block (length ``arch['depth']``)."""
+        return tuple(arch[f"kernel_{i}"] for i in range(arch["depth"]))
+
+    def reference_architectures(self) -> dict[str, Architecture]:
+        """``smallest`` (fewest blocks, channels and taps) and ``largest`` (the most of each)."""
+        def make(depth: int, width: int, kernel: int, residual: bool) -> Architecture:
+            return self.canonicalize(Architecture(
+                {"depth": depth, "width": width, "residual_blocks": residual,
+                 **{f"kernel_{i}": kernel for i in range(self.max_depth)}}))
+
+        return {
+            "smallest": make(min(self.depths), min(self.widths), min(self.kernels), False),
+            "largest": make(self.max_depth, max(self.widths), max(self.kernels), True),
+        }
+
+    # -- models -------------------------------------------------------------
+    def build(self, arch: Architecture) -> torch.nn.Module:
+        from search_spaces.conv_blocks import ConvDenoiser
+
+        return ConvDenoiser(self.image_channels, arch["width"], self.block_kernels(arch),
+                        arch["residual_blocks"], edge_kernel=HEAD_TAIL_KERNEL)
+
+    def graph(self, arch: Architecture) -> nx.DiGraph:
+        """A chain ``head -> block_0 -> ... -> tail``; each node a conv.
+
+        Node attributes: ``kind`` (``"conv"``), ``in_channels``, ``channels`` (out),
+        ``resolution`` (``input_size``; no stage changes it), ``kernel`` and
+        ``residual`` (a skip around the node). ``graph.graph["global_residual"]`` is True.
+        """
+        import networkx as nx
+
+        width, res = arch["width"], self.input_size
+        nodes = [("head", self.image_channels, width, HEAD_TAIL_KERNEL, False)]
+        nodes += [(f"block_{i}", width, width, k, bool(arch["residual_blocks"]))
+                  for i, k in enumerate(self.block_kernels(arch))]
+        nodes.append(("tail", width, self.image_channels, HEAD_TAIL_KERNEL, False))
+
+        g = nx.DiGraph(global_residual=True)
+        for name, c_in, c_out, kernel, residual in nodes:
+            g.add_node(name, kind="conv", in_channels=c_in, channels=c_out, resolution=res,
+                       kernel=kernel, residual=residual)
+        nx.add_path(g, [n[0] for n in nodes])
+        return g
