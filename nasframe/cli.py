@@ -27,14 +27,20 @@ def _plugins_cmd(args: argparse.Namespace) -> int:
     from nasframe.plugins import get_plugins
 
     plugins = get_plugins()
-    table = Table(title="nasframe components", show_lines=False)
-    for col in ("kind", "name", "plugin", "version", "class"):
-        table.add_column(col)
-    for kind, reg in (("search space", plugins.search_spaces), ("objective", plugins.objectives),
-                      ("strategy", plugins.strategies)):
-        for e in reg.entries():
-            table.add_row(kind, e.name, e.plugin, e.version, f"{e.cls.__module__}.{e.cls.__qualname__}")
-    out.print(table)
+    cols = ("kind", "name", "plugin", "version", "class")
+    rows = [(kind, e.name, e.plugin, e.version, f"{e.cls.__module__}.{e.cls.__qualname__}")
+            for kind, reg in (("search space", plugins.search_spaces),
+                              ("objective", plugins.objectives), ("strategy", plugins.strategies))
+            for e in reg.entries()]
+    if out.is_terminal:
+        table = Table(*cols, title="nasframe components")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    else:  # piped: one tab-separated line per component
+        print("\t".join(cols))
+        for row in rows:
+            print("\t".join(row))
     for f in plugins.failures:
         console.print(f"[red]plugin '{f.plugin}' failed to load:[/red] {f.error}")
         if args.debug:

@@ -103,6 +103,8 @@ class Registry(Generic[T]):
 
 def accepted_params(cls: type) -> tuple[list[str], bool]:
     """The keyword parameters ``cls.__init__`` accepts, and whether it takes ``**kwargs``."""
+    if cls.__init__ is object.__init__:
+        return [], False
     sig = inspect.signature(cls.__init__)
     names, var_kw = [], False
     for p in list(sig.parameters.values())[1:]:

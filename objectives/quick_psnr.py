@@ -128,6 +128,7 @@ class QuickPSNR(Objective):
         with _weights_restored(model):
             if params and self.steps:
                 opt = torch.optim.Adam(params, lr=self.lr)
+                sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.steps, pct_start=0.15) if __import__('os').environ.get('SCHED')=='1' else torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps) if __import__('os').environ.get('SCHED')=='2' else None
                 with model_mode(model, training=True), torch.enable_grad():
                     for _ in range(self.steps):
                         x, y = (t.to(device) for t in self._batch(train, gen))
@@ -137,6 +138,8 @@ class QuickPSNR(Objective):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
+                        if sched is not None:
+                            sched.step()
             with model_mode(model, training=False), torch.no_grad():
                 outs = [model(noisy[i:i + 1]) for i in range(len(noisy))]
         for out, x in zip(outs, noisy):

@@ -1,0 +1,309 @@
+"""Framework overhead of nasframe's search loop, side by side with Optuna.
+
+Runs the same number of trials of a no-op search space and a no-op objective
+in one process, three ways:
+
+(a) ``nasframe``: the full loop (``run_experiment``): a one-decision space
+    (``Integer("x", 0, HIGH)``, so random search never runs out) registered
+    in-script through a plugin object, an objective that reads only the
+    architecture (the model is never built), strategy ``random`` (the built-in),
+    ``budget.trials = N``, executor ``inline``, references off, ``quiet=True``,
+    and the SQLite trial store in a fresh temporary run directory;
+(b) ``optuna-sqlite``: Optuna with ``sqlite:///<tmp>/optuna.db`` storage,
+    ``RandomSampler(seed)``, one ``suggest_int("x", 0, HIGH)``, the same no-op
+    value, ``study.optimize(n_trials=N, show_progress_bar=False)``;
+(c) ``optuna-memory``: the same with Optuna's in-memory storage.
+
+Each configuration runs R times (a fresh temporary directory each time, the
+three interleaved so that drift hits them alike) after one small untimed
+warm-up run of each (imports, first-use caches). The wall time covers setup
+and the N trials: for nasframe, config validation + ``run_experiment``
+(store creation, plugin resolution, the loop, the final front statistics);
+for Optuna, ``create_study`` + ``optimize``. Reported: the median wall time,
+trials per second (N / median), and nasframe's trials/s divided by each
+Optuna variant's.
+
+Target: nasframe at least 10x the trials/s of Optuna with SQLite storage
+(both persist every trial to SQLite). The script prints PASS or BELOW TARGET
+and exits 0 either way: it is a measurement, not an assertion.
+
+Usage::
+
+    python benchmarks/core_overhead.py [--trials N] [--repeats R] [--high H]
+                                       [--seed S] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 10.0  # nasframe trials/s over optuna-sqlite trials/s
+WARMUP_TRIALS = 5
+SPACE_NAME = "bench_noop"
+OBJECTIVE_NAME = "bench_noop"
+
+
+# ----------------------------------------------------------- the no-op parts
+def noop_value(x: int) -> float:
+    """The 'objective': a cheap, deterministic function of the one decision."""
+    return float(x % 997)
+
+
+def _register_nasframe_plugin():
+    """Register the no-op space and objective once per process, like any plugin."""
+    import torch
+
+    from nasframe import Integer, Objective, SearchSpace, hookimpl
+    from nasframe.plugins import get_plugins
+
+    plugins = get_plugins()
+    if SPACE_NAME in plugins.search_spaces:
+        return plugins
+
+    class NoopSpace(SearchSpace):
+        """One integer decision in [0, high]; builds an Identity (never built here)."""
+
+        name = SPACE_NAME
+        input_shape = (1,)
+
+        def __init__(self, high: int = 10**6):
+            self.high = int(high)
+
+        def decisions(self):
+            return [Integer("x", 0, self.high)]
+
+        def build(self, arch):
+            return torch.nn.Identity()
+
+    class NoopObjective(Objective):
+        """A value read from the architecture; never touches ``candidate.model``."""
+
+        name = OBJECTIVE_NAME
+        direction = "min"
+        kind = "proxy"
+        backend = "python"
+        cost = 0.0
+
+        def evaluate(self, candidate, ctx):
+            return noop_value(candidate.arch["x"])
+
+    class _BenchPlugin:
+        @hookimpl
+        def register_search_spaces(self, registry):
+            registry.add(NoopSpace)
+
+        @hookimpl
+        def register_objectives(self, registry):
+            registry.add(NoopObjective)
+
+    plugins.register(_BenchPlugin(), "nasframe-benchmarks", "0")
+    if SPACE_NAME not in plugins.search_spaces or OBJECTIVE_NAME not in plugins.objectives:
+        detail = "; ".join(f.error for f in plugins.failures) or "unknown reason"
+        raise RuntimeError(f"could not register the benchmark plugin: {detail}")
+    return plugins
+
+
+# ------------------------------------------------------------------ runners
+def run_nasframe(n: int, high: int, seed: int, workdir: Path) -> tuple[float, int]:
+    """(wall seconds, trials recorded) of one full nasframe run."""
+    from nasframe.config import config_from_dict
+    from nasframe.runner import run_experiment
+
+    run_dir = workdir / "run"
+    t0 = time.perf_counter()
+    cfg = config_from_dict({
+        "name": "core-overhead",
+        "seed": seed,
+        "search_space": {"name": SPACE_NAME, "params": {"high": high}},
+        "objectives": [{"name": OBJECTIVE_NAME}],
+        "strategy": {"name": "random"},
+        "budget": {"trials": n},
+        "executor": {"name": "inline"},
+        "references": False,
+    })
+    summary = run_experiment(cfg, run_dir, quiet=True)
+    wall = time.perf_counter() - t0
+    return wall, summary.trials
+
+
+def _optuna_objective(high: int):
+    def objective(trial) -> float:
+        return noop_value(trial.suggest_int("x", 0, high))
+    return objective
+
+
+def run_optuna(n: int, high: int, seed: int, workdir: Path | None) -> tuple[float, int]:
+    """(wall seconds, trials recorded); SQLite storage in ``workdir``, in memory if None."""
+    import optuna
+
+    # the URL is what optuna.create_study(storage="sqlite:///...") turns into an RDBStorage;
+    # built here so that its engine can be disposed of before the directory goes
+    t0 = time.perf_counter()
+    rdb = None if workdir is None else optuna.storages.RDBStorage(f"sqlite:///{workdir / 'optuna.db'}")
+    study = optuna.create_study(storage=rdb, sampler=optuna.samplers.RandomSampler(seed=seed),
+                                direction="minimize", study_name="core-overhead")
+    study.optimize(_optuna_objective(high), n_trials=n, show_progress_bar=False)
+    wall = time.perf_counter() - t0
+    count = len(study.get_trials(deepcopy=False))
+    if rdb is not None:
+        rdb.engine.dispose()
+    return wall, count
+
+
+BENCHES = {
+    "nasframe": lambda n, high, seed, d: run_nasframe(n, high, seed, d),
+    "optuna-sqlite": lambda n, high, seed, d: run_optuna(n, high, seed, d),
+    "optuna-memory": lambda n, high, seed, d: run_optuna(n, high, seed, None),
+}
+
+
+# ------------------------------------------------------------- facts, output
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_facts() -> dict[str, Any]:
+    import numpy
+    import optuna
+    import torch
+
+    import nasframe
+
+    try:
+        threads = len(os.sched_getaffinity(0))
+    except AttributeError:
+        threads = os.cpu_count()
+    return {
+        "cpu": _cpu_model(),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "nasframe": getattr(nasframe, "__version__", "?"),
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    cfg, facts = result["config"], result["machine"]
+    lines = [
+        "nasframe core overhead: no-op space and objective, "
+        f"{cfg['trials']} trials x {cfg['repeats']} repeats (median), decision range 0..{cfg['high']}",
+        f"machine: {facts['cpu']}, {facts['threads']} threads, {facts['platform']}",
+        f"versions: python {facts['python']}, torch {facts['torch']}, optuna {facts['optuna']}, "
+        f"numpy {facts['numpy']}, sqlite {facts['sqlite']}, nasframe {facts['nasframe']}",
+        "",
+        f"{'runner':<15} {'wall s (median)':>15} {'min':>9} {'max':>9} {'trials/s':>11} {'ms/trial':>9}",
+        "-" * 73,
+    ]
+    for row in result["rows"]:
+        lines.append(f"{row['name']:<15} {row['wall_s']:>15.3f} {min(row['walls']):>9.3f} "
+                     f"{max(row['walls']):>9.3f} {row['trials_per_s']:>11.1f} "
+                     f"{1000 * row['wall_s'] / cfg['trials']:>9.3f}")
+    r = result["ratios"]
+    lines += [
+        "",
+        f"nasframe / optuna-sqlite (trials/s): {r['nasframe/optuna-sqlite']:.2f}x",
+        f"nasframe / optuna-memory (trials/s): {r['nasframe/optuna-memory']:.2f}x",
+        f"target: nasframe >= {TARGET_RATIO:g}x optuna-sqlite -> "
+        + ("PASS" if result["pass"] else "BELOW TARGET"),
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=500, help="trials per run (default 500)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each (default 3; median)")
+    p.add_argument("--high", type=int, default=10**6,
+                   help="upper bound of the one integer decision (default 10**6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.trials < 1 or args.repeats < 1 or args.high < 1:
+        p.error("--trials, --repeats and --high must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, return the results (also written with --json)."""
+    args = parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    _register_nasframe_plugin()
+
+    walls: dict[str, list[float]] = {name: [] for name in BENCHES}
+    counts: dict[str, list[int]] = {name: [] for name in BENCHES}
+    with tempfile.TemporaryDirectory(prefix="nasframe-bench-") as root:
+        root_path = Path(root)
+        if not args.no_warmup:
+            for name, bench in BENCHES.items():
+                d = root_path / f"warmup-{name}"
+                d.mkdir()
+                bench(min(WARMUP_TRIALS, args.trials), args.high, args.seed, d)
+        for r in range(args.repeats):
+            for name, bench in BENCHES.items():
+                d = root_path / f"r{r}-{name}"
+                d.mkdir()
+                wall, count = bench(args.trials, args.high, args.seed + r, d)
+                walls[name].append(wall)
+                counts[name].append(count)
+
+    rows = []
+    for name in BENCHES:
+        med = statistics.median(walls[name])
+        rows.append({"name": name, "wall_s": med, "walls": walls[name],
+                     "trials_per_s": args.trials / med, "trials_recorded": counts[name]})
+    tps = {row["name"]: row["trials_per_s"] for row in rows}
+    ratios = {"nasframe/optuna-sqlite": tps["nasframe"] / tps["optuna-sqlite"],
+              "nasframe/optuna-memory": tps["nasframe"] / tps["optuna-memory"]}
+    result = {
+        "benchmark": "core_overhead",
+        "config": {"trials": args.trials, "repeats": args.repeats, "high": args.high,
+                   "seed": args.seed, "warmup_trials": 0 if args.no_warmup else WARMUP_TRIALS},
+        "machine": machine_facts(),
+        "rows": rows,
+        "ratios": ratios,
+        "target": {"nasframe/optuna-sqlite": TARGET_RATIO},
+        "pass": ratios["nasframe/optuna-sqlite"] >= TARGET_RATIO,
+    }
+    for row in rows:
+        if any(c != args.trials for c in row["trials_recorded"]):
+            print(f"warning: {row['name']} recorded {row['trials_recorded']} trials, "
+                  f"expected {args.trials}", file=sys.stderr)
+    print(format_report(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,146 @@
+import abc
+
+import pytest
+
+from nasframe import Objective, PluginError, SearchSpace, hookimpl
+from nasframe.errors import ConfigError
+from nasframe.plugins import Plugins
+from nasframe.registry import Registry
+from nasframe.testing import ToySpace
+
+
+class Good(Objective):
+    name = "good"
+
+    def evaluate(self, candidate, ctx):
+        return 1.0
+
+
+def _reg(plugin="p1"):
+    reg = Registry("objective", Objective)
+    reg._current_plugin = (plugin, "1.0")
+    return reg
+
+
+def test_registry_rejects_wrong_type_abstract_and_nameless():
+    reg = _reg()
+    with pytest.raises(PluginError, match="not a subclass"):
+        reg.add(ToySpace)
+
+    class Abstract(Objective):
+        name = "abstract"
+
+    with pytest.raises(PluginError, match="abstract"):
+        reg.add(Abstract)
+
+    class Nameless(Good):
+        name = ""
+
+    with pytest.raises(PluginError, match="without a name"):
+        reg.add(Nameless)
+
+
+def test_duplicate_names_name_both_plugins():
+    reg = _reg("first-plugin")
+    reg.add(Good)
+    reg._current_plugin = ("second-plugin", "2.0")
+
+    class Other(Good):
+        name = "good"
+
+    with pytest.raises(PluginError) as err:
+        reg.add(Other)
+    assert "first-plugin" in str(err.value) and "second-plugin" in str(err.value)
+
+
+def test_unknown_name_lists_choices_and_suggests():
+    reg = _reg()
+    reg.add(Good)
+    with pytest.raises(ConfigError) as err:
+        reg.get("god", "objectives[0].name")
+    msg = str(err.value)
+    assert "objectives[0].name" in msg and "did you mean 'good'" in msg and "available: good" in msg
+
+
+def test_unknown_params_are_config_errors():
+    reg = _reg()
+    reg.add(Good)
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        reg.create("good", {"nope": 1})
+
+
+def test_bases_are_real_abcs():
+    for base in (SearchSpace, Objective):
+        assert isinstance(base, abc.ABCMeta)
+        with pytest.raises(TypeError):
+            base()
+
+
+class _Broken:
+    @hookimpl
+    def register_objectives(self, registry):
+        raise RuntimeError("boom")
+
+
+class _Fine:
+    @hookimpl
+    def register_objectives(self, registry):
+        registry.add(Good)
+
+
+class _Dup:
+    @hookimpl
+    def register_objectives(self, registry):
+        class Again(Good):
+            name = "good"
+        registry.add(Again)
+
+
+def test_broken_plugin_is_reported_and_others_work():
+    plugins = Plugins()
+    plugins.register(_Broken(), "broken")
+    plugins.register(_Fine(), "fine")
+    plugins.register(_Dup(), "dup")
+    assert "good" in plugins.objectives
+    assert plugins.objectives.entry("good").plugin == "fine"
+    failed = {f.plugin: f.error for f in plugins.failures}
+    assert "boom" in failed["broken"]
+    assert "fine" in failed["dup"] and "dup" in failed["dup"]
+
+
+def test_builtins_arrive_through_entry_points(monkeypatch):
+    monkeypatch.delenv("NASFRAME_PLUGINS", raising=False)
+    monkeypatch.delenv("NASFRAME_DISABLE_PLUGINS", raising=False)
+    plugins = Plugins()
+    plugins.load_entry_points()
+    assert {"random", "grid"} <= set(plugins.strategies.names())
+    assert plugins.strategies.entry("random").plugin == "builtin_strategies"
+    assert "conv_denoiser" in plugins.search_spaces
+    assert {"params", "gmacs", "latency"} <= set(plugins.objectives.names())
+
+
+@pytest.mark.parametrize("env,expect_random", [
+    ({"NASFRAME_PLUGINS": "none"}, False),
+    ({"NASFRAME_PLUGINS": "builtin_strategies"}, True),
+    ({"NASFRAME_DISABLE_PLUGINS": "builtin_strategies"}, False),
+])
+def test_environment_limits_plugins(monkeypatch, env, expect_random):
+    monkeypatch.delenv("NASFRAME_PLUGINS", raising=False)
+    monkeypatch.delenv("NASFRAME_DISABLE_PLUGINS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    plugins = Plugins()
+    plugins.load_entry_points()
+    assert ("random" in plugins.strategies) is expect_random
+    if env.get("NASFRAME_PLUGINS") == "builtin_strategies":
+        assert "conv_denoiser" not in plugins.search_spaces
+
+
+def test_core_imports_no_plugin_folder():
+    import pathlib
+    import re
+
+    core = pathlib.Path(__file__).resolve().parents[2] / "nasframe"
+    pattern = re.compile(r"^\s*(from|import)\s+(search_spaces|objectives|plugins)([. ]|$)", re.M)
+    offenders = [p.name for p in core.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
