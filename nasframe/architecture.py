@@ -46,6 +46,9 @@ class Architecture(Mapping[str, Any]):
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Architecture is immutable")
 
+    def __reduce__(self):  # pickles (for process executors) as its canonical JSON
+        return (Architecture.from_json, (self._json,))
+
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
 

@@ -131,3 +131,14 @@ def test_kill_9_then_resume_completes_budget_without_loss_or_repeat(tmp_path):
     assert len({r[1] for r in after}) == 12  # no architecture evaluated twice
     assert all(r[2] == "complete" for r in after)
     assert after[:len(done_before)] == done_before  # completed trials untouched
+
+
+def test_process_executor_gives_the_same_trials_as_inline(tmp_path):
+    doc = dict(FAST, strategy={"name": "random"}, search_space={"name": "conv_denoiser",
+                                                               "params": {"input_size": 16}})
+    inline = _write(tmp_path, doc, "inline.yaml")
+    pooled = _write(tmp_path, dict(doc, executor={"name": "process", "workers": 2}), "pool.yaml")
+    for exp, out in ((inline, "a"), (pooled, "b")):
+        res = run_cli("run", str(exp), "--out", str(tmp_path / out), "--quiet", "--no-export")
+        assert res.returncode == 0, res.stderr
+    assert _statuses(tmp_path / "a" / "trials.db") == _statuses(tmp_path / "b" / "trials.db")

@@ -1,0 +1,44 @@
+"""Smoke test of benchmarks/core_overhead.py: it runs end to end and reports three rows."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "core_overhead.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("nasframe_bench_core_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_core_overhead_runs_and_reports_three_rows(tmp_path, capsys):
+    bench = _load()
+    out_json = tmp_path / "out" / "core.json"
+    # a small decision range keeps nasframe's per-trial validation cheap in this smoke test
+    result = bench.main(["--trials", "20", "--repeats", "1", "--high", "1000",
+                         "--json", str(out_json)])
+
+    rows = {row["name"]: row for row in result["rows"]}
+    assert set(rows) == {"nasframe", "optuna-sqlite", "optuna-memory"}
+    for row in rows.values():
+        assert row["trials_per_s"] > 0 and math.isfinite(row["trials_per_s"])
+        assert row["wall_s"] > 0
+        assert row["trials_recorded"] == [20]
+    assert set(result["ratios"]) == {"nasframe/optuna-sqlite", "nasframe/optuna-memory"}
+    assert all(r > 0 for r in result["ratios"].values())
+    assert isinstance(result["pass"], bool)
+
+    printed = capsys.readouterr().out
+    for name in rows:
+        assert name in printed
+    assert "PASS" in printed or "BELOW TARGET" in printed
+    assert json.loads(out_json.read_text())["rows"] == json.loads(json.dumps(result["rows"]))

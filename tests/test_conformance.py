@@ -1,0 +1,52 @@
+"""Every built-in component through the conformance suite shipped in nasframe.testing.
+
+Classes are generated from the registry, so a new built-in gets the contract
+tests for free; ``SMALL`` only says how to make each one small enough for CI.
+"""
+from __future__ import annotations
+
+from nasframe.plugins import Plugins
+from nasframe.testing import ObjectiveContract, SearchSpaceContract, StrategyContract
+
+_plugins = Plugins()
+_plugins.load_entry_points()
+
+# small presets for CI; components not listed are made with their defaults
+SMALL_SPACES = {"conv_denoiser": {"input_size": 16}}
+SMALL_OBJECTIVES = {"latency": {"repeats": 3, "warmup": 1}, "quick_psnr": {"steps": 5}}
+# objectives that need a particular kind of model (default: nasframe.testing.ToySpace)
+OBJECTIVE_SPACES = {"quick_psnr": "conv_denoiser"}
+
+
+def _builtin(registry):
+    return [e for e in registry.entries() if e.plugin.startswith("builtin_")]
+
+
+def _space(name):
+    return _plugins.search_spaces.create(name, SMALL_SPACES.get(name, {}))
+
+
+for _e in _builtin(_plugins.search_spaces):
+    globals()[f"TestSpace_{_e.name}"] = type(
+        f"TestSpace_{_e.name}", (SearchSpaceContract,),
+        {"make_space": lambda self, n=_e.name: _space(n)})
+
+for _e in _builtin(_plugins.objectives):
+    _attrs = {"make_objective": lambda self, n=_e.name: _plugins.objectives.create(
+        n, SMALL_OBJECTIVES.get(n, {}))}
+    if _e.name in OBJECTIVE_SPACES:
+        _attrs["make_space"] = lambda self, n=OBJECTIVE_SPACES[_e.name]: _space(n)
+    globals()[f"TestObjective_{_e.name}"] = type(f"TestObjective_{_e.name}", (ObjectiveContract,), _attrs)
+
+for _e in _builtin(_plugins.strategies):
+    globals()[f"TestStrategy_{_e.name}"] = type(
+        f"TestStrategy_{_e.name}", (StrategyContract,),
+        {"make_strategy": lambda self, problem, seed, n=_e.name: _plugins.strategies.create(
+            n, {}, problem=problem, seed=seed)})
+
+
+def test_every_builtin_kind_is_covered():
+    names = {k for k in globals() if k.startswith("Test")}
+    assert any(n.startswith("TestSpace_") for n in names)
+    assert any(n.startswith("TestObjective_") for n in names)
+    assert any(n.startswith("TestStrategy_") for n in names)
