@@ -181,9 +181,13 @@ def _export_cmd(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--debug", action="store_true", help="show tracebacks")
+    # after the subcommand too; SUPPRESS keeps it from resetting a `nasframe --debug CMD`
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser = argparse.ArgumentParser(prog="nasframe", parents=[common],
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
+    parser = argparse.ArgumentParser(prog="nasframe", parents=[top],
                                      description="Plugin-based neural architecture search.")
     parser.add_argument("--version", action="version", version=f"nasframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

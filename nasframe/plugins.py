@@ -77,6 +77,7 @@ class Plugins:
             self._fail(name, err)
             return
         ok = True
+        before = {id(r): set(r.names()) for r in (self.search_spaces, self.objectives, self.strategies)}
         for hook, reg in (("register_search_spaces", self.search_spaces),
                           ("register_objectives", self.objectives),
                           ("register_strategies", self.strategies)):
@@ -92,6 +93,11 @@ class Plugins:
                     reg._current_plugin = ("<unknown>", "")
         if ok:
             self.loaded.append((name, version))
+        else:  # all or nothing: a plugin whose hook failed adds no component
+            for reg in (self.search_spaces, self.objectives, self.strategies):
+                for added in set(reg.names()) - before[id(reg)]:
+                    reg._entries.pop(added)
+            self._pm.unregister(plugin)
 
     def _fail(self, name: str, err: BaseException) -> None:
         self.failures.append(PluginFailure(name, f"{type(err).__name__}: {err}",

@@ -157,7 +157,9 @@ class SearchSpaceContract:
     def test_enumeration_is_valid_and_unique(self):
         space = self.make_space()
         if not space.is_finite() or space.size > self.max_enumerate:
-            return
+            import pytest
+
+            pytest.skip(f"space has {space.size} combinations (> max_enumerate)")
         archs = list(space.enumerate())
         assert archs and len({a.id for a in archs}) == len(archs)
         assert all(space.validate(a) is None for a in archs)
@@ -208,7 +210,9 @@ class ObjectiveContract:
 
     def test_proxies_are_deterministic(self, tmp_path):
         if self.make_objective().kind != "proxy":
-            return
+            import pytest
+
+            pytest.skip("measured objectives vary between runs")
         assert self._evaluate(tmp_path)[0] == self._evaluate(tmp_path)[0]
 
 

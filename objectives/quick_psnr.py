@@ -70,7 +70,7 @@ class QuickPSNR(Objective):
     unit = "dB"
     cost = 20.0
 
-    def __init__(self, steps: int = 60, lr: float = 2e-3, batch_size: int = 8, patch: int = 32,
+    def __init__(self, steps: int = 60, lr: float = 2e-3, batch_size: int = 16, patch: int = 32,
                  sigma: float = 25.0):
         self.steps = check_int(steps, "quick_psnr.params.steps", 0)
         self.lr = check_float(lr, "quick_psnr.params.lr")
@@ -128,7 +128,6 @@ class QuickPSNR(Objective):
         with _weights_restored(model):
             if params and self.steps:
                 opt = torch.optim.Adam(params, lr=self.lr)
-                sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.steps, pct_start=0.15) if __import__('os').environ.get('SCHED')=='1' else torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps) if __import__('os').environ.get('SCHED')=='2' else None
                 with model_mode(model, training=True), torch.enable_grad():
                     for _ in range(self.steps):
                         x, y = (t.to(device) for t in self._batch(train, gen))
@@ -138,8 +137,6 @@ class QuickPSNR(Objective):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        if sched is not None:
-                            sched.step()
             with model_mode(model, training=False), torch.no_grad():
                 outs = [model(noisy[i:i + 1]) for i in range(len(noisy))]
         for out, x in zip(outs, noisy):

@@ -144,3 +144,20 @@ def test_core_imports_no_plugin_folder():
     pattern = re.compile(r"^\s*(from|import)\s+(search_spaces|objectives|plugins)([. ]|$)", re.M)
     offenders = [p.name for p in core.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+class _HalfBroken:
+    @hookimpl
+    def register_search_spaces(self, registry):
+        registry.add(ToySpace)
+
+    @hookimpl
+    def register_objectives(self, registry):
+        raise ImportError("missing dependency")
+
+
+def test_a_failed_plugin_adds_nothing():
+    plugins = Plugins()
+    plugins.register(_HalfBroken(), "half")
+    assert "toy" not in plugins.search_spaces
+    assert [f.plugin for f in plugins.failures] == ["half"] and "missing dependency" in plugins.failures[0].error
