@@ -93,7 +93,7 @@ class QuickPSNR(Objective):
             train = [photo(n, SHORT_SIDE) for n in TRAIN_IMAGES]
             clean = torch.stack([centre_crop(photo(n, SHORT_SIDE), VAL_CROP) for n in VAL_IMAGES])
             noisy = torch.empty_like(clean)
-            for i, name in enumerate(VAL_IMAGES):  # noise fixed per validation image
+            for i in range(len(VAL_IMAGES)):  # noise fixed per validation image
                 gen = torch.Generator().manual_seed(_seed(seed, 1, i))
                 noise = torch.randn(clean[i].shape, generator=gen)
                 noisy[i] = clean[i] + noise * (self.sigma / 255.0)
