@@ -63,7 +63,7 @@ class Context:
         self.run_dir = Path(self.run_dir)
         self.cache = ArtifactCache(Path(self.cache_dir) if self.cache_dir else self.run_dir / "cache")
 
-    def progress(self, *columns_unused: Any, transient: bool = True):
+    def progress(self, transient: bool = True):
         """A rich progress bar for a long step (teacher training, distillation)."""
         from nasframe.progress import step_progress
 

@@ -68,14 +68,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[s
     try:
         a = analyse(store)
         cfg = store.config
-        pick = store.get_meta("pick")  # a strategy's chosen model, if it named one
     finally:
         store.close()
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "trials.csv": _write_csv(a, out / "trials.csv", pick),
-        "pareto.json": _write_json(a, cfg, out / "pareto.json", pick),
+        "trials.csv": _write_csv(a, out / "trials.csv"),
+        "pareto.json": _write_json(a, cfg, out / "pareto.json"),
         "front": _write_front(a, cfg, out / "front"),
     }
     from nasframe.plots import plot_hypervolume, plot_pareto
@@ -94,7 +93,7 @@ def _arch_columns(trials: list[Trial]) -> list[str]:
     return names
 
 
-def _write_csv(a: FrontAnalysis, path: Path, pick: str | None) -> Path:
+def _write_csv(a: FrontAnalysis, path: Path) -> Path:
     arch_cols = _arch_columns(a.trials)
     header = (["number", "id", "origin", "status", "feasible", "violation", "is_pareto", "rank"]
               + a.keys + [f"{k}.provenance" for k in a.keys]
@@ -129,7 +128,7 @@ def _member(a: FrontAnalysis, i: int) -> dict[str, Any]:
     }
 
 
-def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path, pick: str | None) -> Path:
+def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path) -> Path:
     front = [i for i in np.flatnonzero(a.pareto)]
     front.sort(key=lambda i: tuple(a.values[i]))
     refs = [i for i, t in enumerate(a.trials) if t.is_reference]
@@ -142,12 +141,10 @@ def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path, pick: str | N
                                         for x, d in zip(a.ref_point_min, a.directions)]),
         "hypervolume": float(a.hv_history[-1]) if len(a.hv_history) else 0.0,
         "trials": len(a.trials),
-        "front": [dict(_member(a, i), picked=(a.trials[i].arch.id == pick)) for i in front],
+        "front": [_member(a, i) for i in front],
         "references": [dict(_member(a, i), name=a.trials[i].origin.split(":", 1)[1],
                             is_pareto=bool(a.pareto[i])) for i in refs],
     }
-    if pick:
-        doc["pick"] = pick
     path.write_text(json.dumps(to_jsonable(doc), indent=2))
     return path
 
