@@ -30,7 +30,8 @@ def _plugins_cmd(args: argparse.Namespace) -> int:
     cols = ("kind", "name", "plugin", "version", "class")
     rows = [(kind, e.name, e.plugin, e.version, f"{e.cls.__module__}.{e.cls.__qualname__}")
             for kind, reg in (("search space", plugins.search_spaces),
-                              ("objective", plugins.objectives), ("strategy", plugins.strategies))
+                              ("objective", plugins.objectives), ("strategy", plugins.strategies),
+                              ("executor", plugins.executors))
             for e in reg.entries()]
     if out.is_terminal:
         table = Table(*cols, title="nasframe components")

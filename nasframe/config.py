@@ -95,8 +95,9 @@ class BudgetConfig(_Model):
 
 
 class ExecutorConfig(_Model):
-    name: Literal["inline", "process"] = "inline"
+    name: str = "inline"
     workers: int = Field(default=1, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class ExperimentConfig(_Model):
@@ -254,5 +255,9 @@ def check_against_plugins(cfg: ExperimentConfig, plugins: Plugins, source: str =
     if strat_cls is not None:
         attempt(check_params, strat_cls, cfg.strategy.params, "strategy.params",
                 reserved={"problem", "seed"})
+    exec_cls = attempt(plugins.executors.get, cfg.executor.name, "executor.name")
+    if exec_cls is not None:
+        attempt(check_params, exec_cls, cfg.executor.params, "executor.params",
+                reserved={"workers"})
     if problems:
         raise ConfigError(*problems)

@@ -36,3 +36,8 @@ def register_objectives(registry: Registry) -> None:
 @hookspec
 def register_strategies(registry: Registry) -> None:
     """Add :class:`nasframe.Strategy` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_executors(registry: Registry) -> None:
+    """Add :class:`nasframe.executor.Executor` subclasses with ``registry.add(cls)``."""

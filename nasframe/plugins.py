@@ -22,6 +22,7 @@ from typing import Any
 import pluggy
 
 from nasframe import hookspecs
+from nasframe.executor import Executor
 from nasframe.objective import Objective
 from nasframe.registry import Registry
 from nasframe.space import SearchSpace
@@ -38,12 +39,13 @@ class PluginFailure:
 
 
 class Plugins:
-    """The one plugin manager and its three registries, behind a typed API."""
+    """The one plugin manager and its registries (one per kind), behind a typed API."""
 
     def __init__(self) -> None:
         self.search_spaces: Registry[SearchSpace] = Registry("search space", SearchSpace)
         self.objectives: Registry[Objective] = Registry("objective", Objective)
         self.strategies: Registry[Strategy] = Registry("strategy", Strategy)
+        self.executors: Registry[Executor] = Registry("executor", Executor)
         self.failures: list[PluginFailure] = []
         self.loaded: list[tuple[str, str]] = []  # (plugin name, version)
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -51,7 +53,11 @@ class Plugins:
 
     def registry(self, kind: str) -> Registry:
         return {"search_space": self.search_spaces, "objective": self.objectives,
-                "strategy": self.strategies}[kind]
+                "strategy": self.strategies, "executor": self.executors}[kind]
+
+    @property
+    def _registries(self) -> tuple[Registry, ...]:
+        return (self.search_spaces, self.objectives, self.strategies, self.executors)
 
     # -- loading ---------------------------------------------------------
     def load_entry_points(self) -> None:
@@ -77,10 +83,11 @@ class Plugins:
             self._fail(name, err)
             return
         ok = True
-        before = {id(r): set(r.names()) for r in (self.search_spaces, self.objectives, self.strategies)}
+        before = {id(r): set(r.names()) for r in self._registries}
         for hook, reg in (("register_search_spaces", self.search_spaces),
                           ("register_objectives", self.objectives),
-                          ("register_strategies", self.strategies)):
+                          ("register_strategies", self.strategies),
+                          ("register_executors", self.executors)):
             impls = [i for i in getattr(self._pm.hook, hook).get_hookimpls() if i.plugin is plugin]
             for impl in impls:
                 reg._current_plugin = (name, version)
@@ -94,7 +101,7 @@ class Plugins:
         if ok:
             self.loaded.append((name, version))
         else:  # all or nothing: a plugin whose hook failed adds no component
-            for reg in (self.search_spaces, self.objectives, self.strategies):
+            for reg in self._registries:
                 for added in set(reg.names()) - before[id(reg)]:
                     reg._entries.pop(added)
             self._pm.unregister(plugin)

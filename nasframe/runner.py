@@ -1,14 +1,11 @@
 """The search loop: ask -> evaluate -> store -> tell, resumable at any point."""
 from __future__ import annotations
 
-import concurrent.futures as cf
 import math
-import multiprocessing
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -16,6 +13,7 @@ from rich.console import Console
 from nasframe.architecture import Architecture
 from nasframe.config import ExperimentConfig, config_from_dict
 from nasframe.errors import RunError
+from nasframe.executor import Executor, Job
 from nasframe.experiment import Experiment, trial_seed
 from nasframe.pareto import default_reference_point, hypervolume, pareto_mask
 from nasframe.plugins import get_plugins
@@ -55,46 +53,6 @@ def front_stats(exp: Experiment, trials: Sequence[Trial], reference_point: dict[
         ref = default_reference_point(values[feasible], dirs) if feasible.any() else None
     hv = hypervolume(values[mask], dirs, ref) if ref is not None and mask.any() else 0.0
     return int(mask.sum()), hv
-
-
-# ------------------------------------------------------------ executors
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(cfg_dict: dict[str, Any], run_dir: str) -> None:
-    cfg = config_from_dict(cfg_dict)
-    exp = Experiment.from_config(cfg)
-    ctx = exp.context(run_dir, quiet=True)
-    exp.prepare(ctx)  # artifacts are cached by the driver's prepare: this loads them
-    _WORKER.update(exp=exp, ctx=ctx)
-
-
-def _worker_eval(trial: Trial) -> Trial:
-    return _WORKER["exp"].evaluate(trial, _WORKER["ctx"])
-
-
-class _Inline:
-    def __init__(self, exp: Experiment, ctx):
-        self.exp, self.ctx = exp, ctx
-
-    def map(self, trials: Sequence[Trial]) -> list[Trial]:
-        return [self.exp.evaluate(t, self.ctx) for t in trials]
-
-    def shutdown(self) -> None:
-        pass
-
-
-class _Pool:
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path):
-        self.pool = cf.ProcessPoolExecutor(
-            max_workers=cfg.executor.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(cfg.to_dict(), str(run_dir)))
-
-    def map(self, trials: Sequence[Trial]) -> list[Trial]:
-        return list(self.pool.map(_worker_eval, trials))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- runner
@@ -174,15 +132,17 @@ class Runner:
             with self.console.status("preparing search space and objectives", spinner="dots") \
                     if not self.quiet else _nullcontext():
                 self.exp.prepare(self.ctx)
-            executor = (_Inline(self.exp, self.ctx) if self.cfg.executor.name == "inline"
-                        else _Pool(self.cfg, self.run_dir))
+            executor = get_plugins().executors.create(
+                self.cfg.executor.name, self.cfg.executor.params, "executor",
+                workers=self.cfg.executor.workers)
+            executor.start(Job(self.exp, self.ctx, self.cfg.to_dict(), self.run_dir))
             return self._loop(executor)
         finally:
             if executor is not None:
                 executor.shutdown()
             self.store.set_meta("elapsed", self.elapsed)
 
-    def _evaluate(self, executor, trials: list[Trial]) -> list[Trial]:
+    def _evaluate(self, executor: Executor, trials: list[Trial]) -> list[Trial]:
         if not trials:
             return []
         self.store.start(trials, self.strategy.state_dict())
@@ -194,7 +154,7 @@ class Runner:
                 self.done.setdefault(t.arch.id, t)
         return finished
 
-    def _loop(self, executor) -> RunSummary:
+    def _loop(self, executor: Executor) -> RunSummary:
         # 1. trials that were running when the last process died run again
         rerun = [replace(t, attempt=t.attempt + 1, started=time.time())
                  for t in self.store.trials("running")]
@@ -250,7 +210,7 @@ class Runner:
                 finished = self._evaluate(executor, trials)
                 done += len(finished)
                 failed += sum(t.status == "failed" for t in finished)
-                if time.time() - last_stats > 0.5 or (total is not None and done >= total):
+                if not self.quiet and time.time() - last_stats > 0.5:
                     stats = front_stats(self.exp, self.store.trials(), self.cfg.reference_point)
                     last_stats = time.time()
                 bar.update(task, completed=done, failed=failed, front=stats[0], hv=f"{stats[1]:.4g}")

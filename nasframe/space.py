@@ -120,6 +120,42 @@ class Integer(Decision):
     def values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
 
+    # O(1) versions of the generic list-based methods: an Integer may span millions
+    @property
+    def count(self) -> int:
+        return (self.high - self.low) // self.step + 1
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return self.low + self.step * int(rng.integers(self.count))
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if isinstance(value, float) and not value.is_integer():
+            return False
+        v = int(value)
+        return self.low <= v <= self.high and (v - self.low) % self.step == 0
+
+    def index(self, value: Any) -> int:
+        if not self.contains(value):
+            raise ValueError(f"decision '{self.name}': {value!r} is not in "
+                             f"{self.low}..{self.high} (step {self.step})")
+        return (int(value) - self.low) // self.step
+
+    def encode(self, value: Any) -> list[float]:
+        n = self.count
+        i = self.index(value)
+        return [0.0] if n == 1 else [i / (n - 1)]
+
+    def decode(self, code: Sequence[float]) -> int:
+        n = self.count
+        i = math.floor(float(code[0]) * (n - 1) + 0.5) if n > 1 else 0
+        return self.low + self.step * min(max(i, 0), n - 1)
+
+    def describe(self) -> str:
+        step = f" step {self.step}" if self.step != 1 else ""
+        return f"{self.name}: {self.low}..{self.high}{step}"
+
 
 @dataclass(frozen=True)
 class Boolean(Decision):
@@ -228,7 +264,7 @@ class SearchSpace(abc.ABC):
             return f"unknown decisions: {', '.join(extra)} (this space has: {', '.join(decisions)})"
         for name, dec in decisions.items():
             if not dec.contains(arch[name]):
-                return f"decision '{name}' = {arch[name]!r} is not one of {dec.values()}"
+                return f"decision '{name}' = {arch[name]!r} is not allowed ({dec.describe()})"
         return self.check(arch)
 
     def is_valid(self, arch: Architecture) -> bool:
@@ -274,7 +310,8 @@ class SearchSpace(abc.ABC):
     @property
     def size(self) -> int:
         """Number of decision combinations (valid or not): an upper bound."""
-        return math.prod(len(d.values()) for d in self.decisions())
+        return math.prod(d.count if isinstance(d, Integer) else len(d.values())
+                         for d in self.decisions())
 
     def is_finite(self) -> bool:
         return True

@@ -11,14 +11,19 @@ the subclass when its name starts with ``Test``::
 
 ``ObjectiveContract`` needs ``make_objective`` (and may override
 ``make_space``: the default is :class:`ToySpace`); ``StrategyContract`` needs
-``make_strategy(problem, seed)``. Each test states one rule of the contract.
+``make_strategy(problem, seed)``; ``ExecutorContract`` needs
+``make_executor(workers)`` and ``make_config()``. Each test states one rule of
+the contract.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import math
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +31,7 @@ import torch
 from nasframe.architecture import Architecture
 from nasframe.candidate import Candidate
 from nasframe.context import Context
+from nasframe.executor import Executor, Job
 from nasframe.objective import Objective, Provenance
 from nasframe.space import Boolean, Categorical, Integer, SearchSpace
 from nasframe.strategy import Strategy
@@ -272,3 +278,93 @@ class StrategyContract:
         foreign = [problem.space.sample(rng) for _ in range(3)]
         strategy.tell(fake_trials(problem, foreign, 100))
         assert all(problem.space.validate(a) is None for a in strategy.ask(self.batch))
+
+
+class ExecutorContract:
+    """The contract of an :class:`~nasframe.executor.Executor`.
+
+    Implement :meth:`make_executor` and :meth:`make_config`: an experiment
+    (as a dict, like the YAML) whose components every worker can load, i.e.
+    installed through entry points, with deterministic (proxy) objectives so
+    that values can be compared with an in-process evaluation.
+    """
+
+    workers = 2
+    batch = 5
+
+    def make_executor(self, workers: int) -> Executor:
+        raise NotImplementedError("return an instance of your executor with `workers` workers")
+
+    def make_config(self) -> dict[str, Any]:
+        raise NotImplementedError(
+            "return an experiment config dict whose components are installed plugins, e.g. "
+            "{'search_space': {'name': ...}, 'objectives': [{'name': 'params'}], "
+            "'budget': {'trials': 1}}")
+
+    def _setup(self, tmp_path):
+        from nasframe.config import config_from_dict
+        from nasframe.experiment import Experiment
+
+        cfg = config_from_dict(self.make_config())
+        exp = Experiment.from_config(cfg)
+        ctx = exp.context(tmp_path, quiet=True)
+        exp.prepare(ctx)
+        return exp, ctx, Job(exp, ctx, cfg.to_dict(), Path(tmp_path))
+
+    def _trials(self, exp, n: int, start: int = 0, seed: int = 0) -> list[Trial]:
+        from nasframe.experiment import trial_seed
+
+        rng, archs, seen = np.random.default_rng(seed), [], set()
+        for _ in range(100 * n):
+            a = exp.space.sample(rng)
+            if a.id not in seen:
+                seen.add(a.id)
+                archs.append(a)
+            if len(archs) == n:
+                break
+        return [Trial(start + i, a, "running", seed=trial_seed(exp.cfg.seed, a), started=time.time())
+                for i, a in enumerate(archs)]
+
+    @staticmethod
+    def _key(t: Trial):
+        return (t.number, t.arch.id, t.status, dict(t.values), t.feasible, t.error)
+
+    def _run(self, tmp_path, batches: Sequence[int]):
+        exp, ctx, job = self._setup(tmp_path)
+        executor = self.make_executor(self.workers)
+        executor.start(job)
+        try:
+            out, start = [], 0
+            for i, n in enumerate(batches):
+                trials = self._trials(exp, n, start, seed=i)
+                out.append((trials, executor.map(trials)))
+                start += n
+        finally:
+            executor.shutdown()
+        return exp, ctx, out
+
+    def test_declares_name_and_workers(self):
+        ex = self.make_executor(self.workers)
+        assert isinstance(type(ex).name, str) and type(ex).name
+        assert ex.workers == self.workers
+        assert isinstance(ex.describe(), str)
+
+    def test_returns_each_trial_finished_in_input_order(self, tmp_path):
+        _, _, out = self._run(tmp_path, [self.batch])
+        (sent, got), = out
+        assert [t.number for t in got] == [t.number for t in sent]
+        assert [t.arch.id for t in got] == [t.arch.id for t in sent]
+        assert all(isinstance(t, Trial) and t.status in ("complete", "pruned") for t in got), \
+            [t.error for t in got]
+
+    def test_values_equal_an_in_process_evaluation(self, tmp_path):
+        exp, ctx, out = self._run(tmp_path, [self.batch, 1, self.batch])
+        for sent, got in out:
+            local = [exp.evaluate(t, ctx) for t in sent]
+            assert [self._key(t) for t in got] == [self._key(t) for t in local]
+            for t in got:
+                assert set(t.provenance) == set(t.values)
+
+    def test_an_empty_batch_gives_an_empty_list(self, tmp_path):
+        _, _, out = self._run(tmp_path, [0, 1])
+        assert out[0][1] == [] and len(out[1][1]) == 1

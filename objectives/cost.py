@@ -23,7 +23,6 @@ from nasframe import Objective, Value
 from objectives._common import check_shape, input_shapes, model_mode
 
 if TYPE_CHECKING:
-    import torch
 
     from nasframe import Candidate, Context
 

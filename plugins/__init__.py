@@ -16,3 +16,13 @@ def register_strategies(registry: Registry) -> None:
 
     registry.add(RandomSearch)
     registry.add(GridSearch)
+
+
+@hookimpl
+def register_executors(registry: Registry) -> None:
+    from plugins.dask_executor import DaskExecutor
+    from plugins.executors import InlineExecutor, ProcessExecutor
+
+    registry.add(InlineExecutor)
+    registry.add(ProcessExecutor)
+    registry.add(DaskExecutor)

@@ -17,8 +17,9 @@ class RandomSearch(Strategy):
     once ``max_retries`` consecutive draws all hit seen architectures: the space
     is then taken to be exhausted (certainly so for a small finite space).
 
-    State: the generator state and the sorted seen ids; the same seed gives the
-    same sequence, and a resumed instance continues it exactly.
+    State: the generator state and the seen ids in the order first seen; the
+    same seed gives the same sequence, and a resumed instance continues it
+    exactly.
     """
 
     name = "random"
@@ -29,6 +30,7 @@ class RandomSearch(Strategy):
             raise ValueError(f"`max_retries` must be a positive integer, got {max_retries!r}")
         self.max_retries = max_retries
         self._seen: set[str] = set()
+        self._order: list[str] = []  # insertion order, so state_dict needs no sort
 
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
@@ -39,16 +41,24 @@ class RandomSearch(Strategy):
                 misses += 1
                 continue
             misses = 0
-            self._seen.add(arch.id)
+            self._see(arch.id)
             out.append(arch)
         return out
 
+    def _see(self, arch_id: str) -> None:
+        if arch_id not in self._seen:
+            self._seen.add(arch_id)
+            self._order.append(arch_id)
+
     def tell(self, trials: Sequence[Trial]) -> None:
-        self._seen.update(t.arch.id for t in trials)
+        for t in trials:
+            self._see(t.arch.id)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng_state(), "seen": sorted(self._seen)}
+        return {"rng": self.rng_state(), "seen": list(self._order)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
-        self._seen = set(state.get("seen", ()))
+        self._seen, self._order = set(), []
+        for arch_id in state.get("seen", ()):
+            self._see(arch_id)

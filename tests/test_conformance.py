@@ -5,8 +5,15 @@ tests for free; ``SMALL`` only says how to make each one small enough for CI.
 """
 from __future__ import annotations
 
+import pytest
+
 from nasframe.plugins import Plugins
-from nasframe.testing import ObjectiveContract, SearchSpaceContract, StrategyContract
+from nasframe.testing import (
+    ExecutorContract,
+    ObjectiveContract,
+    SearchSpaceContract,
+    StrategyContract,
+)
 
 _plugins = Plugins()
 _plugins.load_entry_points()
@@ -45,8 +52,33 @@ for _e in _builtin(_plugins.strategies):
             n, {}, problem=problem, seed=seed)})
 
 
+# an experiment every worker can load (built-ins only), for the executor contract
+EXECUTOR_EXPERIMENT = {
+    "search_space": {"name": "conv_denoiser", "params": {"input_size": 16}},
+    "objectives": [{"name": "params"}, {"name": "gmacs"}],
+    "constraints": ["gmacs <= 0.02"],
+    "budget": {"trials": 1},
+}
+# executors whose optional dependency may be missing (their contract is then skipped)
+OPTIONAL_EXECUTORS = {"dask": "dask.distributed"}
+
+
+def _executor(name, workers):
+    if name in OPTIONAL_EXECUTORS:
+        pytest.importorskip(OPTIONAL_EXECUTORS[name])
+    return _plugins.executors.create(name, {}, workers=workers)
+
+
+for _e in _builtin(_plugins.executors):
+    globals()[f"TestExecutor_{_e.name}"] = type(
+        f"TestExecutor_{_e.name}", (ExecutorContract,),
+        {"make_executor": lambda self, workers, n=_e.name: _executor(n, workers),
+         "make_config": lambda self: dict(EXECUTOR_EXPERIMENT)})
+
+
 def test_every_builtin_kind_is_covered():
     names = {k for k in globals() if k.startswith("Test")}
     assert any(n.startswith("TestSpace_") for n in names)
     assert any(n.startswith("TestObjective_") for n in names)
     assert any(n.startswith("TestStrategy_") for n in names)
+    assert any(n.startswith("TestExecutor_") for n in names)

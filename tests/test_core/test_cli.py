@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from conftest import ROOT, run_cli
@@ -58,7 +59,7 @@ def test_plugins_lists_builtins():
     assert res.returncode == 0
     for name in ("conv_denoiser", "random", "grid", "params", "gmacs", "latency"):
         assert name in res.stdout
-    assert "builtin_strategies" in res.stdout
+    assert "builtin_plugins" in res.stdout
 
 
 def test_run_export_evaluate_round_trip(tmp_path):
@@ -133,11 +134,14 @@ def test_kill_9_then_resume_completes_budget_without_loss_or_repeat(tmp_path):
     assert after[:len(done_before)] == done_before  # completed trials untouched
 
 
-def test_process_executor_gives_the_same_trials_as_inline(tmp_path):
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_parallel_executors_give_the_same_trials_as_inline(tmp_path, executor):
+    if executor == "dask":
+        pytest.importorskip("dask.distributed")
     doc = dict(FAST, strategy={"name": "random"}, search_space={"name": "conv_denoiser",
                                                                "params": {"input_size": 16}})
     inline = _write(tmp_path, doc, "inline.yaml")
-    pooled = _write(tmp_path, dict(doc, executor={"name": "process", "workers": 2}), "pool.yaml")
+    pooled = _write(tmp_path, dict(doc, executor={"name": executor, "workers": 2}), "pool.yaml")
     for exp, out in ((inline, "a"), (pooled, "b")):
         res = run_cli("run", str(exp), "--out", str(tmp_path / out), "--quiet", "--no-export")
         assert res.returncode == 0, res.stderr

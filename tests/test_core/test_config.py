@@ -46,6 +46,26 @@ def test_unknown_names_list_what_is_available(toy_config, plugins):
     assert len(problems) == 4
 
 
+def test_executor_name_and_params_are_checked(toy_config, plugins):
+    toy_config["executor"] = {"name": "proces", "workers": 2}
+    joined = "\n".join(_errors(toy_config, plugins))
+    assert "executor.name: unknown executor 'proces'; did you mean 'process'?" in joined
+    assert "available: dask, inline, process" in joined
+    toy_config["executor"] = {"name": "dask", "params": {"adress": "tcp://x:8786"}}
+    joined = "\n".join(_errors(toy_config, plugins))
+    assert "executor.params.adress: unknown parameter; did you mean 'address'?" in joined
+    toy_config["executor"] = {"name": "inline", "workers": 0}
+    assert any("executor.workers" in p for p in _errors(toy_config))
+
+
+def test_a_missing_optional_executor_says_how_to_install_it(plugins, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails
+    with pytest.raises(ConfigError, match=r"pip install 'nasframe\[dask\]'"):
+        plugins.executors.create("dask", {}, "executor", workers=2)
+
+
 def test_duplicate_objective_keys_need_an_id(toy_config):
     toy_config["objectives"].append({"name": "toy_cost"})
     assert any("appears twice" in p for p in _errors(toy_config))

@@ -114,15 +114,15 @@ def test_builtins_arrive_through_entry_points(monkeypatch):
     plugins = Plugins()
     plugins.load_entry_points()
     assert {"random", "grid"} <= set(plugins.strategies.names())
-    assert plugins.strategies.entry("random").plugin == "builtin_strategies"
+    assert plugins.strategies.entry("random").plugin == "builtin_plugins"
     assert "conv_denoiser" in plugins.search_spaces
     assert {"params", "gmacs", "latency"} <= set(plugins.objectives.names())
 
 
 @pytest.mark.parametrize("env,expect_random", [
     ({"NASFRAME_PLUGINS": "none"}, False),
-    ({"NASFRAME_PLUGINS": "builtin_strategies"}, True),
-    ({"NASFRAME_DISABLE_PLUGINS": "builtin_strategies"}, False),
+    ({"NASFRAME_PLUGINS": "builtin_plugins"}, True),
+    ({"NASFRAME_DISABLE_PLUGINS": "builtin_plugins"}, False),
 ])
 def test_environment_limits_plugins(monkeypatch, env, expect_random):
     monkeypatch.delenv("NASFRAME_PLUGINS", raising=False)
@@ -132,7 +132,7 @@ def test_environment_limits_plugins(monkeypatch, env, expect_random):
     plugins = Plugins()
     plugins.load_entry_points()
     assert ("random" in plugins.strategies) is expect_random
-    if env.get("NASFRAME_PLUGINS") == "builtin_strategies":
+    if env.get("NASFRAME_PLUGINS") == "builtin_plugins":
         assert "conv_denoiser" not in plugins.search_spaces
 
 

@@ -127,7 +127,7 @@ def test_validate_fails_when_the_plugin_is_disabled(installed):
     assert "search space 'tiny_mlp'" in ok.stdout and "strategy 'local_search'" in ok.stdout
 
     for env in ({"NASFRAME_DISABLE_PLUGINS": "example"},
-                {"NASFRAME_PLUGINS": "builtin_search_spaces,builtin_objectives,builtin_strategies"}):
+                {"NASFRAME_PLUGINS": "builtin_search_spaces,builtin_objectives,builtin_plugins"}):
         res = _cli(installed, "validate", str(EXPERIMENT), **env)
         assert res.returncode == 2, (env, res.stdout, res.stderr)
         assert "unknown search space 'tiny_mlp'" in res.stderr

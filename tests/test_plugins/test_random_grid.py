@@ -45,7 +45,7 @@ class HugeSpace(SearchSpace):
 
 def test_registered_through_the_plugin_hook():
     pm = Plugins()
-    pm.register(plugins, "builtin_strategies")
+    pm.register(plugins, "builtin_plugins")
     assert pm.failures == []
     assert pm.strategies.get("random") is RandomSearch
     assert pm.strategies.get("grid") is GridSearch
