@@ -79,7 +79,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[s
     }
     from nasframe.plots import plot_hypervolume, plot_pareto
 
-    paths["pareto.png"] = plot_pareto(a, out / "pareto.png", cfg.get("name", "experiment"))
+    from nasframe.trial import Constraint
+
+    constraints = [Constraint.parse(c) for c in cfg.get("constraints", [])]
+    paths["pareto.png"] = plot_pareto(a, out / "pareto.png", cfg.get("name", "experiment"), constraints)
     paths["hypervolume.png"] = plot_hypervolume(a, out / "hypervolume.png")
     return paths
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from nasframe.export import FrontAnalysis
+    from nasframe.trial import Constraint
 
 
 def _plt():
@@ -23,9 +25,12 @@ def _label(key: str, direction: str) -> str:
     return f"{key} ({'lower' if direction == 'min' else 'higher'} is better)"
 
 
-def plot_pareto(a: FrontAnalysis, path: Path, title: str = "") -> Path:
+def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
+                constraints: Sequence[Constraint] = ()) -> Path:
     """Every pair of objectives: trials (grey), infeasible (red x), front (blue, joined
-    in 2-D), reference architectures (black stars, named)."""
+    in 2-D), reference architectures (black stars, named), constraint bounds (dashed red);
+    the title counts the trials that cannot be placed (failed, or pruned before every
+    objective was evaluated)."""
     plt = _plt()
     m = len(a.keys)
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)] if m > 1 else [(0, 0)]
@@ -53,6 +58,11 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "") -> Path:
             ax.scatter(x[i], y[i], s=160, marker="*", c="k", zorder=4)
             ax.annotate(a.trials[i].origin.split(":", 1)[1], (x[i], y[i]), textcoords="offset points",
                         xytext=(6, 6), fontsize=8)
+        for c in constraints:
+            if c.key == a.keys[xi]:
+                ax.axvline(c.bound, c="tab:red", ls="--", lw=1, label=f"constraint {c}")
+            elif m > 1 and c.key == a.keys[yi]:
+                ax.axhline(c.bound, c="tab:red", ls="--", lw=1, label=f"constraint {c}")
         ax.set_xlabel(_label(a.keys[xi], a.directions[xi]))
         ax.set_ylabel(_label(a.keys[yi], a.directions[yi]) if m > 1 else "trial")
         ax.grid(alpha=0.3)
@@ -65,7 +75,10 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "") -> Path:
         handles.append(Line2D([], [], marker="*", color="k", ls="", markersize=12))
         labels.append("reference architectures")
     axes.flat[0].legend(handles, labels, loc="best", fontsize=8, framealpha=0.8)
-    fig.suptitle(f"{title}: {int(a.pareto.sum())} on the front of {len(a.trials)} trials")
+    unplaced = int((~ok).sum())
+    note = f"\n{unplaced} not shown: failed, or pruned before every objective ran" if unplaced else ""
+    fig.suptitle(f"{title}: {int(a.pareto.sum())} on the front of {len(a.trials)} trials{note}",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
