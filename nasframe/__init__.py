@@ -6,13 +6,7 @@ the ``nasframe`` entry-point group (see :mod:`nasframe.hookspecs`).
 from nasframe.architecture import Architecture
 from nasframe.candidate import Candidate
 from nasframe.context import ArtifactCache, Context, content_hash
-from nasframe.errors import (
-    ConfigError,
-    EvaluationError,
-    NasframeError,
-    PluginError,
-    RunError,
-)
+from nasframe.errors import ConfigError, EvaluationError, NasframeError, PluginError, RunError
 from nasframe.executor import Executor, FuturesExecutor, Job
 from nasframe.hookspecs import hookimpl
 from nasframe.objective import Objective, Provenance, Value
@@ -24,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture", "ArtifactCache", "Boolean", "Candidate", "Categorical", "ConfigError",
-    "Constraint", "Context", "Decision", "EvaluationError", "Executor", "FuturesExecutor", "Integer", "Job", "NasframeError",
-    "Objective", "ObjectiveSpec", "PluginError", "Problem", "Provenance", "RunError",
+    "Constraint", "Context", "Decision", "EvaluationError", "Executor", "FuturesExecutor",
+    "Integer", "Job", "NasframeError", "Objective", "ObjectiveSpec", "PluginError", "Problem", "Provenance", "RunError",
     "SearchSpace", "Strategy", "Trial", "Value", "content_hash", "hookimpl",
 ]

@@ -24,6 +24,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,7 +46,7 @@ class Job:
     config: dict[str, Any]
     run_dir: Path
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Identifies the experiment a worker must have built (config + run dir)."""
         text = json.dumps(self.config, sort_keys=True, default=str) + "\0" + str(self.run_dir)

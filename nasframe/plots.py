@@ -1,8 +1,8 @@
 """Plots of a run: pairwise objective scatter with the front, hypervolume history."""
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -56,8 +56,12 @@ class Plugins:
                 "strategy": self.strategies, "executor": self.executors}[kind]
 
     @property
-    def _registries(self) -> tuple[Registry, ...]:
-        return (self.search_spaces, self.objectives, self.strategies, self.executors)
+    def _hooks(self) -> tuple[tuple[str, Registry], ...]:
+        """Each hook and the registry it is handed."""
+        return (("register_search_spaces", self.search_spaces),
+                ("register_objectives", self.objectives),
+                ("register_strategies", self.strategies),
+                ("register_executors", self.executors))
 
     # -- loading ---------------------------------------------------------
     def load_entry_points(self) -> None:
@@ -83,11 +87,8 @@ class Plugins:
             self._fail(name, err)
             return
         ok = True
-        before = {id(r): set(r.names()) for r in self._registries}
-        for hook, reg in (("register_search_spaces", self.search_spaces),
-                          ("register_objectives", self.objectives),
-                          ("register_strategies", self.strategies),
-                          ("register_executors", self.executors)):
+        before = {hook: set(reg.names()) for hook, reg in self._hooks}
+        for hook, reg in self._hooks:
             impls = [i for i in getattr(self._pm.hook, hook).get_hookimpls() if i.plugin is plugin]
             for impl in impls:
                 reg._current_plugin = (name, version)
@@ -101,8 +102,8 @@ class Plugins:
         if ok:
             self.loaded.append((name, version))
         else:  # all or nothing: a plugin whose hook failed adds no component
-            for reg in self._registries:
-                for added in set(reg.names()) - before[id(reg)]:
+            for hook, reg in self._hooks:
+                for added in set(reg.names()) - before[hook]:
                     reg._entries.pop(added)
             self._pm.unregister(plugin)
 
