@@ -29,9 +29,17 @@ class Decision(abc.ABC):
     def values(self) -> list[Any]:
         """Every allowed value, in a fixed order."""
 
+    @property
+    def count(self) -> int:
+        """Number of allowed values."""
+        return len(self.values())
+
+    def value_at(self, i: int) -> Any:
+        """The ``i``-th allowed value (``0 <= i < count``)."""
+        return self.values()[i]
+
     def sample(self, rng: np.random.Generator) -> Any:
-        vals = self.values()
-        return vals[int(rng.integers(len(vals)))]
+        return self.value_at(int(rng.integers(self.count)))
 
     def contains(self, value: Any) -> bool:
         return any(_same(value, v) for v in self.values())
@@ -49,14 +57,13 @@ class Decision(abc.ABC):
         raise ValueError(f"decision '{self.name}': {value!r} is not one of {self.values()}")
 
     def encode(self, value: Any) -> list[float]:
-        vals = self.values()
-        i = self.index(value)
-        return [0.0] if len(vals) == 1 else [i / (len(vals) - 1)]
+        n, i = self.count, self.index(value)
+        return [0.0] if n == 1 else [i / (n - 1)]
 
     def decode(self, code: Sequence[float]) -> Any:
-        vals = self.values()
-        i = math.floor(float(code[0]) * (len(vals) - 1) + 0.5) if len(vals) > 1 else 0
-        return vals[min(max(i, 0), len(vals) - 1)]
+        n = self.count
+        i = math.floor(float(code[0]) * (n - 1) + 0.5) if n > 1 else 0
+        return self.value_at(min(max(i, 0), n - 1))
 
     def describe(self) -> str:
         return f"{self.name}: {self.values()}"
@@ -120,13 +127,14 @@ class Integer(Decision):
     def values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
 
-    # O(1) versions of the generic list-based methods: an Integer may span millions
+    # O(1) versions of the list-based methods (sample, encode and decode use them):
+    # an Integer may span millions of values
     @property
     def count(self) -> int:
         return (self.high - self.low) // self.step + 1
 
-    def sample(self, rng: np.random.Generator) -> int:
-        return self.low + self.step * int(rng.integers(self.count))
+    def value_at(self, i: int) -> int:
+        return self.low + self.step * i
 
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -141,16 +149,6 @@ class Integer(Decision):
             raise ValueError(f"decision '{self.name}': {value!r} is not in "
                              f"{self.low}..{self.high} (step {self.step})")
         return (int(value) - self.low) // self.step
-
-    def encode(self, value: Any) -> list[float]:
-        n = self.count
-        i = self.index(value)
-        return [0.0] if n == 1 else [i / (n - 1)]
-
-    def decode(self, code: Sequence[float]) -> int:
-        n = self.count
-        i = math.floor(float(code[0]) * (n - 1) + 0.5) if n > 1 else 0
-        return self.low + self.step * min(max(i, 0), n - 1)
 
     def describe(self) -> str:
         step = f" step {self.step}" if self.step != 1 else ""
@@ -310,8 +308,7 @@ class SearchSpace(abc.ABC):
     @property
     def size(self) -> int:
         """Number of decision combinations (valid or not): an upper bound."""
-        return math.prod(d.count if isinstance(d, Integer) else len(d.values())
-                         for d in self.decisions())
+        return math.prod(d.count for d in self.decisions())
 
     def is_finite(self) -> bool:
         return True
