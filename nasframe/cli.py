@@ -109,6 +109,7 @@ def _drive(runner, args: argparse.Namespace) -> int:
 
         paths = export_run(runner.run_dir)
         console.print("exported: " + ", ".join(str(p) for p in paths.values()))
+        _print_pick(paths, console)
     else:
         console.print(f"export with: nasframe export {runner.run_dir}")
     return 0
@@ -178,7 +179,19 @@ def _export_cmd(args: argparse.Namespace) -> int:
     paths = export_run(args.run_dir, args.out)
     for name, p in paths.items():
         out.print(f"{name}: {p}")
+    _print_pick(paths, out)
     return 0
+
+
+def _print_pick(paths: dict[str, Path], where: Console) -> None:
+    """One line naming the strategy's pick, when the export has one."""
+    try:
+        pick = json.loads(Path(paths["pareto.json"]).read_text()).get("pick")
+    except (OSError, ValueError, KeyError):
+        return
+    if pick:
+        where.print(f"pick: trial {pick['trial']} ({pick['id']}), {pick['rule']}; "
+                    f"{Path(paths['front']) / 'pick.yaml'}", markup=False, highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,43 @@ class FrontAnalysis:
     @property
     def pareto(self) -> np.ndarray:
         return (self.ranks == 0) & self.feasible
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The trial a strategy recommends (:meth:`nasframe.strategy.Strategy.pick`) and why."""
+
+    index: int   # position in FrontAnalysis.trials
+    trial: Trial
+    rule: str
+
+
+def find_pick(a: FrontAnalysis, cfg: dict[str, Any]) -> Pick | None:
+    """The strategy's pick among the analysed trials, or None.
+
+    The strategy is made afresh from the stored config, as a run makes it (its
+    state is not loaded). When it cannot be made (e.g. its plugin is no longer
+    installed) the export goes on without a pick, with a warning.
+    """
+    try:
+        from nasframe.experiment import Experiment
+        from nasframe.runner import Runner
+
+        exp = Experiment.from_config(config_from_dict(cfg), source="config snapshot")
+        chosen = Runner._make_strategy(exp).pick(list(a.trials))
+    except Exception as err:  # noqa: BLE001 - the export must not fail for want of a pick
+        warnings.warn(f"no pick exported: the strategy could not be made or failed to pick "
+                      f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2)
+        return None
+    if chosen is None:
+        return None
+    trial, rule = chosen
+    index = next((i for i, t in enumerate(a.trials) if t.number == trial.number), None)
+    if index is None:
+        warnings.warn(f"no pick exported: the strategy picked trial {trial.number}, which is not "
+                      "a finished trial of this run", RuntimeWarning, stacklevel=2)
+        return None
+    return Pick(index, a.trials[index], str(rule))
 
 
 def analyse(store: TrialStore) -> FrontAnalysis:
@@ -72,17 +110,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[s
         store.close()
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
+    pick = find_pick(a, cfg)
     paths = {
-        "trials.csv": _write_csv(a, out / "trials.csv"),
-        "pareto.json": _write_json(a, cfg, out / "pareto.json"),
-        "front": _write_front(a, cfg, out / "front"),
+        "trials.csv": _write_csv(a, out / "trials.csv", pick),
+        "pareto.json": _write_json(a, cfg, out / "pareto.json", pick),
+        "front": _write_front(a, cfg, out / "front", pick),
     }
     from nasframe.plots import plot_hypervolume, plot_pareto
 
     from nasframe.trial import Constraint
 
     constraints = [Constraint.parse(c) for c in cfg.get("constraints", [])]
-    paths["pareto.png"] = plot_pareto(a, out / "pareto.png", cfg.get("name", "experiment"), constraints)
+    paths["pareto.png"] = plot_pareto(a, out / "pareto.png", cfg.get("name", "experiment"), constraints,
+                                      pick=None if pick is None else (pick.index, pick.rule))
     paths["hypervolume.png"] = plot_hypervolume(a, out / "hypervolume.png")
     return paths
 
@@ -96,9 +136,9 @@ def _arch_columns(trials: list[Trial]) -> list[str]:
     return names
 
 
-def _write_csv(a: FrontAnalysis, path: Path) -> Path:
+def _write_csv(a: FrontAnalysis, path: Path, pick: Pick | None = None) -> Path:
     arch_cols = _arch_columns(a.trials)
-    header = (["number", "id", "origin", "status", "feasible", "violation", "is_pareto", "rank"]
+    header = (["number", "id", "origin", "status", "feasible", "violation", "is_pareto", "rank", "pick"]
               + a.keys + [f"{k}.provenance" for k in a.keys]
               + ["duration_s", "attempt", "seed", "error"] + [f"arch.{c}" for c in arch_cols])
     with path.open("w", newline="") as fh:
@@ -109,7 +149,8 @@ def _write_csv(a: FrontAnalysis, path: Path) -> Path:
             vals = ["" if math.isnan(v) else f"{v:.6g}" for v in a.values[i]]
             w.writerow([t.number, t.arch.id, t.origin, t.status,
                         "" if t.feasible is None else int(bool(t.feasible)),
-                        f"{t.violation:.6g}", int(a.pareto[i]), int(a.ranks[i])]
+                        f"{t.violation:.6g}", int(a.pareto[i]), int(a.ranks[i]),
+                        int(pick is not None and pick.index == i)]
                        + vals + prov
                        + ["" if t.duration is None else f"{t.duration:.3f}", t.attempt, t.seed,
                           (t.error or "").splitlines()[0] if t.error else ""]
@@ -131,7 +172,14 @@ def _member(a: FrontAnalysis, i: int) -> dict[str, Any]:
     }
 
 
-def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path) -> Path:
+def _pick_doc(a: FrontAnalysis, pick: Pick) -> dict[str, Any]:
+    return {"trial": pick.trial.number, "id": pick.trial.arch.id, "rule": pick.rule,
+            "origin": pick.trial.origin, "is_pareto": bool(a.pareto[pick.index]),
+            "architecture": pick.trial.arch.to_dict(),
+            "values": {k: to_jsonable(float(a.values[pick.index][j])) for j, k in enumerate(a.keys)}}
+
+
+def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path, pick: Pick | None = None) -> Path:
     front = [i for i in np.flatnonzero(a.pareto)]
     front.sort(key=lambda i: tuple(a.values[i]))
     refs = [i for i, t in enumerate(a.trials) if t.is_reference]
@@ -148,16 +196,22 @@ def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path) -> Path:
         "references": [dict(_member(a, i), name=a.trials[i].origin.split(":", 1)[1],
                             is_pareto=bool(a.pareto[i])) for i in refs],
     }
+    if pick is not None:
+        doc["pick"] = _pick_doc(a, pick)
     path.write_text(json.dumps(to_jsonable(doc), indent=2))
     return path
 
 
-def _write_front(a: FrontAnalysis, cfg: dict[str, Any], folder: Path) -> Path:
+def _write_front(a: FrontAnalysis, cfg: dict[str, Any], folder: Path, pick: Pick | None = None) -> Path:
+    """``<id>.yaml`` per front member, and ``pick.yaml`` (with the rule) for the strategy's pick."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.yaml"):
         old.unlink()
-    for i in np.flatnonzero(a.pareto):
-        m = _member(a, int(i))
+    members = [(int(i), None) for i in np.flatnonzero(a.pareto)]
+    if pick is not None:
+        members.append((pick.index, pick.rule))
+    for i, rule in members:
+        m = _member(a, i)
         doc = {
             "id": m["id"],
             "search_space": cfg.get("search_space"),
@@ -165,7 +219,10 @@ def _write_front(a: FrontAnalysis, cfg: dict[str, Any], folder: Path) -> Path:
             "values": {k: v["value"] for k, v in m["values"].items()},
             "provenance": {k: v["provenance"] for k, v in m["values"].items()},
         }
-        (folder / f"{m['id']}.yaml").write_text(
-            f"# Re-evaluate with: nasframe evaluate EXP.yaml --arch {folder.name}/{m['id']}.yaml\n"
+        name = m["id"] if rule is None else "pick"
+        if rule is not None:
+            doc["pick"] = {"trial": m["trial"], "rule": rule}
+        (folder / f"{name}.yaml").write_text(
+            f"# Re-evaluate with: nasframe evaluate EXP.yaml --arch {folder.name}/{name}.yaml\n"
             + yaml.safe_dump(to_jsonable(doc), sort_keys=False))
     return folder

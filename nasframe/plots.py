@@ -26,11 +26,13 @@ def _label(key: str, direction: str) -> str:
 
 
 def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
-                constraints: Sequence[Constraint] = ()) -> Path:
+                constraints: Sequence[Constraint] = (),
+                pick: tuple[int, str] | None = None) -> Path:
     """Every pair of objectives: trials (grey), infeasible (red x), front (blue, joined
-    in 2-D), reference architectures (black stars, named), constraint bounds (dashed red);
-    the title counts the trials that cannot be placed (failed, or pruned before every
-    objective was evaluated)."""
+    in 2-D), reference architectures (black stars, named), constraint bounds (dashed red),
+    the strategy's pick ``(index into a.trials, rule)`` (an orange diamond, labelled with
+    its rule); the title counts the trials that cannot be placed (failed, or pruned
+    before every objective was evaluated)."""
     plt = _plt()
     m = len(a.keys)
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)] if m > 1 else [(0, 0)]
@@ -58,6 +60,12 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
             ax.scatter(x[i], y[i], s=160, marker="*", c="k", zorder=4)
             ax.annotate(a.trials[i].origin.split(":", 1)[1], (x[i], y[i]), textcoords="offset points",
                         xytext=(6, 6), fontsize=8)
+        if pick is not None and ok[pick[0]]:
+            p = pick[0]
+            ax.scatter(x[p], y[p], s=150, marker="D", facecolors="none", edgecolors="tab:orange",
+                       linewidths=2.2, zorder=5, label=f"pick: {pick[1]}")
+            ax.annotate(f"pick (trial {a.trials[p].number})", (x[p], y[p]), textcoords="offset points",
+                        xytext=(8, -12), fontsize=8, color="tab:orange")
         for c in constraints:
             if c.key == a.keys[xi]:
                 ax.axvline(c.bound, c="tab:red", ls="--", lw=1, label=f"constraint {c}")

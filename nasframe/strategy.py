@@ -45,6 +45,17 @@ class Strategy(abc.ABC):
     def tell(self, trials: Sequence[Trial]) -> None:
         """Results of finished trials."""
 
+    def pick(self, trials: Sequence[Trial]) -> tuple[Trial, str] | None:
+        """The model the strategy recommends from the finished trials, and the rule that chose it.
+
+        ``trials`` are every finished trial of a run (any status, references
+        included). Return ``(trial, rule)``, where ``rule`` says in words or
+        a formula why (it is exported with the pick), or None: no pick, the
+        default. Export makes a fresh instance from the experiment's config
+        (no state loaded) and marks the pick in its files.
+        """
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue; JSON-serialisable."""
         return {"rng": self.rng_state()}

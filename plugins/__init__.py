@@ -11,11 +11,13 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_strategies(registry: Registry) -> None:
+    from plugins.ens import EnsStrategy
     from plugins.grid import GridSearch
     from plugins.random_search import RandomSearch
 
     registry.add(RandomSearch)
     registry.add(GridSearch)
+    registry.add(EnsStrategy)
 
 
 @hookimpl

@@ -1,0 +1,385 @@
+"""``ens``: multi-objective evolutionary search (NSGA-II) over a space's decisions.
+
+The search of the ENS paper: which block slots of a hybrid transformer/SSM
+U-Net stay transformers, trading quality (PSNR, maximised) against cost
+(the transformer count, minimised). Nothing here is specific to that space:
+any finite-decision space with any objectives works.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nasframe.architecture import Architecture
+from nasframe.pareto import pareto_mask
+from nasframe.strategy import Strategy
+from nasframe.trial import Problem, Trial
+
+#: objective value given to failed trials and missing values (minimisation form)
+BAD = 1e12
+#: constraint violation of a failed trial: worse than any real violation (those are capped at BAD)
+FAILED_VIOLATION = 1e15
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None, fix: str,
+                  integer: bool = False, low_open: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and integer:
+        ok = isinstance(value, int)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        raise ValueError(f"`{name}` must be {fix}, got {value!r}")
+
+
+class EnsStrategy(Strategy):
+    """NSGA-II (pymoo) on the decisions' integer indices, driven by ask/tell.
+
+    Each decision is an integer gene (its index among the decision's values);
+    parents are chosen by binary tournament (constraint violation, then
+    dominance, then crowding), children made by uniform crossover and a
+    random-reset mutation (each gene with probability ``mutation_prob``, by
+    default 1 / number of decisions, takes another value). Every child is
+    canonicalised and validated by the space; invalid children, and children
+    already proposed or told, are rejected as duplicates and pymoo mates again.
+    When mating cannot fill a generation (a small or converged space), random
+    unseen architectures fill it; ``ask`` returns fewer, or none, once the
+    space is exhausted.
+
+    A generation is ``population`` architectures. The first is random. It
+    closes when all of it has been handed out and more is asked for: every
+    trial told since (its own results, reference architectures, any other
+    trial) joins the current population in NSGA-II survival
+    (rank and crowding, constraint violation first), so good reference
+    architectures become parents. Objectives come from the problem, each
+    to be minimised (maximised ones negated); the trial's constraint violation
+    is pymoo's single inequality constraint. Failed trials, and missing
+    values, get a very bad fitness.
+
+    :meth:`pick` recommends, among the feasible complete trials on the Pareto
+    front, the one maximising ``quality - penalty * cost``.
+
+    State: the generator, the generation counter, the population and the
+    trials told since the last survival (indices with their objective and
+    violation values), the queued and pending (asked, not told) proposals and
+    the seen ids. pymoo's algorithm is rebuilt from it at each generation with
+    a seed drawn from ``self.rng``, so a resumed instance continues the same
+    search.
+    """
+
+    name = "ens"
+
+    def __init__(self, problem: Problem, seed: int = 0, population: int = 16, penalty: float = 0.1,
+                 quality: str | None = None, cost: str | None = None,
+                 crossover_prob: float = 0.9, mutation_prob: float | None = None,
+                 max_retries: int = 1000):
+        super().__init__(problem, seed)
+        _check_number("population", population, 2, None,
+                      "an integer of at least 2 (e.g. `population: 16`)", integer=True)
+        _check_number("penalty", penalty, 0, None,
+                      "a number >= 0, the weight of `cost` in the pick (e.g. `penalty: 0.1`)")
+        _check_number("crossover_prob", crossover_prob, 0, 1,
+                      "a probability between 0 and 1 (e.g. `crossover_prob: 0.9`)")
+        if mutation_prob is not None:
+            _check_number("mutation_prob", mutation_prob, 0, 1,
+                          "a probability in (0, 1], or null for 1 / number of decisions",
+                          low_open=True)
+        _check_number("max_retries", max_retries, 1, None, "a positive integer", integer=True)
+        self.population = population
+        self.penalty = float(penalty)
+        self.crossover_prob = float(crossover_prob)
+        self.mutation_prob = None if mutation_prob is None else float(mutation_prob)
+        self.max_retries = max_retries
+        specs = {o.key: o for o in problem.objectives}
+        self.quality = self._pick_key("quality", quality, "max", specs)
+        self.cost = self._pick_key("cost", cost, "min", specs)
+        self._decisions = list(self.space.decisions())
+        self._counts = np.array([d.count for d in self._decisions], dtype=np.int64)
+        # search state (all of it in state_dict)
+        self._gen = 0
+        self._pop: list[dict[str, Any]] = []      # survivors of the last selection
+        self._told: list[dict[str, Any]] = []     # individuals told since the last selection
+        self._queue: list[list[int]] = []         # this generation, not yet handed out
+        self._pending: list[str] = []             # handed out, not yet told
+        self._seen: set[str] = set()
+        self._order: list[str] = []
+        self._members: set[str] = set()           # ids in _pop or _told
+
+    @staticmethod
+    def _pick_key(param: str, key: str | None, direction: str, specs: dict) -> str | None:
+        if key is None:
+            if param == "cost" and "transformer_count" in specs:
+                return "transformer_count"
+            return next((k for k, s in specs.items() if s.direction == direction), None)
+        if not isinstance(key, str) or key not in specs:
+            raise ValueError(f"`{param}` must name one of the experiment's objectives "
+                             f"({', '.join(specs) or 'none'}), got {key!r}")
+        if specs[key].direction != direction:
+            word = "maximised" if direction == "max" else "minimised"
+            raise ValueError(f"`{param}` must name an objective that is {word}, but {key!r} has "
+                             f"direction '{specs[key].direction}'; choose another objective or "
+                             f"set its direction to '{direction}' in the experiment")
+        return key
+
+    # -- encoding --------------------------------------------------------
+    def _arch(self, x: Sequence[int]) -> Architecture | None:
+        """The canonical, valid architecture of an index vector, or None."""
+        try:
+            arch = Architecture({d.name: d.value_at(int(i)) for d, i in zip(self._decisions, x)})
+            arch = self.space.canonicalize(arch)
+        except (ValueError, IndexError, TypeError, KeyError):
+            return None
+        return arch if self.space.validate(arch) is None else None
+
+    def _indices(self, arch: Architecture) -> list[int] | None:
+        try:
+            arch = self.space.canonicalize(arch)
+            if self.space.validate(arch) is not None:
+                return None
+            return [int(d.index(arch[d.name])) for d in self._decisions]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _record(self, trial: Trial) -> dict[str, Any] | None:
+        x = self._indices(trial.arch)
+        if x is None:
+            return None
+        if trial.status == "failed":
+            F, G = [BAD] * len(self.problem.objectives), FAILED_VIOLATION
+        else:
+            F = [float(v) if math.isfinite(v) else BAD for v in self.problem.minimised(trial)]
+            F = [min(v, BAD) for v in F]
+            violation = trial.violation if trial.feasible is False else 0.0
+            if trial.feasible is False and violation <= 0:
+                violation = 1.0
+            if not math.isfinite(violation) or violation > BAD:
+                violation = BAD
+            G = float(violation)
+            if trial.status != "complete" and G == 0.0:  # pruned but not infeasible: incomplete
+                G = 1.0
+        return {"id": trial.arch.id, "x": x, "F": F, "G": G}
+
+    # -- ask / tell ------------------------------------------------------
+    def _see(self, arch_id: str) -> None:
+        if arch_id not in self._seen:
+            self._seen.add(arch_id)
+            self._order.append(arch_id)
+
+    def ask(self, n: int) -> list[Architecture]:
+        out: list[Architecture] = []
+        while len(out) < n:
+            if not self._queue:
+                self._next_generation()
+                if not self._queue:
+                    break
+            arch = self._arch(self._queue.pop(0))
+            if arch is None or arch.id in self._seen:
+                continue
+            self._see(arch.id)
+            self._pending.append(arch.id)
+            out.append(arch)
+        return out
+
+    def tell(self, trials: Sequence[Trial]) -> None:
+        for t in trials:
+            self._see(t.arch.id)
+            if t.status == "running":
+                continue
+            if t.arch.id in self._pending:
+                self._pending.remove(t.arch.id)
+            rec = self._record(t)
+            if rec is None or rec["id"] in self._members:
+                continue
+            self._members.add(rec["id"])
+            self._told.append(rec)
+
+    # -- generations -----------------------------------------------------
+    def _next_generation(self) -> None:
+        """Select survivors from everything told, then fill the queue with children."""
+        self._gen += 1
+        self._pending = []  # results still to come join the next selection as other trials do
+        records = self._pop + self._told
+        self._told = []
+        queued: set[str] = set()
+        if records:
+            seed = int(self.rng.integers(2**63))
+            algo = self._algorithm(seed, queued)
+            algo.tell(infills=self._as_population(records))  # ranks and crowding of all
+            algo.tell(infills=None)                           # NSGA-II survival to `population`
+            pop = algo.pop
+            ids = {tuple(r["x"]): r["id"] for r in records}
+            self._pop = [{"id": ids[tuple(int(v) for v in x)], "x": [int(v) for v in x],
+                          "F": [float(v) for v in f], "G": float(g[0])}
+                         for x, f, g in zip(pop.get("X"), pop.get("F"), pop.get("G"))]
+            self._members = {r["id"] for r in self._pop}
+            off = algo.ask() if len(self._pop) >= 2 else None
+            if off is not None:
+                for x in off.get("X"):
+                    arch = self._arch(x)
+                    if arch is not None and arch.id not in self._seen and arch.id not in queued:
+                        queued.add(arch.id)
+                        self._queue.append([int(v) for v in x])
+        misses = 0
+        while len(self._queue) < self.population and misses < self.max_retries:
+            try:
+                arch = self.space.sample(self.rng)
+            except RuntimeError:
+                break
+            x = self._indices(arch)
+            if x is None or arch.id in self._seen or arch.id in queued:
+                misses += 1
+                continue
+            misses = 0
+            queued.add(arch.id)
+            self._queue.append(x)
+
+    def _algorithm(self, seed: int, queued: set[str]):
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.core.termination import NoTermination
+        from pymoo.operators.crossover.ux import UniformCrossover
+
+        algo = NSGA2(pop_size=self.population, n_offsprings=self.population,
+                     crossover=UniformCrossover(prob=self.crossover_prob),
+                     mutation=_RandomReset(prob=1.0, prob_var=self.mutation_prob),
+                     eliminate_duplicates=_Unseen(self, queued))
+        algo.setup(_IndexProblem(self._counts, len(self.problem.objectives)), seed=seed,
+                   termination=NoTermination(), verbose=False)
+        return algo
+
+    @staticmethod
+    def _as_population(records: list[dict[str, Any]]):
+        from pymoo.core.population import Population
+
+        return Population.new(X=np.array([r["x"] for r in records], dtype=np.int64),
+                              F=np.array([r["F"] for r in records], dtype=float),
+                              G=np.array([[r["G"]] for r in records], dtype=float))
+
+    # -- the pick --------------------------------------------------------
+    def pick(self, trials: Sequence[Trial]) -> tuple[Trial, str] | None:
+        """Among feasible complete trials on the Pareto front, the one maximising
+        ``quality - penalty * cost`` (ties: the earliest trial)."""
+        if self.quality is None or self.cost is None:
+            return None
+        keys = self.problem.keys
+        ok = [t for t in trials if t.status == "complete" and t.feasible is not False
+              and all(k in t.values and math.isfinite(t.values[k]) for k in keys)]
+        if not ok:
+            return None
+        values = np.array([[t.values[k] for k in keys] for t in ok], dtype=float)
+        mask = pareto_mask(values, [o.direction for o in self.problem.objectives])
+        front = [t for t, m in zip(ok, mask) if m]
+        best = max(front, key=lambda t: (self._score(t), -t.number))
+        rule = f"{self.quality} - {self.penalty:g} * {self.cost} = {self._score(best):.6g}"
+        return best, rule
+
+    def _score(self, t: Trial) -> float:
+        return float(t.values[self.quality]) - self.penalty * float(t.values[self.cost])
+
+    # -- state -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng_state(), "generation": self._gen, "population": self._pop,
+                "told": self._told, "queue": self._queue, "pending": list(self._pending),
+                "seen": list(self._order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.set_rng_state(state["rng"])
+        self._gen = int(state.get("generation", 0))
+        self._pop = [dict(r) for r in state.get("population", [])]
+        self._told = [dict(r) for r in state.get("told", [])]
+        width = len(self._decisions)
+        for r in self._pop + self._told + [{"x": x} for x in state.get("queue", [])]:
+            if len(r["x"]) != width:
+                raise ValueError(f"the saved 'ens' state has {len(r['x'])} decisions per "
+                                 f"architecture but search space '{self.space.name}' now has "
+                                 f"{width}; the space changed since the run was saved: start a "
+                                 "new run")
+        self._queue = [list(map(int, x)) for x in state.get("queue", [])]
+        self._pending = list(state.get("pending", []))
+        self._seen, self._order = set(), []
+        for arch_id in state.get("seen", ()):
+            self._see(arch_id)
+        self._members = {r["id"] for r in self._pop + self._told}
+
+
+# ------------------------------------------------------------ pymoo pieces
+def _problem_base():
+    from pymoo.core.problem import Problem as PymooProblem
+
+    return PymooProblem
+
+
+class _IndexProblem(_problem_base()):
+    """Integer indices ``0 .. count-1`` per decision; evaluated by nasframe, never by pymoo."""
+
+    def __init__(self, counts: np.ndarray, n_obj: int):
+        super().__init__(n_var=len(counts), n_obj=n_obj, n_ieq_constr=1,
+                         xl=np.zeros(len(counts)), xu=(counts - 1).astype(float), vtype=int)
+
+    def _evaluate(self, x, out, *args, **kwargs):
+        raise RuntimeError("architectures are evaluated by nasframe, not by pymoo")
+
+
+def _mutation_base():
+    from pymoo.core.mutation import Mutation
+
+    return Mutation
+
+
+class _RandomReset(_mutation_base()):
+    """Each gene, with probability ``prob_var`` (default 1 / n_var), takes another index."""
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        X = np.asarray(X).astype(np.int64, copy=True)
+        if X.size == 0:
+            return X
+        counts = np.asarray(problem.xu, dtype=np.int64) + 1
+        prob = self.get_prob_var(problem, size=len(X))
+        prob = np.broadcast_to(np.asarray(prob, dtype=float).reshape(-1, 1), X.shape)
+        flip = (random_state.random(X.shape) < prob) & (counts > 1)[None, :]
+        # a different index: shift by 1 .. count-1 (mod count)
+        shift = np.floor(random_state.random(X.shape) * np.maximum(counts - 1, 1)).astype(np.int64) + 1
+        X[flip] = ((X + shift) % counts[None, :])[flip]
+        return X
+
+
+def _duplicate_base():
+    from pymoo.core.duplicate import DuplicateElimination
+
+    return DuplicateElimination
+
+
+class _Unseen(_duplicate_base()):
+    """Rejects children that are invalid, already seen or queued, or repeat another child."""
+
+    def __init__(self, strategy: EnsStrategy, queued: set[str]):
+        super().__init__()
+        self.strategy = strategy
+        self.queued = queued
+        self._ids: dict[tuple[int, ...], str | None] = {}
+
+    def _id(self, x) -> str | None:
+        key = tuple(int(v) for v in x)
+        if key not in self._ids:
+            arch = self.strategy._arch(key)
+            self._ids[key] = None if arch is None else arch.id
+        return self._ids[key]
+
+    def _do(self, pop, other, is_duplicate):
+        ids = [self._id(x) for x in pop.get("X")]
+        if other is None:
+            first: set[str] = set()
+            for i, arch_id in enumerate(ids):
+                if (arch_id is None or arch_id in self.strategy._seen or arch_id in self.queued
+                        or arch_id in first):
+                    is_duplicate[i] = True
+                else:
+                    first.add(arch_id)
+        else:
+            others = {self._id(x) for x in other.get("X")}
+            for i, arch_id in enumerate(ids):
+                if arch_id in others:
+                    is_duplicate[i] = True
+        return is_duplicate
