@@ -1,0 +1,474 @@
+"""Feature distillation: train small modules to stand in for parts of a teacher.
+
+Given a teacher and students keyed by the name of a teacher sub-module (as in
+``teacher.named_modules()``), :func:`distill` trains every student to
+reproduce its sub-module's output from the input that sub-module receives
+inside the teacher (feature MSE). One teacher forward per step feeds all
+students, so dozens of block surrogates train together in one pass over the
+data::
+
+    from nasframe.distill import distill, distill_cached, module_digest
+
+    students = {f"blocks.{i}": Surrogate(dim) for i in range(12)}
+    result = distill(teacher, students, lambda step: data(step), steps=500,
+                     progress=ctx)
+    result.relative()          # {"blocks.0": 0.03, ...}: loss / mean square of the feature
+
+The teacher is only read: it runs in eval mode under ``torch.no_grad`` (its
+modes are restored afterwards), its inputs and outputs are captured with
+forward hooks that are always removed, and its parameters never change.
+Captured features live for one step only.
+
+:func:`distill_cached` stores the trained students and the result in the
+run's :class:`~nasframe.context.ArtifactCache`, so a second call with the same
+payload loads the weights instead of training.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasframe.context import ArtifactCache
+from nasframe.errors import ConfigError
+
+__all__ = ["DistillResult", "distill", "distill_cached", "module_digest"]
+
+#: ``inputs_of(name, args, kwargs)``: what the student named ``name`` is called with.
+InputsOf = Callable[[str, tuple, dict], Any]
+
+_STUDENTS_FILE = "students.pt"
+_RESULT_FILE = "result.json"
+
+
+@dataclass
+class DistillResult:
+    """What a distillation achieved, measured on the probe batch(es).
+
+    ``losses`` and ``initial_losses`` are the feature MSE of each student after
+    and before training; ``reference`` is the mean square of the teacher's
+    feature, a scale for the loss (``relative()`` = loss / reference, so 0 is
+    perfect and 1 is as bad as predicting zeros). ``cached`` is true when the
+    students were loaded by :func:`distill_cached` instead of trained
+    (``seconds`` is then the time the original training took).
+    """
+
+    losses: dict[str, float]
+    initial_losses: dict[str, float]
+    reference: dict[str, float]
+    steps: int
+    seconds: float
+    cached: bool = False
+
+    def relative(self, initial: bool = False) -> dict[str, float]:
+        """Loss / reference per student (``initial=True``: before training)."""
+        losses = self.initial_losses if initial else self.losses
+        return {name: _ratio(loss, self.reference[name]) for name, loss in losses.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "cached"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], cached: bool = False) -> DistillResult:
+        return cls(losses=dict(data["losses"]), initial_losses=dict(data["initial_losses"]),
+                   reference=dict(data["reference"]), steps=int(data["steps"]),
+                   seconds=float(data["seconds"]), cached=cached)
+
+
+def _ratio(loss: float, reference: float) -> float:
+    if reference > 0:
+        return loss / reference
+    return 0.0 if loss == 0 else math.inf
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def module_digest(module: nn.Module | Mapping[str, Any]) -> str:
+    """SHA-256 (16 hex digits) of a module's state_dict: names, dtypes, shapes and bytes.
+
+    Two modules with equal digests hold the same weights under the same names;
+    use it in cache payloads (a teacher, a student's initialisation). It does
+    not see code: two classes with the same parameters but different forwards
+    collide, so name the architecture in the payload too.
+    """
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    h = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        h.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            t = value.detach()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            if t.is_quantized:
+                t = t.dequantize()
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:16]
+
+
+def _leaves(value: Any) -> list[torch.Tensor]:
+    """The tensors in a (nested) tensor / tuple / list / dict, in a stable order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _leaves(v)]
+    if isinstance(value, Mapping):
+        return [t for k in value for t in _leaves(value[k])]
+    return []
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return type(value)(*(_map_tensors(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def _call(module: Callable, inputs: Any) -> Any:
+    """A tensor is one argument, a tuple/list positional arguments, a dict keyword arguments."""
+    if isinstance(inputs, (tuple, list)):
+        return module(*inputs)
+    if isinstance(inputs, Mapping):
+        return module(**inputs)
+    return module(inputs)
+
+
+def _first_input(name: str, args: tuple, kwargs: dict) -> Any:
+    if args:
+        return args[0]
+    if len(kwargs) == 1:
+        return next(iter(kwargs.values()))
+    raise ConfigError(f"distill: teacher module '{name}' was called without positional "
+                      f"arguments (keywords: {', '.join(kwargs) or 'none'}); pass "
+                      f"inputs_of=... to say what its student receives")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _shapes(value: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in _leaves(value)]
+
+
+class _Capture:
+    """Forward hooks that record each named sub-module's inputs and output, per forward."""
+
+    def __init__(self, teacher: nn.Module, names: list[str], inputs_of: InputsOf):
+        modules = dict(teacher.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            problems = []
+            for n in missing:
+                close = difflib.get_close_matches(n, list(modules), n=5, cutoff=0.5)
+                hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+                problems.append(f"distill: teacher has no sub-module '{n}'{hint} "
+                                f"(names as in teacher.named_modules(), e.g. "
+                                f"{', '.join(repr(m) for m in list(modules)[1:4])})")
+            raise ConfigError(*problems)
+        self.records: dict[str, list[list[Any]]] = {n: [] for n in names}
+        self.handles: list[Any] = []
+        try:
+            for n in names:
+                self.handles.append(modules[n].register_forward_pre_hook(
+                    self._pre(n, inputs_of), with_kwargs=True))
+                self.handles.append(modules[n].register_forward_hook(self._post(n)))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _pre(self, name: str, inputs_of: InputsOf):
+        def hook(module, args, kwargs):
+            # clone: a later in-place op in the teacher must not change what we captured
+            inputs = _map_tensors(inputs_of(name, args, kwargs), lambda t: t.detach().clone())
+            self.records[name].append([inputs, None])
+        return hook
+
+    def _post(self, name: str):
+        def hook(module, args, output):
+            self.records[name][-1][1] = _map_tensors(output, lambda t: t.detach().clone())
+        return hook
+
+    def run(self, teacher: nn.Module, batch: Any) -> dict[str, list[list[Any]]]:
+        for calls in self.records.values():
+            calls.clear()
+        with torch.no_grad():
+            _call(teacher, batch)
+        records = {n: list(calls) for n, calls in self.records.items()}
+        for calls in self.records.values():
+            calls.clear()
+        not_called = [n for n, calls in records.items() if not calls]
+        if not_called:
+            raise ConfigError(f"distill: teacher sub-module(s) {', '.join(map(repr, not_called))} "
+                              f"were not called by the teacher's forward (called through "
+                              f".forward() directly, or on a branch this input skips?)")
+        return records
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _pair_loss(name: str, student: nn.Module, calls: list[list[Any]]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature MSE over all calls, mean square of the teacher feature) for one pair."""
+    sq_err: torch.Tensor | float = 0.0
+    sq_ref: torch.Tensor | float = 0.0
+    count = 0
+    for inputs, target in calls:
+        try:
+            out = _call(student, inputs)
+        except Exception as err:
+            err.add_note(f"while running the distillation student for teacher module '{name}'")
+            raise
+        got, want = _shapes(out), _shapes(target)
+        if got != want:
+            raise ConfigError(f"distill: student for '{name}' returns shape(s) "
+                              f"{_fmt_shapes(got)} but the teacher module returns "
+                              f"{_fmt_shapes(want)}; a student must match its teacher "
+                              f"module's output")
+        for o, t in zip(_leaves(out), _leaves(target)):
+            t = t.float()
+            sq_err = sq_err + (o.float() - t).pow(2).sum()
+            sq_ref = sq_ref + t.pow(2).sum()
+            count += t.numel()
+    count = max(count, 1)
+    return sq_err / count, torch.as_tensor(sq_ref) / count
+
+
+def _fmt_shapes(shapes: list[tuple[int, ...]]) -> str:
+    return " ".join(str(list(s)) for s in shapes) if shapes else "no tensor"
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    return _map_tensors(batch, lambda t: t.to(device))
+
+
+# ---------------------------------------------------------------------------------- distill
+
+def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
+            batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
+            weight_decay: float = 0.0, grad_clip: float | None = 1.0, probe: Any = None,
+            inputs_of: InputsOf | None = None, device: str | torch.device | None = None,
+            progress: Any = None, description: str = "distilling") -> DistillResult:
+    """Train each student to reproduce a teacher sub-module's output (feature MSE).
+
+    ``students`` maps a sub-module name of ``teacher`` (as in
+    ``teacher.named_modules()``) to a module with the same input and output
+    shapes. ``batches(step)`` gives the teacher's input for ``step`` in
+    ``range(steps)``: a tensor (one argument), a tuple/list (positional
+    arguments) or a dict (keyword arguments); making it deterministic in
+    ``step`` is the caller's business. Each step runs the teacher once, then
+    every student on the input its sub-module received.
+
+    A student is called with its sub-module's first positional argument (or
+    its only keyword argument);
+    ``inputs_of(name, args, kwargs)`` replaces that, returning a tensor, a
+    tuple (positional arguments) or a dict (keyword arguments) for the
+    student. A sub-module called several times per forward is distilled on
+    every call.
+
+    ``probe`` is the held-out batch for ``initial_losses`` and ``losses``
+    (measured in eval mode, without gradient): one batch like those of
+    ``batches``, or a list of such batches; by default ``batches(-1)``, which
+    is never a training step (a ``batches`` that draws fresh random data per
+    step makes it held out).
+
+    Training: one AdamW over all students (their parameters are disjoint, so
+    this equals one optimiser each), a cosine learning-rate decay over
+    ``steps``, and ``grad_clip`` clipping each student's gradient norm on its
+    own. Each student's graph is freed before the next runs, so memory holds
+    one student's activations plus one step's captured features.
+
+    ``device``: where the inputs and students go (default: the teacher's
+    device; the teacher is not moved). ``progress``: a started rich
+    ``Progress``, a :class:`~nasframe.context.Context` (its ``ctx.progress()``
+    bar is used), or None. Students come back in eval mode; the teacher's
+    modes, parameters and hooks are as before.
+    """
+    names = list(students)
+    if not names:
+        raise ConfigError("distill: no students given")
+    if steps < 0:
+        raise ConfigError(f"distill: steps must be >= 0 (got {steps})")
+    device = torch.device(device) if device is not None else _device_of(teacher)
+    inputs_of = inputs_of or _first_input
+    start = time.perf_counter()
+    for s in students.values():
+        s.to(device)
+
+    modes = {m: m.training for m in teacher.modules()}
+    capture = _Capture(teacher, names, inputs_of)
+    try:
+        teacher.eval()
+        probes = probe if isinstance(probe, list) else [batches(-1) if probe is None else probe]
+        initial, reference = _measure(teacher, students, capture, probes, device)
+        _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_clip, device,
+               progress, description)
+        final, _ = _measure(teacher, students, capture, probes, device)
+    finally:
+        capture.remove()
+        for m, mode in modes.items():
+            m.training = mode
+        for s in students.values():
+            s.eval()
+    return DistillResult(losses=final, initial_losses=initial, reference=reference, steps=steps,
+                         seconds=time.perf_counter() - start)
+
+
+def _measure(teacher, students, capture, probes, device) -> tuple[dict[str, float], dict[str, float]]:
+    loss = {n: 0.0 for n in students}
+    ref = {n: 0.0 for n in students}
+    for s in students.values():
+        s.eval()
+    with torch.no_grad():
+        for batch in probes:
+            records = capture.run(teacher, _to(batch, device))
+            for name, student in students.items():
+                l, r = _pair_loss(name, student, records.pop(name))
+                loss[name] += float(l) / len(probes)
+                ref[name] += float(r) / len(probes)
+    return loss, ref
+
+
+def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_clip, device,
+           progress, description) -> None:
+    if steps == 0:
+        return
+    params: dict[str, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, s in students.items():
+        params[name] = [p for p in s.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params[name])
+    flat = [p for ps in params.values() for p in ps]
+    opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay) if flat else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opt else None
+    every = max(1, steps // 100)
+    with _Bar(progress, description, steps) as bar:
+        for s in students.values():
+            s.train()
+        running_loss = running_rel = None
+        for step in range(steps):
+            records = capture.run(teacher, _to(batches(step), device))
+            if opt:
+                opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=device)
+            step_rel = torch.zeros((), device=device)
+            for name, student in students.items():
+                loss, ref = _pair_loss(name, student, records.pop(name))
+                if loss.requires_grad:
+                    loss.backward()
+                loss = loss.detach()
+                step_loss += loss
+                step_rel += loss / ref.clamp_min(1e-12)
+                if grad_clip is not None and params[name]:
+                    nn.utils.clip_grad_norm_(params[name], grad_clip)
+            if opt:
+                opt.step()
+                sched.step()
+            n = len(students)
+            running_loss = step_loss / n if running_loss is None else 0.9 * running_loss + 0.1 * step_loss / n
+            running_rel = step_rel / n if running_rel is None else 0.9 * running_rel + 0.1 * step_rel / n
+            if (step + 1) % every == 0 or step + 1 == steps:  # .item() syncs: not every step
+                bar.update(step + 1, f"mse {float(running_loss):.3g}  rel {float(running_rel):.3g}")
+
+
+class _Bar:
+    """A task on a caller's rich Progress, on ``ctx.progress()``, or nothing."""
+
+    def __init__(self, progress: Any, description: str, total: int):
+        self.progress, self.description, self.total = progress, description, total
+        self.owned = None
+        self.task = None
+
+    def __enter__(self) -> _Bar:
+        bar = self.progress
+        if bar is not None and not hasattr(bar, "add_task") and hasattr(bar, "progress"):
+            self.owned = bar = bar.progress()  # a Context
+            bar.__enter__()
+        if bar is not None:
+            self.task = bar.add_task(self.description, total=self.total, info="")
+        self.bar = bar
+        return self
+
+    def update(self, completed: int, info: str) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, completed=completed, info=info)
+
+    def __exit__(self, *exc) -> None:
+        if self.owned is not None:
+            self.owned.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------------------- caching
+
+def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, Any],
+                   teacher: nn.Module, students: Mapping[str, nn.Module],
+                   batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
+                   weight_decay: float = 0.0, grad_clip: float | None = 1.0,
+                   **kwargs: Any) -> DistillResult:
+    """:func:`distill`, cached: train once, later load the students' weights.
+
+    The artifact is a directory in ``cache`` (``namespace``) holding
+    ``students.pt`` (``torch.save`` of ``{name: state_dict}``) and
+    ``result.json`` (:class:`DistillResult`), written atomically. On a hit the
+    weights are loaded into ``students`` (``weights_only=True``) and nothing is
+    trained or run; the returned result has ``cached=True``.
+
+    The cache key is ``payload`` plus what this function can see: the student
+    names, each student's initial :func:`module_digest`, ``steps``, ``lr``,
+    ``weight_decay`` and ``grad_clip``. ``payload`` must name everything else
+    that determines the result: the teacher (e.g. its ``module_digest``), the
+    data ``batches`` and ``probe`` give, ``inputs_of``, the students'
+    architecture (code, not only weights), and a version you bump when any of
+    it changes. Other ``kwargs`` go to :func:`distill`.
+    """
+    key = {"payload": dict(payload), "students": {n: module_digest(s) for n, s in students.items()},
+           "steps": steps, "lr": lr, "weight_decay": weight_decay, "grad_clip": grad_clip}
+    trained: list[DistillResult] = []
+
+    def make(tmp: Path) -> None:
+        result = distill(teacher, students, batches, steps=steps, lr=lr,
+                         weight_decay=weight_decay, grad_clip=grad_clip, **kwargs)
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.save({n: {k: v.detach().cpu() for k, v in s.state_dict().items()}
+                        for n, s in students.items()}, tmp / _STUDENTS_FILE)
+            (tmp / _RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        trained.append(result)
+
+    path = cache.get_or_create(namespace, key, make)
+    if trained:
+        return trained[0]
+    states = torch.load(path / _STUDENTS_FILE, map_location="cpu", weights_only=True)
+    device = kwargs.get("device")
+    for name, student in students.items():
+        student.load_state_dict(states[name])
+        if device is not None:
+            student.to(device)
+        student.eval()
+    return DistillResult.from_dict(json.loads((path / _RESULT_FILE).read_text()), cached=True)
