@@ -1,0 +1,220 @@
+"""The two kinds of block a slot can hold, with equal input and output shapes.
+
+* :class:`TransformerBlock`: Restormer's block, ``x + MDTA(LN(x))`` then
+  ``x + GDFN(LN(x))`` (multi-Dconv head transposed attention, gated-Dconv FFN).
+* :class:`SSMBlock`: a MambaIR-style 2-D selective-scan block,
+  ``x + SS2D(LN(x))`` then ``x + FFN(LN(x))``. SS2D: in-projection to a scan
+  branch and a gate, depthwise 3x3 conv and SiLU on the scan branch, a selective
+  scan over the flattened map in several orders (row-major, column-major, and
+  both reversed) whose re-aligned outputs are summed, normalisation, gate
+  ``* SiLU(z)``, out-projection. The scan has a scalar decay per head (Mamba-2's
+  parameterisation), which lets the CPU run it as chunked matrix products (see
+  :mod:`.scan`). The feed-forward part is a lighter gated-Dconv FFN (expansion
+  ``ffn_factor``, 1.0 by default, against the transformer block's 2.66).
+
+All blocks take and return ``(B, C, H, W)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, resolve_backend,
+                                           selective_scan)
+
+SCAN_ORDERS = (1, 2, 4)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels at every pixel; ``bias=False`` is Restormer's BiasFree variant
+    (scale only, the mean is still subtracted for the variance but not removed)."""
+
+    def __init__(self, channels: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None:
+            y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, 1e-5)
+            return y.permute(0, 3, 1, 2)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        return x * torch.rsqrt(var + 1e-5) * self.weight[:, None, None]
+
+
+class MDTA(nn.Module):
+    """Multi-Dconv head transposed attention: attention across channels, linear in H*W."""
+
+    def __init__(self, dim: int, heads: int, bias: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"channels {dim} are not divisible by heads {heads}")
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        q = F.normalize(q.reshape(b, self.heads, c // self.heads, hh * ww), dim=-1)
+        k = F.normalize(k.reshape(b, self.heads, c // self.heads, hh * ww), dim=-1)
+        v = v.reshape(b, self.heads, c // self.heads, hh * ww)
+        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
+        return self.project_out((attn @ v).reshape(b, c, hh, ww))
+
+
+class GDFN(nn.Module):
+    """Gated-Dconv feed-forward network: ``GELU(a) * b`` after a depthwise 3x3 conv."""
+
+    def __init__(self, dim: int, factor: float = 2.66, bias: bool = False):
+        super().__init__()
+        hidden = int(dim * factor)
+        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, g = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(a) * g)
+
+
+class TransformerBlock(nn.Module):
+    """Restormer's block: ``x + MDTA(LN(x))``, then ``x + GDFN(LN(x))``."""
+
+    kind = "transformer"
+
+    def __init__(self, dim: int, heads: int, ffn_factor: float = 2.66, bias: bool = False,
+                 norm_bias: bool = True):
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim, norm_bias)
+        self.attn = MDTA(dim, heads, bias)
+        self.norm2 = LayerNorm2d(dim, norm_bias)
+        self.ffn = GDFN(dim, ffn_factor, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class GatedFFN(nn.Module):
+    """GDFN on channels-last maps ``(B, H, W, C)``: linear layers instead of 1x1 convs."""
+
+    def __init__(self, dim: int, factor: float = 1.0, bias: bool = False):
+        super().__init__()
+        hidden = max(int(dim * factor), 1)
+        self.project_in = nn.Linear(dim, hidden * 2, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.dwconv(self.project_in(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        a, g = t.chunk(2, dim=-1)
+        return self.project_out(F.gelu(a) * g)
+
+
+class SS2D(nn.Module):
+    """2-D selective scan on channels-last maps ``(B, H, W, C)``.
+
+    The map is read as a sequence in ``orders`` orders: 1 (row-major), 2 (row-
+    and column-major) or 4 (both, and both reversed: MambaIR's cross scan). Each
+    order is a group of heads with its own input-dependent ``dt``, ``B``, ``C``
+    projections, decays ``A`` and skips ``D``; the orders' outputs are
+    re-aligned to the map and summed.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, expand: float = 1.0, headdim: int = 64,
+                 orders: int = 2, bias: bool = False, backend: str = "auto",
+                 chunk: int = DEFAULT_CHUNK):
+        super().__init__()
+        if orders not in SCAN_ORDERS:
+            raise ValueError(f"scan orders {orders!r} is not one of {SCAN_ORDERS}")
+        inner = max(int(round(dim * expand)), 1)
+        self.headdim = min(headdim, inner)
+        self.heads = max(inner // self.headdim, 1)
+        self.inner = self.heads * self.headdim
+        self.d_state, self.orders, self.backend, self.chunk = d_state, orders, backend, chunk
+        self.in_proj = nn.Linear(dim, self.inner * 2, bias=bias)
+        self.dwconv = nn.Conv2d(self.inner, self.inner, 3, padding=1, groups=self.inner, bias=True)
+        # per order: dt (one per head), B and C (d_state each)
+        self.x_proj = nn.Linear(self.inner, orders * (self.heads + 2 * d_state), bias=False)
+        k = orders * self.heads
+        # dt initialised log-uniformly in [1e-3, 1e-1], as in Mamba
+        dt0 = torch.exp(torch.rand(k) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        self.dt_bias = nn.Parameter(dt0 + torch.log(-torch.expm1(-dt0)))   # softplus^-1(dt0)
+        self.A_log = nn.Parameter(torch.log(torch.empty(k).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(k))
+        self.out_norm = nn.LayerNorm(self.inner)
+        self.out_proj = nn.Linear(self.inner, dim, bias=bias)
+
+    @staticmethod
+    def _read(t: torch.Tensor, order: int) -> torch.Tensor:
+        """(b, H, W, ch) -> (b, L, ch): the map read in scan order ``order``
+        (0 row-major, 1 column-major, 2 and 3 the same reversed)."""
+        s = t.flatten(1, 2) if order % 2 == 0 else t.transpose(1, 2).flatten(1, 2)
+        return s.flip(1) if order >= 2 else s
+
+    @staticmethod
+    def _unread(s: torch.Tensor, order: int, hh: int, ww: int) -> torch.Tensor:
+        """Inverse of :meth:`_read`: (b, L, ch) in order ``order`` -> (b, H, W, ch)."""
+        if order >= 2:
+            s = s.flip(1)
+        if order % 2 == 0:
+            return s.unflatten(1, (hh, ww))
+        return s.unflatten(1, (ww, hh)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, hh, ww, _ = x.shape
+        L, o, h, n, p = hh * ww, self.orders, self.heads, self.d_state, self.headdim
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs = F.silu(self.dwconv(xs.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        params = self.x_proj(xs)                                             # (b, H, W, o*k)
+        A = -torch.exp(self.A_log)
+        if not torch.jit.is_tracing() and resolve_backend(self.backend, xs) == "numba":
+            # one fused kernel: reads each order in place, no copies of the map
+            out = cross_scan_numba(xs, params, self.dt_bias, A, self.D, h, n, o)
+            return self.out_proj(self.out_norm(out) * F.silu(z))
+        params = params.unflatten(-1, (o, h + 2 * n))                         # (b, H, W, o, k)
+        if o == 1:
+            u = xs.reshape(b, L, h, p)
+            par = params.reshape(b, L, 1, h + 2 * n)
+        else:
+            u = torch.stack([self._read(xs, i) for i in range(o)], dim=2).reshape(b, L, o * h, p)
+            par = torch.stack([self._read(params[..., i, :], i) for i in range(o)], dim=2)
+        dt, Bm, Cm = par.split([h, n, n], dim=-1)                             # (b, L, o, .)
+        dt = F.softplus(dt.reshape(b, L, o * h) + self.dt_bias)
+        y = selective_scan(u, dt, A, Bm, Cm, self.D, self.backend, self.chunk)
+        y = y.reshape(b, L, o, self.inner)
+        out = self._unread(y[:, :, 0], 0, hh, ww)
+        for i in range(1, o):
+            out = out + self._unread(y[:, :, i], i, hh, ww)
+        return self.out_proj(self.out_norm(out) * F.silu(z))
+
+
+class SSMBlock(nn.Module):
+    """MambaIR-style block: ``x + SS2D(LN(x))``, then ``x + FFN(LN(x))``.
+
+    Takes and returns ``(B, C, H, W)`` like the transformer block, but works
+    channels-last inside (linear layers and the scan want channels contiguous).
+    """
+
+    kind = "ssm"
+
+    def __init__(self, dim: int, d_state: int = 16, expand: float = 1.0, headdim: int = 64,
+                 orders: int = 2, ffn_factor: float = 1.0, bias: bool = False,
+                 norm_bias: bool = True, backend: str = "auto", chunk: int = DEFAULT_CHUNK):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, bias=norm_bias)
+        self.ssm = SS2D(dim, d_state, expand, headdim, orders, bias, backend, chunk)
+        self.norm2 = nn.LayerNorm(dim, bias=norm_bias)
+        self.ffn = GatedFFN(dim, ffn_factor, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.permute(0, 2, 3, 1)
+        t = t + self.ssm(self.norm1(t))
+        t = t + self.ffn(self.norm2(t))
+        return t.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,356 @@
+"""Selective scans with a scalar decay per head, and their backends.
+
+The recurrence (Mamba-2's parameterisation of Mamba's selective scan), for a
+sequence of length ``L``, ``h`` heads of ``p`` channels and ``n`` states::
+
+    S_t = exp(dt_t * A) * S_{t-1} + dt_t * B_t x_t^T      S_t: (n, p) per head
+    y_t = C_t^T S_t + D * x_t
+
+with ``dt_t > 0`` (already through softplus), ``A < 0`` one number per head,
+``B_t, C_t`` of size ``n`` (input-dependent: "selective") shared by the heads of
+a group (Mamba-2's ``ngroups``; the SS2D block uses one group per scan order).
+Shapes used throughout: ``x (b, L, h, p)``, ``dt (b, L, h)``, ``A (h,)``,
+``B, C (b, L, g, n)`` with ``g`` dividing ``h`` (heads ``i*h/g ... (i+1)*h/g - 1``
+form group ``i``), ``D (h,)``; the result has the shape of ``x``.
+
+Backends
+--------
+``chunked`` (CPU and GPU, pure PyTorch)
+    Mamba-2's state-space duality: the sequence is cut into chunks of ``Q``
+    steps; inside a chunk the scan is a masked ``(Q x Q)`` matrix product (the
+    "attention-like" form), and chunks pass a ``(n x p)`` state to each other
+    through a second small matrix product. Everything is a batched matmul, so it
+    runs on BLAS instead of materialising ``L x D x n`` tensors as an unfused
+    Mamba-1 scan does. Cost: ``L*Q*h*p + 3*L*n*h*p`` multiply-adds and
+    ``L*Q*h`` exponentials.
+``numba`` (CPU inference)
+    A fused kernel compiled with numba: the recurrence step by step, with the
+    state in registers/L1, vectorised over a head's channels and parallel over
+    (batch, head, channel block). No ``L x n x p`` tensor is ever materialised,
+    so it runs at the arithmetic floor (``3*L*n*h*p`` multiply-adds, ``L*h``
+    exponentials). It has no backward pass: used when no gradient is needed.
+``mamba_ssm`` (CUDA only, optional extra ``cuda``)
+    The fused ``selective_scan_fn`` kernel of the ``mamba-ssm`` package, given the
+    same recurrence in Mamba-1 layout (``A`` and ``dt`` broadcast over each head's
+    channels and the states). Used when the package imports and the tensors are on
+    a GPU.
+``sequential`` (reference)
+    The recurrence written out step by step in PyTorch; slow, for tests only.
+
+:func:`selective_scan` picks the backend. ``auto``: ``mamba_ssm`` on CUDA when it
+imports; on CPU, ``numba`` when no gradient is needed, else ``chunked``. Under ``torch.jit.trace`` (fvcore's MAC counter)
+the scan is recorded as one op, ``prim::PythonOp.SelectiveScan``, so it can be
+counted by the recurrence's own formula (see :func:`scan_macs`) whatever the backend.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "chunked", "numba", "mamba_ssm", "sequential")
+DEFAULT_CHUNK = 64
+
+
+@functools.lru_cache(maxsize=1)
+def mamba_ssm_scan():
+    """mamba-ssm's fused ``selective_scan_fn``, or None when it cannot be imported."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a CUDA/triton error on a CPU-only machine
+        return None
+    return selective_scan_fn
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_kernel():
+    """The compiled numba kernel (compiled on first use, cached on disk), or None."""
+    try:
+        import numba
+        import numpy as np
+    except ImportError:
+        return None
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def kernel(x, dt, A, B, C, D, y, block):  # pragma: no cover - compiled
+        b, L, h, p = x.shape
+        g, n = B.shape[2], B.shape[3]
+        hg = h // g
+        nblocks = (p + block - 1) // block
+        for job in numba.prange(b * h * nblocks):
+            bi = job // (h * nblocks)
+            hi = (job // nblocks) % h
+            j0 = (job % nblocks) * block
+            j1 = min(j0 + block, p)
+            gi = hi // hg
+            a, d = A[hi], D[hi]
+            state = np.zeros((n, j1 - j0), dtype=x.dtype)
+            acc = np.empty(j1 - j0, dtype=x.dtype)
+            for t in range(L):
+                step = dt[bi, t, hi]
+                decay = np.exp(step * a)
+                xr = x[bi, t, hi, j0:j1]
+                for j in range(j1 - j0):
+                    acc[j] = d * xr[j]
+                for k in range(n):
+                    bk = step * B[bi, t, gi, k]
+                    ck = C[bi, t, gi, k]
+                    for j in range(j1 - j0):
+                        s = decay * state[k, j] + bk * xr[j]
+                        state[k, j] = s
+                        acc[j] += ck * s
+                y[bi, t, hi, j0:j1] = acc
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_cross_kernel():
+    """The fused SS2D kernel: reads the map in each scan order in place, softplus of
+    dt, scan, and sums the orders' outputs at row-major positions. None without numba."""
+    try:
+        import numba
+        import numpy as np
+    except ImportError:
+        return None
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def kernel(xs, par, dt_bias, A, D, y, heads, d_state, orders, block):  # pragma: no cover
+        b, hh, ww, inner = xs.shape
+        headdim = inner // heads
+        n = d_state
+        k = heads + 2 * n
+        L = hh * ww
+        nblocks = (headdim + block - 1) // block
+        # a job owns a block of channels and runs every order over it, summing into y
+        for job in numba.prange(b * heads * nblocks):
+            bi = job // (heads * nblocks)
+            hi = (job // nblocks) % heads
+            j0 = hi * headdim + (job % nblocks) * block
+            j1 = min(j0 + block, (hi + 1) * headdim)
+            state = np.empty((n, j1 - j0), dtype=xs.dtype)
+            acc = np.empty(j1 - j0, dtype=xs.dtype)
+            for oi in range(orders):
+                head = oi * heads + hi
+                a, d, bias = A[head], D[head], dt_bias[head]
+                base = oi * k
+                state[:] = 0.0
+                for t in range(L):
+                    tt = L - 1 - t if oi >= 2 else t
+                    if oi % 2 == 0:
+                        r, c = tt // ww, tt % ww
+                    else:
+                        r, c = tt % hh, tt // hh
+                    raw = par[bi, r, c, base + hi] + bias
+                    step = raw if raw > 20.0 else np.log1p(np.exp(raw))
+                    decay = np.exp(step * a)
+                    xr = xs[bi, r, c, j0:j1]
+                    for j in range(j1 - j0):
+                        acc[j] = d * xr[j]
+                    for kk in range(n):
+                        bk = step * par[bi, r, c, base + heads + kk]
+                        ck = par[bi, r, c, base + heads + n + kk]
+                        for j in range(j1 - j0):
+                            s = decay * state[kk, j] + bk * xr[j]
+                            state[kk, j] = s
+                            acc[j] += ck * s
+                    if oi == 0:
+                        y[bi, r, c, j0:j1] = acc
+                    else:
+                        for j in range(j1 - j0):
+                            y[bi, r, c, j0 + j] += acc[j]
+
+    return kernel
+
+
+def cross_scan_numba(xs, params, dt_bias, A, D, heads: int, d_state: int, orders: int):
+    """SS2D's scan over ``orders`` scan orders in one fused numba kernel (CPU, no gradient).
+
+    ``xs (b, H, W, h*p)`` channels-last; ``params (b, H, W, orders*(h + 2n))`` the raw
+    per-order ``dt`` (before softplus and bias), ``B`` and ``C``; ``dt_bias``, ``A``,
+    ``D`` ``(orders*h,)``. Returns ``(b, H, W, h*p)``: the orders' outputs, each
+    re-aligned to row-major positions, summed.
+    """
+    kernel = _numba_cross_kernel()
+    if kernel is None:
+        raise RuntimeError("the `numba` scan backend needs numba: pip install numba")
+    import numba
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    b, hh, ww, inner = xs.shape
+    headdim = inner // heads
+    splits = -(-threads // (b * heads))
+    block = -(-headdim // splits)
+    dtype = torch.promote_types(xs.dtype, torch.float32)
+    arrays = [t.detach().to(dtype).contiguous().numpy() for t in (xs, params, dt_bias, A, D)]
+    y = torch.empty(b, hh, ww, inner, dtype=dtype)
+    kernel(*arrays, y.numpy(), heads, d_state, orders, block)
+    return y.to(xs.dtype)
+
+
+def numba_available() -> bool:
+    return _numba_kernel() is not None
+
+
+def scan_numba(x, dt, A, B, C, D):
+    """The recurrence through the fused numba kernel (CPU, no gradient)."""
+    kernel = _numba_kernel()
+    if kernel is None:
+        raise RuntimeError("the `numba` scan backend needs numba: pip install numba; "
+                           "or use backend `chunked`")
+    if x.is_cuda or torch.is_grad_enabled() and any(
+            t.requires_grad for t in (x, dt, A, B, C, D)):
+        raise RuntimeError("the `numba` scan backend runs on CPU without gradients; "
+                           "use backend `chunked` (or `auto`) for training")
+    import numba
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    b, _, h, p = x.shape
+    # whole heads per job (the state stays in cache) unless that leaves threads idle
+    splits = -(-threads // (b * h))
+    block = -(-p // splits)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    arrays = [t.detach().to(dtype).contiguous().numpy() for t in (x, dt, A, B, C, D)]
+    y = torch.empty(x.shape, dtype=dtype)
+    kernel(*arrays, y.numpy(), block)
+    return y.to(x.dtype)
+
+
+def scan_sequential(x, dt, A, B, C, D):
+    """The recurrence step by step (the reference; slow)."""
+    b, L, h, p = x.shape
+    g, n = B.shape[-2:]
+    Bh = B.repeat_interleave(h // g, dim=2)                              # (b, L, h, n)
+    Ch = C.repeat_interleave(h // g, dim=2)
+    state = x.new_zeros(b, h, n, p)
+    ys = []
+    for t in range(L):
+        decay = torch.exp(dt[:, t] * A)                                  # (b, h)
+        inject = (dt[:, t, :, None, None] * Bh[:, t, :, :, None]) * x[:, t, :, None, :]
+        state = decay[:, :, None, None] * state + inject                 # (b, h, n, p)
+        ys.append(torch.einsum("bhn,bhnp->bhp", Ch[:, t], state) + D[:, None] * x[:, t])
+    return torch.stack(ys, dim=1)
+
+
+def scan_chunked(x, dt, A, B, C, D, chunk: int = DEFAULT_CHUNK):
+    """The recurrence as chunked matrix products (state-space duality)."""
+    b, L, h, p = x.shape
+    g, n = B.shape[-2:]
+    Q = min(chunk, L)
+    pad = (-L) % Q
+    if pad:  # zero-padded steps inject nothing and come after the real ones
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
+    c = x.shape[1] // Q
+    hg = h // g
+    # heads as (g, h/g): group i's B and C broadcast over its heads
+    xdt = (x * dt[..., None]).reshape(b, c, Q, g, hg, p).permute(0, 3, 4, 1, 2, 5)  # (b,g,hg,c,Q,p)
+    a = (dt * A).reshape(b, c, Q, g, hg).permute(0, 3, 4, 1, 2)                      # (b,g,hg,c,Q)
+    acum = torch.cumsum(a, dim=-1)
+    Bc = B.reshape(b, c, Q, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)               # (b,g,1,c,Q,n)
+    Cc = C.reshape(b, c, Q, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)
+    # inside each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(acum_i - acum_j) xdt_j
+    seg = acum[..., :, None] - acum[..., None, :]                                 # (b,g,hg,c,Q,Q)
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
+    y = (torch.matmul(Cc, Bc.transpose(-1, -2)) * decay) @ xdt                    # (b,g,hg,c,Q,p)
+    if c > 1:
+        # state at the end of each chunk, from that chunk's own inputs
+        to_end = torch.exp(acum[..., -1:] - acum)                                 # (b,g,hg,c,Q)
+        states = (Bc.transpose(-1, -2) * to_end[..., None, :]) @ xdt              # (b,g,hg,c,n,p)
+        # state entering chunk i: sum_{j<i} exp(total_{j+1..i-1}) states_j
+        total = torch.cumsum(acum[..., -1], dim=-1)                               # (b,g,hg,c)
+        gap = total[..., :-1, None] - total[..., None, :-1]                       # (.., c-1, c-1)
+        lower = torch.ones(c - 1, c - 1, dtype=torch.bool, device=x.device).tril()
+        carry = torch.exp(gap.masked_fill(~lower, float("-inf")))
+        entering = (carry @ states[..., :-1, :, :].reshape(b, g, hg, c - 1, n * p))
+        entering = entering.reshape(b, g, hg, c - 1, n, p)
+        y_off = (Cc[..., 1:, :, :] @ entering) * torch.exp(acum[..., 1:, :])[..., None]
+        y = torch.cat([y[..., :1, :, :], y[..., 1:, :, :] + y_off], dim=-3)
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * Q, h, p)[:, :L]
+    return y + D[:, None] * x[:, :L]
+
+
+def scan_mamba_ssm(x, dt, A, B, C, D):
+    """The recurrence through mamba-ssm's fused CUDA kernel (Mamba-1 layout)."""
+    fn = mamba_ssm_scan()
+    if fn is None:
+        raise RuntimeError("the `mamba_ssm` scan backend needs the mamba-ssm package on a CUDA "
+                           "machine: pip install 'nasframe[cuda]'; or use backend `chunked`")
+    b, L, h, p = x.shape
+    d = h * p
+    u = x.reshape(b, L, d).transpose(1, 2).contiguous()                           # (b, d, L)
+    delta = dt.repeat_interleave(p, dim=-1).transpose(1, 2).contiguous()          # (b, d, L)
+    A_full = A.repeat_interleave(p)[:, None].expand(d, B.shape[-1]).contiguous()  # (d, n)
+    # grouped B and C: (b, g, n, L)
+    y = fn(u, delta, A_full, B.permute(0, 2, 3, 1).contiguous(), C.permute(0, 2, 3, 1).contiguous(),
+           D.repeat_interleave(p).contiguous())
+    return y.transpose(1, 2).reshape(b, L, h, p)
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"scan backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if x.is_cuda:
+            return "mamba_ssm" if mamba_ssm_scan() is not None else "chunked"
+        if not torch.is_grad_enabled() and numba_available():
+            return "numba"
+        return "chunked"
+    return backend
+
+
+def _run(backend: str, chunk: int, x, dt, A, B, C, D):
+    if backend == "chunked":
+        return scan_chunked(x, dt, A, B, C, D, chunk)
+    if backend == "numba":
+        return scan_numba(x, dt, A, B, C, D)
+    if backend == "mamba_ssm":
+        return scan_mamba_ssm(x, dt, A, B, C, D)
+    return scan_sequential(x, dt, A, B, C, D)
+
+
+class SelectiveScan(torch.autograd.Function):
+    """The scan as one traced op (``prim::PythonOp.SelectiveScan``) for MAC counters.
+
+    Only used under ``torch.jit.trace``; its backward recomputes the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, backend: str, chunk: int):
+        ctx.save_for_backward(x, dt, A, B, C, D)
+        ctx.backend, ctx.chunk = backend, chunk
+        return _run(backend, chunk, x, dt, A, B, C, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inputs = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            out = _run(ctx.backend, ctx.chunk, *inputs)
+        grads = torch.autograd.grad(out, inputs, grad, allow_unused=True)
+        return (*grads, None, None)
+
+
+def selective_scan(x, dt, A, B, C, D, backend: str = "auto", chunk: int = DEFAULT_CHUNK):
+    """``y`` of the recurrence above (see the module docstring for shapes)."""
+    backend = resolve_backend(backend, x)
+    if torch.jit.is_tracing():
+        return SelectiveScan.apply(x, dt, A, B, C, D, backend, chunk)
+    return _run(backend, chunk, x, dt, A, B, C, D)
+
+
+def scan_macs(b: int, L: int, d: int, n: int) -> int:
+    """Multiply-adds of the recurrence itself, independent of the backend.
+
+    Per step and channel: the state update (``n`` multiply-adds for the decay,
+    ``n`` for the input injection) and the read-out (``n``), plus the skip ``D``:
+    ``b * L * d * (3n + 1)``. The chunked backend does more work than this
+    (the intra-chunk matrix, ``Q*d`` per step): the count describes the layer,
+    as a fused kernel would run it.
+    """
+    return b * L * d * (3 * n + 1)
