@@ -6,11 +6,14 @@ of a Restormer-style U-Net (48 x 64 x 64 with 1 head, 96 x 128 x 128 with 2
 heads):
 
 * ``transformer``: Restormer's block (MDTA + GDFN, FFN expansion 2.66);
-* ``ssm``: the hybrid_unet space's SSM block as configured by default
-  (2 scan orders, 16 states, expansion 1, FFN expansion 1, scan backend
-  ``auto``, which on CPU inference is the fused numba kernel);
-* variants, for context: the same SSM block with 1 and 4 scan orders, and with
-  the pure-PyTorch chunked (state-space-duality) scan instead of the fused kernel.
+* ``ssm``: the hybrid_unet space's SSM block as configured by default: one
+  scan order per block (the network rotates the direction block by block, so it
+  sees all four), 16 states, expansion 1, FFN expansion 1, scan backend ``auto``,
+  which on CPU inference is the fused numba kernel;
+* variants, for context: 2 scan orders, and 4 (MambaIR's cross scan), each over
+  all channels with summed outputs; 4 orders each over a quarter of the
+  channels; and the default block with the pure-PyTorch chunked
+  (state-space-duality) scan instead of the fused kernel.
 
 The configurations are interleaved call by call (one call of each, ``--repeats``
 times per round, ``--rounds`` rounds), after warm-up calls (numba compiles on
@@ -53,10 +56,11 @@ def _configs(channels: int, heads: int) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     return {
         "transformer": TransformerBlock(channels, heads),
-        "ssm": SSMBlock(channels),
-        "ssm, 1 scan order": SSMBlock(channels, orders=1),
-        "ssm, 4 scan orders": SSMBlock(channels, orders=4),
-        "ssm, chunked PyTorch scan": SSMBlock(channels, backend="chunked"),
+        "ssm": SSMBlock(channels, orders=1),
+        "ssm, 2 scan orders": SSMBlock(channels, orders=2),
+        "ssm, 4 orders (MambaIR)": SSMBlock(channels, orders=4),
+        "ssm, 4 orders, split chans": SSMBlock(channels, orders=4, mix="split"),
+        "ssm, chunked PyTorch scan": SSMBlock(channels, orders=1, backend="chunked"),
     }
 
 

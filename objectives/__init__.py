@@ -1,4 +1,5 @@
-"""Built-in objectives: ``params``, ``gmacs``, ``latency`` and ``quick_psnr``.
+"""Built-in objectives: ``params``, ``gmacs``, ``latency``, ``quick_psnr``, ``psnr``,
+``ssim`` and ``transformer_count``.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -13,6 +14,7 @@ def register_objectives(registry):
     from objectives.cost import GMACs, Params
     from objectives.latency import Latency
     from objectives.quick_psnr import QuickPSNR
+    from objectives.restoration import PSNR, SSIM, TransformerCount
 
-    for cls in (Params, GMACs, Latency, QuickPSNR):
+    for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount):
         registry.add(cls)

@@ -72,10 +72,37 @@ def native_mha_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return b * (length * d * d + 2 * s * d * d + length * s * 2 * d + length * d * d)
 
 
+def selective_scan_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of a selective scan traced as ``prim::PythonOp.SelectiveScan`` (the
+    ``hybrid_unet`` SSM block; inputs ``x (b, L, h, p)``, ``dt``, ``A``,
+    ``B (b, L, g, n)``, ...) or ``prim::PythonOp.SelectiveScanFn`` (mamba-ssm;
+    ``u (b, d, L)``, ``delta``, ``A (d, n)``, ...).
+
+    Counts the recurrence itself, per step and channel: ``n`` multiply-adds for the
+    state decay, ``n`` for the input injection, ``n`` for the read-out and 1 for
+    the skip ``D``: ``b * L * d * (3n + 1)``. The exponentials of the decay and the
+    softplus of ``dt`` are elementwise and not counted; nor is the extra work of a
+    chunked (state-space-duality) evaluation, which is an implementation choice.
+    """
+    x = _shape(inputs[0])
+    a = _shape(inputs[2])
+    b_shape = _shape(inputs[3])
+    if x is None or b_shape is None:
+        raise ValueError("selective scan: input shapes unknown in the trace")
+    if len(x) == 4:                       # (b, L, h, p), B (b, L, g, n)
+        b, length, h, p = x
+        return b * length * h * p * (3 * b_shape[-1] + 1)
+    b, d, length = x                      # mamba-ssm: u (b, d, L), A (d, n)
+    n = a[-1] if a else b_shape[-2]
+    return b * d * length * (3 * n + 1)
+
+
 #: Extra fvcore handles, by traced op name; applied on top of fvcore's defaults.
 OP_HANDLES: dict[str, OpHandle] = {
     "aten::scaled_dot_product_attention": sdpa_macs,
     "aten::_native_multi_head_attention": native_mha_macs,
+    "prim::PythonOp.SelectiveScan": selective_scan_macs,
+    "prim::PythonOp.SelectiveScanFn": selective_scan_macs,
 }
 
 
@@ -94,7 +121,8 @@ def register_op_handle(op_name: str, handle: OpHandle) -> None:
 
 GMACS_INCLUDES = (
     "convolutions, linear layers, matmul/bmm/einsum, scaled_dot_product_attention "
-    "(B*H*L*S*(E+Ev)), nn.MultiheadAttention fast path, ops registered in "
+    "(B*H*L*S*(E+Ev)), nn.MultiheadAttention fast path, selective scans "
+    "(B*L*D*(3N+1): state decay, input, read-out, skip), ops registered in "
     "objectives.cost.OP_HANDLES, and fvcore's per-element estimates for batch/group/"
     "layer/instance norm, upsampling, adaptive average pooling and grid_sample; "
     "excludes other elementwise ops and activations (see unsupported_ops)"

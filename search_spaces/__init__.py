@@ -12,5 +12,7 @@ if TYPE_CHECKING:
 @hookimpl
 def register_search_spaces(registry: Registry) -> None:
     from search_spaces.denoiser import ConvDenoiserSpace
+    from search_spaces.hybrid_unet.space import HybridUNetSpace
 
     registry.add(ConvDenoiserSpace)
+    registry.add(HybridUNetSpace)

@@ -6,7 +6,8 @@
   ``x + SS2D(LN(x))`` then ``x + FFN(LN(x))``. SS2D: in-projection to a scan
   branch and a gate, depthwise 3x3 conv and SiLU on the scan branch, a selective
   scan over the flattened map in several orders (row-major, column-major, and
-  both reversed) whose re-aligned outputs are summed, normalisation, gate
+  both reversed; by default each order scans its own share of the channels,
+  or, as in MambaIR, every channel with the outputs summed), normalisation, gate
   ``* SiLU(z)``, out-projection. The scan has a scalar decay per head (Mamba-2's
   parameterisation), which lets the CPU run it as chunked matrix products (see
   :mod:`.scan`). The feed-forward part is a lighter gated-Dconv FFN (expansion
@@ -26,6 +27,7 @@ from search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, res
                                            selective_scan)
 
 SCAN_ORDERS = (1, 2, 4)
+MIXES = ("split", "sum")
 
 
 class LayerNorm2d(nn.Module):
@@ -123,21 +125,35 @@ class SS2D(nn.Module):
     The map is read as a sequence in ``orders`` orders: 1 (row-major), 2 (row-
     and column-major) or 4 (both, and both reversed: MambaIR's cross scan). Each
     order is a group of heads with its own input-dependent ``dt``, ``B``, ``C``
-    projections, decays ``A`` and skips ``D``; the orders' outputs are
-    re-aligned to the map and summed.
+    projections, decays ``A`` and skips ``D``. ``mix`` says how orders share the
+    channels: ``sum`` (MambaIR: every order scans every channel and the
+    re-aligned outputs are summed; cost grows with the number of orders) or
+    ``split`` (order ``i`` scans its own ``1/orders`` of the channels, like heads
+    looking in different directions). Order ``i`` reads the map in direction
+    ``(first_order + i) % 4``: with one order per block and ``first_order``
+    rotating with the block's position, a network sees all four directions at
+    the cost of one scan per block.
     """
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 1.0, headdim: int = 64,
                  orders: int = 2, bias: bool = False, backend: str = "auto",
-                 chunk: int = DEFAULT_CHUNK):
+                 chunk: int = DEFAULT_CHUNK, mix: str = "sum", first_order: int = 0):
         super().__init__()
+        if first_order not in range(4):
+            raise ValueError(f"first scan order {first_order!r} is not 0, 1, 2 or 3")
+        self.first_order = first_order
         if orders not in SCAN_ORDERS:
             raise ValueError(f"scan orders {orders!r} is not one of {SCAN_ORDERS}")
-        inner = max(int(round(dim * expand)), 1)
-        self.headdim = min(headdim, inner)
-        self.heads = max(inner // self.headdim, 1)
-        self.inner = self.heads * self.headdim
-        self.d_state, self.orders, self.backend, self.chunk = d_state, orders, backend, chunk
+        if mix not in MIXES:
+            raise ValueError(f"mix {mix!r} is not one of {', '.join(MIXES)}")
+        self.split = mix == "split" and orders > 1
+        inner = max(int(round(dim * expand)), orders)
+        width = inner // orders if self.split else inner          # channels each order scans
+        self.headdim = min(headdim, width)
+        self.heads = max(width // self.headdim, 1)                # heads per order
+        self.width = self.heads * self.headdim
+        self.inner = self.width * (orders if self.split else 1)
+        self.d_state, self.orders, self.backend, self.chunk, self.mix = d_state, orders, backend, chunk, mix
         self.in_proj = nn.Linear(dim, self.inner * 2, bias=bias)
         self.dwconv = nn.Conv2d(self.inner, self.inner, 3, padding=1, groups=self.inner, bias=True)
         # per order: dt (one per head), B and C (d_state each)
@@ -150,6 +166,9 @@ class SS2D(nn.Module):
         self.D = nn.Parameter(torch.ones(k))
         self.out_norm = nn.LayerNorm(self.inner)
         self.out_proj = nn.Linear(self.inner, dim, bias=bias)
+
+    def _direction(self, i: int) -> int:
+        return (self.first_order + i) % 4
 
     @staticmethod
     def _read(t: torch.Tensor, order: int) -> torch.Tensor:
@@ -169,29 +188,30 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, hh, ww, _ = x.shape
-        L, o, h, n, p = hh * ww, self.orders, self.heads, self.d_state, self.headdim
+        L, o, h, n, p, w = hh * ww, self.orders, self.heads, self.d_state, self.headdim, self.width
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs = F.silu(self.dwconv(xs.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         params = self.x_proj(xs)                                             # (b, H, W, o*k)
         A = -torch.exp(self.A_log)
         if not torch.jit.is_tracing() and resolve_backend(self.backend, xs) == "numba":
             # one fused kernel: reads each order in place, no copies of the map
-            out = cross_scan_numba(xs, params, self.dt_bias, A, self.D, h, n, o)
+            out = cross_scan_numba(xs, params, self.dt_bias, A, self.D, h, n, o, self.split,
+                                   self.first_order)
             return self.out_proj(self.out_norm(out) * F.silu(z))
         params = params.unflatten(-1, (o, h + 2 * n))                         # (b, H, W, o, k)
-        if o == 1:
-            u = xs.reshape(b, L, h, p)
-            par = params.reshape(b, L, 1, h + 2 * n)
-        else:
-            u = torch.stack([self._read(xs, i) for i in range(o)], dim=2).reshape(b, L, o * h, p)
-            par = torch.stack([self._read(params[..., i, :], i) for i in range(o)], dim=2)
+
+        def channels(i):
+            return xs[..., i * w:(i + 1) * w] if self.split else xs
+
+        dirs = [self._direction(i) for i in range(o)]
+        u = torch.stack([self._read(channels(i), dirs[i]) for i in range(o)], dim=2)   # (b, L, o, w)
+        par = torch.stack([self._read(params[..., i, :], dirs[i]) for i in range(o)], dim=2)
         dt, Bm, Cm = par.split([h, n, n], dim=-1)                             # (b, L, o, .)
         dt = F.softplus(dt.reshape(b, L, o * h) + self.dt_bias)
-        y = selective_scan(u, dt, A, Bm, Cm, self.D, self.backend, self.chunk)
-        y = y.reshape(b, L, o, self.inner)
-        out = self._unread(y[:, :, 0], 0, hh, ww)
-        for i in range(1, o):
-            out = out + self._unread(y[:, :, i], i, hh, ww)
+        y = selective_scan(u.reshape(b, L, o * h, p), dt, A, Bm, Cm, self.D, self.backend, self.chunk)
+        y = y.reshape(b, L, o, w)
+        parts = [self._unread(y[:, :, i], dirs[i], hh, ww) for i in range(o)]
+        out = torch.cat(parts, dim=-1) if self.split else sum(parts[1:], parts[0])
         return self.out_proj(self.out_norm(out) * F.silu(z))
 
 
@@ -206,10 +226,12 @@ class SSMBlock(nn.Module):
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 1.0, headdim: int = 64,
                  orders: int = 2, ffn_factor: float = 1.0, bias: bool = False,
-                 norm_bias: bool = True, backend: str = "auto", chunk: int = DEFAULT_CHUNK):
+                 norm_bias: bool = True, backend: str = "auto", chunk: int = DEFAULT_CHUNK,
+                 mix: str = "sum", first_order: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, bias=norm_bias)
-        self.ssm = SS2D(dim, d_state, expand, headdim, orders, bias, backend, chunk)
+        self.ssm = SS2D(dim, d_state, expand, headdim, orders, bias, backend, chunk, mix,
+                        first_order)
         self.norm2 = nn.LayerNorm(dim, bias=norm_bias)
         self.ffn = GatedFFN(dim, ffn_factor, bias)
 

@@ -61,7 +61,9 @@ class SSMConfig:
     d_state: int = 16
     expand: float = 1.0
     headdim: int = 64
-    orders: int = 2
+    orders: int = 1
+    mix: str = "sum"
+    rotate: bool = True     # block i starts its scan in direction i % 4
     ffn_factor: float = 1.0
     backend: str = "auto"
     chunk: int = 64
@@ -121,13 +123,16 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
     return replace(cfg, **overrides) if overrides else cfg
 
 
-def make_block(kind: str, channels: int, heads: int, cfg: UNetConfig) -> nn.Module:
+def make_block(kind: str, channels: int, heads: int, cfg: UNetConfig, position: int = 0) -> nn.Module:
+    """A block of ``kind``; ``position`` (its index among all blocks, in forward order)
+    sets an SSM block's first scan direction when ``cfg.ssm.rotate``."""
     if kind == "transformer":
         return TransformerBlock(channels, heads, cfg.ffn_factor, cfg.bias, cfg.norm_bias)
     if kind == "ssm":
         s = cfg.ssm
         return SSMBlock(channels, s.d_state, s.expand, s.headdim, s.orders, s.ffn_factor,
-                        cfg.bias, cfg.norm_bias, s.backend, s.chunk)
+                        cfg.bias, cfg.norm_bias, s.backend, s.chunk, s.mix,
+                        position % 4 if s.rotate else 0)
     raise ValueError(f"unknown block kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -156,9 +161,13 @@ class HybridRestormer(nn.Module):
                 raise ValueError(f"stage {s} has {cfg.stage_blocks(s)} blocks, "
                                  f"got {len(self.kinds[s])} kinds")
         self.patch_embed = nn.Conv2d(cfg.in_channels, d, 3, padding=1, bias=cfg.bias)
+        position = 0
         for s, attr in STAGE_MODULES.items():
-            setattr(self, attr, nn.Sequential(*(
-                make_block(k, cfg.stage_channels(s), cfg.stage_heads(s), cfg) for k in self.kinds[s])))
+            blocks = []
+            for k in self.kinds[s]:
+                blocks.append(make_block(k, cfg.stage_channels(s), cfg.stage_heads(s), cfg, position))
+                position += 1
+            setattr(self, attr, nn.Sequential(*blocks))
         self.down1_2 = Downsample(d)
         self.down2_3 = Downsample(d * 2)
         self.down3_4 = Downsample(d * 4)

@@ -108,7 +108,8 @@ def _numba_kernel():
 @functools.lru_cache(maxsize=1)
 def _numba_cross_kernel():
     """The fused SS2D kernel: reads the map in each scan order in place, softplus of
-    dt, scan, and sums the orders' outputs at row-major positions. None without numba."""
+    dt, scan, and writes each order's output at row-major positions (summed over
+    orders, or each order in its own channels). None without numba."""
     try:
         import numba
         import numpy as np
@@ -116,61 +117,74 @@ def _numba_cross_kernel():
         return None
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
-    def kernel(xs, par, dt_bias, A, D, y, heads, d_state, orders, block):  # pragma: no cover
+    def kernel(xs, par, step_, decay_, D, y, heads, d_state, orders, split, first, block):  # pragma: no cover
         b, hh, ww, inner = xs.shape
-        headdim = inner // heads
+        width = inner // orders if split else inner      # channels each order scans
+        headdim = width // heads
         n = d_state
         k = heads + 2 * n
-        L = hh * ww
         nblocks = (headdim + block - 1) // block
-        # a job owns a block of channels and runs every order over it, summing into y
-        for job in numba.prange(b * heads * nblocks):
-            bi = job // (heads * nblocks)
+        groups = orders if split else 1                  # orders run in parallel when split
+        serial = 1 if split else orders                  # else one job runs every order
+        for job in numba.prange(b * groups * heads * nblocks):
+            bi = job // (groups * heads * nblocks)
+            gi = (job // (heads * nblocks)) % groups
             hi = (job // nblocks) % heads
-            j0 = hi * headdim + (job % nblocks) * block
-            j1 = min(j0 + block, (hi + 1) * headdim)
+            c0 = gi * width + hi * headdim
+            j0 = c0 + (job % nblocks) * block
+            j1 = min(j0 + block, c0 + headdim)
             state = np.empty((n, j1 - j0), dtype=xs.dtype)
             acc = np.empty(j1 - j0, dtype=xs.dtype)
-            for oi in range(orders):
+            for so in range(serial):
+                oi = gi if split else so
                 head = oi * heads + hi
-                a, d, bias = A[head], D[head], dt_bias[head]
-                base = oi * k
+                d = D[head]
+                base = oi * k + heads
                 state[:] = 0.0
-                for t in range(L):
-                    tt = L - 1 - t if oi >= 2 else t
-                    if oi % 2 == 0:
-                        r, c = tt // ww, tt % ww
-                    else:
-                        r, c = tt % hh, tt // hh
-                    raw = par[bi, r, c, base + hi] + bias
-                    step = raw if raw > 20.0 else np.log1p(np.exp(raw))
-                    decay = np.exp(step * a)
-                    xr = xs[bi, r, c, j0:j1]
-                    for j in range(j1 - j0):
-                        acc[j] = d * xr[j]
-                    for kk in range(n):
-                        bk = step * par[bi, r, c, base + heads + kk]
-                        ck = par[bi, r, c, base + heads + n + kk]
+                # direction 0 rows, 1 columns, 2 and 3 the same backwards: (outer, inner) loops
+                di = (first + oi) % 4
+                n_out = hh if di % 2 == 0 else ww
+                n_in = ww if di % 2 == 0 else hh
+                for i0 in range(n_out):
+                    i = n_out - 1 - i0 if di >= 2 else i0
+                    for q0 in range(n_in):
+                        q = n_in - 1 - q0 if di >= 2 else q0
+                        r = i if di % 2 == 0 else q
+                        c = q if di % 2 == 0 else i
+                        step = step_[bi, r, c, head]
+                        decay = decay_[bi, r, c, head]
+                        xr = xs[bi, r, c, j0:j1]
+                        pr = par[bi, r, c, base:base + 2 * n]
                         for j in range(j1 - j0):
-                            s = decay * state[kk, j] + bk * xr[j]
-                            state[kk, j] = s
-                            acc[j] += ck * s
-                    if oi == 0:
-                        y[bi, r, c, j0:j1] = acc
-                    else:
-                        for j in range(j1 - j0):
-                            y[bi, r, c, j0 + j] += acc[j]
+                            acc[j] = d * xr[j]
+                        for kk in range(n):
+                            bk = step * pr[kk]
+                            ck = pr[n + kk]
+                            for j in range(j1 - j0):
+                                s = decay * state[kk, j] + bk * xr[j]
+                                state[kk, j] = s
+                                acc[j] += ck * s
+                        if so == 0:
+                            y[bi, r, c, j0:j1] = acc
+                        else:
+                            for j in range(j1 - j0):
+                                y[bi, r, c, j0 + j] += acc[j]
 
     return kernel
 
 
-def cross_scan_numba(xs, params, dt_bias, A, D, heads: int, d_state: int, orders: int):
+def cross_scan_numba(xs, params, dt_bias, A, D, heads: int, d_state: int, orders: int,
+                     split: bool = False, first: int = 0):
     """SS2D's scan over ``orders`` scan orders in one fused numba kernel (CPU, no gradient).
 
-    ``xs (b, H, W, h*p)`` channels-last; ``params (b, H, W, orders*(h + 2n))`` the raw
-    per-order ``dt`` (before softplus and bias), ``B`` and ``C``; ``dt_bias``, ``A``,
-    ``D`` ``(orders*h,)``. Returns ``(b, H, W, h*p)``: the orders' outputs, each
-    re-aligned to row-major positions, summed.
+    ``xs (b, H, W, c)`` channels-last; ``params (b, H, W, orders*(h + 2n))`` the raw
+    per-order ``dt`` (before softplus and bias, one per head), ``B`` and ``C``;
+    ``dt_bias``, ``A``, ``D`` ``(orders*h,)``; ``heads`` is ``h``, the heads of one
+    order. ``split=False``: every order scans all ``c`` channels and the outputs,
+    re-aligned to row-major positions, are summed (MambaIR). ``split=True``: order
+    ``i`` scans channels ``i*c/orders ... (i+1)*c/orders - 1`` only. Order ``i``
+    reads the map in direction ``(first + i) % 4`` (0 row-major, 1 column-major,
+    2 and 3 the same reversed). Returns ``(b, H, W, c)``.
     """
     kernel = _numba_cross_kernel()
     if kernel is None:
@@ -180,13 +194,17 @@ def cross_scan_numba(xs, params, dt_bias, A, D, heads: int, d_state: int, orders
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     b, hh, ww, inner = xs.shape
-    headdim = inner // heads
-    splits = -(-threads // (b * heads))
+    headdim = (inner // orders if split else inner) // heads
+    splits = -(-threads // (b * heads * (orders if split else 1)))
     block = -(-headdim // splits)
     dtype = torch.promote_types(xs.dtype, torch.float32)
-    arrays = [t.detach().to(dtype).contiguous().numpy() for t in (xs, params, dt_bias, A, D)]
+    # softplus(dt) and the decays, vectorised here: (b, H, W, orders*heads), small
+    raw = params.unflatten(-1, (orders, heads + 2 * d_state))[..., :heads].flatten(-2)
+    step = F.softplus(raw + dt_bias)
+    decay = torch.exp(step * A)
+    arrays = [t.detach().to(dtype).contiguous().numpy() for t in (xs, params, step, decay, D)]
     y = torch.empty(b, hh, ww, inner, dtype=dtype)
-    kernel(*arrays, y.numpy(), heads, d_state, orders, block)
+    kernel(*arrays, y.numpy(), heads, d_state, orders, split, first, block)
     return y.to(xs.dtype)
 
 
@@ -340,7 +358,9 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", chunk: int = DEFAUL
     """``y`` of the recurrence above (see the module docstring for shapes)."""
     backend = resolve_backend(backend, x)
     if torch.jit.is_tracing():
-        return SelectiveScan.apply(x, dt, A, B, C, D, backend, chunk)
+        # numba takes no traced tensors; the chunked scan computes the same function
+        return SelectiveScan.apply(x, dt, A, B, C, D,
+                                   "chunked" if backend == "numba" else backend, chunk)
     return _run(backend, chunk, x, dt, A, B, C, D)
 
 

@@ -1,0 +1,194 @@
+"""Alignment: the teacher, and the bank of SSM surrogates distilled from it.
+
+1. **Teacher** (all-transformer network): trained on the task's training pairs
+   (L1 loss, AdamW, cosine schedule, random crops), or loaded from a state dict
+   at a path the user gives (``torch.load(..., weights_only=True)``; a
+   ``{"params": state_dict}`` wrapper, as in Restormer's released checkpoints,
+   is accepted).
+2. **Surrogates**: for every block position, an SSM block distilled to reproduce
+   the teacher block's output from the teacher's own input at that block
+   (feature MSE, :func:`nasframe.distill.distill`). One teacher pass per step
+   trains them all.
+
+The result, a :class:`Bank`, assembles any hybrid with no retraining: the
+teacher's weights everywhere, the surrogate's in each SSM slot. Both steps
+are cached by a hash of everything that determines them (configuration, data,
+steps, seed), so a second run, a resumed run or a worker process loads them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nasframe.distill import distill_cached, module_digest
+from nasframe.errors import ConfigError
+from search_spaces.hybrid_unet.data import RestorationData, psnr
+from search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
+
+ALIGN_VERSION = 1
+
+
+@dataclass
+class Bank:
+    """Pre-aligned components: the teacher's state dict and one SSM block state per position."""
+
+    teacher: dict[str, torch.Tensor]
+    ssm: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def state_for(self, model: HybridRestormer) -> dict[str, torch.Tensor]:
+        """The state dict that turns ``model`` (any hybrid) into the aligned hybrid."""
+        state = {}
+        ssm_prefixes = []
+        for stage, kinds in model.kinds.items():
+            for i, kind in enumerate(kinds):
+                if kind == "ssm":
+                    name = model.block_name(stage, i)
+                    ssm_prefixes.append(name + ".")
+                    state.update({f"{name}.{k}": v for k, v in self.ssm[name].items()})
+        state.update({k: v for k, v in self.teacher.items()
+                      if not any(k.startswith(p) for p in ssm_prefixes)})
+        return state
+
+
+def all_kinds(cfg: UNetConfig, kind: str) -> dict[str, list[str]]:
+    from search_spaces.hybrid_unet.network import STAGES
+
+    return {s: [kind] * cfg.stage_blocks(s) for s in STAGES}
+
+
+def evaluate_psnr(model: torch.nn.Module, pairs, max_images: int | None = None) -> float:
+    """Mean PSNR (dB, peak 1) of ``model``'s clamped outputs over validation pairs."""
+    model.eval()
+    values = []
+    with torch.inference_mode():
+        for inp, target in pairs[:max_images]:
+            values.append(psnr(model(inp).clamp(0, 1), target))
+    return float(sum(values) / len(values))
+
+
+def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, batch_size: int,
+                lr: float, progress=None, description: str = "training",
+                step_offset: int = 0) -> list[float]:
+    """Train ``model`` to restore ``data``'s training crops (L1 loss); returns the loss curve."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.01)
+    model.train()
+    losses = []
+    task = progress.add_task(description, total=steps, info="") if progress is not None else None
+    for step in range(steps):
+        inp, target = data.train_batch(batch_size, step_offset + step)
+        loss = F.l1_loss(model(inp), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress is not None:
+            recent = sum(losses[-20:]) / len(losses[-20:])
+            progress.update(task, advance=1, info=f"L1 {recent:.4f}")
+    model.eval()
+    return losses
+
+
+def load_state(path: str | Path, field_name: str = "teacher.weights") -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` (safe loading; ``{"params": ...}`` and ``{"state_dict": ...}`` unwrapped)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"`{field_name}`: no file at {str(path)!r}; give the path of a "
+                          "state dict saved with torch.save(model.state_dict(), path)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"`{field_name}`: {str(path)!r} cannot be loaded safely "
+                          f"(torch.load(weights_only=True): {err}); save only the state dict") from err
+    for key in ("params", "params_ema", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"`{field_name}`: {str(path)!r} holds no state dict of tensors")
+    return obj
+
+
+def prepare_teacher(cfg: UNetConfig, data: RestorationData, ctx, teacher: dict[str, Any]) -> tuple[
+        HybridRestormer, dict[str, Any]]:
+    """The trained (or loaded) all-transformer network and a report."""
+    model = HybridRestormer(cfg, all_kinds(cfg, "transformer"))
+    weights = teacher.get("weights")
+    if weights:
+        state = load_state(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ConfigError(
+                f"`teacher.weights`: {weights!r} does not fit the {cfg.dim}-channel network "
+                f"({len(missing)} missing keys, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
+                f"e.g. {unexpected[:3]}); check `preset` and the overrides")
+        model.eval()
+        return model, {"source": str(weights)}
+    payload = {"version": ALIGN_VERSION, "config": cfg.to_dict(), "data": data.describe(),
+               "steps": teacher["steps"], "batch_size": teacher["batch_size"], "lr": teacher["lr"],
+               "seed": teacher["seed"]}
+
+    report: dict[str, Any] = {}
+
+    def make(path: Path) -> None:
+        torch.manual_seed(teacher["seed"])
+        fresh = HybridRestormer(cfg, all_kinds(cfg, "transformer"))
+        start = time.time()
+        with ctx.progress() as progress:
+            losses = train_model(fresh, data, steps=teacher["steps"], batch_size=teacher["batch_size"],
+                                 lr=teacher["lr"], progress=progress, description="teacher")
+        torch.save(fresh.state_dict(), path)
+        report.update(seconds=time.time() - start, final_l1=sum(losses[-20:]) / max(len(losses[-20:]), 1))
+
+    path = ctx.cache.get_or_create("hybrid_unet/teacher", payload, make, suffix=".pt")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.eval()
+    report.update(source="trained", cache=str(path), cached=not report)
+    return model, report
+
+
+def prepare_surrogates(cfg: UNetConfig, teacher_model: HybridRestormer, data: RestorationData,
+                       ctx, params: dict[str, Any]) -> tuple[dict[str, dict[str, torch.Tensor]],
+                                                            dict[str, Any]]:
+    """One distilled SSM block per block position of the teacher."""
+    torch.manual_seed(params["seed"])
+    students = {}
+    for position, (stage, i) in enumerate(cfg.slots()):
+        students[HybridRestormer.block_name(stage, i)] = make_block(
+            "ssm", cfg.stage_channels(stage), cfg.stage_heads(stage), cfg, position)
+    payload = {"version": ALIGN_VERSION, "teacher": module_digest(teacher_model),
+               "config": cfg.to_dict(), "data": data.describe(), "batch_size": params["batch_size"],
+               "seed": params["seed"]}
+    bs = params["batch_size"]
+
+    def batches(step: int):
+        # teacher inputs: degraded crops, disjoint in step from the teacher's own training batches
+        return data.train_batch(bs, 1_000_000 + step)[0]
+
+    with ctx.progress() as progress:
+        result = distill_cached(ctx.cache, "hybrid_unet/surrogates", payload, teacher_model, students,
+                                batches, steps=params["steps"], lr=params["lr"], progress=progress,
+                                description="surrogates")
+    bank = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+            for name, m in students.items()}
+    rel = result.relative()
+    rel0 = result.relative(initial=True)
+    report = {"cached": result.cached, "seconds": result.seconds, "steps": result.steps,
+              "relative_mse": rel, "relative_mse_untrained": rel0}
+    return bank, report
+
+
+def write_report(ctx, report: dict[str, Any]) -> Path:
+    path = Path(ctx.run_dir) / "alignment.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str))
+    return path
