@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasframe.architecture import Architecture
-from nasframe.errors import ConfigError
 from nasframe.space import Categorical, Decision, SearchSpace
 
 if TYPE_CHECKING:
@@ -156,7 +155,12 @@ class HybridUNetSpace(SearchSpace):
             self._names = [s for s in net.STAGES if cfg.stage_blocks(s) > 0]
         self._decisions = tuple(Categorical(n, KINDS) for n in self._names)
         self._bank = None
-        self._data = None
+        from search_spaces.hybrid_unet.data import RestorationData
+
+        try:  # cheap: checks the params (and folder layouts); images load on first use
+            self._data = RestorationData.from_params(self.data_params, task_default=task)
+        except ValueError as err:
+            raise ValueError(f"`data`: {err}") from None
 
     def __repr__(self) -> str:
         return (f"HybridUNetSpace(preset={self.preset!r}, granularity={self.granularity!r}, "
@@ -244,14 +248,7 @@ class HybridUNetSpace(SearchSpace):
     # -- alignment ----------------------------------------------------------
     @property
     def data(self):
-        """The task's :class:`.data.RestorationData` (built on first use)."""
-        if self._data is None:
-            from search_spaces.hybrid_unet.data import RestorationData
-
-            try:
-                self._data = RestorationData.from_params(self.data_params, task_default=self.task)
-            except ValueError as err:
-                raise ConfigError(f"search_space.params.data: {err}") from None
+        """The task's :class:`.data.RestorationData`."""
         return self._data
 
     def validation_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

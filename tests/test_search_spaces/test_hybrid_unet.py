@@ -201,6 +201,8 @@ def test_graph_describes_every_block():
     ({"network": {"ssm": {"order": 2}}}, "did you mean 'orders'"),
     ({"teacher": {"stepz": 3}}, "teacher"),
     ({"distill": {"steps": 0}}, "distill.steps"),
+    ({"data": {"sigmaa": 3}}, "`data`: .*did you mean 'sigma'"),
+    ({"task": "deblur", "data": {"task": "derain"}}, "set the task once"),
 ])
 def test_bad_params_name_the_field(params, match):
     with pytest.raises(ValueError, match=match):
