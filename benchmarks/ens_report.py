@@ -17,14 +17,20 @@ it first when it is missing or unfinished), then prints:
    evaluations (answered from the table, both told the two reference
    architectures first, as a run does), over ``--seeds`` seeds; reported is the
    hypervolume of each strategy's front divided by the exhaustive front's
+   (``ens`` with the run's strategy params, e.g. its population)
    (mean, min and max over seeds). The reference point is fixed per task: the
-   worst PSNR of the table minus 0.1 dB, and the slot count plus 1.
+   worst PSNR of the table minus 0.1 dB, and the slot count plus 1. Several
+   budgets may be given (``--budget 16 32 64``).
+3. **Full size**: the latency at ``--size`` of the ``restormer`` preset (44
+   blocks, dim 48; random weights, which do not change the time) all
+   transformer against all SSM, side by side: what swapping every block buys at
+   the published size (``--no-full`` skips it).
 
 Usage::
 
     python benchmarks/ens_report.py [--tasks denoise deblur derain] [--runs runs]
-                                    [--budget 24] [--seeds 10] [--size 256]
-                                    [--threads 2] [--repeats 5] [--json PATH]
+                                    [--budget 16 32 64] [--seeds 10] [--size 256]
+                                    [--threads 2] [--repeats 5] [--no-full] [--json PATH]
 
 It prints its tables and exits 0: a measurement, not an assertion.
 """
@@ -109,7 +115,9 @@ def teacher_vs_pick(task: str, run_dir: Path, size: int, repeats: int) -> dict:
 
 
 def exhaustive_table(run_dir: Path) -> tuple[Experiment, dict[str, float]]:
-    """PSNR of every stage-granularity hybrid, assembled from the run's cached bank."""
+    """PSNR of every stage-granularity hybrid, assembled from the run's cached bank.
+
+    The experiment keeps the run's strategy settings (``ens`` population, ...)."""
     cfg = yaml.safe_load(json.dumps(TrialStore(run_dir / "trials.db").config))
     cfg["search_space"]["params"]["granularity"] = "stage"
     cfg["objectives"] = [{"name": "psnr"}, {"name": "transformer_count"}]
@@ -145,7 +153,8 @@ def search_efficiency(exp: Experiment, table: dict[str, float], budget: int, see
     for name in ("ens", "random"):
         ratios = []
         for seed in range(seeds):
-            strat = plugins.strategies.create(name, {}, problem=problem, seed=seed)
+            params = exp.cfg.strategy.params if name == exp.cfg.strategy.name else {}
+            strat = plugins.strategies.create(name, params, problem=problem, seed=seed)
             n = 0
             refs = space.reference_architectures()
             strat.tell([_trial(i, a, table[a.id], space.transformer_count(a), f"reference:{k}")
@@ -168,15 +177,28 @@ def search_efficiency(exp: Experiment, table: dict[str, float], budget: int, see
                                  "max": float(np.max(v))} for k, v in out.items()}}
 
 
+def full_size(size: int, repeats: int) -> dict:
+    """Latency of the restormer preset, all transformer against all SSM."""
+    from search_spaces.hybrid_unet.space import HybridUNetSpace
+
+    space = HybridUNetSpace(preset="restormer", granularity="stage")
+    torch.manual_seed(0)
+    models = {k: space.build(a) for k, a in space.reference_architectures().items()}
+    lat = _latency(models, size, repeats)
+    return {"size": size, "teacher_ms": lat["teacher"], "all_ssm_ms": lat["all_ssm"],
+            "speedup": lat["teacher"] / lat["all_ssm"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
-    parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--budget", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-full", action="store_true", help="skip the restormer-size latency")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir = ensure_run(task, args.runs)
         rows.append(teacher_vs_pick(task, run_dir, args.size, args.repeats))
         exp, table = exhaustive_table(run_dir)
-        eff.append({"task": task, **search_efficiency(exp, table, args.budget, args.seeds)})
+        for budget in args.budget:
+            eff.append({"task": task, **search_efficiency(exp, table, budget, args.seeds)})
+    full = None if args.no_full else full_size(args.size, max(3, args.repeats // 2))
 
     print(f"\nTeacher vs ENS pick (CPU latency at {args.size}x{args.size}, {args.threads} threads, "
           f"median of {args.repeats}, interleaved)")
@@ -196,13 +220,20 @@ def main(argv: list[str] | None = None) -> dict:
               f"{int(r['pick_transformers']):>6d} of {int(r['teacher_transformers']):<4d} "
               f"{r['teacher_ms']:10.1f} {r['pick_ms']:8.1f} {r['speedup']:7.2f}x")
     print(f"\nSearch efficiency at stage granularity: hypervolume / exhaustive front's, "
-          f"after {args.budget} evaluations, {args.seeds} seeds (mean [min, max])")
-    print(f"  {'task':8s} {'space':>6s} {'ens':>22s} {'random':>22s}")
+          f"{args.seeds} seeds (mean [min, max])")
+    print(f"  {'task':8s} {'space':>6s} {'budget':>6s} {'ens':>22s} {'random':>22s} {'ens/random':>10s}")
     for e in eff:
         fmt = "{mean:.3f} [{min:.3f}, {max:.3f}]"
-        print(f"  {e['task']:8s} {e['space_size']:6d} {fmt.format(**e['ens_hv_ratio']):>22s} "
-              f"{fmt.format(**e['random_hv_ratio']):>22s}")
-    result = {"teacher_vs_pick": rows, "search_efficiency": eff, "threads": args.threads}
+        ratio = e["ens_hv_ratio"]["mean"] / e["random_hv_ratio"]["mean"]
+        print(f"  {e['task']:8s} {e['space_size']:6d} {e['budget']:6d} "
+              f"{fmt.format(**e['ens_hv_ratio']):>22s} {fmt.format(**e['random_hv_ratio']):>22s} "
+              f"{ratio:10.3f}")
+    if full:
+        print(f"\nFull size (restormer preset, {full['size']}x{full['size']}): all transformer "
+              f"{full['teacher_ms']:.0f} ms, all SSM {full['all_ssm_ms']:.0f} ms, "
+              f"speed-up {full['speedup']:.2f}x")
+    result = {"teacher_vs_pick": rows, "search_efficiency": eff, "full_size": full,
+              "threads": args.threads}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
