@@ -75,10 +75,20 @@ def evaluate_psnr(model: torch.nn.Module, pairs, max_images: int | None = None) 
 
 def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, batch_size: int,
                 lr: float, progress=None, description: str = "training",
-                step_offset: int = 0) -> list[float]:
-    """Train ``model`` to restore ``data``'s training crops (L1 loss); returns the loss curve."""
+                step_offset: int = 0, warmup: int = 0) -> list[float]:
+    """Train ``model`` to restore ``data``'s training crops (L1 loss, AdamW, ``warmup``
+    steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve."""
+    import math
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.01)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(steps - warmup, 1)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     losses = []
     task = progress.add_task(description, total=steps, info="") if progress is not None else None

@@ -7,7 +7,10 @@ the teacher. This tool does it and reports PSNR on the validation images before
 and after::
 
     python -m search_spaces.hybrid_unet.finetune RUN_DIR [--members pick] [--steps 300]
-                                                 [--lr 0.0005] [--batch-size 8]
+                                                 [--lr 0.0001] [--batch-size 8]
+
+(AdamW, a linear warm-up over the first tenth of the steps, then cosine decay:
+a fine-tune starts from a working model, so the learning rate is kept low.)
 
 ``--members``: ``pick`` (the strategy's pick, the default), ``front`` (every
 front member), or trial numbers / architecture ids. Weights go to
@@ -55,7 +58,8 @@ def _members(a, cfg, wanted: list[str]):
 
 
 def finetune_run(run_dir: str | Path, members: list[str] | None = None, steps: int = 300,
-                 lr: float = 5e-4, batch_size: int = 8, quiet: bool = False) -> list[dict]:
+                 lr: float = 1e-4, batch_size: int = 8, quiet: bool = False,
+                 warmup: int | None = None) -> list[dict]:
     """Fine-tune ``members`` of the run in ``run_dir``; returns one report row per member."""
     from nasframe.candidate import Candidate
     from nasframe.config import config_from_dict
@@ -89,15 +93,21 @@ def finetune_run(run_dir: str | Path, members: list[str] | None = None, steps: i
         with ctx.progress() as progress:
             train_model(model, space.data, steps=steps, batch_size=batch_size, lr=lr,
                         progress=progress, description=f"fine-tune {t.arch.id}",
-                        step_offset=2_000_000)
+                        step_offset=2_000_000,
+                        warmup=steps // 10 if warmup is None else warmup)
         after = evaluate_psnr(model, pairs)
         path = out_dir / f"{t.arch.id}.pt"
         torch.save(model.state_dict(), path)
         rows.append({"trial": t.number, "id": t.arch.id, "psnr_before": before, "psnr_after": after,
+                     "improved": after > before,
                      "transformers": space.transformer_count(t.arch), "steps": steps, "lr": lr,
                      "seconds": time.time() - start, "weights": str(path)})
         ctx.log(f"trial {t.number} ({t.arch.id}): PSNR {before:.2f} -> {after:.2f} dB "
                 f"after {steps} steps; {path}")
+        if after < before:
+            ctx.log(f"  fine-tuning lowered the validation PSNR of trial {t.number}; the "
+                    "assembled model stays in the run (front/), these weights are saved anyway; "
+                    "try a lower --lr or fewer --steps")
     (out_dir / "report.json").write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--members", nargs="+", default=["pick"])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     try:
