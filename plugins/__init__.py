@@ -12,12 +12,14 @@ if TYPE_CHECKING:
 @hookimpl
 def register_strategies(registry: Registry) -> None:
     from plugins.ens import EnsStrategy
+    from plugins.eps_bo import EpsBO
     from plugins.grid import GridSearch
     from plugins.random_search import RandomSearch
 
     registry.add(RandomSearch)
     registry.add(GridSearch)
     registry.add(EnsStrategy)
+    registry.add(EpsBO)  # needs botorch only when constructed
 
 
 @hookimpl

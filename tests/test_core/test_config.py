@@ -39,7 +39,7 @@ def test_unknown_names_list_what_is_available(toy_config, plugins):
     problems = _errors(toy_config, plugins)
     joined = "\n".join(problems)
     assert "strategy.name: unknown strategy 'randon'; did you mean 'random'?" in joined
-    assert "available: ens, grid, random" in joined
+    assert "available: ens, eps_bo, grid, random" in joined
     assert "objectives[1].name: unknown objective 'toy_qualty'; did you mean 'toy_quality'?" in joined
     assert "search_space.params.widthz: unknown parameter; did you mean 'widths'?" in joined
     assert "constraints[0]: 'gmax'" in joined
