@@ -305,6 +305,31 @@ class SearchSpace(abc.ABC):
             i += d.width
         return self.canonicalize(Architecture(values))
 
+    def from_indices(self, indices: Sequence[int]) -> Architecture | None:
+        """The canonical architecture whose decision ``i`` takes value number
+        ``indices[i]``, or None when that is not a valid architecture of this space.
+
+        The integer encoding used by evolutionary and model-based strategies
+        (:meth:`encode` is the one-hot one)."""
+        try:
+            arch = Architecture({d.name: d.value_at(int(i))
+                                 for d, i in zip(self.decisions(), indices, strict=True)})
+            arch = self.canonicalize(arch)
+        except (ValueError, IndexError, TypeError, KeyError):
+            return None
+        return arch if self.validate(arch) is None else None
+
+    def to_indices(self, arch: Architecture) -> list[int] | None:
+        """Each decision's value number in ``arch`` (canonicalised), or None when it is
+        not a valid architecture of this space. Inverse of :meth:`from_indices`."""
+        try:
+            arch = self.canonicalize(arch)
+            if self.validate(arch) is not None:
+                return None
+            return [int(d.index(arch[d.name])) for d in self.decisions()]
+        except (ValueError, KeyError, TypeError):
+            return None
+
     @property
     def size(self) -> int:
         """Number of decision combinations (valid or not): an upper bound."""

@@ -11,6 +11,31 @@ from nasframe.architecture import Architecture
 from nasframe.trial import Problem, Trial
 
 
+class SeenIds:
+    """Architecture ids in the order first seen: a set for lookups, the order for the
+    JSON state (so saving it needs no sort). ``SeenIds(state_list)`` restores it."""
+
+    def __init__(self, ids: Sequence[str] = ()):
+        self._set: set[str] = set()
+        self._order: list[str] = []
+        for arch_id in ids:
+            self.add(arch_id)
+
+    def add(self, arch_id: str) -> None:
+        if arch_id not in self._set:
+            self._set.add(arch_id)
+            self._order.append(arch_id)
+
+    def __contains__(self, arch_id: object) -> bool:
+        return arch_id in self._set
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def to_list(self) -> list[str]:
+        return list(self._order)
+
+
 class Strategy(abc.ABC):
     """Proposes architectures and learns from their results.
 

@@ -15,24 +15,14 @@ import numpy as np
 
 from nasframe.architecture import Architecture
 from nasframe.pareto import pareto_mask
-from nasframe.strategy import Strategy
+from nasframe.strategy import SeenIds, Strategy
 from nasframe.trial import Problem, Trial
+from plugins._params import check_number
 
 #: objective value given to failed trials and missing values (minimisation form)
 BAD = 1e12
 #: constraint violation of a failed trial: worse than any real violation (those are capped at BAD)
 FAILED_VIOLATION = 1e15
-
-
-def _check_number(name: str, value: Any, low: float, high: float | None, fix: str,
-                  integer: bool = False, low_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and integer:
-        ok = isinstance(value, int)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        raise ValueError(f"`{name}` must be {fix}, got {value!r}")
 
 
 class EnsStrategy(Strategy):
@@ -77,17 +67,17 @@ class EnsStrategy(Strategy):
                  crossover_prob: float = 0.9, mutation_prob: float | None = None,
                  max_retries: int = 1000):
         super().__init__(problem, seed)
-        _check_number("population", population, 2, None,
-                      "an integer of at least 2 (e.g. `population: 16`)", integer=True)
-        _check_number("penalty", penalty, 0, None,
-                      "a number >= 0, the weight of `cost` in the pick (e.g. `penalty: 0.1`)")
-        _check_number("crossover_prob", crossover_prob, 0, 1,
-                      "a probability between 0 and 1 (e.g. `crossover_prob: 0.9`)")
+        check_number("population", population,
+                     "an integer of at least 2 (e.g. `population: 16`)", 2, integer=True)
+        check_number("penalty", penalty,
+                     "a number >= 0, the weight of `cost` in the pick (e.g. `penalty: 0.1`)", 0)
+        check_number("crossover_prob", crossover_prob,
+                     "a probability between 0 and 1 (e.g. `crossover_prob: 0.9`)", 0, 1)
         if mutation_prob is not None:
-            _check_number("mutation_prob", mutation_prob, 0, 1,
-                          "a probability in (0, 1], or null for 1 / number of decisions",
-                          low_open=True)
-        _check_number("max_retries", max_retries, 1, None, "a positive integer", integer=True)
+            check_number("mutation_prob", mutation_prob,
+                         "a probability in (0, 1], or null for 1 / number of decisions", 0, 1,
+                         low_open=True)
+        check_number("max_retries", max_retries, "a positive integer", 1, integer=True)
         self.population = population
         self.penalty = float(penalty)
         self.crossover_prob = float(crossover_prob)
@@ -104,8 +94,7 @@ class EnsStrategy(Strategy):
         self._told: list[dict[str, Any]] = []     # individuals told since the last selection
         self._queue: list[list[int]] = []         # this generation, not yet handed out
         self._pending: list[str] = []             # handed out, not yet told
-        self._seen: set[str] = set()
-        self._order: list[str] = []
+        self._seen = SeenIds()
         self._members: set[str] = set()           # ids in _pop or _told
 
     @staticmethod
@@ -124,27 +113,9 @@ class EnsStrategy(Strategy):
                              f"set its direction to '{direction}' in the experiment")
         return key
 
-    # -- encoding --------------------------------------------------------
-    def _arch(self, x: Sequence[int]) -> Architecture | None:
-        """The canonical, valid architecture of an index vector, or None."""
-        try:
-            arch = Architecture({d.name: d.value_at(int(i)) for d, i in zip(self._decisions, x)})
-            arch = self.space.canonicalize(arch)
-        except (ValueError, IndexError, TypeError, KeyError):
-            return None
-        return arch if self.space.validate(arch) is None else None
-
-    def _indices(self, arch: Architecture) -> list[int] | None:
-        try:
-            arch = self.space.canonicalize(arch)
-            if self.space.validate(arch) is not None:
-                return None
-            return [int(d.index(arch[d.name])) for d in self._decisions]
-        except (ValueError, KeyError, TypeError):
-            return None
-
+    # -- trials as pymoo records ---------------------------------------
     def _record(self, trial: Trial) -> dict[str, Any] | None:
-        x = self._indices(trial.arch)
+        x = self.space.to_indices(trial.arch)
         if x is None:
             return None
         if trial.status == "failed":
@@ -163,11 +134,6 @@ class EnsStrategy(Strategy):
         return {"id": trial.arch.id, "x": x, "F": F, "G": G}
 
     # -- ask / tell ------------------------------------------------------
-    def _see(self, arch_id: str) -> None:
-        if arch_id not in self._seen:
-            self._seen.add(arch_id)
-            self._order.append(arch_id)
-
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
         while len(out) < n:
@@ -175,17 +141,17 @@ class EnsStrategy(Strategy):
                 self._next_generation()
                 if not self._queue:
                     break
-            arch = self._arch(self._queue.pop(0))
+            arch = self.space.from_indices(self._queue.pop(0))
             if arch is None or arch.id in self._seen:
                 continue
-            self._see(arch.id)
+            self._seen.add(arch.id)
             self._pending.append(arch.id)
             out.append(arch)
         return out
 
     def tell(self, trials: Sequence[Trial]) -> None:
         for t in trials:
-            self._see(t.arch.id)
+            self._seen.add(t.arch.id)
             if t.status == "running":
                 continue
             if t.arch.id in self._pending:
@@ -218,7 +184,7 @@ class EnsStrategy(Strategy):
             off = algo.ask() if len(self._pop) >= 2 else None
             if off is not None:
                 for x in off.get("X"):
-                    arch = self._arch(x)
+                    arch = self.space.from_indices(x)
                     if arch is not None and arch.id not in self._seen and arch.id not in queued:
                         queued.add(arch.id)
                         self._queue.append([int(v) for v in x])
@@ -228,7 +194,7 @@ class EnsStrategy(Strategy):
                 arch = self.space.sample(self.rng)
             except RuntimeError:
                 break
-            x = self._indices(arch)
+            x = self.space.to_indices(arch)
             if x is None or arch.id in self._seen or arch.id in queued:
                 misses += 1
                 continue
@@ -282,7 +248,7 @@ class EnsStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng_state(), "generation": self._gen, "population": self._pop,
                 "told": self._told, "queue": self._queue, "pending": list(self._pending),
-                "seen": list(self._order)}
+                "seen": self._seen.to_list()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
@@ -298,9 +264,7 @@ class EnsStrategy(Strategy):
                                  "new run")
         self._queue = [list(map(int, x)) for x in state.get("queue", [])]
         self._pending = list(state.get("pending", []))
-        self._seen, self._order = set(), []
-        for arch_id in state.get("seen", ()):
-            self._see(arch_id)
+        self._seen = SeenIds(state.get("seen", ()))
         self._members = {r["id"] for r in self._pop + self._told}
 
 
@@ -363,7 +327,7 @@ class _Unseen(_duplicate_base()):
     def _id(self, x) -> str | None:
         key = tuple(int(v) for v in x)
         if key not in self._ids:
-            arch = self.strategy._arch(key)
+            arch = self.strategy.space.from_indices(key)
             self._ids[key] = None if arch is None else arch.id
         return self._ids[key]
 

@@ -17,23 +17,13 @@ import numpy as np
 
 from nasframe.architecture import Architecture
 from nasframe.space import Categorical, Integer
-from nasframe.strategy import Strategy
+from nasframe.strategy import SeenIds, Strategy
 from nasframe.trial import Problem, Trial
+from plugins._params import check_number
 
 INSTALL_HINT = "pip install 'nasframe[bo]'"
 #: L-BFGS iterations per GP fit (noise-free objectives otherwise take ~1000, seconds per fit)
 FIT_MAXITER = 60
-
-
-def _check_number(name: str, value: Any, fix: str, low: float | None = None,
-                  integer: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and integer:
-        ok = isinstance(value, int)
-    if ok and low is not None:
-        ok = value >= low
-    if not ok:
-        raise ValueError(f"`{name}` must be {fix}, got {value!r}")
 
 
 def _require_botorch() -> None:
@@ -125,7 +115,7 @@ class EpsBO(Strategy):
         self.bounds: dict[str, float] = {}
         for key, eps in bounds.items():
             self._check_bound_key("bounds", key, specs)
-            _check_number(f"bounds.{key}", eps, "a finite number (the epsilon for that objective)")
+            check_number(f"bounds.{key}", eps, "a finite number (the epsilon for that objective)")
             self.bounds[key] = float(eps)
         # -- epsilon sweep
         if epsilons is None:
@@ -141,7 +131,7 @@ class EpsBO(Strategy):
                 raise ValueError(f"`epsilons` must be a non-empty list of numbers, e.g. "
                                  f"`epsilons: [0.8, 0.9, 0.95]`, got {epsilons!r}")
             for i, eps in enumerate(epsilons):
-                _check_number(f"epsilons[{i}]", eps, "a finite number")
+                check_number(f"epsilons[{i}]", eps, "a finite number")
             if bounded is None:
                 others = [k for k in specs if k != minimise and k not in self.bounds]
                 if len(others) != 1:
@@ -154,9 +144,10 @@ class EpsBO(Strategy):
                                  "`epsilons` or fix it in `bounds`, not both")
             self.epsilons = [float(e) for e in epsilons]
             self.bounded = bounded
-        _check_number("n_initial", n_initial, "an integer >= 0 (e.g. `n_initial: 8`)", 0, True)
-        _check_number("candidates", candidates, "an integer >= 1 (e.g. `candidates: 2048`)", 1, True)
-        _check_number("max_retries", max_retries, "a positive integer", 1, True)
+        check_number("n_initial", n_initial, "an integer >= 0 (e.g. `n_initial: 8`)", 0, integer=True)
+        check_number("candidates", candidates, "an integer >= 1 (e.g. `candidates: 2048`)", 1,
+                     integer=True)
+        check_number("max_retries", max_retries, "a positive integer", 1, integer=True)
         self.n_initial, self.candidates, self.max_retries = n_initial, candidates, max_retries
         self._specs = specs
         self._decisions = list(self.space.decisions())
@@ -166,8 +157,7 @@ class EpsBO(Strategy):
         self._all: np.ndarray | None = None  # the enumerated space (index rows), when small
         self._all_archs: list[Architecture] = []
         # search state (all of it in state_dict)
-        self._seen: set[str] = set()
-        self._order: list[str] = []
+        self._seen = SeenIds()
         self._obs: dict[str, dict[str, Any]] = {}  # arch id -> observation (insertion order)
         self._pending: list[str] = []
         self._cycle = 0
@@ -210,22 +200,6 @@ class EpsBO(Strategy):
         return True
 
     # -- encoding --------------------------------------------------------
-    def _arch(self, x: Sequence[int]) -> Architecture | None:
-        try:
-            arch = Architecture({d.name: d.value_at(int(i)) for d, i in zip(self._decisions, x)})
-            arch = self.space.canonicalize(arch)
-        except (ValueError, IndexError, TypeError, KeyError):
-            return None
-        return arch if self.space.validate(arch) is None else None
-
-    def _indices(self, arch: Architecture) -> list[int] | None:
-        try:
-            if self.space.validate(arch) is not None:
-                return None
-            return [int(d.index(arch[d.name])) for d in self._decisions]
-        except (ValueError, KeyError, TypeError):
-            return None
-
     def _features(self, rows: np.ndarray):
         import torch
 
@@ -233,19 +207,14 @@ class EpsBO(Strategy):
         return torch.as_tensor(np.asarray(rows, dtype=float) / scale, dtype=torch.float64)
 
     # -- ask / tell ------------------------------------------------------
-    def _see(self, arch_id: str) -> None:
-        if arch_id not in self._seen:
-            self._seen.add(arch_id)
-            self._order.append(arch_id)
-
     def tell(self, trials: Sequence[Trial]) -> None:
         for t in trials:
-            self._see(t.arch.id)
+            self._seen.add(t.arch.id)
             if t.status == "running":
                 continue
             if t.arch.id in self._pending:
                 self._pending.remove(t.arch.id)
-            x = self._indices(t.arch)
+            x = self.space.to_indices(t.arch)
             if x is None:
                 continue
             values = {} if t.status == "failed" else {
@@ -273,7 +242,7 @@ class EpsBO(Strategy):
                 if arch is None:
                     break
                 self._cycle += 1
-            self._see(arch.id)
+            self._seen.add(arch.id)
             self._pending.append(arch.id)
             out.append(arch)
         return out
@@ -285,7 +254,7 @@ class EpsBO(Strategy):
                 arch = self.space.sample(self.rng)
             except RuntimeError:
                 return None
-            if arch.id in self._seen or self._indices(arch) is None:
+            if arch.id in self._seen or self.space.to_indices(arch) is None:
                 misses += 1
                 continue
             return arch
@@ -382,7 +351,7 @@ class EpsBO(Strategy):
             pairs, ids = [], set()
             for a in self.space.enumerate():
                 a = self.space.canonicalize(a)
-                x = self._indices(a)
+                x = self.space.to_indices(a)
                 if x is not None and a.id not in ids:
                     ids.add(a.id)
                     pairs.append((a, x))
@@ -427,7 +396,7 @@ class EpsBO(Strategy):
         observed = sorted((o for o in self._obs.values() if self.minimise in o["values"]),
                           key=lambda o: self._specs[self.minimise].to_min(o["values"][self.minimise]))
         for o in observed[:3]:
-            a = self._arch(o["x"])
+            a = self.space.from_indices(o["x"])
             if a is not None:
                 starts.append(a)
         for _ in range(8):
@@ -439,17 +408,17 @@ class EpsBO(Strategy):
                 break
             cur = start
             if cur.id not in scored:
-                scored[cur.id] = (float(score(np.array([self._indices(cur)]))[0]), cur)
+                scored[cur.id] = (float(score(np.array([self.space.to_indices(cur)]))[0]), cur)
             while len(scored) < self.candidates:
                 archs = {}
-                for y in self._neighbours(self._indices(cur)):
-                    a = self._arch(y)
+                for y in self._neighbours(self.space.to_indices(cur)):
+                    a = self.space.from_indices(y)
                     if a is not None and a.id not in scored and a.id not in archs:
                         archs[a.id] = a
                 if not archs:
                     break
                 group = list(archs.values())[: self.candidates - len(scored)]
-                s = score(np.array([self._indices(a) for a in group]))
+                s = score(np.array([self.space.to_indices(a) for a in group]))
                 for a, v in zip(group, s):
                     scored[a.id] = (float(v), a)
                 k = int(np.argmax(s))
@@ -492,15 +461,13 @@ class EpsBO(Strategy):
 
     # -- state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng_state(), "seen": list(self._order),
+        return {"rng": self.rng_state(), "seen": self._seen.to_list(),
                 "observations": [{"id": k, **v} for k, v in self._obs.items()],
                 "pending": list(self._pending), "cycle": self._cycle, "n_random": self._n_random}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
-        self._seen, self._order = set(), []
-        for arch_id in state.get("seen", ()):
-            self._see(arch_id)
+        self._seen = SeenIds(state.get("seen", ()))
         width = len(self._decisions)
         self._obs = {}
         for o in state.get("observations", []):

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nasframe.architecture import Architecture
-from nasframe.strategy import Strategy
+from nasframe.strategy import SeenIds, Strategy
 from nasframe.trial import Problem, Trial
 
 
@@ -29,8 +29,7 @@ class RandomSearch(Strategy):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
             raise ValueError(f"`max_retries` must be a positive integer, got {max_retries!r}")
         self.max_retries = max_retries
-        self._seen: set[str] = set()
-        self._order: list[str] = []  # insertion order, so state_dict needs no sort
+        self._seen = SeenIds()
 
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
@@ -41,24 +40,17 @@ class RandomSearch(Strategy):
                 misses += 1
                 continue
             misses = 0
-            self._see(arch.id)
+            self._seen.add(arch.id)
             out.append(arch)
         return out
 
-    def _see(self, arch_id: str) -> None:
-        if arch_id not in self._seen:
-            self._seen.add(arch_id)
-            self._order.append(arch_id)
-
     def tell(self, trials: Sequence[Trial]) -> None:
         for t in trials:
-            self._see(t.arch.id)
+            self._seen.add(t.arch.id)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng_state(), "seen": list(self._order)}
+        return {"rng": self.rng_state(), "seen": self._seen.to_list()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
-        self._seen, self._order = set(), []
-        for arch_id in state.get("seen", ()):
-            self._see(arch_id)
+        self._seen = SeenIds(state.get("seen", ()))

@@ -18,6 +18,7 @@ steps, seed), so a second run, a resumed run or a worker process loads them.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,6 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
                 step_offset: int = 0, warmup: int = 0) -> list[float]:
     """Train ``model`` to restore ``data``'s training crops (L1 loss, AdamW, ``warmup``
     steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve."""
-    import math
-
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.999))
 
     def factor(step: int) -> float:
