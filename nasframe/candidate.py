@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 class Candidate:
     """What objectives see. ``model`` and ``graph`` are built on first access
-    (seeded by the trial's seed) and shared by every objective of the trial."""
+    (seeded by the trial's seed) and shared by every objective of the trial;
+    so are the space's extra model parts (:meth:`part`)."""
 
     def __init__(self, space: SearchSpace, arch: Architecture, seed: int = 0):
         self.space = space
@@ -22,6 +23,7 @@ class Candidate:
         self.seed = seed
         self._model: torch.nn.Module | None = None
         self._graph: nx.DiGraph | None = None
+        self._parts: dict[str, torch.nn.Module] = {}
         self.cache: dict[str, Any] = {}  # scratch space shared by the trial's objectives
 
     @property
@@ -39,20 +41,43 @@ class Candidate:
     def model_built(self) -> bool:
         return self._model is not None
 
+    def part(self, name: str | None) -> torch.nn.Module:
+        """Part ``name`` of the space (see :meth:`SearchSpace.parts`), built on first
+        use like :attr:`model` (seeded, eval mode) and cached; None: the main model."""
+        if name is None:
+            return self.model
+        if name not in self._parts:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                module = self.space.build_part(self.arch, name)
+            self._parts[name] = module.eval()
+        return self._parts[name]
+
+    def module(self, part: str | None = None) -> torch.nn.Module:
+        """The main model, or part ``part`` when given."""
+        return self.model if part is None else self.part(part)
+
     @property
     def graph(self) -> nx.DiGraph:
         if self._graph is None:
             self._graph = self.space.graph(self.arch)
         return self._graph
 
-    def example_inputs(self, input_shape=None, batch_size: int = 1) -> tuple[Any, ...]:
+    def example_inputs(self, input_shape=None, batch_size: int = 1,
+                       part: str | None = None) -> tuple[Any, ...]:
+        """Seeded inputs for one forward pass of the main model, or of ``part``."""
         import torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
+            if part is not None:
+                return self.space.part_example_inputs(self.arch, part, input_shape, batch_size)
             return self.space.example_inputs(self.arch, input_shape, batch_size)
 
     def release(self) -> None:
         self._model = None
         self._graph = None
+        self._parts.clear()
         self.cache.clear()

@@ -46,6 +46,8 @@ __all__ = ["DistillResult", "distill", "distill_cached", "module_digest"]
 
 #: ``inputs_of(name, args, kwargs)``: what the student named ``name`` is called with.
 InputsOf = Callable[[str, tuple, dict], Any]
+#: ``outputs_of(name, output)``: what the student named ``name`` must reproduce.
+OutputsOf = Callable[[str, Any], Any]
 
 _STUDENTS_FILE = "students.pt"
 _RESULT_FILE = "result.json"
@@ -174,7 +176,8 @@ def _shapes(value: Any) -> list[tuple[int, ...]]:
 class _Capture:
     """Forward hooks that record each named sub-module's inputs and output, per forward."""
 
-    def __init__(self, teacher: nn.Module, names: list[str], inputs_of: InputsOf):
+    def __init__(self, teacher: nn.Module, names: list[str], inputs_of: InputsOf,
+                 outputs_of: OutputsOf | None = None):
         modules = dict(teacher.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
@@ -192,7 +195,7 @@ class _Capture:
             for n in names:
                 self.handles.append(modules[n].register_forward_pre_hook(
                     self._pre(n, inputs_of), with_kwargs=True))
-                self.handles.append(modules[n].register_forward_hook(self._post(n)))
+                self.handles.append(modules[n].register_forward_hook(self._post(n, outputs_of)))
         except BaseException:
             self.remove()
             raise
@@ -204,8 +207,10 @@ class _Capture:
             self.records[name].append([inputs, None])
         return hook
 
-    def _post(self, name: str):
+    def _post(self, name: str, outputs_of: OutputsOf | None):
         def hook(module, args, output):
+            if outputs_of is not None:
+                output = outputs_of(name, output)
             self.records[name][-1][1] = _map_tensors(output, lambda t: t.detach().clone())
         return hook
 
@@ -270,7 +275,8 @@ def _to(batch: Any, device: torch.device) -> Any:
 def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
             batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
             weight_decay: float = 0.0, grad_clip: float | None = 1.0, probe: Any = None,
-            inputs_of: InputsOf | None = None, device: str | torch.device | None = None,
+            inputs_of: InputsOf | None = None, outputs_of: OutputsOf | None = None,
+            device: str | torch.device | None = None,
             progress: Any = None, description: str = "distilling") -> DistillResult:
     """Train each student to reproduce a teacher sub-module's output (feature MSE).
 
@@ -286,6 +292,8 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
     its only keyword argument);
     ``inputs_of(name, args, kwargs)`` replaces that, returning a tensor, a
     tuple (positional arguments) or a dict (keyword arguments) for the
+    student. ``outputs_of(name, output)`` likewise replaces the target (by
+    default the sub-module's output), e.g. a channel subset for a narrowed
     student. A sub-module called several times per forward is distilled on
     every call.
 
@@ -319,7 +327,7 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
         s.to(device)
 
     modes = {m: m.training for m in teacher.modules()}
-    capture = _Capture(teacher, names, inputs_of)
+    capture = _Capture(teacher, names, inputs_of, outputs_of)
     try:
         teacher.eval()
         probes = probe if isinstance(probe, list) else [batches(-1) if probe is None else probe]

@@ -179,6 +179,15 @@ class SearchSpace(abc.ABC):
     (map equivalent encodings to one architecture), :meth:`sample` (when
     rejection sampling would skew the distribution), :meth:`graph`,
     :meth:`reference_architectures`, :meth:`example_inputs` and :meth:`prepare`.
+
+    Model parts: a space whose candidates have more than one network (e.g. a
+    latent diffusion space whose main model, from :meth:`build`, is the U-Net
+    but which also builds a VAE encoder and decoder) names the extra ones in
+    :meth:`parts` and builds them with :meth:`build_part`, with inputs from
+    :meth:`part_example_inputs`. Objectives such as ``params``, ``gmacs`` and
+    ``latency`` take a ``part`` param to score one of them
+    (:meth:`Candidate.part <nasframe.candidate.Candidate.part>`). By default a
+    space has no parts.
     """
 
     name: ClassVar[str]
@@ -230,6 +239,26 @@ class SearchSpace(abc.ABC):
         if input_shape is None:
             shape = (batch_size, *shape)
         return (torch.randn(*shape),)
+
+    def parts(self) -> tuple[str, ...]:
+        """Names of the extra buildable parts besides the main model (none by default)."""
+        return ()
+
+    def build_part(self, arch: Architecture, part: str) -> torch.nn.Module:
+        """A freshly initialised module for part ``part`` (one of :meth:`parts`) of ``arch``."""
+        raise ValueError(self._no_part(part))
+
+    def part_example_inputs(self, arch: Architecture, part: str,
+                            input_shape: Sequence[int] | None = None,
+                            batch_size: int = 1) -> tuple[Any, ...]:
+        """Inputs for one forward pass of part ``part``; ``input_shape`` and
+        ``batch_size`` as in :meth:`example_inputs`."""
+        raise ValueError(self._no_part(part))
+
+    def _no_part(self, part: str) -> str:
+        parts = tuple(self.parts())
+        have = f"its parts are: {', '.join(parts)}" if parts else "it has no parts"
+        return f"search space '{self.name}' cannot build part {part!r}; {have}"
 
     def graph(self, arch: Architecture) -> nx.DiGraph:
         """The block graph: nodes carry ``kind``, ``channels`` and ``resolution``.

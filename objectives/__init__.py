@@ -1,5 +1,5 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``quick_psnr``, ``psnr``,
-``ssim`` and ``transformer_count``.
+``ssim``, ``transformer_count`` and ``fidelity``.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -12,9 +12,10 @@ from nasframe import hookimpl
 @hookimpl
 def register_objectives(registry):
     from objectives.cost import GMACs, Params
+    from objectives.fidelity import Fidelity
     from objectives.latency import Latency
     from objectives.quick_psnr import QuickPSNR
     from objectives.restoration import PSNR, SSIM, TransformerCount
 
-    for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount):
+    for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount, Fidelity):
         registry.add(cls)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from nasframe import SearchSpace
+
 
 def check_shape(shape: Any, where: str) -> list[int] | None:
     """Validate an ``input_shape`` param: None, or a list of positive ints
@@ -33,6 +35,31 @@ def check_float(value: Any, where: str, positive: bool = True) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or (positive and value <= 0):
         raise ValueError(f"{where}: must be a {'positive ' if positive else ''}number, got {value!r}")
     return float(value)
+
+
+def check_part(part: Any, where: str) -> str | None:
+    """Validate a ``part`` param: None (the main model) or a non-empty string."""
+    if part is None:
+        return None
+    if not isinstance(part, str) or not part.strip():
+        raise ValueError(f"{where}: must be the name of a model part of the search space "
+                         f"(a non-empty string), got {part!r}")
+    return part
+
+
+def require_part(space: SearchSpace, part: str | None, where: str) -> None:
+    """A ConfigError (exit code 2) when ``part`` is given but is not one of ``space.parts()``."""
+    if part is None:
+        return
+    parts = tuple(space.parts())
+    if part in parts:
+        return
+    from nasframe.errors import ConfigError, did_you_mean
+
+    have = (f"available: {', '.join(parts)}" if parts
+            else "it has no parts (only the main model; leave `part` out)")
+    raise ConfigError(f"{where}: search space '{space.name}' has no model part {part!r}"
+                      f"{did_you_mean(part, parts)}; {have}")
 
 
 @contextlib.contextmanager

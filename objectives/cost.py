@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from nasframe import Objective, Value
-from objectives._common import check_shape, input_shapes, model_mode
+from objectives._common import check_part, check_shape, input_shapes, model_mode, require_part
 
 if TYPE_CHECKING:
 
-    from nasframe import Candidate, Context
+    from nasframe import Candidate, Context, SearchSpace
 
 #: A fvcore op handle: ``handle(inputs, outputs) -> MACs`` where ``inputs`` and
 #: ``outputs`` are the traced node's ``torch._C.Value`` lists.
@@ -153,7 +153,8 @@ class Params(Objective):
     Counts every distinct parameter tensor of the model (shared tensors once;
     buffers such as BatchNorm running statistics excluded); with
     ``trainable_only`` only those with ``requires_grad``. The exact integer is
-    in ``details['count']``.
+    in ``details['count']``. ``part`` counts that model part of the search
+    space (see ``SearchSpace.parts``) instead of the main model.
     """
 
     name = "params"
@@ -163,15 +164,22 @@ class Params(Objective):
     unit = "M"
     cost = 0.1
 
-    def __init__(self, trainable_only: bool = False):
+    def __init__(self, trainable_only: bool = False, part: str | None = None):
         if not isinstance(trainable_only, bool):
             raise ValueError(f"params.params.trainable_only must be true or false, got {trainable_only!r}")
         self.trainable_only = trainable_only
+        self.part = check_part(part, "params.params.part")
+
+    def prepare(self, space: SearchSpace, ctx: Context) -> None:
+        require_part(space, self.part, "params.params.part")
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
-        params = candidate.model.parameters()
+        params = candidate.module(self.part).parameters()
         count = sum(p.numel() for p in params if p.requires_grad or not self.trainable_only)
-        return Value(count / 1e6, {"count": int(count), "trainable_only": self.trainable_only})
+        details: dict[str, Any] = {"count": int(count), "trainable_only": self.trainable_only}
+        if self.part is not None:
+            details["part"] = self.part
+        return Value(count / 1e6, details)
 
 
 class GMACs(Objective):
@@ -181,6 +189,8 @@ class GMACs(Objective):
     ``[1, 3, 64, 64]``; by default the search space's ``input_shape`` with
     batch 1. What is counted is listed in ``details['includes']``; ops fvcore
     could not count are in ``details['unsupported_ops']`` ({op: calls}).
+    ``part`` counts that model part of the search space (see
+    ``SearchSpace.parts``) on its own example inputs instead of the main model.
     """
 
     name = "gmacs"
@@ -190,15 +200,19 @@ class GMACs(Objective):
     unit = "GMACs"
     cost = 1.0
 
-    def __init__(self, input_shape: list[int] | None = None):
+    def __init__(self, input_shape: list[int] | None = None, part: str | None = None):
         self.input_shape = check_shape(input_shape, "gmacs.params.input_shape")
+        self.part = check_part(part, "gmacs.params.part")
+
+    def prepare(self, space: SearchSpace, ctx: Context) -> None:
+        require_part(space, self.part, "gmacs.params.part")
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         import torch
         from fvcore.nn import FlopCountAnalysis
 
-        inputs = candidate.example_inputs(self.input_shape)
-        model = candidate.model
+        inputs = candidate.example_inputs(self.input_shape, part=self.part)
+        model = candidate.module(self.part)
         with torch.no_grad(), model_mode(model, training=False), _mha_fastpath_disabled():
             analysis = FlopCountAnalysis(model, inputs)
             analysis.set_op_handle(**OP_HANDLES)
@@ -206,10 +220,13 @@ class GMACs(Objective):
             analysis.uncalled_modules_warnings(False)
             total = analysis.total()
             unsupported = dict(sorted(analysis.unsupported_ops().items()))
-        return Value(total / 1e9, {
+        details: dict[str, Any] = {
             "macs": int(total),
             "unsupported_ops": unsupported,
             "includes": GMACS_INCLUDES,
             "input_shape": input_shapes(inputs),
-        })
+        }
+        if self.part is not None:
+            details["part"] = self.part
+        return Value(total / 1e9, details)
 

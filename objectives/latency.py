@@ -10,12 +10,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from nasframe import Objective, Value
-from objectives._common import check_int, check_shape, input_shapes, model_mode
+from objectives._common import check_int, check_part, check_shape, input_shapes, model_mode, require_part
 
 if TYPE_CHECKING:
     import torch
 
-    from nasframe import Candidate, Context
+    from nasframe import Candidate, Context, SearchSpace
 
 
 @lru_cache(maxsize=1)
@@ -93,6 +93,8 @@ class Latency(Objective):
     64]``); without it, the space's ``input_shape`` with ``batch_size``.
     ``threads`` sets ``torch.set_num_threads`` for the measurement only.
     Details: ``p10_ms``/``p90_ms``, the threads actually used, torch version.
+    ``part`` times that model part of the search space (see
+    ``SearchSpace.parts``) on its own example inputs instead of the main model.
     """
 
     name = "latency"
@@ -104,7 +106,7 @@ class Latency(Objective):
 
     def __init__(self, input_shape: list[int] | None = None, device: str = "cpu",
                  threads: int | None = None, warmup: int = 3, repeats: int = 10,
-                 batch_size: int = 1):
+                 batch_size: int = 1, part: str | None = None):
         import torch
 
         self.input_shape = check_shape(input_shape, "latency.params.input_shape")
@@ -126,6 +128,10 @@ class Latency(Objective):
         self.warmup = check_int(warmup, "latency.params.warmup", 0)
         self.repeats = check_int(repeats, "latency.params.repeats", 1)
         self.batch_size = check_int(batch_size, "latency.params.batch_size", 1)
+        self.part = check_part(part, "latency.params.part")
+
+    def prepare(self, space: SearchSpace, ctx: Context) -> None:
+        require_part(space, self.part, "latency.params.part")
 
     def device(self, ctx: Context) -> str:
         import torch
@@ -142,10 +148,11 @@ class Latency(Objective):
 
         device = self._device
         cuda = device.type == "cuda"
-        inputs = candidate.example_inputs(self.input_shape, batch_size=self.batch_size)
+        inputs = candidate.example_inputs(self.input_shape, batch_size=self.batch_size,
+                                          part=self.part)
         shapes = input_shapes(inputs)
         inputs = _to_device(inputs, device)
-        model = candidate.model
+        model = candidate.module(self.part)
         times: list[float] = []
         with (_num_threads(self.threads) as threads, model_mode(model, training=False),
               _on_device(model, device), torch.inference_mode()):
@@ -159,7 +166,7 @@ class Latency(Objective):
                 if i >= self.warmup:
                     times.append((time.perf_counter() - start) * 1e3)
         p10, p90 = np.percentile(times, [10, 90])
-        return Value(statistics.median(times), {
+        details: dict[str, Any] = {
             "threads": threads,
             "repeats": self.repeats,
             "warmup": self.warmup,
@@ -167,4 +174,7 @@ class Latency(Objective):
             "p90_ms": float(p90),
             "input_shape": shapes,
             "torch": torch.__version__,
-        })
+        }
+        if self.part is not None:
+            details["part"] = self.part
+        return Value(statistics.median(times), details)

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 def register_search_spaces(registry: Registry) -> None:
     from search_spaces.denoiser import ConvDenoiserSpace
     from search_spaces.hybrid_unet.space import HybridUNetSpace
+    from search_spaces.sd_unet.space import SDUNetSpace
 
     registry.add(ConvDenoiserSpace)
     registry.add(HybridUNetSpace)
+    registry.add(SDUNetSpace)

@@ -21,11 +21,13 @@ _plugins.load_entry_points()
 # small presets for CI; components not listed are made with their defaults
 SMALL_SPACES = {"conv_denoiser": {"input_size": 16},
                 "hybrid_unet": {"preset": "tiny", "granularity": "stage", "input_size": 16,
-                                "data": {"short_side": 48, "val_size": 32, "patch": 16}}}
+                                "data": {"short_side": 48, "val_size": 32, "patch": 16}},
+               "sd_unet": {"preset": "tiny", "widths": [1.0, 0.5], "latent_size": 8,
+                           "fidelity": {"samples": 2, "batch_size": 2}}}
 SMALL_OBJECTIVES = {"latency": {"repeats": 3, "warmup": 1}, "quick_psnr": {"steps": 5}}
 # objectives that need a particular kind of model (default: nasframe.testing.ToySpace)
 OBJECTIVE_SPACES = {"quick_psnr": "conv_denoiser", "psnr": "hybrid_unet", "ssim": "hybrid_unet",
-                    "transformer_count": "hybrid_unet"}
+                    "transformer_count": "hybrid_unet", "fidelity": "sd_unet"}
 
 
 def _builtin(registry):
