@@ -17,7 +17,9 @@ model, whose ``forward(*inputs, return_features=True)`` returns ``(output,
 {feature: tensor})`` like the candidates'), ``fidelity_inputs()`` (a list of
 input tuples), ``feature_channels(arch)`` (``{feature: teacher channel index
 tensor or None}``) and, for distillation, ``align(model, arch, ctx, steps=,
-lr=, batch_size=, seed=)``; ``sd_unet`` does.
+lr=, batch_size=, seed=)``; ``sd_unet`` does. With ``part`` (e.g.
+``vae_decoder``) the space's ``teacher(part)``, ``fidelity_inputs(part)`` and
+``feature_channels(arch, part)`` are used and the candidate's part is scored.
 
 A proxy: it measures agreement with the teacher on these inputs, not image
 quality; with a randomly initialised teacher it says how much of the
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from nasframe import Objective, Value
 from nasframe.errors import ConfigError
-from objectives._common import check_float, check_int
+from objectives._common import check_float, check_int, check_part, require_part
 
 if TYPE_CHECKING:
     from nasframe import Candidate, Context, SearchSpace
@@ -49,7 +51,9 @@ class Fidelity(Objective):
     unit = "dB"
     cost = 5.0
 
-    def __init__(self, feature_weight: float = 0.5, distill: dict[str, Any] | None = None):
+    def __init__(self, feature_weight: float = 0.5, distill: dict[str, Any] | None = None,
+                 part: str | None = None):
+        self.part = check_part(part, "fidelity.params.part")
         fw = check_float(feature_weight, "fidelity.params.feature_weight", positive=False)
         if not 0 <= fw <= 1:
             raise ValueError(f"fidelity.params.feature_weight: must be in [0, 1] (0: output "
@@ -72,10 +76,17 @@ class Fidelity(Objective):
             raise ConfigError(f"objective 'fidelity' needs a search space with a teacher "
                               f"({', '.join(PROTOCOL)}; sd_unet has them); '{space.name}' "
                               f"lacks {', '.join(missing)}")
+        if self.part is not None:
+            require_part(space, self.part, "fidelity.params.part")
+            if self.distill["steps"]:
+                raise ConfigError(f"fidelity.params.distill.steps = {self.distill['steps']}: "
+                                  f"distillation works on the main model only, not on part "
+                                  f"{self.part!r}; set steps: 0")
         if self.distill["steps"] and not hasattr(space, "align"):
             raise ConfigError(f"fidelity.params.distill.steps = {self.distill['steps']}: "
                               f"'{space.name}' cannot distil blocks (no `align`); set steps: 0")
-        space.teacher()          # made (or loaded) now, so that every candidate inherits from it
+        # made (or loaded) now, so that every candidate inherits from it
+        space.teacher(self.part) if self.part is not None else space.teacher()
 
     def device(self, ctx: Context) -> str:
         return "cpu"
@@ -84,24 +95,34 @@ class Fidelity(Objective):
         import torch
 
         space, arch = candidate.space, candidate.arch
-        model = candidate.model
+        part = self.part
+        model = candidate.module(part)
         details: dict[str, Any] = {"feature_weight": self.feature_weight}
+        if part is not None:
+            details["part"] = part
         if self.distill["steps"]:
             d = self.distill
             report = space.align(model, arch, ctx, steps=d["steps"], lr=d["lr"],
                                  batch_size=d["batch_size"], seed=d["seed"])
             details["distill"] = {"steps": d["steps"], **{k: report[k] for k in
                                                           ("pairs", "trained", "cached", "seconds")}}
-        teacher = space.teacher()
-        channels = space.feature_channels(arch)
+        if part is None:
+            teacher, channels = space.teacher(), space.feature_channels(arch)
+            inputs_list = space.fidelity_inputs()
+        else:
+            teacher, channels = space.teacher(part), space.feature_channels(arch, part)
+            inputs_list = space.fidelity_inputs(part)
         err: dict[str, float] = {}
         ref: dict[str, float] = {}
         samples = 0
         model.eval()
         with torch.inference_mode():
-            for inputs in space.fidelity_inputs():
-                t_out, t_feat = teacher(*inputs, return_features=True)
-                s_out, s_feat = model(*inputs, return_features=True)
+            for inputs in inputs_list:
+                if channels:
+                    t_out, t_feat = teacher(*inputs, return_features=True)
+                    s_out, s_feat = model(*inputs, return_features=True)
+                else:                                   # output only
+                    t_out, t_feat, s_out, s_feat = teacher(*inputs), {}, model(*inputs), {}
                 samples += t_out.shape[0]
                 pairs = [("output", s_out, t_out)]
                 for name, idx in channels.items():

@@ -427,3 +427,20 @@ def round_width(channels: int, multiplier: float, quantum: int) -> int:
 def width_quantum(cfg: UNetConfig) -> int:
     """Widths must divide into the GroupNorm groups and the attention heads."""
     return math.lcm(cfg.norm_num_groups, cfg.heads)
+
+
+
+
+class OneStepPipeline(nn.Module):
+    """One U-Net step, then the VAE decoder: ``x0 = sample - eps`` (a one-step
+    estimate at full noise scale 1), decoded at ``1 / scaling_factor``. Its
+    params, GMACs and latency are those of a one-step generator (TOC-SR's final
+    model) on this backbone and VAE."""
+
+    def __init__(self, unet: nn.Module, decoder: nn.Module, scaling_factor: float):
+        super().__init__()
+        self.unet, self.decoder, self.scaling_factor = unet, decoder, scaling_factor
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        eps = self.unet(sample, timestep, encoder_hidden_states)
+        return self.decoder((sample - eps) / self.scaling_factor)

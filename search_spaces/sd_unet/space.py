@@ -20,8 +20,11 @@ Decisions (names follow diffusers' block indices; up stage 0 is the innermost):
     identity residual (SD 1.5: levels 2 and 3, and the mid block) share one.
 ``vae_enc_width``, ``vae_dec_width``, ``vae_enc_layers``, ``vae_dec_layers``
     with ``vae: {search: true}``: the VAE encoder's / decoder's width multiplier
-    and resnets per stage (NanoSD's full-pipeline scaling); the VAE is the
-    ``vae_encoder`` / ``vae_decoder`` part for ``params``/``gmacs``/``latency``.
+    and resnets per stage (NanoSD's full-pipeline scaling), from ``vae``'s
+    ``enc_widths``, ``dec_widths``, ``enc_layers``, ``dec_layers`` (a list of one
+    value fixes it; without search the VAE is the teacher's). The VAE is the
+    ``vae_encoder`` / ``vae_decoder`` part for ``params``/``gmacs``/``latency``
+    and ``fidelity``; ``pipeline`` is one U-Net step plus the decoder.
 
 Validation rejects what cannot build a consistent network, with the reason:
 an up stage must keep one pair more than its down stage (each up pair consumes
@@ -54,8 +57,8 @@ PAIR_KINDS = ("full", "resnet", "removed")
 MODES = ("search", "keep", "remove")
 TEACHER_DEFAULTS = {"path": None, "seed": 0}
 FIDELITY_DEFAULTS = {"samples": 8, "batch_size": 4, "seed": 0}
-VAE_DEFAULTS = {"search": False, "widths": [1.0, 0.75, 0.5], "enc_layers": [1, 2],
-                "dec_layers": [1, 2, 3], "path": None, "image_size": None}
+VAE_DEFAULTS = {"search": False, "enc_widths": [1.0, 0.75, 0.5], "dec_widths": [1.0, 0.75, 0.5],
+                "enc_layers": [2, 1], "dec_layers": [3, 2, 1], "path": None, "image_size": None}
 
 
 def _fail(field: str, value: Any, fix: str) -> ValueError:
@@ -121,12 +124,20 @@ class SDUNetSpace(SearchSpace):
         self.vae_params = {**VAE_DEFAULTS, **_keys("vae", vae, tuple(VAE_DEFAULTS))}
         if not isinstance(self.vae_params["search"], bool):
             raise _fail("vae.search", self.vae_params["search"], "true or false")
-        self.vae_params["widths"] = _multipliers("vae.widths", self.vae_params["widths"])
+        for key in ("enc_widths", "dec_widths"):
+            self.vae_params[key] = _multipliers(f"vae.{key}", self.vae_params[key])
         for key in ("enc_layers", "dec_layers"):
             v = self.vae_params[key]
             if not isinstance(v, (list, tuple)) or not v:
                 raise _fail(f"vae.{key}", v, "a list of resnets per stage, e.g. [1, 2]")
             self.vae_params[key] = tuple(_int(f"vae.{key}", x) for x in v)
+        from search_spaces.sd_unet.vae import VAE_PRESETS
+
+        vcfg = VAE_PRESETS[preset]
+        for key, most in (("enc_layers", vcfg.layers_per_block), ("dec_layers", vcfg.layers_per_block + 1)):
+            if max(self.vae_params[key]) > most:
+                raise _fail(f"vae.{key}", list(self.vae_params[key]),
+                            f"the teacher VAE has {most} resnets per stage there; use 1..{most}")
         self.teacher_params = {**TEACHER_DEFAULTS, **_keys("teacher", teacher, tuple(TEACHER_DEFAULTS))}
         _int("teacher.seed", self.teacher_params["seed"], 0)
         fid = _keys("fidelity", fidelity, (*FIDELITY_DEFAULTS, "inputs"))
@@ -151,8 +162,10 @@ class SDUNetSpace(SearchSpace):
         self._teacher_model = None
         self._teacher_digest = None
         self._fidelity_inputs = None
+        self._combos = None
+        self._vae_state = None
+        self._vae_teachers: dict[str, Any] = {}
         self._levels_cache: dict[tuple[int, ...], Any] = {}
-        self._vae = None
         if self.teacher_params["path"] is not None:
             from search_spaces.sd_unet.surgery import find_unet_files
 
@@ -199,7 +212,7 @@ class SDUNetSpace(SearchSpace):
                 out.append(Categorical(f"width{g[0]}", self.widths))
         if self.vae_params["search"]:
             vp = self.vae_params
-            for name, values in (("vae_enc_width", vp["widths"]), ("vae_dec_width", vp["widths"]),
+            for name, values in (("vae_enc_width", vp["enc_widths"]), ("vae_dec_width", vp["dec_widths"]),
                                  ("vae_enc_layers", vp["enc_layers"]),
                                  ("vae_dec_layers", vp["dec_layers"])):
                 if len(values) > 1:
@@ -254,11 +267,46 @@ class SDUNetSpace(SearchSpace):
             values[f"width{last}"] = self._default_width()
         return Architecture(values)
 
+    def _level_combos(self) -> list[list[dict[str, Any]]]:
+        """Per level, every valid assignment of its down and up pair decisions.
+
+        Validity factorises over levels (each level's pairs only meet the tensors
+        of their own level and the levels next to it, whose widths and groups the
+        teacher fixes), so a uniform draw per level is a uniform valid draw."""
+        if self._combos is None:
+            import itertools
+
+            cfg = self.config
+            dmap = self.decision_map()
+            base = {d.name: ("full" if isinstance(d, Categorical) and "full" in d.choices
+                             else d.value_at(0)) for d in self._decisions}
+            for key in ("mid", "innermost"):
+                if key in base:
+                    base[key] = True
+            self._combos = []
+            for level in range(cfg.levels):
+                names = [n for n in ([f"down{level}_{j}" for j in range(cfg.down_pairs())]
+                                     + [f"up{cfg.levels - 1 - level}_{j}" for j in range(cfg.up_pairs())])
+                         if n in dmap]
+                combos = []
+                for values in itertools.product(*(dmap[n].values() for n in names)):
+                    trial = Architecture({**base, **dict(zip(names, values))})
+                    if self.plan(trial).check() is None:
+                        combos.append(dict(zip(names, values)))
+                self._combos.append(combos)
+        return self._combos
+
     def sample(self, rng, max_tries: int = 1000) -> Architecture:
-        """Uniform per decision, then canonicalised; rejection on validity."""
+        """Each level's pairs drawn uniformly from its valid assignments, the other
+        decisions uniformly; canonicalised."""
+        combos = self._level_combos()
         reason = None
         for _ in range(max_tries):
-            arch = self.canonicalize(Architecture({d.name: d.sample(rng) for d in self._decisions}))
+            values = {d.name: d.sample(rng) for d in self._decisions}
+            for options in combos:
+                if options:
+                    values.update(options[int(rng.integers(len(options)))])
+            arch = self.canonicalize(Architecture(values))
             reason = self.validate(arch)
             if reason is None:
                 return arch
@@ -356,8 +404,17 @@ class SDUNetSpace(SearchSpace):
     def has_teacher(self) -> bool:
         return self._teacher_state is not None
 
-    def teacher(self) -> torch.nn.Module:
-        """The full teacher U-Net (eval mode; built once, do not modify)."""
+    def teacher(self, part: str | None = None) -> torch.nn.Module:
+        """The full teacher U-Net, or VAE ``part`` (eval mode; built once, do not modify)."""
+        if part in ("vae_encoder", "vae_decoder"):
+            if part not in self._vae_teachers:
+                self.vae_teacher_state()
+                model = self._vae_part(Architecture({}), part, teacher=True)
+                self._vae_teachers[part] = model.eval().requires_grad_(False)
+            return self._vae_teachers[part]
+        if part is not None:
+            raise ValueError(f"sd_unet has no teacher for part {part!r} (fidelity works on the "
+                             "U-Net, vae_encoder and vae_decoder)")
         if self._teacher_model is None:
             from search_spaces.sd_unet.network import SDUNet, UNetPlan
 
@@ -374,11 +431,13 @@ class SDUNetSpace(SearchSpace):
         return self._teacher_digest
 
     # -- fidelity protocol (objective ``fidelity``) -----------------------------------
-    def fidelity_inputs(self) -> list[tuple[torch.Tensor, ...]]:
+    def fidelity_inputs(self, part: str | None = None) -> list[tuple[torch.Tensor, ...]]:
         """The fixed inputs fidelity is measured on: batches of ``(sample, timestep,
         encoder_hidden_states)``. From ``fidelity.inputs`` (a .safetensors file with
         those three tensors) or drawn from ``fidelity.seed``: latents ~ N(0, 1),
         timesteps evenly spread over [0, 1000), text embeddings ~ N(0, 1)."""
+        if part is not None:
+            return self._vae_fidelity_inputs(part)
         if self._fidelity_inputs is None:
             import torch
 
@@ -396,6 +455,23 @@ class SDUNetSpace(SearchSpace):
             self._fidelity_inputs = [(sample[i:i + b], t[i:i + b], ehs[i:i + b])
                                      for i in range(0, sample.shape[0], b)]
         return self._fidelity_inputs
+
+    def _vae_fidelity_inputs(self, part: str) -> list[tuple[torch.Tensor, ...]]:
+        """VAE decoder: latents ~ N(0, 1) / scaling_factor (the magnitude of SD's
+        latents); encoder: images uniform in [-1, 1]; ``fidelity.samples`` of them."""
+        import torch
+
+        from search_spaces.sd_unet.vae import vae_example_inputs
+
+        fp = self.fidelity_params
+        side = self.vae_params["image_size"] or self.latent_size * self.vae_config.downsampling
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(20_000_003 + fp["seed"])
+            (x,) = vae_example_inputs(self.vae_config, part, None, fp["samples"], side)
+        if part == "vae_decoder":
+            x = x / self.vae_config.scaling_factor
+        b = fp["batch_size"]
+        return [(x[i:i + b],) for i in range(0, x.shape[0], b)]
 
     def _load_inputs(self, path: str):
         from pathlib import Path
@@ -422,13 +498,16 @@ class SDUNetSpace(SearchSpace):
             raise _fail(where, path, f"`timestep` has shape {tuple(t.shape)}; expected ({sample.shape[0]},)")
         return sample.float(), t, ehs.float()
 
-    def feature_channels(self, arch: Architecture) -> dict[str, Any]:
+    def feature_channels(self, arch: Architecture, part: str | None = None) -> dict[str, Any]:
         """For each stage feature the candidate returns (``down{i}``, ``mid``,
-        ``up{i}``), the teacher channels it corresponds to (None: all)."""
+        ``up{i}``), the teacher channels it corresponds to (None: all). The VAE
+        parts are compared on their output only (empty)."""
+        if part is not None:
+            return {}
         plan = self.plan(arch)
         lv = self.level_indices(plan)
         out: dict[str, Any] = {f"down{i}": lv[i] for i in plan.down_stages()}
-        if plan.mid:
+        if plan.mid and plan.innermost:   # without the innermost level, mid sits a level higher
             out["mid"] = lv[plan.levels - 1]
         out.update({f"up{i}": lv[self.config.up_level(i)] for i in plan.up_stages()})
         return out
@@ -457,6 +536,93 @@ class SDUNetSpace(SearchSpace):
 
             self._levels_cache[key] = level_indices(self.teacher_state(), plan)
         return self._levels_cache[key]
+
+    # -- the VAE and the pipeline (model parts) ------------------------------------------
+    def parts(self) -> tuple[str, ...]:
+        """``vae_encoder``, ``vae_decoder`` (NanoSD's VAE scaling) and ``pipeline``
+        (one U-Net step, then the VAE decoder: the cost of a one-step generator)."""
+        return ("vae_encoder", "vae_decoder", "pipeline")
+
+    @property
+    def vae_config(self):
+        from search_spaces.sd_unet.vae import VAE_PRESETS
+
+        return VAE_PRESETS[self.preset]
+
+    def vae_choice(self, arch: Architecture) -> dict[str, Any]:
+        """``enc_width``, ``dec_width``, ``enc_layers``, ``dec_layers`` of ``arch``'s VAE."""
+        cfg, vp = self.vae_config, self.vae_params
+        full = {"enc_width": 1.0, "dec_width": 1.0, "enc_layers": cfg.layers_per_block,
+                "dec_layers": cfg.layers_per_block + 1}
+        if not vp["search"]:
+            return full
+        return {"enc_width": self._value(arch, "vae_enc_width", vp["enc_widths"][0]),
+                "dec_width": self._value(arch, "vae_dec_width", vp["dec_widths"][0]),
+                "enc_layers": self._value(arch, "vae_enc_layers", vp["enc_layers"][0]),
+                "dec_layers": self._value(arch, "vae_dec_layers", vp["dec_layers"][0])}
+
+    def vae_teacher_state(self) -> dict[str, torch.Tensor]:
+        """The teacher VAE (``AutoencoderKL`` names): from ``vae.path``, else from a
+        pipeline folder given as ``teacher.path`` (its ``vae/``), else a random
+        initialisation from ``teacher.seed``."""
+        if self._vae_state is None:
+            from pathlib import Path
+
+            import torch
+
+            from search_spaces.sd_unet.vae import VAEDecoder, VAEEncoder, load_vae_teacher
+
+            path, field = self.vae_params["path"], "vae.path"
+            tp = self.teacher_params["path"]
+            if path is None and tp is not None and (Path(tp) / "vae").is_dir():
+                path, field = tp, "teacher.path"
+            if path is not None:
+                try:
+                    self._vae_state = load_vae_teacher(path, self.vae_config)
+                except ValueError as err:
+                    raise _fail(field, path, str(err)) from None
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.teacher_params["seed"] + 1)
+                    state = {**VAEEncoder(self.vae_config).state_dict(),
+                             **VAEDecoder(self.vae_config).state_dict()}
+                self._vae_state = {k: v.detach() for k, v in state.items()}
+        return self._vae_state
+
+    def _vae_part(self, arch: Architecture, part: str, teacher: bool = False):
+        from search_spaces.sd_unet.vae import build_vae_part, inherit_vae
+
+        c = self.vae_choice(arch)
+        which = "enc" if part == "vae_encoder" else "dec"
+        width, layers = (1.0, None) if teacher else (c[f"{which}_width"], c[f"{which}_layers"])
+        model = build_vae_part(self.vae_config, part, width, layers)
+        if self._vae_state is not None:
+            inherit_vae(model, self._vae_state)
+        return model
+
+    def build_part(self, arch: Architecture, part: str) -> torch.nn.Module:
+        if part in ("vae_encoder", "vae_decoder"):
+            return self._vae_part(arch, part)
+        if part == "pipeline":
+            from search_spaces.sd_unet.network import OneStepPipeline
+
+            return OneStepPipeline(self.build(arch), self._vae_part(arch, "vae_decoder"),
+                                   self.vae_config.scaling_factor)
+        return super().build_part(arch, part)
+
+    def part_example_inputs(self, arch: Architecture, part: str,
+                            input_shape: Sequence[int] | None = None,
+                            batch_size: int = 1) -> tuple[Any, ...]:
+        """VAE encoder: images of side ``vae.image_size`` (default: latent size x 8);
+        VAE decoder: latents; pipeline: the U-Net's inputs."""
+        if part == "pipeline":
+            return self.example_inputs(arch, input_shape, batch_size)
+        if part in ("vae_encoder", "vae_decoder"):
+            from search_spaces.sd_unet.vae import vae_example_inputs
+
+            side = self.vae_params["image_size"] or self.latent_size * self.vae_config.downsampling
+            return vae_example_inputs(self.vae_config, part, input_shape, batch_size, side)
+        return super().part_example_inputs(arch, part, input_shape, batch_size)
 
     # -- models -------------------------------------------------------------------
     def build(self, arch: Architecture) -> torch.nn.Module:
@@ -545,3 +711,4 @@ class SDUNetSpace(SearchSpace):
         g.add_node("conv_out", kind="conv", channels=cfg.out_channels, resolution=side)
         g.add_edge(prev, "conv_out")
         return g
+
