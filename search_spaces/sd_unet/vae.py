@@ -64,6 +64,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# the importance rule's helpers are shared with the U-Net's surgery
+from search_spaces.sd_unet.surgery import _col_norms, _row_norms, _take, _top
+
 Index = torch.Tensor | None
 
 PARTS = ("encoder", "decoder")
@@ -296,30 +299,6 @@ def vae_example_inputs(cfg: VAEConfig, part: str, input_shape: Sequence[int] | N
 
 
 # ============================================================================ surgery
-def _row_norms(w: torch.Tensor) -> torch.Tensor:
-    """L1 norm of each output filter, divided by the mean (scale-free)."""
-    n = w.detach().float().reshape(w.shape[0], -1).abs().sum(1)
-    return n / n.mean().clamp_min(1e-12)
-
-
-def _col_norms(w: torch.Tensor) -> torch.Tensor:
-    n = w.detach().float().transpose(0, 1).reshape(w.shape[1], -1).abs().sum(1)
-    return n / n.mean().clamp_min(1e-12)
-
-
-def _top(score: torch.Tensor, k: int) -> Index:
-    if k >= score.numel():
-        return None
-    return torch.sort(torch.topk(score, k).indices).values
-
-
-def _take(t: torch.Tensor, dims: Mapping[int, Index]) -> torch.Tensor:
-    for dim, idx in dims.items():
-        if idx is not None:
-            t = t.index_select(dim, idx)
-    return t
-
-
 def _get(teacher: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in teacher:
         raise ValueError(f"the teacher state has no tensor {name!r}; give the full AutoencoderKL "
