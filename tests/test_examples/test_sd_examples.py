@@ -1,0 +1,104 @@
+"""The diffusion examples, shrunk for CI: validate as written, run, resume, evaluate references.
+
+The files themselves are used; only sizes (latent, fidelity samples,
+distillation steps, budget) are overridden so that each runs in seconds.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from nasframe.config import config_from_dict
+from nasframe.runner import Runner, resume_run, run_experiment
+from nasframe.store import TrialStore
+
+pytest.importorskip("botorch")
+
+EXAMPLES = ("sd_eps_bo", "nanosd_family", "sd15_references")
+
+
+def _small(name: str, trials: int) -> dict:
+    cfg = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
+    p = cfg["search_space"]["params"]
+    p.update(latent_size=8, fidelity={"samples": 2, "batch_size": 2})
+    for o in cfg["objectives"]:
+        if o["name"] == "fidelity":
+            o.setdefault("params", {})["distill"] = {"steps": 3, "batch_size": 2}
+    cfg["budget"] = {"trials": trials}
+    cfg["strategy"]["params"]["n_initial"] = 3
+    cfg["strategy"]["params"]["candidates"] = 256
+    cfg.pop("output", None)
+    return cfg
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_files_validate_as_written(name):
+    out = run_cli("validate", str(ROOT / "examples" / f"{name}.yaml"))
+    assert out.returncode == 0, out.stderr
+
+
+def _sequence(run_dir):
+    store = TrialStore.open(run_dir)
+    try:
+        return [(t.arch.id, t.status) for t in store.trials()]
+    finally:
+        store.close()
+
+
+def test_sd_eps_bo_resumes_the_same_search(tmp_path, monkeypatch):
+    cfg = _small("sd_eps_bo", trials=11)          # 5 references + 3 random + 3 from the GP
+    summary = run_experiment(config_from_dict(cfg), tmp_path / "full", quiet=True)
+    assert summary.trials == 11 and summary.failed == 0
+    from nasframe import experiment
+
+    calls = {"n": 0}
+    original = experiment.Experiment.evaluate
+
+    def cut(self, trial, ctx, skip_infeasible=None):
+        calls["n"] += 1
+        if calls["n"] == 10:                      # inside the GP-driven part
+            raise KeyboardInterrupt
+        return original(self, trial, ctx, skip_infeasible)
+
+    monkeypatch.setattr(experiment.Experiment, "evaluate", cut)
+    with pytest.raises(KeyboardInterrupt):
+        Runner.start(config_from_dict(cfg), tmp_path / "cut", quiet=True).run()
+    monkeypatch.setattr(experiment.Experiment, "evaluate", original)
+    assert resume_run(tmp_path / "cut", quiet=True).trials == 11
+    assert _sequence(tmp_path / "cut") == _sequence(tmp_path / "full")
+    # distilled pairs were cached and reused by the resumed run
+    assert list((tmp_path / "cut" / "cache" / "sd_unet" / "pairs").glob("*.pt"))
+
+
+def test_nanosd_family_yields_a_front_and_a_pick(tmp_path):
+    path = tmp_path / "nanosd.yaml"
+    path.write_text(yaml.safe_dump(_small("nanosd_family", trials=8)))
+    out = run_cli("run", str(path), "--out", str(tmp_path / "run"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    pareto = json.loads((tmp_path / "run" / "pareto.json").read_text())
+    front = pareto["front"]
+    assert len(front) >= 2
+    assert pareto["pick"] and "fidelity >=" in pareto["pick"]["rule"]
+    assert (tmp_path / "run" / "pareto.png").exists()
+    ids = {m["id"] for m in front}
+    assert pareto["pick"]["id"] in ids
+
+
+def test_evaluate_prints_full_size_bk_sdm_base(tmp_path):
+    cfg = yaml.safe_load((ROOT / "examples" / "sd15_references.yaml").read_text())
+    # the example's counts as written, at an 8x8 latent (the parameter count does not depend on it)
+    cfg["objectives"][1]["params"] = {"input_shape": [1, 4, 8, 8]}
+    path = tmp_path / "sd15.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_cli("evaluate", str(path), "--arch", "bk_sdm_base", "--out", str(tmp_path / "r"),
+                  timeout=600)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["origin"] == "reference:bk_sdm_base"
+    params = doc["values"]["params"]
+    assert params["provenance"]["details"]["count"] == 579_384_964
+    assert doc["values"]["gmacs"]["value"] > 0
+    assert "scaled_dot_product_attention" in doc["values"]["gmacs"]["provenance"]["details"]["includes"]
