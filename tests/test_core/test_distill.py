@@ -156,6 +156,32 @@ def test_a_multi_input_sub_module_via_inputs_of():
     assert no_hooks(teacher)
 
 
+def test_a_narrow_student_learns_a_channel_subset_via_outputs_of():
+    """A student with fewer channels than its teacher block: inputs_of slices what it
+    reads, outputs_of what it must reproduce (the surgery of a narrowed block)."""
+    teacher = make_teacher()
+    keep = torch.tensor([0, 3, 5, 6, 9, 12, 13, 15])
+    torch.manual_seed(3)
+    student = mlp(dim=8, hidden=32)
+    seen = {}
+
+    def outputs_of(name, output):
+        seen[name] = tuple(output.shape)
+        return output[:, keep]
+
+    result = distill(teacher, {"blocks.0": student}, batches, steps=200, lr=1e-2,
+                     inputs_of=lambda name, args, kwargs: args[0][:, keep], outputs_of=outputs_of)
+    assert seen["blocks.0"] == (64, 16)                 # it saw the teacher's whole output
+    assert result.losses["blocks.0"] < 0.3 * result.initial_losses["blocks.0"]
+    x = batches(-1)
+    with torch.no_grad():
+        h = torch.nn.functional.gelu(teacher.stem(x))
+        want = teacher.blocks[0](h)[:, keep]
+        got = student(h[:, keep])
+    assert float((got - want).pow(2).mean()) == pytest.approx(result.losses["blocks.0"], rel=1e-4)
+    assert no_hooks(teacher)
+
+
 def test_progress_on_a_context_or_a_rich_progress(tmp_path):
     teacher = make_teacher()
     distill(teacher, {"blocks.0": mlp()}, batches, steps=3,
