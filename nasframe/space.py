@@ -359,6 +359,37 @@ class SearchSpace(abc.ABC):
         except (ValueError, KeyError, TypeError):
             return None
 
+    def neighbours(self, arch: Architecture,
+                   rng: np.random.Generator | None = None) -> list[Architecture]:
+        """Valid architectures one move away, for local search and mutation.
+
+        The default move changes one decision: an Integer by one step, a
+        Categorical or Boolean to any other value (at most 64 values drawn with
+        ``rng`` when a decision has more). Spaces whose validity couples
+        decisions (so that no single change leads out of a region) override it
+        to add the coupled moves. Canonical, deduplicated, ``arch`` excluded."""
+        x = self.to_indices(arch)
+        if x is None:
+            return []
+        rng = rng if rng is not None else np.random.default_rng(0)
+        out: dict[str, Architecture] = {}
+        own = self.canonicalize(arch).id
+        for i, d in enumerate(self.decisions()):
+            c = d.count
+            if isinstance(d, Integer):
+                options = [j for j in (x[i] - 1, x[i] + 1) if 0 <= j < c]
+            elif c <= 64:
+                options = [j for j in range(c) if j != x[i]]
+            else:
+                options = [int(j) for j in rng.choice(c, 64, replace=False) if j != x[i]]
+            for j in options:
+                y = list(x)
+                y[i] = j
+                a = self.from_indices(y)
+                if a is not None and a.id != own:
+                    out.setdefault(a.id, a)
+        return list(out.values())
+
     @property
     def size(self) -> int:
         """Number of decision combinations (valid or not): an upper bound."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nasframe.architecture import Architecture
-from nasframe.space import Categorical, Integer
+from nasframe.space import Categorical
 from nasframe.strategy import SeenIds, Strategy
 from nasframe.trial import Problem, Trial
 from plugins._params import check_number
@@ -374,23 +374,9 @@ class EpsBO(Strategy):
             return ids[keep[int(np.argmax(s))]]
         return self._local_search(score, chosen)
 
-    def _neighbours(self, x: list[int]) -> list[list[int]]:
-        out = []
-        for i, (d, c) in enumerate(zip(self._decisions, self._counts)):
-            if isinstance(d, Integer):
-                options = [j for j in (x[i] - 1, x[i] + 1) if 0 <= j < c]
-            elif c <= 64:
-                options = [j for j in range(c) if j != x[i]]
-            else:
-                options = [int(j) for j in self.rng.choice(c, 64, replace=False) if j != x[i]]
-            for j in options:
-                y = list(x)
-                y[i] = j
-                out.append(y)
-        return out
-
     def _local_search(self, score, chosen: set[str]) -> Architecture | None:
-        """Hill-climbing on the acquisition from random and the best observed architectures."""
+        """Hill-climbing on the acquisition from random and the best observed
+        architectures, over the space's :meth:`~nasframe.space.SearchSpace.neighbours`."""
         scored: dict[str, tuple[float, Architecture]] = {}
         starts: list[Architecture] = []
         observed = sorted((o for o in self._obs.values() if self.minimise in o["values"]),
@@ -410,11 +396,8 @@ class EpsBO(Strategy):
             if cur.id not in scored:
                 scored[cur.id] = (float(score(np.array([self.space.to_indices(cur)]))[0]), cur)
             while len(scored) < self.candidates:
-                archs = {}
-                for y in self._neighbours(self.space.to_indices(cur)):
-                    a = self.space.from_indices(y)
-                    if a is not None and a.id not in scored and a.id not in archs:
-                        archs[a.id] = a
+                archs = {a.id: a for a in self.space.neighbours(cur, self.rng)
+                         if a.id not in scored}
                 if not archs:
                     break
                 group = list(archs.values())[: self.candidates - len(scored)]

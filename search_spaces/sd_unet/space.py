@@ -313,6 +313,25 @@ class SDUNetSpace(SearchSpace):
         raise RuntimeError(f"search space 'sd_unet': no valid sample in {max_tries} tries "
                            f"(last reason: {reason})")
 
+    def neighbours(self, arch: Architecture, rng=None) -> list[Architecture]:
+        """One-decision changes, plus the coupled moves validity needs: a level's
+        pairs reassigned to any valid assignment within two changes (e.g. remove a
+        down pair and the matching up pair together)."""
+        out = {a.id: a for a in super().neighbours(arch, rng)}
+        arch = self.canonicalize(arch)
+        for options in self._level_combos():
+            if not options:
+                continue
+            names = list(options[0])
+            current = [arch[n] for n in names]
+            for values in options:
+                diff = sum(values[n] != c for n, c in zip(names, current))
+                if diff == 2:
+                    a = self.canonicalize(Architecture({**arch, **values}))
+                    if a.id != arch.id and a.id not in out and self.validate(a) is None:
+                        out[a.id] = a
+        return list(out.values())
+
     def enumerate(self, limit: int | None = None):
         seen: set[str] = set()
         for arch in super().enumerate():

@@ -30,3 +30,18 @@ def test_seen_ids_keep_first_seen_order_and_restore():
     assert seen.to_list() == ["b", "a", "c"] and len(seen) == 3 and "c" in seen and "d" not in seen
     again = SeenIds(json.loads(json.dumps(seen.to_list())))
     assert again.to_list() == seen.to_list()
+
+
+def test_neighbours_change_one_decision_and_stay_valid():
+    space = ToySpace()
+    arch = space.sample(np.random.default_rng(1))
+    near = space.neighbours(arch)
+    assert near and all(space.validate(a) is None for a in near)
+    assert arch.id not in {a.id for a in near} and len({a.id for a in near}) == len(near)
+    for a in near:
+        changed = [k for k in arch if a[k] != arch[k]]
+        assert len(changed) == 1
+        if changed == ["depth"]:                             # an Integer moves one step
+            assert abs(a["depth"] - arch["depth"]) == 1
+    widths = {a["width"] for a in near if a["width"] != arch["width"]}
+    assert widths == set(space.decision_map()["width"].values()) - {arch["width"]}

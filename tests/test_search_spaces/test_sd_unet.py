@@ -303,3 +303,13 @@ def test_vae_and_pipeline_parts(ctx):
     assert f(Candidate(space, small), ctx)[0] < 30
     with pytest.raises(ConfigError, match="vae_decoder"):
         Fidelity(part="vae_decoder", distill={"steps": 5}).prepare(space, ctx)
+
+
+def test_neighbours_include_the_coupled_removal_moves():
+    space = SDUNetSpace(preset="tiny")
+    teacher = space.reference_architectures()["sd15"]
+    near = space.neighbours(teacher)
+    assert all(space.validate(a) is None for a in near)
+    # removing a down pair alone is invalid; with its up pair it is one move
+    both = [a for a in near if a["down1_1"] == "removed"]
+    assert both and all(sum(v == "removed" for v in a.values()) == 2 for a in both)
