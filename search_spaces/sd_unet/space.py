@@ -437,8 +437,12 @@ class SDUNetSpace(SearchSpace):
         if self._teacher_model is None:
             from search_spaces.sd_unet.network import SDUNet, UNetPlan
 
-            model = SDUNet(UNetPlan.teacher(self.config))
-            model.load_state_dict(self.teacher_state())
+            import torch
+
+            state = self.teacher_state()
+            with torch.device("meta"):                # share the state's tensors: no copy
+                model = SDUNet(UNetPlan.teacher(self.config))
+            model.load_state_dict(state, assign=True)
             self._teacher_model = model.eval().requires_grad_(False)
         return self._teacher_model
 

@@ -297,6 +297,13 @@ def test_vae_and_pipeline_parts(ctx):
     dec, _ = GMACs(part="vae_decoder")(Candidate(space, ref), ctx)
     pipe, _ = GMACs(part="pipeline")(Candidate(space, ref), ctx)
     assert pipe == pytest.approx(unet + dec, rel=0.01)
+    from objectives.latency import Latency
+
+    lat = Latency(part="pipeline", repeats=2, warmup=1)
+    lat.prepare(space, ctx)
+    ms, prov = lat(Candidate(space, ref), ctx)
+    assert ms > 0 and prov.kind == "measured" and prov.details["part"] == "pipeline"
+    assert prov.details["input_shape"][0] == [1, 4, 16, 16]
     f = Fidelity(part="vae_decoder")
     f.prepare(space, ctx)
     assert f(Candidate(space, ref), ctx)[0] == pytest.approx(120.0)
