@@ -22,7 +22,7 @@ from search_spaces.sd_unet.network import (
     to_diffusers_keys,
 )
 from search_spaces.sd_unet.space import SDUNetSpace
-from search_spaces.sd_unet.surgery import inherit, level_indices
+from search_spaces.sd_unet.surgery import level_indices
 
 TINY = PRESETS["tiny"]
 
