@@ -1,0 +1,1 @@
+"""``sd_unet``: Stable Diffusion U-Net/VAE surgery (TOC-SR, NanoSD); see docs/sd.md."""

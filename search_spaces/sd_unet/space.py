@@ -345,34 +345,37 @@ class SDUNetSpace(SearchSpace):
 
     # -- references -------------------------------------------------------------
     def _reference(self, down, up, mid: bool, innermost: bool) -> Architecture | None:
-        """The architecture with these pairs (full width), if this space holds it."""
+        """The architecture with these pairs at full width (and the largest VAE the
+        space offers), or None when this space's fixed choices exclude it."""
+        from search_spaces.sd_unet.network import UNetPlan
+
         cfg = self.config
+        want = UNetPlan(cfg, tuple(tuple(down(i, j) for j in range(cfg.down_pairs()))
+                                   for i in range(cfg.levels)),
+                        tuple(tuple(up(i, j) for j in range(cfg.up_pairs()))
+                              for i in range(cfg.levels)), mid, innermost)
+        vp = self.vae_params
         values: dict[str, Any] = {}
-        for i in range(cfg.levels):
-            for j in range(cfg.down_pairs()):
-                values[f"down{i}_{j}"] = down(i, j)
-            for j in range(cfg.up_pairs()):
-                values[f"up{i}_{j}"] = up(i, j)
-        values["mid"], values["innermost"] = mid, innermost
-        for g in self._groups:
-            values[f"width{g[0]}"] = 1.0
-        if self.vae_params["search"]:
-            vp = self.vae_params
-            values.update(vae_enc_width=1.0, vae_dec_width=1.0,
-                          vae_enc_layers=max(vp["enc_layers"]), vae_dec_layers=max(vp["dec_layers"]))
-        names = {d.name for d in self._decisions}
-        fixed = {"mid": {"keep": True, "remove": False}.get(self.mid_mode),
-                 "innermost": {"keep": True, "remove": False}.get(self.innermost_mode)}
-        for key, want in fixed.items():
-            if want is not None and values[key] != want:
-                return None
-        for name, value in values.items():
-            if name not in names and name.startswith(("down", "up")) and value != "full":
-                if not (not innermost and (name.startswith(f"down{cfg.levels - 1}_")
-                                           or name.startswith("up0_"))):
-                    return None
-        arch = self.canonicalize(Architecture({k: v for k, v in values.items() if k in names}))
-        return arch if self.validate(arch) is None else None
+        for d in self._decisions:
+            n = d.name
+            if n.startswith("down"):
+                i, j = map(int, n[4:].split("_"))
+                values[n] = want.down[i][j]
+            elif n.startswith("up"):
+                i, j = map(int, n[2:].split("_"))
+                values[n] = want.up[i][j]
+            elif n in ("mid", "innermost"):
+                values[n] = mid if n == "mid" else innermost
+            elif n.startswith("width"):
+                values[n] = 1.0
+            else:                                   # vae_enc_width ... vae_dec_layers
+                values[n] = max(vp[{"vae_enc_width": "enc_widths", "vae_dec_width": "dec_widths",
+                                    "vae_enc_layers": "enc_layers",
+                                    "vae_dec_layers": "dec_layers"}[n]])
+        arch = self.canonicalize(Architecture(values))
+        if self.validate(arch) is not None or _relevant(self.plan(arch)) != _relevant(want):
+            return None
+        return arch
 
     def reference_architectures(self) -> dict[str, Architecture]:
         """``sd15`` (the teacher), ``bk_sdm_base``, ``bk_sdm_small``, ``bk_sdm_tiny``
@@ -735,3 +738,9 @@ class SDUNetSpace(SearchSpace):
         g.add_edge(prev, "conv_out")
         return g
 
+
+
+def _relevant(plan) -> tuple:
+    """What of a plan builds the network (a removed innermost level's pairs do not)."""
+    return (tuple(plan.down[i] for i in plan.down_stages()),
+            tuple(plan.up[i] for i in plan.up_stages()), plan.mid, plan.innermost, plan.widths)

@@ -272,11 +272,12 @@ def find_unet_files(path: str | Path) -> tuple[Path, Path | None]:
 
 
 def load_teacher(path: str | Path, config: UNetConfig) -> dict[str, torch.Tensor]:
-    """The teacher's state dict under :class:`SDUNet` names, checked against ``config``.
+    """The teacher's state dict under :class:`SDUNet` names, checked against ``config``
+    (its ``config.json`` when there is one, then every tensor's name and shape).
 
-    Accepts diffusers names (``down_blocks.0.resnets.0...``), this module's
-    names, and the ``model.diffusion_model.`` prefix is not supported (convert
-    original-SD checkpoints with diffusers' conversion script first)."""
+    Accepts diffusers names (``down_blocks.0.resnets.0...``) and this module's
+    names. Original-SD checkpoints (``model.diffusion_model.*``) must be
+    converted with diffusers' conversion script first; the error says so."""
     import json
 
     weights, config_file = find_unet_files(path)

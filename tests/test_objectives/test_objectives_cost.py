@@ -196,6 +196,6 @@ def test_plugin_registers_all_objectives():
     plugins = Plugins()
     plugins.register(objectives, "builtin_objectives")
     assert not plugins.failures
-    assert plugins.objectives.names() == ["gmacs", "latency", "params", "psnr", "quick_psnr", "ssim",
+    assert plugins.objectives.names() == ["fidelity", "gmacs", "latency", "params", "psnr", "quick_psnr", "ssim",
                                           "transformer_count"]
     assert isinstance(plugins.objectives.create("gmacs", {"input_shape": [1, 3, 8, 8]}), GMACs)
