@@ -44,16 +44,13 @@ def changed_pairs(model: SDUNet, levels: list) -> dict[str, tuple[Any, Any, str]
     ``model`` that differ from the teacher's (attention dropped or narrowed)."""
     plan = model.plan
     out = {}
-    for where, stages in (("down", plan.down_stages()), ("up", plan.up_stages())):
-        kinds = plan.down if where == "down" else plan.up
-        for i in stages:
-            level = i if where == "down" else plan.config.up_level(i)
-            for j, kind in enumerate(kinds[i]):
-                if kind == "removed":
-                    continue
+    for where in ("down", "up"):
+        for i, level in plan.stages(where):
+            for j, attention in plan.kept(where, i):
                 in_idx, out_idx = pair_io(plan, where, i, j, levels)
-                dropped = kind == "resnet" and plan.config.attention[level]
+                dropped = not attention and plan.config.attention[level]
                 if dropped or in_idx is not None or out_idx is not None:
+                    kind = (plan.down if where == "down" else plan.up)[i][j]
                     out[f"{where}.{i}.pairs.{j}"] = (in_idx, out_idx, kind)
     return out
 

@@ -186,6 +186,17 @@ class UNetPlan:
         first = 0 if self.innermost else 1
         return list(range(first, self.config.levels))
 
+    def stages(self, where: str) -> list[tuple[int, int]]:
+        """``(stage index, level)`` of the kept ``down`` or ``up`` stages, in data order."""
+        if where == "down":
+            return [(i, i) for i in self.down_stages()]
+        return [(i, self.config.up_level(i)) for i in self.up_stages()]
+
+    def kept(self, where: str, i: int) -> list[tuple[int, bool]]:
+        """``(pair index, has attention)`` of the kept pairs of ``where`` stage ``i``."""
+        kinds = (self.down if where == "down" else self.up)[i]
+        return [(j, self.has_attention(where, i, j)) for j, k in enumerate(kinds) if k != PAIR_REMOVED]
+
     def has_attention(self, where: str, i: int, j: int) -> bool:
         level = i if where == "down" else self.config.up_level(i)
         kind = (self.down if where == "down" else self.up)[i][j]

@@ -687,53 +687,32 @@ class SDUNetSpace(SearchSpace):
         g = nx.DiGraph()
         g.add_node("conv_in", kind="conv", channels=w[0], resolution=side)
         prev, skips = "conv_in", ["conv_in"]
-        for i in plan.down_stages():
-            res = side // 2 ** i
-            for j, kind in enumerate(plan.down[i]):
-                if kind == "removed":
-                    continue
-                node = f"down{i}_{j}.resnet"
-                g.add_node(node, kind="resnet", channels=w[i], resolution=res)
-                g.add_edge(prev, node)
-                prev = node
-                if plan.has_attention("down", i, j):
-                    node = f"down{i}_{j}.attention"
-                    g.add_node(node, kind="attention", channels=w[i], resolution=res)
-                    g.add_edge(prev, node)
-                    prev = node
-                skips.append(prev)
-            if i < plan.levels - 1:
-                node = f"down{i}.downsample"
-                g.add_node(node, kind="downsample", channels=w[i], resolution=res // 2)
-                g.add_edge(prev, node)
-                prev = node
-                skips.append(prev)
-        if plan.mid:
-            lvl = plan.levels - 1
-            g.add_node("mid", kind="mid", channels=w[lvl], resolution=side // 2 ** lvl)
-            g.add_edge(prev, "mid")
-            prev = "mid"
-        for i in plan.up_stages():
-            level = cfg.up_level(i)
-            res = side // 2 ** level
-            for j, kind in enumerate(plan.up[i]):
-                if kind == "removed":
-                    continue
-                node = f"up{i}_{j}.resnet"
-                g.add_node(node, kind="resnet", channels=w[level], resolution=res)
-                g.add_edge(prev, node)
-                g.add_edge(skips.pop(), node, skip=True)
-                prev = node
-                if plan.has_attention("up", i, j):
-                    node = f"up{i}_{j}.attention"
-                    g.add_node(node, kind="attention", channels=w[level], resolution=res)
-                    g.add_edge(prev, node)
-                    prev = node
-            if level > 0:
-                node = f"up{i}.upsample"
-                g.add_node(node, kind="upsample", channels=w[level], resolution=res * 2)
-                g.add_edge(prev, node)
-                prev = node
+
+        def chain(node: str, kind: str, channels: int, resolution: int) -> None:
+            nonlocal prev
+            g.add_node(node, kind=kind, channels=channels, resolution=resolution)
+            g.add_edge(prev, node)
+            prev = node
+
+        for where in ("down", "up"):
+            for i, level in plan.stages(where):
+                res = side // 2 ** level
+                for j, attention in plan.kept(where, i):
+                    chain(f"{where}{i}_{j}.resnet", "resnet", w[level], res)
+                    if where == "up":
+                        g.add_edge(skips.pop(), prev, skip=True)
+                    if attention:
+                        chain(f"{where}{i}_{j}.attention", "attention", w[level], res)
+                    if where == "down":
+                        skips.append(prev)
+                if where == "down" and i < plan.levels - 1:
+                    chain(f"down{i}.downsample", "downsample", w[level], res // 2)
+                    skips.append(prev)
+                elif where == "up" and level > 0:
+                    chain(f"up{i}.upsample", "upsample", w[level], res * 2)
+            if where == "down" and plan.mid:
+                lvl = plan.levels - 1
+                chain("mid", "mid", w[lvl], side // 2 ** lvl)
         g.add_node("conv_out", kind="conv", channels=cfg.out_channels, resolution=side)
         g.add_edge(prev, "conv_out")
         return g

@@ -185,34 +185,21 @@ def slicing(teacher: Mapping[str, torch.Tensor], plan: UNetPlan,
         "conv_norm_out.weight": {0: lv[0]}, "conv_norm_out.bias": {0: lv[0]},
         "conv_out.weight": {1: lv[0]},
     }
-    for i in plan.down_stages():
-        for j, kind in enumerate(plan.down[i]):
-            if kind == "removed":
-                continue
-            in_idx, out_idx = pair_io(plan, "down", i, j, lv)
-            spec.update(_resnet(teacher, f"down.{i}.pairs.{j}.resnet.", in_idx, out_idx, w[i]))
-            if plan.has_attention("down", i, j):
-                spec.update(_transformer(teacher, f"down.{i}.pairs.{j}.attention.", lv[i], w[i],
-                                         cfg.heads))
-        spec[f"down.{i}.sampler.conv.weight"] = {0: lv[i], 1: lv[i]}
-        spec[f"down.{i}.sampler.conv.bias"] = {0: lv[i]}
     inner = plan.levels - 1
-    if plan.mid:
-        for r in (0, 1):
-            spec.update(_resnet(teacher, f"mid.resnets.{r}.", lv[inner], lv[inner], w[inner]))
-        spec.update(_transformer(teacher, "mid.attentions.0.", lv[inner], w[inner], cfg.heads))
-    for i in plan.up_stages():
-        level = cfg.up_level(i)
-        for j, kind in enumerate(plan.up[i]):
-            if kind == "removed":
-                continue
-            in_idx, out_idx = pair_io(plan, "up", i, j, lv)
-            spec.update(_resnet(teacher, f"up.{i}.pairs.{j}.resnet.", in_idx, out_idx, w[level]))
-            if plan.has_attention("up", i, j):
-                spec.update(_transformer(teacher, f"up.{i}.pairs.{j}.attention.", lv[level],
-                                         w[level], cfg.heads))
-        spec[f"up.{i}.sampler.conv.weight"] = {0: lv[level], 1: lv[level]}
-        spec[f"up.{i}.sampler.conv.bias"] = {0: lv[level]}
+    for where in ("down", "up"):
+        for i, level in plan.stages(where):
+            for j, attention in plan.kept(where, i):
+                p = f"{where}.{i}.pairs.{j}."
+                in_idx, out_idx = pair_io(plan, where, i, j, lv)
+                spec.update(_resnet(teacher, p + "resnet.", in_idx, out_idx, w[level]))
+                if attention:
+                    spec.update(_transformer(teacher, p + "attention.", lv[level], w[level], cfg.heads))
+            spec[f"{where}.{i}.sampler.conv.weight"] = {0: lv[level], 1: lv[level]}
+            spec[f"{where}.{i}.sampler.conv.bias"] = {0: lv[level]}
+        if where == "down" and plan.mid:
+            for r in (0, 1):
+                spec.update(_resnet(teacher, f"mid.resnets.{r}.", lv[inner], lv[inner], w[inner]))
+            spec.update(_transformer(teacher, "mid.attentions.0.", lv[inner], w[inner], cfg.heads))
     return spec
 
 
