@@ -223,39 +223,60 @@ def inherit(student: SDUNet, teacher: Mapping[str, torch.Tensor],
 
 
 # ------------------------------------------------------------------ loading a teacher
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
+#: weight files looked for in a model folder, in this order (fp16 ones are loaded as float32)
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin",
+                "model.safetensors")
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or (``weights_only=True``) ``torch.load``;
+    ValueError naming the file when it cannot be read safely."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise ValueError(f"{path}: not a readable .safetensors file ({err})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:          # pickled code, not plain tensors
         raise ValueError(f"{path}: cannot be loaded safely with weights_only=True ({err}); "
                          "convert it to .safetensors") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     return state
 
 
-def find_unet_files(path: str | Path) -> tuple[Path, Path | None]:
-    """(weights file, config.json or None) of a U-Net at ``path``: a diffusers
-    pipeline folder (``unet/`` inside), a U-Net folder, or a weights file."""
+def find_weights(path: str | Path, subfolder: str, what: str) -> tuple[Path, Path | None]:
+    """(weights file, config.json or None) of a model at ``path``: a diffusers
+    pipeline folder (``subfolder``/ inside, e.g. ``unet``), the model's own
+    folder, or a weights file; ``what`` names it in errors (``U-Net``, ``VAE``)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise ValueError(f"{path} does not exist; give a diffusers folder (with unet/), a U-Net "
-                         "folder or a .safetensors file")
+        raise ValueError(f"{path} does not exist; give a diffusers pipeline folder (with "
+                         f"{subfolder}/), a {what} folder (config.json + "
+                         "diffusion_pytorch_model.safetensors) or a .safetensors file")
     if path.is_file():
         return path, None
-    folder = path / "unet" if (path / "unet").is_dir() else path
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                 "model.safetensors"):
+    folder = path / subfolder if (path / subfolder).is_dir() else path
+    for name in WEIGHT_FILES:
         if (folder / name).exists():
             config = folder / "config.json"
             return folder / name, config if config.exists() else None
-    raise ValueError(f"{folder} holds no diffusion_pytorch_model.safetensors (or .bin)")
+    hint = (f" (a pipeline folder needs a {subfolder}/ subfolder)"
+            if (path / "model_index.json").exists()
+            or any((path / other).is_dir() for other in ("unet", "vae", "text_encoder")) else "")
+    raise ValueError(f"{folder} holds no diffusion_pytorch_model.safetensors (or .bin){hint}; "
+                     f"give a diffusers pipeline folder, a {what} folder or a .safetensors file")
+
+
+def find_unet_files(path: str | Path) -> tuple[Path, Path | None]:
+    """:func:`find_weights` for the U-Net (``unet/`` in a pipeline folder)."""
+    return find_weights(path, "unet", "U-Net")
 
 
 def load_teacher(path: str | Path, config: UNetConfig) -> dict[str, torch.Tensor]:
@@ -278,7 +299,7 @@ def load_teacher(path: str | Path, config: UNetConfig) -> dict[str, torch.Tensor
         if diffs:
             raise ValueError(f"{config_file} does not match the preset: {'; '.join(diffs)}; "
                              "choose the matching `preset`")
-    state = from_diffusers_keys(_load_file(weights))
+    state = from_diffusers_keys(load_weights(weights))
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in SDUNet(UNetPlan.teacher(config)).state_dict().items()}
     missing = [k for k in shapes if k not in state]

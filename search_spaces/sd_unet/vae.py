@@ -65,7 +65,14 @@ import torch
 from torch import nn
 
 # the importance rule's helpers are shared with the U-Net's surgery
-from search_spaces.sd_unet.surgery import _col_norms, _row_norms, _take, _top
+from search_spaces.sd_unet.surgery import (
+    _col_norms,
+    _row_norms,
+    _take,
+    _top,
+    find_weights,
+    load_weights,
+)
 
 Index = torch.Tensor | None
 
@@ -477,51 +484,13 @@ def inherit_decoder(student: VAEDecoder, teacher: Mapping[str, torch.Tensor],
 
 
 # ============================================================================ loading a teacher
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                 "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin",
-                 "model.safetensors")
 _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable .safetensors file ({err})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:          # pickled code, not plain tensors
-        raise ValueError(f"{path}: cannot be loaded safely with weights_only=True ({err}); "
-                         "convert it to .safetensors") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
-    return state
 
 
 def find_vae_files(path: str | Path) -> tuple[Path, Path | None]:
     """(weights file, config.json or None) of a VAE at ``path``: a diffusers
     pipeline folder (``vae/`` inside), a VAE folder, or a weights file."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ValueError(f"{path} does not exist; give a diffusers pipeline folder (with vae/), a "
-                         "VAE folder (config.json + diffusion_pytorch_model.safetensors) or a "
-                         ".safetensors file")
-    if path.is_file():
-        return path, None
-    folder = path / "vae" if (path / "vae").is_dir() else path
-    for name in _WEIGHT_FILES:
-        if (folder / name).exists():
-            config = folder / "config.json"
-            return folder / name, config if config.exists() else None
-    hint = (" (a pipeline folder needs a vae/ subfolder)" if (path / "unet").is_dir()
-            or (path / "model_index.json").exists() else "")
-    raise ValueError(f"{folder} holds no diffusion_pytorch_model.safetensors (or .bin){hint}; "
-                     "give a diffusers pipeline folder, a VAE folder or a .safetensors file")
+    return find_weights(path, "vae", "VAE")
 
 
 def _diffusers_names(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
@@ -566,7 +535,7 @@ def load_vae_teacher(path: str | Path, cfg: VAEConfig) -> dict[str, torch.Tensor
         if diffs:
             raise ValueError(f"{config_file} does not match the VAE preset: {'; '.join(diffs)}; "
                              f"choose the matching preset ({', '.join(VAE_PRESETS)})")
-    state = _diffusers_names(_load_file(weights), weights)
+    state = _diffusers_names(load_weights(weights), weights)
     shapes = teacher_shapes(cfg)
     missing = [k for k in shapes if k not in state]
     if missing:
