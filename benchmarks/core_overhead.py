@@ -63,7 +63,8 @@ def _register_nasframe_plugin():
     """Register the no-op space and objective once per process, like any plugin."""
     import torch
 
-    from nasframe import Integer, Objective, SearchSpace, hookimpl
+    import nasframe
+    from nasframe import Field, Integer, Objective, SearchSpace, hookimpl
     from nasframe.plugins import get_plugins
 
     plugins = get_plugins()
@@ -76,11 +77,11 @@ def _register_nasframe_plugin():
         name = SPACE_NAME
         input_shape = (1,)
 
-        def __init__(self, high: int = 10**6):
-            self.high = int(high)
+        class Params(nasframe.Params):
+            high: int = Field(10**6, ge=0, strict=True)
 
         def decisions(self):
-            return [Integer("x", 0, self.high)]
+            return [Integer("x", 0, self.params.high)]
 
         def build(self, arch):
             return torch.nn.Identity()

@@ -53,13 +53,14 @@ sys.path.insert(0, str(ROOT))
 from nasframe.candidate import Candidate  # noqa: E402
 from nasframe.config import config_from_dict  # noqa: E402
 from nasframe.experiment import Experiment, trial_seed  # noqa: E402
-from nasframe.export import analyse, export_run, find_pick  # noqa: E402
+from nasframe.export import export_run  # noqa: E402
 from nasframe.pareto import hypervolume  # noqa: E402
 from nasframe.plugins import get_plugins  # noqa: E402
 from nasframe.progress import step_progress  # noqa: E402
+from nasframe.results import load_run  # noqa: E402
 from nasframe.runner import resume_run, run_experiment  # noqa: E402
-from nasframe.store import TrialStore  # noqa: E402
-from nasframe.trial import ObjectiveSpec, Problem, Trial  # noqa: E402
+from nasframe.simulate import simulate  # noqa: E402
+from nasframe.trial import ObjectiveSpec, Problem  # noqa: E402
 
 TASKS = ("denoise", "deblur", "derain")
 
@@ -94,14 +95,13 @@ def _latency(models: dict[str, torch.nn.Module], size: int, repeats: int) -> dic
 
 
 def teacher_vs_pick(task: str, run_dir: Path, size: int, repeats: int) -> dict:
-    store = TrialStore(run_dir / "trials.db")
-    a = analyse(store)
-    cfg = store.config
-    pick = find_pick(a, cfg)
+    run = load_run(run_dir)
+    a = run.analysis
+    pick = run.pick_result
     teacher = next(t for t in a.trials if t.origin == "reference:teacher")
-    exp = Experiment.from_config(config_from_dict(cfg))
+    exp = run.experiment()
     ctx = exp.context(run_dir, quiet=True)
-    exp.space.prepare(ctx)
+    exp.prepare(ctx)
     models = {"teacher": Candidate(exp.space, teacher.arch).model,
               "pick": Candidate(exp.space, pick.trial.arch).model}
     lat = _latency(models, size, repeats)
@@ -118,12 +118,12 @@ def exhaustive_table(run_dir: Path) -> tuple[Experiment, dict[str, float]]:
     """PSNR of every stage-granularity hybrid, assembled from the run's cached bank.
 
     The experiment keeps the run's strategy settings (``ens`` population, ...)."""
-    cfg = yaml.safe_load(json.dumps(TrialStore(run_dir / "trials.db").config))
+    cfg = yaml.safe_load(json.dumps(load_run(run_dir).config_dict))
     cfg["search_space"]["params"]["granularity"] = "stage"
     cfg["objectives"] = [{"name": "psnr"}, {"name": "transformer_count"}]
     exp = Experiment.from_config(config_from_dict(cfg))
     ctx = exp.context(run_dir, quiet=True)     # the same cache: teacher and bank are loaded
-    exp.space.prepare(ctx)
+    exp.prepare(ctx)
     psnr = exp.objectives["psnr"]
     table = {}
     archs = list(exp.space.enumerate())
@@ -135,11 +135,6 @@ def exhaustive_table(run_dir: Path) -> tuple[Experiment, dict[str, float]]:
     return exp, table
 
 
-def _trial(n: int, arch, psnr: float, count: float, origin: str = "strategy") -> Trial:
-    return Trial(number=n, arch=arch, status="complete",
-                 values={"psnr": psnr, "transformer_count": count}, feasible=True, origin=origin)
-
-
 def search_efficiency(exp: Experiment, table: dict[str, float], budget: int, seeds: int) -> dict:
     space = exp.space
     problem = Problem(space, (ObjectiveSpec("psnr", "max"), ObjectiveSpec("transformer_count", "min")), ())
@@ -149,26 +144,20 @@ def search_efficiency(exp: Experiment, table: dict[str, float], budget: int, see
     ref = np.array([-(values[:, 0].min() - 0.1), len(space.slots) + 1.0])
     hv_true = hypervolume(values, dirs, ref)
     plugins = get_plugins()
+
+    def evaluate(a):
+        return {"psnr": table[a.id], "transformer_count": space.transformer_count(a)}
+
     out: dict[str, list[float]] = {}
     for name in ("ens", "random"):
         ratios = []
         for seed in range(seeds):
             params = exp.cfg.strategy.params if name == exp.cfg.strategy.name else {}
-            strat = plugins.strategies.create(name, params, problem=problem, seed=seed)
-            n = 0
-            refs = space.reference_architectures()
-            strat.tell([_trial(i, a, table[a.id], space.transformer_count(a), f"reference:{k}")
-                        for i, (k, a) in enumerate(refs.items())])
-            found = [[table[a.id], space.transformer_count(a)] for a in refs.values()]
-            while n < budget:
-                asked = strat.ask(min(4, budget - n))
-                if not asked:
-                    break
-                trials = [_trial(len(refs) + n + i, a, table[a.id], space.transformer_count(a))
-                          for i, a in enumerate(asked)]
-                n += len(asked)
-                found += [[t.values["psnr"], t.values["transformer_count"]] for t in trials]
-                strat.tell(trials)
+            trials = simulate(
+                lambda h: plugins.strategies.create(name, params, problem=problem, seed=seed,
+                                                    history=h),
+                problem, evaluate, budget, batch=4, references=space.reference_architectures())
+            found = [[t.values["psnr"], t.values["transformer_count"]] for t in trials]
             ratios.append(hypervolume(np.array(found), dirs, ref) / hv_true)
         out[name] = ratios
     return {"budget": budget, "space_size": len(all_archs), "seeds": seeds,
@@ -179,7 +168,7 @@ def search_efficiency(exp: Experiment, table: dict[str, float], budget: int, see
 
 def full_size(size: int, repeats: int) -> dict:
     """Latency of the restormer preset, all transformer against all SSM."""
-    from search_spaces.hybrid_unet.space import HybridUNetSpace
+    from nasframe_search_spaces.hybrid_unet.space import HybridUNetSpace
 
     space = HybridUNetSpace(preset="restormer", granularity="stage")
     torch.manual_seed(0)

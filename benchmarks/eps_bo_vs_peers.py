@@ -132,7 +132,7 @@ class Table:
 
 
 def make_space(params: dict[str, Any] | None = None):
-    from search_spaces.sd_unet.space import SDUNetSpace
+    from nasframe_search_spaces.sd_unet.space import SDUNetSpace
 
     return SDUNetSpace(**(params or SPACE_PARAMS))
 
@@ -151,8 +151,8 @@ def build_table(space, space_params: dict[str, Any], cache: Path | None) -> Tabl
 
     from nasframe.candidate import Candidate
     from nasframe.context import Context
-    from objectives.cost import GMACs
-    from objectives.fidelity import Fidelity
+    from nasframe_objectives.cost import GMACs
+    from nasframe_objectives.fidelity import Fidelity
 
     path = None
     if cache is not None:
@@ -247,10 +247,13 @@ def _problem(space) -> Problem:
 def run_nasframe(name: str, params: dict[str, Any], space, table: Table, eps: float,
                  budget: int, seed: int, max_retries: int) -> tuple[Recorder, float]:
     """A nasframe strategy plugin driven by ask(1)/tell against the table."""
+    from nasframe.history import TrialHistory
     from nasframe.plugins import get_plugins
 
     t0 = time.perf_counter()
-    strat = get_plugins().strategies.create(name, params, problem=_problem(space), seed=seed)
+    history = TrialHistory()
+    strat = get_plugins().strategies.create(name, params, problem=_problem(space), seed=seed,
+                                            history=history)
     overhead = time.perf_counter() - t0
     rec = Recorder(space, table, eps)
     misses, number = 0, 0
@@ -270,6 +273,7 @@ def run_nasframe(name: str, params: dict[str, Any], space, table: Table, eps: fl
                           {"gmacs": float(table.gmacs[i]), "fidelity": float(table.fidelity[i])},
                           feasible=True)
         number += 1
+        history.record([trial])       # what the runner does: the strategy reads the history
         t0 = time.perf_counter()
         strat.tell([trial])
         overhead += time.perf_counter() - t0

@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock  # noqa: E402
+from nasframe_search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock  # noqa: E402
 
 SHAPES = ((48, 64, 1), (96, 128, 2))  # channels, side, heads (Restormer levels 1 and 2)
 TARGET = 0.5

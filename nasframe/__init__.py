@@ -3,13 +3,16 @@
 The core is generic: it finds search spaces, objectives and strategies through
 the ``nasframe`` entry-point group (see :mod:`nasframe.hookspecs`).
 """
+from nasframe import capabilities
 from nasframe.architecture import Architecture
 from nasframe.candidate import Candidate
 from nasframe.context import ArtifactCache, Context, content_hash
 from nasframe.errors import ConfigError, EvaluationError, NasframeError, PluginError, RunError
-from nasframe.executor import Executor, FuturesExecutor, Job
+from nasframe.executor import Executor, ExecutorParams, Job
+from nasframe.history import History
 from nasframe.hookspecs import hookimpl
 from nasframe.objective import Objective, Provenance, Value
+from nasframe.params import Field, ParamError, Params
 from nasframe.space import Boolean, Categorical, Decision, Integer, SearchSpace
 from nasframe.strategy import Strategy
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
@@ -18,7 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture", "ArtifactCache", "Boolean", "Candidate", "Categorical", "ConfigError",
-    "Constraint", "Context", "Decision", "EvaluationError", "Executor", "FuturesExecutor",
-    "Integer", "Job", "NasframeError", "Objective", "ObjectiveSpec", "PluginError", "Problem", "Provenance", "RunError",
-    "SearchSpace", "Strategy", "Trial", "Value", "content_hash", "hookimpl",
+    "Constraint", "Context", "Decision", "EvaluationError", "Executor", "ExecutorParams", "Field",
+    "History", "Integer", "Job", "NasframeError", "Objective", "ObjectiveSpec",
+    "ParamError", "Params", "PluginError", "Problem", "Provenance", "RunError", "SearchSpace",
+    "Strategy", "Trial", "Value", "capabilities", "content_hash", "hookimpl",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nasframe.architecture import Architecture
+from nasframe.capabilities import ModelParts
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -37,15 +38,13 @@ class Candidate:
             self._model = model.eval()
         return self._model
 
-    @property
-    def model_built(self) -> bool:
-        return self._model is not None
-
     def part(self, name: str | None) -> torch.nn.Module:
         """Part ``name`` of the space (see :meth:`SearchSpace.parts`), built on first
         use like :attr:`model` (seeded, eval mode) and cached; None: the main model."""
         if name is None:
             return self.model
+        if not isinstance(self.space, ModelParts):
+            raise ValueError(f"search space '{self.space.name}' has no model parts (asked for {name!r})")
         if name not in self._parts:
             import torch
 
@@ -73,6 +72,9 @@ class Candidate:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             if part is not None:
+                if not isinstance(self.space, ModelParts):
+                    raise ValueError(f"search space '{self.space.name}' has no model parts "
+                                     f"(asked for {part!r})")
                 return self.space.part_example_inputs(self.arch, part, input_shape, batch_size)
             return self.space.example_inputs(self.arch, input_shape, batch_size)
 

@@ -7,7 +7,9 @@ traceback); 1 a failure while running (traceback only with ``--debug``);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -17,24 +19,32 @@ from rich.console import Console
 from rich.table import Table
 
 from nasframe import __version__
-from nasframe.errors import ConfigError, NasframeError
+from nasframe.errors import ConfigError, NasframeError, Terminated
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+
+
+_KINDS = (("search space", "search_spaces"), ("objective", "objectives"),
+          ("strategy", "strategies"), ("executor", "executors"))
 
 
 def _plugins_cmd(args: argparse.Namespace) -> int:
     from nasframe.plugins import get_plugins
 
     plugins = get_plugins()
-    cols = ("kind", "name", "plugin", "version", "class")
-    rows = [(kind, e.name, e.plugin, e.version, f"{e.cls.__module__}.{e.cls.__qualname__}")
-            for kind, reg in (("search space", plugins.search_spaces),
-                              ("objective", plugins.objectives), ("strategy", plugins.strategies),
-                              ("executor", plugins.executors))
-            for e in reg.entries()]
+    if args.name:
+        return _describe_component(plugins, args.name)
+    cols = ("kind", "name", "plugin", "version", "status")
+    rows = []
+    for kind, attr in _KINDS:
+        for e in getattr(plugins, attr).entries():
+            missing = e.missing()
+            status = f"unavailable: needs {', '.join(missing)} ({e.install_hint()})" if missing \
+                else "ok"
+            rows.append((kind, e.name, e.plugin, e.version, status))
     if out.is_terminal:
-        table = Table(*cols, title="nasframe components")
+        table = Table(*cols, title="nasframe components (`nasframe plugins NAME` shows params)")
         for row in rows:
             table.add_row(*row)
         out.print(table)
@@ -49,11 +59,52 @@ def _plugins_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_component(plugins, name: str) -> int:
+    """``nasframe plugins NAME``: what a component is, what it needs and its params."""
+    import inspect
+
+    from nasframe import capabilities
+    from nasframe.errors import unknown_name
+    from nasframe.params import describe_params
+
+    found = [(kind, getattr(plugins, attr).entry(name)) for kind, attr in _KINDS
+             if name in getattr(plugins, attr)]
+    if not found:
+        every = [n for _, attr in _KINDS for n in getattr(plugins, attr).names()]
+        raise ConfigError(unknown_name("component", name, every))
+    for kind, e in found:
+        cls = e.cls
+        doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+        out.print(f"[bold]{e.name}[/bold] ({kind}, plugin '{e.plugin}' {e.version}, "
+                  f"{cls.__module__}.{cls.__qualname__})", highlight=False)
+        if doc:
+            out.print(doc, markup=False, highlight=False)
+        missing = e.missing()
+        if missing:
+            out.print(f"[red]unavailable[/red]: needs {', '.join(missing)}; install with: "
+                      f"{e.install_hint()}", highlight=False)
+        if kind == "search space":
+            out.print(f"provides: {capabilities.names(capabilities.provided_by_class(cls))}",
+                      highlight=False)
+        if kind == "objective":
+            out.print(f"direction {cls.direction}, {cls.kind}, unit {cls.unit or '-'}; requires: "
+                      f"{capabilities.names(cls.requires)}", highlight=False)
+        params = describe_params(cls.Params)
+        if not params:
+            out.print("params: none")
+            continue
+        table = Table("param", "type", "default", "what", title=None, show_edge=False)
+        for p in params:
+            table.add_row(p.name, p.type, p.default, p.doc)
+        out.print(table)
+    return 0
+
+
 def _load(path: str):
     from nasframe.config import load_config
 
-    text = Path(path).read_text() if Path(path).is_file() else ""
-    return load_config(path), text
+    cfg = load_config(path)          # checks size, encoding, nesting, aliases, duplicate keys
+    return cfg, Path(path).read_text(encoding="utf-8")
 
 
 def _validate_cmd(args: argparse.Namespace) -> int:
@@ -86,21 +137,42 @@ def _run_cmd(args: argparse.Namespace) -> int:
 def _resume_cmd(args: argparse.Namespace) -> int:
     from nasframe.runner import Runner
 
-    runner = Runner.resume(args.run_dir, quiet=args.quiet, console=console)
+    cfg = _load(args.experiment)[0] if args.experiment else None
+    runner = Runner.resume(args.run_dir, quiet=args.quiet, console=console, config=cfg,
+                           retry_failed=args.retry_failed, source=args.experiment or "<config>")
+    for notice in runner.notices:
+        console.print(notice, markup=False, highlight=False)
     done = runner.search_trials_done()
-    running = len(runner.store.trials("running"))
+    running = runner.history.running()
+    interrupted = sum(t.failure == "interrupted" for t in running)
+    crashed = len(running) - interrupted
+    failed_n = sum(t.status == "failed" for t in runner.history.trials())
     console.print(f"resuming {args.run_dir}: {done} trials done"
-                  + (f", {running} interrupted trial(s) will run again" if running else ""))
+                  + (f", {interrupted} interrupted trial(s) will run again" if interrupted else "")
+                  + (f", {crashed} trial(s) of a run that was killed will run again if attempts "
+                     f"are left (max_attempts {runner.cfg.max_attempts})" if crashed else "")
+                  + (f", {failed_n} failed trial(s) will run again" if args.retry_failed and failed_n
+                     else ""), markup=False, highlight=False)
     return _drive(runner, args)
 
 
 def _drive(runner, args: argparse.Namespace) -> int:
+    from nasframe.errors import Terminated
+
+    for notice in getattr(runner, "notices", []) if args.command == "run" else []:
+        console.print(notice, markup=False, highlight=False)
     try:
         summary = runner.run()
     except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted[/yellow]; every finished trial is stored. "
-                      f"Continue with: nasframe resume {runner.run_dir}")
+        console.print(f"\n[yellow]interrupted[/yellow]; every finished trial is stored, the "
+                      f"trials in flight will run again. Continue with: nasframe resume "
+                      f"{runner.run_dir}")
         return 130
+    except Terminated:
+        console.print(f"\n[yellow]stopped (SIGTERM)[/yellow]; every finished trial is stored, the "
+                      f"trials in flight will run again. Continue with: nasframe resume "
+                      f"{runner.run_dir}")
+        return 143
     console.print(f"[green]done[/green] ({summary.stopped_because}): {summary.trials} trials, "
                   f"{summary.failed} failed, {summary.front} on the front, "
                   f"hypervolume {summary.hypervolume:.4g}")
@@ -115,10 +187,29 @@ def _drive(runner, args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_cmd(args: argparse.Namespace) -> int:
-    import yaml
-
+def _arch_file(path: str):
+    """An architecture from a YAML file: a mapping of decisions, or a front/<id>.yaml."""
     from nasframe.architecture import Architecture
+    from nasframe.safeyaml import load_yaml_file
+
+    doc = load_yaml_file(path, "architecture file")
+    if isinstance(doc, dict) and isinstance(doc.get("architecture"), dict):
+        doc = doc["architecture"]
+    if not isinstance(doc, dict) or not doc:
+        raise ConfigError(f"--arch {path}: expected a mapping of decision -> value (or an "
+                          "`architecture:` mapping, as in front/<id>.yaml)")
+    for key, value in doc.items():
+        if not isinstance(key, str) or isinstance(value, dict) or value is None:
+            what = "a mapping" if isinstance(value, dict) else repr(value)[:30]
+            raise ConfigError(f"--arch {path}: decision {str(key)[:40]!r} holds {what}; a "
+                              "decision's value is a number, a string, true/false or a list")
+    try:
+        return Architecture(doc)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--arch {path}: {err}") from None
+
+
+def _evaluate_cmd(args: argparse.Namespace) -> int:
     from nasframe.experiment import Experiment, trial_seed
     from nasframe.trial import Trial
 
@@ -127,17 +218,8 @@ def _evaluate_cmd(args: argparse.Namespace) -> int:
     refs = exp.space.reference_architectures()
     if args.arch in refs:
         arch, origin = refs[args.arch], f"reference:{args.arch}"
-    elif Path(args.arch).is_file():
-        try:
-            doc = yaml.safe_load(Path(args.arch).read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--arch {args.arch}: invalid YAML: {err}") from None
-        if isinstance(doc, dict) and isinstance(doc.get("architecture"), dict):
-            doc = doc["architecture"]
-        if not isinstance(doc, dict):
-            raise ConfigError(f"--arch {args.arch}: expected a mapping of decisions "
-                              "(or an `architecture:` mapping, as in front/<id>.yaml)")
-        arch, origin = Architecture(doc), f"file:{args.arch}"
+    elif Path(args.arch).exists():
+        arch, origin = _arch_file(args.arch), f"file:{args.arch}"
     else:
         raise ConfigError(f"--arch {args.arch!r}: neither a reference architecture of "
                           f"'{exp.space.name}' (available: {', '.join(refs) or 'none'}) nor a file")
@@ -194,6 +276,185 @@ def _print_pick(paths: dict[str, Path], where: Console) -> None:
                     f"{Path(paths['front']) / 'pick.yaml'}", markup=False, highlight=False)
 
 
+@contextlib.contextmanager
+def _terminate_on_sigterm():
+    """SIGTERM (schedulers, ``docker stop``) unwinds the run like Ctrl-C: state saved,
+    workers stopped, lock released, exit code 143."""
+    from nasframe.errors import Terminated
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:       # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------- results on stdout
+_TABLE_COLUMNS = ("number", "status", "origin", "id")
+
+
+def _rows_out(rows: list[dict[str, Any]], fmt: str, keys: list[str], title: str) -> None:
+    """Print trial records as a table (terminal), JSON or CSV."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=1, default=str))
+        return
+    if fmt == "csv":
+        import csv
+
+        cols = list(rows[0]) if rows else list(_TABLE_COLUMNS)
+        w = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if v is None else v for k, v in r.items()})
+        return
+    cols = [*_TABLE_COLUMNS, *keys, "is_pareto", "pick", "failure", "error"]
+    table = Table(*cols, title=title, show_lines=False)
+    for r in rows:
+        table.add_row(*(_cell(r.get(c)) for c in cols))
+    Console(soft_wrap=False, width=max(out.width, 160) if not out.is_terminal else None).print(table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _sorted(rows: list[dict[str, Any]], key: str | None, reverse: bool) -> list[dict[str, Any]]:
+    if key is None:
+        return rows
+    if rows and key not in rows[0]:
+        from nasframe.errors import did_you_mean
+
+        raise ConfigError(f"--sort {key}: no such column{did_you_mean(key, rows[0])} columns: "
+                          + ", ".join(rows[0]))
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    return sorted(present, key=lambda r: r[key], reverse=reverse) + missing
+
+
+def _trials_cmd(args: argparse.Namespace) -> int:
+    from nasframe.results import load_run
+    from nasframe.trial import STATUSES
+
+    run = load_run(args.run_dir)
+    rows = run.rows()
+    if args.status:
+        bad = [s for s in args.status if s not in STATUSES]
+        if bad:
+            raise ConfigError(f"--status {bad[0]}: not a trial status; use one of "
+                              f"{', '.join(STATUSES)}")
+        rows = [r for r in rows if r["status"] in args.status]
+    rows = _sorted(rows, args.sort, args.reverse)
+    if args.limit is not None:
+        rows = rows[: args.limit]
+    _rows_out(rows, args.format, run.keys, f"{run.run_dir}: {len(rows)} trial(s)")
+    return 0
+
+
+def _front_cmd(args: argparse.Namespace) -> int:
+    from nasframe.results import load_run
+
+    run = load_run(args.run_dir)
+    rows = [r for r in run.rows() if r["is_pareto"] or r["pick"]]
+    rows = _sorted(rows, args.sort or run.keys[0], args.reverse)
+    pick = run.pick_result
+    title = f"{run.run_dir}: {sum(bool(r['is_pareto']) for r in rows)} on the front" + (
+        f"; pick: trial {pick.trial.number} ({pick.rule})" if pick else "")
+    _rows_out(rows, args.format, run.keys, title)
+    return 0
+
+
+def _status_cmd(args: argparse.Namespace) -> int:
+    """Progress of a run, live or not: trials by status, running trials and their heartbeat,
+    the budget, the front, and who holds the run."""
+    import time
+
+    from nasframe.lock import RunLock
+    from nasframe.results import load_run
+    from nasframe.store import TrialStore
+
+    run = load_run(args.run_dir)
+    store = TrialStore.open(args.run_dir, read_only=True)
+    try:
+        elapsed = float(store.get_meta("elapsed", 0.0))
+        beat = store.get_meta("heartbeat")
+    finally:
+        store.close()
+    trials = run.trial_list()
+    search = [t for t in trials if not t.is_reference]
+    counts = {s: sum(t.status == s for t in trials) for s in ("complete", "pruned", "failed", "running")}
+    budget = run.config.budget
+    lock = RunLock(args.run_dir)
+    holder = lock.holder()
+    live = False
+    if holder:
+        import fcntl
+        import os
+
+        fd = os.open(lock.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            live = True
+        finally:
+            os.close(fd)
+    now = time.time()
+    a = run.analysis
+    doc = {
+        "run_dir": str(run.run_dir), "experiment": run.config.name,
+        "state": "running" if live else "stopped",
+        "holder": holder if live else None,
+        "trials": {"search": sum(t.status != "running" for t in search),
+                   "budget": budget.trials, "references": len(trials) - len(search), **counts},
+        "elapsed_s": round(elapsed, 1), "time_budget_s": budget.time,
+        "heartbeat_age_s": None if beat is None else round(now - beat, 1),
+        "running": [{"number": t.number, "id": t.arch.id, "attempt": t.attempt,
+                     "for_s": None if t.started is None else round(now - t.started, 1),
+                     "heartbeat_age_s": None if t.heartbeat is None else round(now - t.heartbeat, 1),
+                     "failure": t.failure} for t in trials if t.status == "running"],
+        "front": int(a.pareto.sum()), "hypervolume": a.hypervolume,
+    }
+    if args.format == "json":
+        print(json.dumps(doc, indent=1, default=str))
+        return 0
+    t = doc["trials"]
+    of = f" of {t['budget']}" if t["budget"] else ""
+    state = (f"[green]running[/green] (pid {holder.get('pid')} on {holder.get('host')})" if live
+             else "[yellow]stopped[/yellow]")
+    out.print(f"{doc['run_dir']} ({doc['experiment']}): {state}")
+    out.print(f"search trials {t['search']}{of}; complete {t['complete']}, pruned {t['pruned']}, "
+              f"failed {t['failed']}, running {t['running']}; references {t['references']}",
+              highlight=False)
+    out.print(f"front {doc['front']}, hypervolume {doc['hypervolume']:.4g}; elapsed "
+              f"{doc['elapsed_s']:.0f} s" + (f" of {budget.time:.0f} s" if budget.time else ""),
+              highlight=False)
+    for r in doc["running"]:
+        age = r["heartbeat_age_s"]
+        note = ("interrupted: runs again on resume" if r["failure"] == "interrupted" else
+                f"heartbeat {age:.0f} s ago" if age is not None else "no heartbeat")
+        if not live and r["failure"] != "interrupted":
+            note += "; the run stopped: resume re-runs it"
+        out.print(f"  trial {r['number']} ({r['id']}) attempt {r['attempt']}: {note}",
+                  highlight=False)
+    if not live and t["running"]:
+        out.print(f"continue with: nasframe resume {doc['run_dir']}", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(add_help=False)
     top.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -206,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nasframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("plugins", parents=[common], help="components by kind, with plugin and version")
+    p = sub.add_parser("plugins", parents=[common],
+                       help="components by kind, with plugin and version; NAME: one component's params")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a component to describe")
     p.set_defaults(fn=_plugins_cmd)
 
     p = sub.add_parser("validate", parents=[common], help="check an experiment file")
@@ -219,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(arg, metavar="EXP.yaml" if arg == "experiment" else "RUN_DIR")
         if name == "run":
             p.add_argument("--out", help="run directory (default: the experiment's `output`)")
+        else:
+            p.add_argument("experiment", nargs="?", metavar="EXP.yaml",
+                           help="the experiment file, edited: its budget, time, executor, "
+                                "trial_timeout, max_attempts and max_failure_fraction apply; "
+                                "other changes are refused")
+            p.add_argument("--retry-failed", action="store_true",
+                           help="run every failed trial once more")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-export", action="store_true", help="do not export when done")
         p.set_defaults(fn=_run_cmd if name == "run" else _resume_cmd)
@@ -231,6 +501,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=_evaluate_cmd)
 
+    for name, help_, fn in (("trials", "print a run's trials", _trials_cmd),
+                            ("front", "print a run's Pareto front (and pick)", _front_cmd)):
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.add_argument("run_dir", metavar="RUN_DIR")
+        p.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table")
+        p.add_argument("--sort", metavar="COLUMN", help="sort by a column (e.g. an objective)")
+        p.add_argument("--reverse", action="store_true", help="sort descending")
+        if name == "trials":
+            p.add_argument("--status", nargs="+", metavar="STATUS",
+                           help="only trials with these statuses (complete, pruned, failed, running)")
+            p.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("status", parents=[common], help="progress of a run (live or stopped)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-f", "--format", choices=("text", "json"), default="text")
+    p.set_defaults(fn=_status_cmd)
+
     p = sub.add_parser("export", parents=[common], help="write trials.csv, pareto.json, plots, front/")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="write here instead of RUN_DIR")
@@ -238,11 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line on stderr (not Python's two-line form with source)."""
+    console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = _show_warning
     try:
-        return args.fn(args)
+        with _terminate_on_sigterm():
+            return args.fn(args)
     except ConfigError as err:
         if args.debug:
             traceback.print_exc()
@@ -257,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
         return 130
+    except Terminated:
+        console.print("[yellow]stopped (SIGTERM)[/yellow]")
+        return 143
     except Exception as err:  # an unexpected failure: one line unless --debug
         if args.debug:
             traceback.print_exc()

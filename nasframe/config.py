@@ -18,21 +18,23 @@ Every problem is reported with its field path, the bad value and the fix.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nasframe.errors import ConfigError
+from nasframe.params import format_validation_error
 from nasframe.trial import Constraint
-
-if TYPE_CHECKING:
-    from nasframe.plugins import Plugins
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$")
 _UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+#: the longest duration accepted anywhere (a year): larger values are typos
+MAX_DURATION = 366 * 86400
 
 
 def parse_duration(value: Any) -> float:
@@ -44,10 +46,13 @@ def parse_duration(value: Any) -> float:
     else:
         m = _DURATION.match(str(value))
         if not m:
-            raise ValueError(f"cannot read duration {value!r}; write e.g. 600, '10m' or '1h'")
+            raise ValueError(f"cannot read duration {str(value)[:40]!r}; write e.g. 600, '10m' or '1h'")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration must be a positive, finite number of seconds, e.g. 600, "
+                         "'10m' or '1h'")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{seconds:g} s is longer than a year; write e.g. '12h' or '7d'")
     return seconds
 
 
@@ -59,8 +64,12 @@ def _check_constraint(text: str) -> str:
 ConstraintText = Annotated[str, AfterValidator(_check_constraint)]
 
 
+#: the most trials a budget may ask for
+MAX_TRIALS = 10_000_000
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ComponentConfig(_Model):
@@ -79,7 +88,7 @@ class ObjectiveConfig(ComponentConfig):
 
 
 class BudgetConfig(_Model):
-    trials: int | None = Field(default=None, ge=1)
+    trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS, strict=True)
     time: float | None = None
 
     @field_validator("time", mode="before")
@@ -96,7 +105,7 @@ class BudgetConfig(_Model):
 
 class ExecutorConfig(_Model):
     name: str = "inline"
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1, le=1024, strict=True)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -111,11 +120,16 @@ class ExperimentConfig(_Model):
     executor: ExecutorConfig = ExecutorConfig()
     output: str | None = None
     #: the batch of architectures asked per step (default: the executor's workers)
-    batch_size: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, le=100_000, strict=True)
     #: evaluate the space's reference architectures before the search
     references: bool | list[str] = True
-    #: stop with an error once this fraction of trials failed (after 5 trials)
+    #: stop with an error once this fraction of the trials run since the last start failed
+    #: (after 5 of them)
     max_failure_fraction: float = Field(default=0.5, gt=0, le=1)
+    #: a trial that runs longer is stopped and failed ("timed out after ...")
+    trial_timeout: float | None = None
+    #: evaluations of a trial whose worker died (or whose run was killed) before it fails for good
+    max_attempts: int = Field(default=2, ge=1, le=100, strict=True)
     #: skip the remaining objectives of a trial as soon as a constraint is broken
     skip_infeasible: bool = True
     #: hypervolume reference point per objective key (default: from the data)
@@ -123,6 +137,11 @@ class ExperimentConfig(_Model):
     #: torch device handed to spaces and objectives through the context
     device: str = "cpu"
     cache_dir: str | None = None
+
+    @field_validator("trial_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> ExperimentConfig:
@@ -142,73 +161,14 @@ class ExperimentConfig(_Model):
 
 
 # ---------------------------------------------------------------- loading
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_FIXES = {
-    "missing": "add it",
-    "extra_forbidden": "remove it or check the spelling",
-}
-
-
-def _format_errors(err: ValidationError, source: str) -> list[str]:
-    lines = []
-    for e in err.errors():
-        path = _loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p)))
-        msg = e["msg"].removeprefix("Value error, ")
-        fix = _FIXES.get(e["type"])
-        if e["type"] == "extra_forbidden":
-            from nasframe.errors import did_you_mean
-
-            parent = _parent_fields(e["loc"])
-            hint = did_you_mean(str(e["loc"][-1]), parent) if parent else ""
-            msg = f"unknown field{hint}"
-            if parent:
-                fix = f"allowed here: {', '.join(parent)}"
-        bad = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
-        lines.append(f"{source}: {path}: {msg}{bad}" + (f"; {fix}" if fix else ""))
-    return lines
-
-
-def _parent_fields(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = ExperimentConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        nxt = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nxt is None:
-            return []
-        model = nxt
-    return list(model.model_fields)
-
-
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and schema-check an experiment file (no plugin lookups)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file; check the path")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML at {where}: {problem}; fix the syntax there") from None
-    return config_from_dict(data, str(path))
+    """Read and schema-check an experiment file (no plugin lookups).
+
+    The file is read with :func:`nasframe.safeyaml.load_yaml_file`: bounded in
+    size, nesting and alias expansion, duplicate keys refused."""
+    from nasframe.safeyaml import load_yaml_file
+
+    return config_from_dict(load_yaml_file(path, "experiment file"), str(path))
 
 
 def config_from_dict(data: Any, source: str = "<config>") -> ExperimentConfig:
@@ -218,46 +178,4 @@ def config_from_dict(data: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(*_format_errors(err, source)) from None
-
-
-def check_against_plugins(cfg: ExperimentConfig, plugins: Plugins, source: str = "<config>") -> None:
-    """Resolve every component name and parameter; raise one ConfigError listing all problems."""
-    from nasframe.registry import check_params
-
-    problems: list[str] = []
-
-    def attempt(fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as err:
-            problems.extend(f"{source}: {p}" for p in err.problems)
-            return None
-
-    space_cls = attempt(plugins.search_spaces.get, cfg.search_space.name, "search_space.name")
-    if space_cls is not None:
-        attempt(check_params, space_cls, cfg.search_space.params, "search_space.params")
-    keys = []
-    for i, o in enumerate(cfg.objectives):
-        cls = attempt(plugins.objectives.get, o.name, f"objectives[{i}].name")
-        if cls is not None:
-            attempt(check_params, cls, o.params, f"objectives[{i}].params")
-        keys.append(o.key)
-    for i, c in enumerate(cfg.parsed_constraints):
-        if c.key not in keys and c.key not in plugins.objectives:
-            from nasframe.errors import did_you_mean
-
-            avail = sorted(set(keys) | set(plugins.objectives.names()))
-            problems.append(f"{source}: constraints[{i}]: '{c.key}' is neither an objective of this "
-                            f"experiment nor a registered objective{did_you_mean(c.key, avail)} "
-                            f"available: {', '.join(avail)}")
-    strat_cls = attempt(plugins.strategies.get, cfg.strategy.name, "strategy.name")
-    if strat_cls is not None:
-        attempt(check_params, strat_cls, cfg.strategy.params, "strategy.params",
-                reserved={"problem", "seed"})
-    exec_cls = attempt(plugins.executors.get, cfg.executor.name, "executor.name")
-    if exec_cls is not None:
-        attempt(check_params, exec_cls, cfg.executor.params, "executor.params",
-                reserved={"workers"})
-    if problems:
-        raise ConfigError(*problems)
+        raise ConfigError(*format_validation_error(err, source + ":", ExperimentConfig)) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,14 @@ class ArtifactCache:
 
 @dataclass
 class Context:
-    """Shared by :meth:`SearchSpace.prepare` and :meth:`Objective.evaluate`."""
+    """Shared by :meth:`SearchSpace.prepare` and :meth:`Objective.evaluate`.
+
+    ``seed`` is the experiment's seed. Every seeded part of a component (a
+    teacher's training, distillation, synthetic data, fixed inputs) uses it
+    unless the component's own ``seed`` param is set, so changing the
+    experiment's seed changes all of them. ``op_handles`` are the MAC-count
+    handles plugins registered for their custom ops (``register_op_handles``).
+    """
 
     run_dir: Path
     seed: int = 0
@@ -57,7 +64,12 @@ class Context:
     cache_dir: Path | None = None
     console: Console = field(default_factory=lambda: Console(stderr=True))
     quiet: bool = False
+    op_handles: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def seed_for(self, own: int | None) -> int:
+        """A component's seed: its own when set, else the experiment's."""
+        return self.seed if own is None else own
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)

@@ -26,12 +26,21 @@ class ConfigError(NasframeError):
         super().__init__("\n".join(self.problems))
 
 
+class InvalidParams(ConfigError, ValueError):
+    """A component's params failed validation (also a ValueError for Python callers)."""
+
+
 class PluginError(ConfigError):
     """A plugin registered something invalid (wrong type, duplicate name)."""
 
 
 class RunError(NasframeError):
     """A run could not continue (too many failures, a broken run directory)."""
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM): unwinds like KeyboardInterrupt, so that
+    the run saves its state, stops its workers and releases its lock on the way out."""
 
 
 class EvaluationError(NasframeError):

@@ -5,34 +5,36 @@ only turns a batch of ``running`` trials into finished ones. Workers get the
 experiment *configuration* (a plain dict) and the run directory, never live
 objects: each worker rebuilds the experiment once and calls its ``prepare``,
 which loads the artifacts the driver cached (they are keyed by content hash).
+The call a worker runs is :attr:`Job.remote`, made by the runner (see
+:mod:`nasframe.worker`), so executors stay independent of the experiment code.
 
-Two bases:
-
-- :class:`Executor`, the contract: ``start(job)``, ``map(trials)``, ``shutdown()``.
-- :class:`FuturesExecutor`, for anything that is a
-  :class:`concurrent.futures.Executor` (a local process pool, a Dask cluster's
-  ``Client.get_executor()``, ...): implement :meth:`FuturesExecutor.make_pool`.
+The contract is :class:`Executor`: ``start(job)``, ``map(trials)``,
+``shutdown()``; :class:`nasframe.pool.WorkerPool` is a pool of local worker
+processes that survives its tasks, for executors to build on.
 
 Executors are registered by plugins with the ``register_executors`` hook and
-named in the YAML as ``executor: {name, workers, params}``.
+named in the YAML as ``executor: {name, workers, params}``; ``workers`` is a
+field of every executor's ``Params``.
 """
 from __future__ import annotations
 
 import abc
-import concurrent.futures as cf
-import hashlib
-import json
-from collections.abc import Sequence
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from nasframe.params import Component, Field, Int, Params
 from nasframe.trial import Trial
 
 if TYPE_CHECKING:
     from nasframe.context import Context
     from nasframe.experiment import Experiment
+
+#: the most workers an experiment may ask for
+MAX_WORKERS = 1024
 
 
 @dataclass(frozen=True)
@@ -45,31 +47,53 @@ class Job:
     #: the experiment configuration as plain data, and the run directory (for workers)
     config: dict[str, Any]
     run_dir: Path
+    #: ``remote(trial) -> finished trial``: a picklable call that evaluates one trial in
+    #: a worker process (it rebuilds and prepares the experiment there on first use)
+    remote: Callable[[Trial], Trial]
+    #: seconds a trial may run before it is stopped and failed (None: no limit)
+    trial_timeout: float | None = None
+    #: ``warm()``: a picklable call that builds and prepares the experiment in a new worker
+    #: before its first trial (its time does not count against ``trial_timeout``)
+    warm: Callable[[], Any] | None = None
 
-    @cached_property
-    def key(self) -> str:
-        """Identifies the experiment a worker must have built (config + run dir)."""
-        text = json.dumps(self.config, sort_keys=True, default=str) + "\0" + str(self.run_dir)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+def failed(trial: Trial, failure: str, error: str) -> Trial:
+    """``trial`` finished as failed (``failure``: ``died``, ``timeout``, ...) with ``error``."""
+    now = time.time()
+    return dataclasses.replace(trial, status="failed", values={}, provenance={}, feasible=None,
+                               violation=0.0, error=error, failure=failure,
+                               started=trial.started or now, finished=now)
 
 
-class Executor(abc.ABC):
+class ExecutorParams(Params):
+    workers: Int = Field(1, ge=1, le=MAX_WORKERS)
+    """Parallel evaluations (also the default batch size)."""
+
+
+class Executor(Component, abc.ABC):
     """Evaluates batches of trials, in order, returning finished trials.
 
     ``workers`` comes from the YAML (``executor.workers``) and sets the default
-    batch size; other YAML ``executor.params`` are passed to ``__init__`` as
-    keywords. ``map`` must return one finished trial per input trial, in the
-    input order; evaluation errors are already caught by
-    :meth:`nasframe.Experiment.evaluate` (the trial comes back ``failed``), so
-    an exception out of ``map`` means the executor itself broke.
+    batch size; other YAML ``executor.params`` are fields of the executor's
+    ``Params`` (a subclass of :class:`ExecutorParams`). ``map`` must return one
+    finished trial per input trial, in the input order; evaluation errors are
+    already caught by :meth:`nasframe.experiment.Experiment.evaluate` (the
+    trial comes back ``failed``). A trial whose worker dies comes back failed
+    with ``failure="died"`` and one that runs past ``job.trial_timeout`` with
+    ``failure="timeout"`` (see :func:`failed`); the other trials of the batch
+    are unaffected. An exception out of ``map`` means the executor itself broke.
+    ``shutdown`` must leave no worker process behind, also after Ctrl-C.
     """
 
     name: ClassVar[str]
+    Params: ClassVar[type[ExecutorParams]] = ExecutorParams
 
-    def __init__(self, workers: int = 1):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"`workers` must be a positive integer, got {workers!r}")
-        self.workers = workers
+    def __init__(self, params: Any = None, **kwargs: Any):
+        self._init_params(params, kwargs)
+
+    @property
+    def workers(self) -> int:
+        return self.params.workers
 
     @abc.abstractmethod
     def start(self, job: Job) -> None:
@@ -84,59 +108,3 @@ class Executor(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.workers} worker{'s' if self.workers != 1 else ''})"
-
-
-class FuturesExecutor(Executor):
-    """An executor backed by a :class:`concurrent.futures.Executor`."""
-
-    def __init__(self, workers: int = 1):
-        super().__init__(workers)
-        self._pool: cf.Executor | None = None
-        self._job: Job | None = None
-
-    @abc.abstractmethod
-    def make_pool(self) -> cf.Executor:
-        """The pool that runs :func:`evaluate_in_worker` calls."""
-
-    def start(self, job: Job) -> None:
-        self._job = job
-        self._pool = self.make_pool()
-
-    def map(self, trials: Sequence[Trial]) -> list[Trial]:
-        if self._pool is None or self._job is None:
-            raise RuntimeError(f"executor '{self.name}': map() before start()")
-        job = self._job
-        futures = [self._pool.submit(evaluate_in_worker, job.key, job.config, str(job.run_dir), t)
-                   for t in trials]
-        return [f.result() for f in futures]
-
-    def shutdown(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                pool.shutdown(wait=False, cancel_futures=True)
-            except TypeError:  # executors that predate cancel_futures (e.g. Dask's)
-                pool.shutdown(wait=False)
-
-
-# ------------------------------------------------------- the worker side
-_WORKER_EXPERIMENTS: dict[str, tuple[Any, Any]] = {}
-
-
-def evaluate_in_worker(key: str, config: dict[str, Any], run_dir: str, trial: Trial) -> Trial:
-    """Evaluate one trial in a worker process, building the experiment on first use.
-
-    The experiment (plugins resolved, ``prepare`` run, artifacts loaded from the
-    run directory's cache) is kept per ``key`` for the worker's lifetime.
-    """
-    entry = _WORKER_EXPERIMENTS.get(key)
-    if entry is None:
-        from nasframe.config import config_from_dict
-        from nasframe.experiment import Experiment
-
-        exp = Experiment.from_config(config_from_dict(config))
-        ctx = exp.context(run_dir, quiet=True)
-        exp.prepare(ctx)
-        entry = _WORKER_EXPERIMENTS[key] = (exp, ctx)
-    exp, ctx = entry
-    return exp.evaluate(trial, ctx)

@@ -1,20 +1,32 @@
-"""An experiment resolved against the installed plugins, and one-trial evaluation."""
+"""An experiment resolved against the installed plugins, and one-trial evaluation.
+
+:meth:`Experiment.from_config` is what ``nasframe validate`` runs: every
+component is looked up, its params validated and the component made; every
+objective's required capabilities are checked against the search space; the
+strategy and the executor are made too (and thrown away), so that anything
+``run`` would reject is rejected here, with the field path.
+"""
 from __future__ import annotations
 
 import hashlib
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasframe import capabilities
 from nasframe.architecture import Architecture
 from nasframe.candidate import Candidate
-from nasframe.config import ExperimentConfig, check_against_plugins
+from nasframe.config import ExperimentConfig
 from nasframe.context import Context
+from nasframe.errors import ConfigError, did_you_mean
+from nasframe.executor import Executor
+from nasframe.history import History
 from nasframe.objective import Objective
 from nasframe.plugins import Plugins, get_plugins
 from nasframe.space import SearchSpace
+from nasframe.strategy import Strategy
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
 
 
@@ -25,38 +37,128 @@ def trial_seed(seed: int, arch: Architecture) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+class _Problems:
+    """Collects ConfigErrors so that validation reports every problem at once."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines: list[str] = []
+
+    def attempt(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as err:
+            self.add(*err.problems)
+            return None
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(f"{self.source}: {line}" for line in lines)
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError(*self.lines)
+
+
 @dataclass
 class Experiment:
-    """The components of one experiment, instantiated from its config."""
+    """The components of one experiment, made from its config."""
 
     cfg: ExperimentConfig
     space: SearchSpace
     objectives: dict[str, Objective]  # search objectives and constraint-only ones, by key
     specs: tuple[ObjectiveSpec, ...]
     constraints: tuple[Constraint, ...]
+    plugins: Plugins = field(repr=False, default=None)  # type: ignore[assignment]
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, plugins: Plugins | None = None,
                     source: str = "<config>") -> Experiment:
+        """Resolve and check everything; one ConfigError listing every problem."""
         plugins = plugins or get_plugins()
-        check_against_plugins(cfg, plugins, source)
-        space = plugins.search_spaces.create(cfg.search_space.name, cfg.search_space.params,
-                                             where="search_space")
+        problems = _Problems(source)
+        space = problems.attempt(plugins.search_spaces.create, cfg.search_space.name,
+                                 cfg.search_space.params, where="search_space")
         objectives: dict[str, Objective] = {}
         specs = []
         for i, o in enumerate(cfg.objectives):
-            obj = plugins.objectives.create(o.name, o.params, where=f"objectives[{i}]")
-            objectives[o.key] = obj
-            specs.append(ObjectiveSpec(o.key, o.direction or obj.direction))
+            obj = problems.attempt(plugins.objectives.create, o.name, o.params,
+                                   where=f"objectives[{i}]")
+            if obj is not None:
+                objectives[o.key] = obj
+                specs.append(ObjectiveSpec(o.key, o.direction or obj.direction))
         constraints = tuple(cfg.parsed_constraints)
-        for c in constraints:
-            if c.key not in objectives:  # a constraint on an objective that is not searched
-                objectives[c.key] = plugins.objectives.create(c.key, {}, where="constraints")
-        return cls(cfg, space, objectives, tuple(specs), constraints)
+        keys = [o.key for o in cfg.objectives]
+        for i, c in enumerate(constraints):
+            if c.key in keys:
+                continue
+            if c.key not in plugins.objectives:
+                avail = sorted(set(keys) | set(plugins.objectives.names()))
+                problems.add(f"constraints[{i}]: '{c.key}' is neither an objective of this "
+                             f"experiment nor a registered objective{did_you_mean(c.key, avail)} "
+                             f"available: {', '.join(avail)}")
+                continue
+            obj = problems.attempt(plugins.objectives.create, c.key, {}, where=f"constraints[{i}]")
+            if obj is not None:  # a constraint on an objective that is not searched
+                objectives[c.key] = obj
+        if cfg.reference_point:
+            for key in cfg.reference_point:
+                if key not in keys:
+                    problems.add(f"reference_point.{key}: not an objective of this experiment"
+                                 f"{did_you_mean(key, keys)} give a value for each of: "
+                                 f"{', '.join(keys)}")
+        if space is not None:
+            for key, obj in objectives.items():
+                where = _where(cfg, key)
+                missing = capabilities.missing(space, obj.requirements())
+                if missing:
+                    have = capabilities.names(capabilities.provided_by(space))
+                    problems.add(
+                        f"{where}: objective '{obj.name}' needs a search space that provides "
+                        f"{capabilities.names(missing)}; '{space.name}' provides {have}; choose "
+                        f"another objective or space (`nasframe plugins {obj.name}` says more)")
+                    continue
+                reason = obj.check_space(space)
+                if reason:
+                    problems.add(f"{where}: {reason}")
+            if cfg.references not in (True, False):
+                refs = space.reference_architectures()
+                for j, name in enumerate(cfg.references):
+                    if name not in refs:
+                        problems.add(f"references[{j}]: search space '{space.name}' has no "
+                                     f"reference architecture '{name}'{did_you_mean(name, refs)} "
+                                     f"available: {', '.join(refs) or 'none'}")
+        problems.attempt(plugins.strategies.parse, cfg.strategy.name, cfg.strategy.params,
+                         "strategy")
+        problems.attempt(plugins.executors.parse, cfg.executor.name,
+                         {**cfg.executor.params, "workers": cfg.executor.workers}, "executor")
+        problems.raise_if_any()
+        exp = cls(cfg, space, objectives, tuple(specs), constraints, plugins)
+        # the strategy and executor are made once here so their params are checked now
+        problems.attempt(exp.make_strategy)
+        problems.attempt(exp.make_executor)
+        problems.raise_if_any()
+        return exp
 
+    # -- components --------------------------------------------------------
     @property
     def problem(self) -> Problem:
         return Problem(self.space, self.specs, self.constraints)
+
+    def make_strategy(self, history: History | None = None) -> Strategy:
+        """The experiment's strategy, fresh (no state loaded), reading ``history``."""
+        return self.plugins.strategies.create(
+            self.cfg.strategy.name, self.cfg.strategy.params, where="strategy",
+            problem=self.problem, seed=self.cfg.seed, history=history)
+
+    def make_executor(self) -> Executor:
+        """The experiment's executor, not started."""
+        return self.plugins.executors.create(
+            self.cfg.executor.name, {**self.cfg.executor.params, "workers": self.cfg.executor.workers},
+            where="executor")
+
+    def needs(self) -> frozenset[type[capabilities.Capability]]:
+        """The capabilities the objectives require: what the space must prepare."""
+        return frozenset(c for obj in self.objectives.values() for c in obj.requirements())
 
     def context(self, run_dir: str | Path, quiet: bool = False, console=None) -> Context:
         kwargs: dict[str, Any] = {}
@@ -64,10 +166,11 @@ class Experiment:
             kwargs["console"] = console
         return Context(run_dir=Path(run_dir), seed=self.cfg.seed, device=self.cfg.device,
                        cache_dir=Path(self.cfg.cache_dir) if self.cfg.cache_dir else None,
-                       quiet=quiet, **kwargs)
+                       quiet=quiet, op_handles=self.plugins.op_handles.as_dict(), **kwargs)
 
     def prepare(self, ctx: Context) -> None:
-        self.space.prepare(ctx)
+        """The space prepares what the objectives need, then each objective prepares."""
+        self.space.prepare(ctx, self.needs())
         for obj in self.objectives.values():
             obj.prepare(self.space, ctx)
 
@@ -76,16 +179,17 @@ class Experiment:
         keys = list(self.objectives)
         return sorted(keys, key=lambda k: (self.objectives[k].cost, keys.index(k)))
 
+    # -- evaluation --------------------------------------------------------
     def evaluate(self, trial: Trial, ctx: Context, skip_infeasible: bool | None = None) -> Trial:
         """Evaluate a running trial and return it finished (complete, pruned or failed)."""
         skip = self.cfg.skip_infeasible if skip_infeasible is None else skip_infeasible
         started = time.time()
         values: dict[str, float] = {}
         provenance = {}
-        status, error = "complete", None
+        status, error, failure = "complete", None, None
         reason = self.space.validate(trial.arch)
         if reason is not None:
-            status, error = "failed", f"invalid architecture: {reason}"
+            status, error, failure = "failed", f"invalid architecture: {reason}", "invalid"
         else:
             cand = Candidate(self.space, trial.arch, trial.seed)
             try:
@@ -93,7 +197,7 @@ class Experiment:
                     try:
                         values[key], provenance[key] = self.objectives[key](cand, ctx)
                     except Exception as err:
-                        status = "failed"
+                        status, failure = "failed", "exception"
                         tb = traceback.format_exception(err, limit=-3)
                         error = f"objective '{key}': {type(err).__name__}: {err}\n{''.join(tb)}"
                         break
@@ -112,4 +216,14 @@ class Experiment:
         return Trial(number=trial.number, arch=trial.arch, status=status, values=values,
                      provenance=provenance, feasible=feasible, violation=violation, error=error,
                      seed=trial.seed, origin=trial.origin, started=started, finished=time.time(),
-                     attempt=trial.attempt)
+                     attempt=trial.attempt, failure=failure, jobs=trial.jobs)
+
+
+def _where(cfg: ExperimentConfig, key: str) -> str:
+    for i, o in enumerate(cfg.objectives):
+        if o.key == key:
+            return f"objectives[{i}]"
+    for i, c in enumerate(cfg.parsed_constraints):
+        if c.key == key:
+            return f"constraints[{i}]"
+    return key

@@ -1,129 +1,110 @@
-"""Export a run: trials.csv, pareto.json, pareto.png, hypervolume.png, front/<id>.yaml."""
+"""Export a run: trials.csv, pareto.json, pareto.png, hypervolume.png, front/<id>.yaml.
+
+An export writes only its own files: a manifest (``.nasframe-export.json``)
+lists them, so a later export replaces or removes exactly those and refuses
+to touch anything else in the folder.
+"""
 from __future__ import annotations
 
 import csv
 import json
 import math
-import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from nasframe.config import config_from_dict
-from nasframe.pareto import default_reference_point, hypervolume_history, pareto_ranks
-from nasframe.store import TrialStore
+from nasframe.analysis import FrontAnalysis, Pick
+from nasframe.errors import ConfigError
 from nasframe.trial import Trial, to_jsonable
 
 
-@dataclass(frozen=True)
-class FrontAnalysis:
-    trials: list[Trial]
-    keys: list[str]
-    directions: list[str]
-    values: np.ndarray      # (n, m), NaN where missing
-    feasible: np.ndarray    # (n,)
-    ranks: np.ndarray       # (n,), -1 for failed
-    ref_point_min: np.ndarray
-    hv_history: np.ndarray  # (n,)
-
-    @property
-    def pareto(self) -> np.ndarray:
-        return (self.ranks == 0) & self.feasible
+MANIFEST = ".nasframe-export.json"
 
 
-@dataclass(frozen=True)
-class Pick:
-    """The trial a strategy recommends (:meth:`nasframe.strategy.Strategy.pick`) and why."""
+class _Writer:
+    """Writes the export's files into one folder, and only its own.
 
-    index: int   # position in FrontAnalysis.trials
-    trial: Trial
-    rule: str
-
-
-def find_pick(a: FrontAnalysis, cfg: dict[str, Any]) -> Pick | None:
-    """The strategy's pick among the analysed trials, or None.
-
-    The strategy is made afresh from the stored config, as a run makes it (its
-    state is not loaded). When it cannot be made (e.g. its plugin is no longer
-    installed) the export goes on without a pick, with a warning.
+    The folder's manifest lists every file a previous export wrote there. A
+    file that exists but is not in it was not written by nasframe and is
+    never overwritten or deleted (a ConfigError names it); files of the last
+    export that this one does not write again (front members no longer on the
+    front) are removed.
     """
-    try:
-        from nasframe.experiment import Experiment
-        from nasframe.runner import Runner
 
-        exp = Experiment.from_config(config_from_dict(cfg), source="config snapshot")
-        chosen = Runner._make_strategy(exp).pick(list(a.trials))
-    except Exception as err:  # noqa: BLE001 - the export must not fail for want of a pick
-        warnings.warn(f"no pick exported: the strategy could not be made or failed to pick "
-                      f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2)
-        return None
-    if chosen is None:
-        return None
-    trial, rule = chosen
-    index = next((i for i, t in enumerate(a.trials) if t.number == trial.number), None)
-    if index is None:
-        warnings.warn(f"no pick exported: the strategy picked trial {trial.number}, which is not "
-                      "a finished trial of this run", RuntimeWarning, stacklevel=2)
-        return None
-    return Pick(index, a.trials[index], str(rule))
+    def __init__(self, out: Path):
+        self.out = out
+        self.previous = self._read_manifest()
+        self.written: list[str] = []
 
+    def _read_manifest(self) -> set[str]:
+        path = self.out / MANIFEST
+        if not path.is_file():
+            return set()
+        try:
+            doc = json.loads(path.read_text())
+            return {str(p) for p in doc.get("files", [])}
+        except (OSError, ValueError, AttributeError):
+            return set()
 
-def analyse(store: TrialStore) -> FrontAnalysis:
-    """Ranks, front and hypervolume history of every finished trial, in trial order."""
-    cfg = config_from_dict(store.config)
-    keys, dirs = [], []
-    for o in cfg.objectives:
-        keys.append(o.key)
-        dirs.append(o.direction or _stored_direction(store, o.key))
-    trials = [t for t in store.trials() if t.status != "running"]
-    values = np.array([[t.values.get(k, math.nan) for k in keys] for t in trials],
-                      dtype=float).reshape(-1, len(keys))
-    feasible = np.array([bool(t.feasible) and t.status != "failed" for t in trials], dtype=bool)
-    violation = np.array([t.violation if t.feasible is False else 0.0 for t in trials])
-    ranks = pareto_ranks(values, dirs, feasible, violation)
-    ranks[np.array([t.status == "failed" for t in trials], dtype=bool)] = -1
-    if cfg.reference_point:
-        ref = np.array([cfg.reference_point[k] * (1 if d == "min" else -1) for k, d in zip(keys, dirs)])
-    else:
-        ok = feasible & ~np.isnan(values).any(axis=1)
-        ref = default_reference_point(values[ok], dirs) if ok.any() else np.full(len(keys), np.nan)
-    hv = hypervolume_history(values, dirs, ref, feasible)
-    return FrontAnalysis(trials, keys, dirs, values, feasible, ranks, ref, hv)
+    def check(self, names: Sequence[str]) -> None:
+        """Refuse, before writing anything, to replace files nasframe did not write."""
+        foreign = [n for n in names if (self.out / n).exists() and n not in self.previous]
+        if foreign:
+            raise ConfigError(
+                f"{self.out}: {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} "
+                "already exist(s) and were not written by `nasframe export`; move them away or "
+                "export elsewhere with --out DIR")
 
+    def path(self, name: str) -> Path:
+        p = self.out / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.written.append(name)
+        return p
 
-def _stored_direction(store: TrialStore, key: str) -> str:
-    directions = store.get_meta("directions") or {}
-    return directions.get(key, "min")
+    def finish(self) -> None:
+        for stale in sorted(self.previous - set(self.written)):
+            p = self.out / stale
+            if p.is_file() and p.resolve().is_relative_to(self.out.resolve()):
+                p.unlink()
+        (self.out / MANIFEST).write_text(json.dumps({"files": sorted(self.written)}, indent=1))
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write every export file; returns their paths by name."""
+    """Write every export file; returns their paths by name.
+
+    The run directory is only read (it may be read-only when ``out_dir`` is elsewhere).
+    """
+    from nasframe.results import load_run
+
     run_dir = Path(run_dir)
-    store = TrialStore.open(run_dir)
-    try:
-        a = analyse(store)
-        cfg = store.config
-    finally:
-        store.close()
+    run = load_run(run_dir)
+    a, pick, cfg = run.analysis, run.pick_result, run.config_dict
     out = Path(out_dir) if out_dir else run_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory; give a directory")
     out.mkdir(parents=True, exist_ok=True)
-    pick = find_pick(a, cfg)
+    front = _front_members(a, pick)
+    writer = _Writer(out)
+    names = ["trials.csv", "pareto.json", "pareto.png", "hypervolume.png"]
+    names += [f"front/{n}.yaml" for n in front]
+    writer.check(names)
     paths = {
-        "trials.csv": _write_csv(a, out / "trials.csv", pick),
-        "pareto.json": _write_json(a, cfg, out / "pareto.json", pick),
-        "front": _write_front(a, cfg, out / "front", pick),
+        "trials.csv": _write_csv(a, writer.path("trials.csv"), pick),
+        "pareto.json": _write_json(a, cfg, writer.path("pareto.json"), pick),
     }
+    for name, (i, rule) in front.items():
+        _write_member(a, cfg, writer.path(f"front/{name}.yaml"), i, rule)
+    paths["front"] = out / "front"
     from nasframe.plots import plot_hypervolume, plot_pareto
 
-    from nasframe.trial import Constraint
-
-    constraints = [Constraint.parse(c) for c in cfg.get("constraints", [])]
-    paths["pareto.png"] = plot_pareto(a, out / "pareto.png", cfg.get("name", "experiment"), constraints,
+    paths["pareto.png"] = plot_pareto(a, writer.path("pareto.png"), cfg.get("name", "experiment"),
+                                      list(run.config.parsed_constraints),
                                       pick=None if pick is None else (pick.index, pick.rule))
-    paths["hypervolume.png"] = plot_hypervolume(a, out / "hypervolume.png")
+    paths["hypervolume.png"] = plot_hypervolume(a, writer.path("hypervolume.png"))
+    writer.finish()
     return paths
 
 
@@ -202,27 +183,27 @@ def _write_json(a: FrontAnalysis, cfg: dict[str, Any], path: Path, pick: Pick | 
     return path
 
 
-def _write_front(a: FrontAnalysis, cfg: dict[str, Any], folder: Path, pick: Pick | None = None) -> Path:
-    """``<id>.yaml`` per front member, and ``pick.yaml`` (with the rule) for the strategy's pick."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.yaml"):
-        old.unlink()
-    members = [(int(i), None) for i in np.flatnonzero(a.pareto)]
+def _front_members(a: FrontAnalysis, pick: Pick | None) -> dict[str, tuple[int, str | None]]:
+    """File stem -> (trial index, pick rule or None): ``<id>`` per front member, ``pick``."""
+    members: dict[str, tuple[int, str | None]] = {
+        a.trials[int(i)].arch.id: (int(i), None) for i in np.flatnonzero(a.pareto)}
     if pick is not None:
-        members.append((pick.index, pick.rule))
-    for i, rule in members:
-        m = _member(a, i)
-        doc = {
-            "id": m["id"],
-            "search_space": cfg.get("search_space"),
-            "architecture": m["architecture"],
-            "values": {k: v["value"] for k, v in m["values"].items()},
-            "provenance": {k: v["provenance"] for k, v in m["values"].items()},
-        }
-        name = m["id"] if rule is None else "pick"
-        if rule is not None:
-            doc["pick"] = {"trial": m["trial"], "rule": rule}
-        (folder / f"{name}.yaml").write_text(
-            f"# Re-evaluate with: nasframe evaluate EXP.yaml --arch {folder.name}/{name}.yaml\n"
-            + yaml.safe_dump(to_jsonable(doc), sort_keys=False))
-    return folder
+        members["pick"] = (pick.index, pick.rule)
+    return members
+
+
+def _write_member(a: FrontAnalysis, cfg: dict[str, Any], path: Path, i: int, rule: str | None) -> Path:
+    """One front member (or the pick, with its rule) as a YAML file that re-evaluates it."""
+    m = _member(a, i)
+    doc = {
+        "id": m["id"],
+        "search_space": cfg.get("search_space"),
+        "architecture": m["architecture"],
+        "values": {k: v["value"] for k, v in m["values"].items()},
+        "provenance": {k: v["provenance"] for k, v in m["values"].items()},
+    }
+    if rule is not None:
+        doc["pick"] = {"trial": m["trial"], "rule": rule}
+    path.write_text(f"# Re-evaluate with: nasframe evaluate EXP.yaml --arch front/{path.name}\n"
+                    + yaml.safe_dump(to_jsonable(doc), sort_keys=False))
+    return path

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from nasframe.registry import Registry
+    from nasframe.registry import OpHandles, Registry
 
 PROJECT = "nasframe"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -41,3 +41,9 @@ def register_strategies(registry: Registry) -> None:
 @hookspec
 def register_executors(registry: Registry) -> None:
     """Add :class:`nasframe.executor.Executor` subclasses with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_op_handles(handles: OpHandles) -> None:
+    """Teach MAC counting (``gmacs``) the custom ops of the plugin's models:
+    ``handles.add("prim::PythonOp.Name", handle)``; see :class:`nasframe.registry.OpHandles`."""

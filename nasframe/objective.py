@@ -6,8 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from nasframe.params import Component
+
 if TYPE_CHECKING:
     from nasframe.candidate import Candidate
+    from nasframe.capabilities import Capability
     from nasframe.context import Context
     from nasframe.space import SearchSpace
 
@@ -55,14 +58,20 @@ class Value:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Objective(abc.ABC):
+class Objective(Component, abc.ABC):
     """One number per candidate, minimised or maximised.
 
     Subclasses set ``name``, ``direction`` (the default; YAML may override it),
-    ``kind`` (``proxy`` or ``measured``) and implement :meth:`evaluate`.
-    ``cost`` orders evaluation: the runner evaluates cheap objectives first, so
-    a candidate that breaks a constraint on a cheap one skips the expensive ones.
-    Constructor keyword arguments are the YAML ``params``.
+    ``kind`` (``proxy`` or ``measured``), their ``Params`` model, and implement
+    :meth:`evaluate`. ``cost`` orders evaluation: the runner evaluates cheap
+    objectives first, so a candidate that breaks a constraint on a cheap one
+    skips the expensive ones.
+
+    ``requires`` lists the :mod:`capabilities <nasframe.capabilities>` the
+    search space must provide (override :meth:`requirements` when they depend
+    on the params, and :meth:`check_space` for finer checks); ``nasframe
+    validate`` rejects a pairing that lacks one, and the space prepares exactly
+    what the experiment's objectives require.
     """
 
     name: ClassVar[str]
@@ -71,6 +80,19 @@ class Objective(abc.ABC):
     backend: ClassVar[str] = "python"
     unit: ClassVar[str] = ""
     cost: ClassVar[float] = 1.0
+    requires: ClassVar[tuple[type[Capability], ...]] = ()
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        self._init_params(params, kwargs)
+
+    def requirements(self) -> tuple[type[Capability], ...]:
+        """The capabilities the search space must provide (default: :attr:`requires`)."""
+        return tuple(self.requires)
+
+    def check_space(self, space: SearchSpace) -> str | None:
+        """A reason this objective cannot score ``space``'s candidates beyond a
+        missing capability (e.g. an unknown model part), naming the param; None if fine."""
+        return None
 
     def prepare(self, space: SearchSpace, ctx: Context) -> None:
         """One-time setup (load data, a reference model) before the search."""
@@ -91,7 +113,11 @@ class Objective(abc.ABC):
         details = {}
         if isinstance(out, Value):
             out, details = out.value, out.details
-        value = float(out)
-        if math.isnan(value):
-            raise ValueError(f"objective '{self.name}' returned NaN")
+        try:
+            value = float(out)
+        except (TypeError, ValueError):
+            raise ValueError(f"objective '{self.name}' returned {type(out).__name__} "
+                             f"{str(out)[:60]!r}, not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"objective '{self.name}' returned {value}, not a finite number")
         return value, self.provenance(ctx, details)

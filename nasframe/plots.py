@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from nasframe.export import FrontAnalysis
+    from nasframe.analysis import FrontAnalysis
     from nasframe.trial import Constraint
 
 

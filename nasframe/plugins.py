@@ -7,12 +7,17 @@ Environment variables:
     ``none`` (or an empty string) loads no plugin at all.
 ``NASFRAME_DISABLE_PLUGINS``
     Comma-separated entry-point names never to load.
+``NASFRAME_PLUGIN_MODULES``
+    Comma-separated importable module names loaded as plugins too (each under
+    its module name), for plugins that are not installed as a distribution,
+    e.g. a module beside a script. Worker processes inherit it.
 
 A plugin that fails to import, or whose hook raises, is reported by name in
 :attr:`Plugins.failures` (and by ``nasframe plugins``); the others keep working.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 import traceback
@@ -24,7 +29,7 @@ import pluggy
 from nasframe import hookspecs
 from nasframe.executor import Executor
 from nasframe.objective import Objective
-from nasframe.registry import Registry
+from nasframe.registry import OpHandles, Registry
 from nasframe.space import SearchSpace
 from nasframe.strategy import Strategy
 
@@ -46,6 +51,7 @@ class Plugins:
         self.objectives: Registry[Objective] = Registry("objective", Objective)
         self.strategies: Registry[Strategy] = Registry("strategy", Strategy)
         self.executors: Registry[Executor] = Registry("executor", Executor)
+        self.op_handles = OpHandles()
         self.failures: list[PluginFailure] = []
         self.loaded: list[tuple[str, str]] = []  # (plugin name, version)
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -56,12 +62,13 @@ class Plugins:
                 "strategy": self.strategies, "executor": self.executors}[kind]
 
     @property
-    def _hooks(self) -> tuple[tuple[str, Registry], ...]:
-        """Each hook and the registry it is handed."""
-        return (("register_search_spaces", self.search_spaces),
-                ("register_objectives", self.objectives),
-                ("register_strategies", self.strategies),
-                ("register_executors", self.executors))
+    def _hooks(self) -> tuple[tuple[str, str, Any], ...]:
+        """Each hook, the name of its argument and the registry it is handed."""
+        return (("register_search_spaces", "registry", self.search_spaces),
+                ("register_objectives", "registry", self.objectives),
+                ("register_strategies", "registry", self.strategies),
+                ("register_executors", "registry", self.executors),
+                ("register_op_handles", "handles", self.op_handles))
 
     # -- loading ---------------------------------------------------------
     def load_entry_points(self) -> None:
@@ -78,6 +85,19 @@ class Plugins:
                 self._fail(ep.name, err)
                 continue
             self.register(module, ep.name, version)
+        for name in os.environ.get("NASFRAME_PLUGIN_MODULES", "").split(","):
+            name = name.strip()
+            if not name or name in deny or name in self._pm.get_plugins() or \
+                    any(n == name for n, _ in self.loaded):
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception as err:  # reported, not fatal
+                self._fail(name, err)
+                continue
+            if self._pm.is_registered(module):   # already loaded through its entry point
+                continue
+            self.register(module, name, getattr(module, "__version__", ""))
 
     def register(self, plugin: Any, name: str, version: str = "") -> None:
         """Register a plugin object (module or instance with ``@hookimpl`` functions)."""
@@ -87,13 +107,13 @@ class Plugins:
             self._fail(name, err)
             return
         ok = True
-        before = {hook: set(reg.names()) for hook, reg in self._hooks}
-        for hook, reg in self._hooks:
+        before = {hook: set(reg.names()) for hook, _, reg in self._hooks}
+        for hook, arg, reg in self._hooks:
             impls = [i for i in getattr(self._pm.hook, hook).get_hookimpls() if i.plugin is plugin]
             for impl in impls:
                 reg._current_plugin = (name, version)
                 try:
-                    impl.function(registry=reg)
+                    impl.function(**{arg: reg})
                 except Exception as err:  # PluginError included: reported, not fatal
                     self._fail(name, err)
                     ok = False
@@ -102,9 +122,13 @@ class Plugins:
         if ok:
             self.loaded.append((name, version))
         else:  # all or nothing: a plugin whose hook failed adds no component
-            for hook, reg in self._hooks:
-                for added in set(reg.names()) - before[hook]:
-                    reg._entries.pop(added)
+            for hook, _, reg in self._hooks:
+                added = set(reg.names()) - before[hook]
+                if isinstance(reg, OpHandles):
+                    reg._remove(added)
+                else:
+                    for n in added:
+                        reg._entries.pop(n)
             self._pm.unregister(plugin)
 
     def _fail(self, name: str, err: BaseException) -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from nasframe.errors import ConfigError, PluginError, unknown_name
+from nasframe.params import ParamError, Params, parse_params
 
 T = TypeVar("T")
 
@@ -19,13 +21,23 @@ class Entry(Generic[T]):
     plugin: str
     version: str
 
+    def missing(self) -> list[str]:
+        """Modules the component needs that are not installed (empty: available)."""
+        return self.cls.missing_dependencies()  # type: ignore[attr-defined]
+
+    def install_hint(self) -> str:
+        hint = getattr(self.cls, "install_hint", None)
+        return hint or f"pip install {' '.join(self.missing())}"
+
 
 class Registry(Generic[T]):
     """Components of one kind, by name.
 
     ``add`` is called by plugins from their hook; it rejects a class that is not
-    a concrete subclass of ``base``, one without a ``name``, or a name that is
-    already taken (naming both plugins).
+    a concrete subclass of ``base``, one without a ``name``, one whose ``Params``
+    is not a :class:`nasframe.params.Params` model, or a name that is already
+    taken (naming both plugins). ``create`` validates the YAML params against
+    the class's ``Params`` and makes the component.
     """
 
     def __init__(self, kind: str, base: type[T]):
@@ -54,6 +66,13 @@ class Registry(Generic[T]):
                 f"plugin '{plugin}' registered {self.kind} {cls.__qualname__} without a name; "
                 "set the class attribute `name = \"...\"`"
             )
+        params = getattr(cls, "Params", None)
+        if not (isinstance(params, type) and issubclass(params, Params)):
+            raise PluginError(
+                f"plugin '{plugin}' registered {self.kind} {cls.__qualname__} whose `Params` is "
+                f"{params!r}, not a subclass of nasframe.params.Params; declare the params as "
+                "`class Params(nasframe.Params): ...`"
+            )
         if name in self._entries:
             other = self._entries[name]
             raise PluginError(
@@ -67,10 +86,21 @@ class Registry(Generic[T]):
 
     # -- used by the core ------------------------------------------------
     def get(self, name: str, where: str | None = None) -> type[T]:
+        """The class registered as ``name``: a ConfigError (with the choices) if
+        there is none, or if its dependencies are not installed (with the fix).
+        ``where`` locates the component in the experiment (e.g. ``objectives[0]``)."""
         try:
-            return self._entries[name].cls
+            entry = self._entries[name]
         except KeyError:
-            raise ConfigError(unknown_name(self.kind, name, self._entries, where)) from None
+            raise ConfigError(unknown_name(self.kind, name, self._entries,
+                                           f"{where}.name" if where else None)) from None
+        missing = entry.missing()
+        if missing:
+            loc = f"{where}: " if where else ""
+            raise ConfigError(f"{loc}{self.kind} '{name}' needs {', '.join(missing)}, which "
+                              f"{'is' if len(missing) == 1 else 'are'} not installed; install "
+                              f"with: {entry.install_hint()}")
+        return entry.cls
 
     def entry(self, name: str) -> Entry[T]:
         return self._entries[name]
@@ -87,46 +117,77 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def create(self, name: str, params: dict[str, Any] | None = None, where: str | None = None,
-               **kwargs: Any) -> T:
-        """Instantiate ``name`` with ``params``; unknown or bad params are a ConfigError."""
+    def parse(self, name: str, params: Any, where: str | None = None) -> Params:
+        """``params`` validated against ``name``'s ``Params`` (a ConfigError per problem)."""
         cls = self.get(name, where)
-        params = dict(params or {})
-        check_params(cls, params, f"{where}.params" if where else f"{self.kind} '{name}' params",
-                     reserved=set(kwargs))
+        return parse_params(cls.Params, params,  # type: ignore[attr-defined]
+                            f"{where}.params" if where else f"{self.kind} '{name}' params")
+
+    def create(self, name: str, params: Any = None, where: str | None = None,
+               **runtime: Any) -> T:
+        """Make ``name`` with validated ``params`` (and ``runtime`` arguments such
+        as a strategy's problem and seed, passed by keyword beside ``params``); bad params
+        are a ConfigError naming the field. ``params``, ``problem``, ``seed`` and
+        ``history`` are therefore not usable as parameter names."""
+        cls = self.get(name, where)
+        parsed = self.parse(name, params, where)
+        prefix = f"{where}.params" if where else f"{self.kind} '{name}' params"
         try:
-            return cls(**kwargs, **params)
+            return cls(params=parsed, **runtime)
+        except ParamError as err:
+            raise ConfigError(f"{prefix}.{err.field}: {err.message}") from err
+        except ConfigError:
+            raise
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{where or self.kind}: {self.kind} '{name}' rejected its params "
-                              f"{params}: {err}") from err
+                              f"{parsed.to_dict()}: {err}") from err
 
 
-def accepted_params(cls: type) -> tuple[list[str], bool]:
-    """The keyword parameters ``cls.__init__`` accepts, and whether it takes ``**kwargs``."""
-    if cls.__init__ is object.__init__:
-        return [], False
-    sig = inspect.signature(cls.__init__)
-    names, var_kw = [], False
-    for p in list(sig.parameters.values())[1:]:
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            names.append(p.name)
-    return names, var_kw
+# ---------------------------------------------------------------- op handles
+#: A MAC-count handle: ``handle(inputs, outputs) -> MACs`` where ``inputs`` and
+#: ``outputs`` are the traced node's ``torch._C.Value`` lists (fvcore's form).
+OpHandle = Callable[[list[Any], list[Any]], float]
 
 
-def check_params(cls: type, params: dict[str, Any], where: str, reserved: set[str] = frozenset()) -> None:
-    names, var_kw = accepted_params(cls)
-    names = [n for n in names if n not in reserved]
-    if var_kw:
-        return
-    problems = []
-    for key in params:
-        if key not in names:
-            from nasframe.errors import did_you_mean
-            problems.append(
-                f"{where}.{key}: unknown parameter{did_you_mean(key, names)} "
-                f"accepted: {', '.join(names) if names else 'none'}"
-            )
-    if problems:
-        raise ConfigError(*problems)
+class OpHandles:
+    """MAC-count handles for traced ops, registered by the plugin that owns each op.
+
+    A plugin whose models contain a custom op (an ``autograd.Function`` appears
+    in a trace as ``prim::PythonOp.<ClassName>``) teaches the ``gmacs``
+    objective to count it with the ``register_op_handles`` hook::
+
+        @hookimpl
+        def register_op_handles(handles):
+            handles.add("prim::PythonOp.SelectiveScan", selective_scan_macs)
+    """
+
+    def __init__(self) -> None:
+        self._handles: dict[str, tuple[OpHandle, str]] = {}
+        self._current_plugin = ("<unknown>", "")
+
+    def add(self, op_name: str, handle: OpHandle) -> None:
+        plugin = self._current_plugin[0]
+        if not isinstance(op_name, str) or "::" not in op_name:
+            raise PluginError(f"plugin '{plugin}' registered an op handle for {op_name!r}; an op "
+                              "name looks like 'aten::op' or 'prim::PythonOp.Name'")
+        if not callable(handle):
+            raise PluginError(f"plugin '{plugin}' registered a handle for {op_name!r} that is "
+                              f"not callable: {handle!r}")
+        if op_name in self._handles:
+            other = self._handles[op_name][1]
+            raise PluginError(f"op handle '{op_name}' is registered twice: by plugin '{other}' and "
+                              f"by plugin '{plugin}'; one plugin owns an op")
+        self._handles[op_name] = (handle, plugin)
+
+    def as_dict(self) -> dict[str, OpHandle]:
+        return {k: h for k, (h, _) in self._handles.items()}
+
+    def owner(self, op_name: str) -> str:
+        return self._handles[op_name][1]
+
+    def names(self) -> list[str]:
+        return sorted(self._handles)
+
+    def _remove(self, names: set[str]) -> None:
+        for n in names:
+            self._handles.pop(n, None)

@@ -1,29 +1,43 @@
-"""The search loop: ask -> evaluate -> store -> tell, resumable at any point."""
+"""The search loop: ask -> evaluate -> store -> tell, resumable at any point.
+
+A run survives its trials: a trial that raises, returns garbage, kills its
+worker or runs past ``trial_timeout`` fails alone, with the reason, and the
+search goes on. One process writes a run (:class:`~nasframe.lock.RunLock`),
+stamping its running trials with a heartbeat. Stopped by Ctrl-C or SIGTERM,
+it marks its in-flight trials ``interrupted`` (they re-run on resume without
+counting an attempt); killed outright, its running trials count an attempt
+and re-run, up to ``max_attempts``.
+"""
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from rich.console import Console
 
+from nasframe.analysis import front_stats
 from nasframe.architecture import Architecture
 from nasframe.config import ExperimentConfig, config_from_dict
-from nasframe.errors import RunError
-from nasframe.executor import Executor, Job
+from nasframe.errors import ConfigError, RunError, Terminated
+from nasframe.executor import Executor, Job, failed
 from nasframe.experiment import Experiment, trial_seed
-from nasframe.pareto import default_reference_point, hypervolume, pareto_mask
-from nasframe.plugins import get_plugins
+from nasframe.history import TrialHistory
+from nasframe.lock import RunLock
 from nasframe.progress import search_progress
-from nasframe.store import TrialStore
+from nasframe.store import Heartbeat, TrialStore
 from nasframe.strategy import Strategy
 from nasframe.trial import Trial
+from nasframe.worker import remote_call, warm_call
 
 MIN_TRIALS_FOR_FAILURE_STOP = 5
 MAX_CONSECUTIVE_DUPLICATES = 1000
+#: experiment fields a resume may change (dotted prefixes); anything else changes the search
+SAFE_CHANGES = ("budget", "executor", "trial_timeout", "max_attempts", "max_failure_fraction",
+                "output", "name")
 
 
 @dataclass(frozen=True)
@@ -36,45 +50,62 @@ class RunSummary:
     stopped_because: str
 
 
-def front_stats(exp: Experiment, trials: Sequence[Trial], reference_point: dict[str, float] | None
-                ) -> tuple[int, float]:
-    """(front size, hypervolume) of the finished trials."""
-    done = [t for t in trials if t.status in ("complete", "pruned")]
-    if not done:
-        return 0, 0.0
-    keys = [s.key for s in exp.specs]
-    dirs = [s.direction for s in exp.specs]
-    values = np.array([[t.values.get(k, math.nan) for k in keys] for t in done], dtype=float)
-    feasible = np.array([bool(t.feasible) for t in done])
-    mask = pareto_mask(values, dirs, feasible)
-    if reference_point:
-        ref = np.array([reference_point[k] * (1 if d == "min" else -1) for k, d in zip(keys, dirs)])
-    else:
-        ref = default_reference_point(values[feasible], dirs) if feasible.any() else None
-    hv = hypervolume(values[mask], dirs, ref) if ref is not None and mask.any() else 0.0
-    return int(mask.sum()), hv
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out if out or not prefix else {prefix: {}}
+    return {prefix: d}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(safe, refused) differences between two experiment configs, one line each."""
+    a, b = _flatten(old), _flatten(new)
+    safe, refused = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key):
+            continue
+        line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        if any(key == p or key.startswith(p + ".") for p in SAFE_CHANGES):
+            safe.append(line)
+        else:
+            refused.append(line)
+    return safe, refused
 
 
 # ---------------------------------------------------------------- runner
 class Runner:
-    """Drives one run directory. Use :meth:`start` for a new run, :meth:`resume` to continue."""
+    """Drives one run directory. Use :meth:`start` for a new run, :meth:`resume` to continue.
 
-    def __init__(self, exp: Experiment, store: TrialStore, run_dir: Path, strategy: Strategy,
+    The run's lock is taken when the runner is made and released when
+    :meth:`run` ends (or by :meth:`close`)."""
+
+    def __init__(self, exp: Experiment, store: TrialStore, run_dir: Path,
+                 history: TrialHistory, strategy: Strategy, lock: RunLock,
                  quiet: bool = False, console: Console | None = None):
         self.exp = exp
         self.cfg = exp.cfg
         self.store = store
         self.run_dir = run_dir
+        self.history = history
         self.strategy = strategy
+        self.lock = lock
         self.console = console or Console(stderr=True)
         self.quiet = quiet
         self.ctx = exp.context(run_dir, quiet=quiet, console=self.console)
         self._elapsed0 = float(store.get_meta("elapsed", 0.0))
         self._t0 = time.time()
+        self._inflight: list[Trial] = []
+        #: trials finished and failed since this process started (the failure-fraction stop)
+        self.started_done = 0
+        self.started_failed = 0
+        #: messages for the user (lock take-over, applied changes)
+        self.notices: list[str] = [n for n in (lock.notice(),) if n]
         # id -> finished trial, to answer duplicates from the store
         self.done: dict[str, Trial] = {}
-        for t in store.trials():
-            if t.status != "running":
+        for t in self.history.trials():
+            if t.status not in ("running", "failed"):
                 self.done.setdefault(t.arch.id, t)
 
     # -- construction ----------------------------------------------------
@@ -82,33 +113,67 @@ class Runner:
     def start(cls, cfg: ExperimentConfig, run_dir: str | Path, config_text: str = "",
               quiet: bool = False, source: str = "<config>", console: Console | None = None) -> Runner:
         exp = Experiment.from_config(cfg, source=source)
-        strategy = cls._make_strategy(exp)
-        store = TrialStore.create(run_dir, cfg.to_dict(), config_text)
-        store.set_meta("directions", {s.key: s.direction for s in exp.specs})
-        return cls(exp, store, Path(run_dir), strategy, quiet, console)
+        run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: exists and is not a directory; choose a run directory "
+                              "with --out DIR")
+        lock = _lock(run_dir)          # a live run there: exit 2 naming its process
+        try:
+            store = TrialStore.create(run_dir, cfg.to_dict(), config_text)
+            store.set_meta("directions", {s.key: s.direction for s in exp.specs})
+        except BaseException:
+            lock.release()
+            raise
+        history = TrialHistory()
+        return cls(exp, store, run_dir, history, exp.make_strategy(history), lock, quiet, console)
 
     @classmethod
-    def resume(cls, run_dir: str | Path, quiet: bool = False, console: Console | None = None) -> Runner:
-        store = TrialStore.open(run_dir)
-        cfg = config_from_dict(store.config, f"{run_dir}/trials.db (config snapshot)")
-        exp = Experiment.from_config(cfg, source="config snapshot")
-        strategy = cls._make_strategy(exp)
-        state = store.strategy_state()
-        if state is not None:
-            strategy.load_state_dict(state)
-        return cls(exp, store, Path(run_dir), strategy, quiet, console)
+    def resume(cls, run_dir: str | Path, quiet: bool = False, console: Console | None = None,
+               config: ExperimentConfig | None = None, retry_failed: bool = False,
+               source: str = "<config>") -> Runner:
+        """Continue a run. ``config`` (e.g. the edited experiment file) may change what is
+        safe to change (budget, time, executor, workers, trial_timeout, max_attempts,
+        max_failure_fraction); any other difference is refused with the reason.
+        ``retry_failed`` re-runs every failed trial once more."""
+        run_dir = Path(run_dir)
+        TrialStore.open(run_dir, read_only=True).close()       # a clear error for a bad dir
+        lock = _lock(run_dir)
+        try:
+            store = TrialStore.open(run_dir)
+            stored = config_from_dict(store.config, f"{run_dir}/trials.db (config snapshot)")
+            applied: list[str] = []
+            if config is not None:
+                safe, refused = config_changes(stored.to_dict(), config.to_dict())
+                if refused:
+                    raise ConfigError(*(f"{source}: {line}: changes the search the stored trials "
+                                        "belong to; undo it, or start a new run with --out"
+                                        for line in refused))
+                if safe:
+                    changes = store.get_meta("config_changes", [])
+                    store.set_meta("config_changes", changes + [{"at": time.time(), "changes": safe}])
+                    store.set_meta("config", config.to_dict())
+                    applied = safe
+                    stored = config
+            exp = Experiment.from_config(stored, source="config snapshot")
+            history = TrialHistory(store.trials())
+            strategy = exp.make_strategy(history)
+            state = store.strategy_state()
+            if state is not None:
+                strategy.load_state_dict(state)
+        except BaseException:
+            lock.release()
+            raise
+        runner = cls(exp, store, run_dir, history, strategy, lock, quiet, console)
+        runner.notices += [f"applied: {line}" for line in applied]
+        runner.retry_failed = retry_failed
+        return runner
 
-    @staticmethod
-    def _make_strategy(exp: Experiment) -> Strategy:
-        from nasframe.plugins import get_plugins
+    retry_failed = False
 
-        reg = get_plugins().strategies
-        cls_ = reg.get(exp.cfg.strategy.name, "strategy.name")
-        if cls_.requires_finite_space and not exp.space.is_finite():
-            raise RunError(f"strategy '{cls_.name}' needs a finite search space; "
-                           f"'{exp.space.name}' is not")
-        return reg.create(exp.cfg.strategy.name, exp.cfg.strategy.params, where="strategy",
-                          problem=exp.problem, seed=exp.cfg.seed)
+    def close(self) -> None:
+        """Close the store and release the run's lock (done by :meth:`run` when it ends)."""
+        self.store.close()
+        self.lock.release()
 
     # -- accounting ------------------------------------------------------
     @property
@@ -116,7 +181,7 @@ class Runner:
         return self._elapsed0 + (time.time() - self._t0)
 
     def search_trials_done(self) -> int:
-        return sum(1 for t in self.store.trials() if t.status != "running" and not t.is_reference)
+        return sum(1 for t in self.history.trials() if t.status != "running" and not t.is_reference)
 
     def _budget_left(self, done: int) -> int | None:
         """Trials still allowed (None: unlimited), 0 when the budget is spent."""
@@ -128,60 +193,114 @@ class Runner:
     # -- the loop --------------------------------------------------------
     def run(self) -> RunSummary:
         executor = None
+        heartbeat = Heartbeat(self.store.path).start()
         try:
             with self.console.status("preparing search space and objectives", spinner="dots") \
                     if not self.quiet else _nullcontext():
                 self.exp.prepare(self.ctx)
-            executor = get_plugins().executors.create(
-                self.cfg.executor.name, self.cfg.executor.params, "executor",
-                workers=self.cfg.executor.workers)
-            executor.start(Job(self.exp, self.ctx, self.cfg.to_dict(), self.run_dir))
+            executor = self.exp.make_executor()
+            config = self.cfg.to_dict()
+            executor.start(Job(self.exp, self.ctx, config, self.run_dir,
+                               remote_call(config, self.run_dir), self.cfg.trial_timeout,
+                               warm_call(config, self.run_dir)))
             return self._loop(executor)
+        except (KeyboardInterrupt, Terminated):
+            if self._inflight:
+                self.store.mark([t.number for t in self._inflight], "interrupted")
+            raise
         finally:
+            heartbeat.stop()
             if executor is not None:
                 executor.shutdown()
             self.store.set_meta("elapsed", self.elapsed)
+            self.store.close()          # the last writer checkpoints the WAL into trials.db
+            self.lock.release()
 
     def _evaluate(self, executor: Executor, trials: list[Trial]) -> list[Trial]:
+        """Record, evaluate (re-running trials whose worker died, up to max_attempts),
+        store, and tell the strategy."""
         if not trials:
             return []
+        self.history.record(trials)
         self.store.start(trials, self.strategy.state_dict())
-        finished = executor.map(trials)
-        self.strategy.tell(finished)
-        self.store.finish(finished, self.strategy.state_dict(), self.elapsed)
-        for t in finished:
+        self._inflight = list(trials)
+        finished = {t.number: t for t in executor.map(trials)}
+        retry = [t for t in finished.values()
+                 if t.failure == "died" and t.attempt < self.cfg.max_attempts]
+        while retry:
+            again = [replace(t, status="running", attempt=t.attempt + 1, started=time.time(),
+                             error=None, failure=None) for t in retry]
+            self.store.start(again)
+            for t in executor.map(again):
+                finished[t.number] = t
+            retry = [t for t in finished.values()
+                     if t.failure == "died" and t.attempt < self.cfg.max_attempts
+                     and t.number in {a.number for a in again}]
+        out = [_with_attempts(finished[t.number], self.cfg.max_attempts) for t in trials]
+        self._inflight = []
+        self.history.record(out)
+        self.strategy.tell(out)
+        self.store.finish(out, self.strategy.state_dict(), self.elapsed)
+        for t in out:
             if t.status != "failed":
                 self.done.setdefault(t.arch.id, t)
-        return finished
+        return out
+
+    def _rerun_stopped(self, executor: Executor) -> None:
+        """Trials found running: re-run those stopped by an interruption as they were;
+        those of a killed run count an attempt (failed once max_attempts is reached)."""
+        rerun, give_up = [], []
+        for t in self.history.running():
+            if t.failure == "interrupted":
+                rerun.append(replace(t, started=time.time(), failure=None))
+            elif t.attempt >= self.cfg.max_attempts:
+                give_up.append(failed(t, "died", f"the run stopped while evaluating it (killed, "
+                                      f"or out of memory?) {t.attempt} time(s); not retried "
+                                      f"(max_attempts = {self.cfg.max_attempts})"))
+            else:
+                rerun.append(replace(t, attempt=t.attempt + 1, started=time.time(), failure=None))
+        if give_up:
+            self.history.record(give_up)
+            self.strategy.tell(give_up)
+            self.store.finish(give_up, self.strategy.state_dict(), self.elapsed)
+        self._evaluate(executor, rerun)
+
+    def _retry_failed(self, executor: Executor) -> None:
+        """``--retry-failed``: every failed trial (but invalid architectures) once more."""
+        again = [replace(t, status="running", attempt=t.attempt + 1, started=time.time(),
+                         values={}, provenance={}, error=None, failure=None)
+                 for t in self.history.finished() if t.status == "failed" and t.failure != "invalid"]
+        self._evaluate(executor, again)
 
     def _loop(self, executor: Executor) -> RunSummary:
-        # 1. trials that were running when the last process died run again
-        rerun = [replace(t, attempt=t.attempt + 1, started=time.time())
-                 for t in self.store.trials("running")]
-        self._evaluate(executor, rerun)
+        # 1. trials that were running when the last process stopped
+        self._rerun_stopped(executor)
+        if self.retry_failed:
+            self._retry_failed(executor)
         # 2. reference architectures, once per run, outside the budget
         refs = self.exp.space.reference_architectures()
         wanted = self.cfg.references
         if wanted is not True:
             refs = {k: v for k, v in refs.items() if wanted and k in wanted}
-        have = {t.origin for t in self.store.trials()}
+        have = {t.origin for t in self.history.trials()}
         todo = [(name, arch) for name, arch in refs.items() if f"reference:{name}" not in have]
         if todo:
             number = self.store.next_number()
             batch = [Trial(number + i, arch, "running", seed=trial_seed(self.cfg.seed, arch),
                            origin=f"reference:{name}", started=time.time())
                      for i, (name, arch) in enumerate(todo)]
-            self._evaluate(executor, batch)
+            self._count(self._evaluate(executor, batch))
         # 3. the search
         done = self.search_trials_done()
-        failed = sum(1 for t in self.store.trials() if t.status == "failed" and not t.is_reference)
+        failed_total = sum(1 for t in self.history.trials()
+                           if t.status == "failed" and not t.is_reference)
         total = self.cfg.budget.trials
         batch_size = self.cfg.batch_size or self.cfg.executor.workers
         stopped = "budget"
         duplicates = 0
         last_stats, stats = 0.0, (0, 0.0)
         with search_progress(self.console, disable=self.quiet) as bar:
-            task = bar.add_task("search", total=total, completed=done, failed=failed,
+            task = bar.add_task("search", total=total, completed=done, failed=failed_total,
                                 front="-", hv="-")
             while True:
                 left = self._budget_left(done)
@@ -209,14 +328,25 @@ class Runner:
                                 started=time.time()) for i, arch in enumerate(new)]
                 finished = self._evaluate(executor, trials)
                 done += len(finished)
-                failed += sum(t.status == "failed" for t in finished)
+                failed_total += sum(t.status == "failed" for t in finished)
+                self._count(finished)
                 if not self.quiet and time.time() - last_stats > 0.5:
-                    stats = front_stats(self.exp, self.store.trials(), self.cfg.reference_point)
+                    stats = self._front_stats()
                     last_stats = time.time()
-                bar.update(task, completed=done, failed=failed, front=stats[0], hv=f"{stats[1]:.4g}")
-                self._check_failures(done, failed, finished)
-        front, hv = front_stats(self.exp, self.store.trials(), self.cfg.reference_point)
-        return RunSummary(self.run_dir, done, failed, front, hv, stopped)
+                bar.update(task, completed=done, failed=failed_total, front=stats[0],
+                           hv=f"{stats[1]:.4g}")
+                self._check_failures()
+        front, hv = self._front_stats()
+        return RunSummary(self.run_dir, done, failed_total, front, hv, stopped)
+
+    def _count(self, finished: Sequence[Trial]) -> None:
+        self.started_done += len(finished)
+        self.started_failed += sum(t.status == "failed" for t in finished)
+
+    def _front_stats(self) -> tuple[int, float]:
+        specs = self.exp.specs
+        return front_stats(self.history.trials(), [s.key for s in specs],
+                           [s.direction for s in specs], self.cfg.reference_point)
 
     def _split_duplicates(self, asked: list[Architecture]) -> tuple[list[Architecture], list[Trial]]:
         new, dup, seen = [], [], set()
@@ -228,17 +358,35 @@ class Runner:
                 new.append(arch)
         return new, dup
 
-    def _check_failures(self, done: int, failed: int, finished: list[Trial]) -> None:
-        if done < MIN_TRIALS_FOR_FAILURE_STOP or failed / done <= self.cfg.max_failure_fraction:
+    def _check_failures(self) -> None:
+        done, failed_n = self.started_done, self.started_failed
+        if done < MIN_TRIALS_FOR_FAILURE_STOP or failed_n / done <= self.cfg.max_failure_fraction:
             return
-        last = next((t for t in reversed(self.store.trials()) if t.status == "failed"), None)
+        last = next((t for t in reversed(self.history.trials()) if t.status == "failed"), None)
         detail = last.error.splitlines()[0] if last and last.error else "?"
         raise RunError(
-            f"{failed} of {done} trials failed (more than max_failure_fraction="
-            f"{self.cfg.max_failure_fraction}); last error (trial {last.number if last else '?'}): "
-            f"{detail}. Every result so far is kept in {self.run_dir}; fix the cause and continue "
-            f"with `nasframe resume {self.run_dir}`, or inspect the errors with `nasframe export "
-            f"{self.run_dir}` (trials.csv)")
+            f"{failed_n} of the {done} trials run since this start failed (more than "
+            f"max_failure_fraction={self.cfg.max_failure_fraction}); last error (trial "
+            f"{last.number if last else '?'}): {detail}. Every result so far is kept in "
+            f"{self.run_dir}; fix the cause and continue with `nasframe resume {self.run_dir}` "
+            f"(add --retry-failed to re-run the failed trials), or inspect the errors with "
+            f"`nasframe trials {self.run_dir} --status failed`")
+
+
+def _with_attempts(t: Trial, max_attempts: int) -> Trial:
+    """A worker death that used up the attempts says so in its error."""
+    if t.failure == "died" and t.error and "attempt" not in t.error:
+        return dataclasses.replace(t, error=f"{t.error} (attempt {t.attempt} of {max_attempts})")
+    return t
+
+
+def _lock(run_dir: Path) -> RunLock:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{run_dir}: cannot create the run directory ({err.strerror}); "
+                          "choose another with --out") from None
+    return RunLock(run_dir).acquire()
 
 
 class _nullcontext:
@@ -252,7 +400,6 @@ class _nullcontext:
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = True,
                    config_text: str = "") -> RunSummary:
     """Run an experiment to the end of its budget (the Python API of ``nasframe run``)."""
-    get_plugins()
     return Runner.start(cfg, run_dir, config_text, quiet=quiet).run()
 
 

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from nasframe.architecture import Architecture
+from nasframe.params import Component
 
 if TYPE_CHECKING:
     import networkx as nx
     import torch
 
+    from nasframe.capabilities import Capability
     from nasframe.context import Context
 
 
@@ -166,33 +168,35 @@ class Boolean(Decision):
 
 
 # ------------------------------------------------------------ search space
-class SearchSpace(abc.ABC):
+class SearchSpace(Component, abc.ABC):
     """A family of architectures and how to build them.
 
-    Lifecycle: the runner instantiates the space with the YAML ``params``,
-    calls :meth:`prepare` once (train teachers, distil components; cache by
-    content hash through ``ctx.cache``), then, for each architecture a strategy
-    proposes, :meth:`validate` and, lazily, :meth:`build`.
+    Lifecycle: the runner instantiates the space with the YAML ``params``
+    (validated against the nested ``Params`` model into ``self.params``),
+    calls :meth:`prepare` once with the capabilities the experiment's
+    objectives need (train teachers, distil components; cache by content hash
+    through ``ctx.cache``), then, for each architecture a strategy proposes,
+    :meth:`validate` and, lazily, :meth:`build`.
 
     Subclasses implement :meth:`decisions` and :meth:`build`; they may override
     :meth:`check` (extra validity rules with a reason), :meth:`canonicalize`
     (map equivalent encodings to one architecture), :meth:`sample` (when
-    rejection sampling would skew the distribution), :meth:`graph`,
-    :meth:`reference_architectures`, :meth:`example_inputs` and :meth:`prepare`.
+    rejection sampling would skew the distribution), :meth:`neighbours`,
+    :meth:`graph`, :meth:`reference_architectures`, :meth:`example_inputs` and
+    :meth:`prepare`. What a space offers beyond models (validation data, a
+    teacher, model parts, ...) it declares by subclassing the capabilities of
+    :mod:`nasframe.capabilities`.
 
-    Model parts: a space whose candidates have more than one network (e.g. a
-    latent diffusion space whose main model, from :meth:`build`, is the U-Net
-    but which also builds a VAE encoder and decoder) names the extra ones in
-    :meth:`parts` and builds them with :meth:`build_part`, with inputs from
-    :meth:`part_example_inputs`. Objectives such as ``params``, ``gmacs`` and
-    ``latency`` take a ``part`` param to score one of them
-    (:meth:`Candidate.part <nasframe.candidate.Candidate.part>`). By default a
-    space has no parts.
+    A subclass that needs derived state overrides ``__init__``, calls
+    ``super().__init__(params, **kwargs)`` first and reads ``self.params``.
     """
 
     name: ClassVar[str]
     #: a default input shape for :meth:`example_inputs` (objectives may override it)
     input_shape: ClassVar[tuple[int, ...] | None] = None
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        self._init_params(params, kwargs)
 
     # -- to implement ----------------------------------------------------
     @abc.abstractmethod
@@ -219,8 +223,14 @@ class SearchSpace(abc.ABC):
         """Named baselines evaluated before the search (e.g. ``teacher``)."""
         return {}
 
-    def prepare(self, ctx: Context) -> None:
-        """One-time work before the search; cache artifacts with ``ctx.cache``."""
+    def prepare(self, ctx: Context, needs: frozenset[type[Capability]] = frozenset()) -> None:
+        """One-time work before the search; cache artifacts with ``ctx.cache``.
+
+        ``needs`` holds the capabilities the experiment's objectives require: do
+        only the work they need (e.g. train a teacher only when
+        :class:`~nasframe.capabilities.TrainedWeights` is in it). Called in
+        every worker process too, where it should load what the driver cached.
+        """
 
     def example_inputs(self, arch: Architecture, input_shape: Sequence[int] | None = None,
                        batch_size: int = 1) -> tuple[Any, ...]:
@@ -239,26 +249,6 @@ class SearchSpace(abc.ABC):
         if input_shape is None:
             shape = (batch_size, *shape)
         return (torch.randn(*shape),)
-
-    def parts(self) -> tuple[str, ...]:
-        """Names of the extra buildable parts besides the main model (none by default)."""
-        return ()
-
-    def build_part(self, arch: Architecture, part: str) -> torch.nn.Module:
-        """A freshly initialised module for part ``part`` (one of :meth:`parts`) of ``arch``."""
-        raise ValueError(self._no_part(part))
-
-    def part_example_inputs(self, arch: Architecture, part: str,
-                            input_shape: Sequence[int] | None = None,
-                            batch_size: int = 1) -> tuple[Any, ...]:
-        """Inputs for one forward pass of part ``part``; ``input_shape`` and
-        ``batch_size`` as in :meth:`example_inputs`."""
-        raise ValueError(self._no_part(part))
-
-    def _no_part(self, part: str) -> str:
-        parts = tuple(self.parts())
-        have = f"its parts are: {', '.join(parts)}" if parts else "it has no parts"
-        return f"search space '{self.name}' cannot build part {part!r}; {have}"
 
     def graph(self, arch: Architecture) -> nx.DiGraph:
         """The block graph: nodes carry ``kind``, ``channels`` and ``resolution``.
@@ -394,9 +384,6 @@ class SearchSpace(abc.ABC):
     def size(self) -> int:
         """Number of decision combinations (valid or not): an upper bound."""
         return math.prod(d.count for d in self.decisions())
-
-    def is_finite(self) -> bool:
-        return True
 
     def enumerate(self, limit: int | None = None) -> Iterator[Architecture]:
         """Every valid architecture, in a fixed (lexicographic) order."""

@@ -3,12 +3,18 @@
 Written by the driver process only; workers return results. Each change is
 one transaction, so a run killed at any point (``kill -9`` included) leaves a
 consistent store: completed trials are never lost, trials that were running
-are found with status ``running`` and run again on resume, and the strategy
-state saved is the one that matches the trials recorded with it.
+are found with status ``running`` (with their last heartbeat) and run again
+on resume, and the strategy state saved is the one that matches the trials
+recorded with it.
+
+A file nasframe did not write is never modified: a store is opened read-only
+first and checked to be nasframe's (its tables and schema version) before
+anything is written.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -20,7 +26,7 @@ from nasframe.errors import ConfigError, RunError
 from nasframe.objective import Provenance
 from nasframe.trial import Trial, to_jsonable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "trials.db"
 
 _SCHEMA = """
@@ -39,7 +45,10 @@ CREATE TABLE IF NOT EXISTS trials (
     seed INTEGER NOT NULL,
     started REAL,
     finished REAL,
-    attempt INTEGER NOT NULL DEFAULT 1
+    attempt INTEGER NOT NULL DEFAULT 1,
+    failure TEXT,
+    heartbeat REAL,
+    jobs TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS trials_arch ON trials(arch_id);
 CREATE TABLE IF NOT EXISTS strategy_state (
@@ -49,10 +58,13 @@ CREATE TABLE IF NOT EXISTS strategy_state (
     saved REAL NOT NULL
 );
 """
+#: columns added by schema 2 (a schema-1 store gets them when opened for writing)
+_V2_COLUMNS = (("failure", "TEXT"), ("heartbeat", "REAL"), ("jobs", "TEXT NOT NULL DEFAULT '{}'"))
 
 
 def _row_to_trial(row: sqlite3.Row) -> Trial:
     feasible = row["feasible"]
+    keys = row.keys()
     return Trial(
         number=row["number"],
         arch=Architecture.from_json(row["arch"]),
@@ -67,29 +79,50 @@ def _row_to_trial(row: sqlite3.Row) -> Trial:
         started=row["started"],
         finished=row["finished"],
         attempt=row["attempt"],
+        failure=row["failure"] if "failure" in keys else None,
+        heartbeat=row["heartbeat"] if "heartbeat" in keys else None,
+        jobs=json.loads(row["jobs"]) if "jobs" in keys and row["jobs"] else {},
     )
 
 
 class TrialStore:
     """Trials, the config snapshot and the strategy state of one run."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.read_only = read_only
+        if read_only:
+            self._db = _connect_read_only(self.path)
+        else:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
 
     # -- lifecycle -------------------------------------------------------
     @classmethod
     def create(cls, run_dir: str | Path, config: dict[str, Any], config_text: str = "") -> TrialStore:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: exists and is not a directory; choose a run directory "
+                              "with --out DIR")
         path = run_dir / DB_NAME
         if path.exists():
-            raise ConfigError(f"{run_dir} already holds a run; continue it with `nasframe resume {run_dir}` "
-                           "or choose another directory with --out")
+            try:
+                cls.open(run_dir, read_only=True).close()
+            except (ConfigError, RunError) as err:
+                raise ConfigError(f"{path} exists and is not a nasframe run ({err}); choose "
+                                  "another directory with --out") from None
+            raise ConfigError(f"{run_dir} already holds a run; continue it with `nasframe resume "
+                              f"{run_dir}` or choose another directory with --out")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{run_dir}: cannot create the run directory ({err.strerror}); "
+                              "choose another with --out") from None
+        if not os.access(run_dir, os.W_OK):
+            raise ConfigError(f"{run_dir}: not writable; choose another directory with --out")
         store = cls(path)
         with store._tx():
             store._set_meta("schema_version", SCHEMA_VERSION)
@@ -100,16 +133,48 @@ class TrialStore:
         return store
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> TrialStore:
-        path = Path(run_dir) / DB_NAME
+    def open(cls, run_dir: str | Path, read_only: bool = False) -> TrialStore:
+        """The store of an existing run. It is first checked read-only to be a
+        nasframe store (a file nasframe did not write is never modified); a
+        schema-1 store gets schema 2's columns when opened for writing."""
+        run_dir = Path(run_dir)
+        if not run_dir.exists():
+            raise ConfigError(f"{run_dir}: no such run directory; give the directory that "
+                              "`nasframe run` wrote")
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: not a directory; give the directory that "
+                              "`nasframe run` wrote")
+        path = run_dir / DB_NAME
         if not path.is_file():
             raise ConfigError(f"{run_dir} is not a nasframe run directory (no {DB_NAME}); "
-                           "give the directory that `nasframe run` wrote")
+                              "give the directory that `nasframe run` wrote")
+        probe = cls(path, read_only=True)
+        try:
+            version = probe.get_meta("schema_version")
+            config = probe.get_meta("config")
+        except sqlite3.DatabaseError as err:
+            probe.close()
+            raise ConfigError(f"{path}: a damaged nasframe trial store ({err}); restore it from a "
+                              "backup or start a new run") from None
+        if version not in (1, SCHEMA_VERSION) or not isinstance(config, dict):
+            probe.close()
+            raise ConfigError(f"{path}: not a nasframe trial store of a known version "
+                              f"(schema {version!r}, this nasframe reads 1 and {SCHEMA_VERSION})")
+        if read_only:
+            return probe
+        probe.close()
         store = cls(path)
-        version = store.get_meta("schema_version")
-        if version != SCHEMA_VERSION:
-            raise RunError(f"{path}: store schema {version} is not supported (expected {SCHEMA_VERSION})")
+        if version == 1:
+            store._migrate_v1()
         return store
+
+    def _migrate_v1(self) -> None:
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(trials)")}
+        with self._tx():
+            for name, kind in _V2_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+            self._set_meta("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -141,12 +206,14 @@ class TrialStore:
 
     def start(self, trials: Sequence[Trial], strategy_state: dict[str, Any] | None = None) -> None:
         """Record trials as running (and the strategy state after the ask), atomically."""
+        now = time.time()
         with self._tx():
             for t in trials:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO trials(number, arch_id, arch, origin, status, seed, started, attempt)"
-                    " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-                    (t.number, t.arch.id, t.arch.to_json(), t.origin, t.seed, t.started, t.attempt))
+                    "INSERT OR REPLACE INTO trials(number, arch_id, arch, origin, status, seed, "
+                    "started, attempt, heartbeat, jobs) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    (t.number, t.arch.id, t.arch.to_json(), t.origin, t.seed, t.started, t.attempt,
+                     now, json.dumps(dict(t.jobs))))
             if strategy_state is not None:
                 self._save_state(strategy_state, None)
 
@@ -158,17 +225,31 @@ class TrialStore:
             for t in trials:
                 self._db.execute(
                     'UPDATE trials SET status=?, "values"=?, provenance=?, feasible=?, violation=?, '
-                    "error=?, started=?, finished=?, attempt=? WHERE number=?",
+                    "error=?, started=?, finished=?, attempt=?, failure=?, jobs=? WHERE number=?",
                     (t.status, json.dumps(to_jsonable(dict(t.values))),
                      json.dumps({k: p.to_dict() for k, p in t.provenance.items()}, default=str),
                      None if t.feasible is None else int(t.feasible),
                      t.violation if t.violation != float("inf") else 1e300,
-                     t.error, t.started, t.finished, t.attempt, t.number))
+                     t.error, t.started, t.finished, t.attempt, t.failure,
+                     json.dumps(to_jsonable(dict(t.jobs)), default=str), t.number))
                 last = t.number
             if strategy_state is not None:
                 self._save_state(strategy_state, last)
             if elapsed is not None:
                 self._set_meta("elapsed", elapsed)
+
+    def mark(self, numbers: Sequence[int], failure: str) -> None:
+        """Note why running trials stopped without a result (``interrupted``), so that a
+        resume re-runs them without counting an attempt."""
+        with self._tx():
+            self._db.executemany("UPDATE trials SET failure=? WHERE number=? AND status='running'",
+                                 [(failure, n) for n in numbers])
+
+    def set_jobs(self, number: int, jobs: dict[str, Any]) -> None:
+        """Store a running trial's device-job references the moment they exist."""
+        with self._tx():
+            self._db.execute("UPDATE trials SET jobs=? WHERE number=?",
+                             (json.dumps(to_jsonable(jobs), default=str), number))
 
     def trials(self, status: str | None = None) -> list[Trial]:
         if status is None:
@@ -199,6 +280,42 @@ class TrialStore:
         return None if row is None else json.loads(row["state"])
 
 
+class Heartbeat:
+    """Stamps the run's running trials (and the run) with the time, every ``every``
+    seconds, from a thread with its own connection: a resume (or ``nasframe
+    status``) tells a live run from a crashed one by how old the stamp is."""
+
+    def __init__(self, path: Path, every: float = 5.0):
+        import threading
+
+        self.path, self.every = path, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nasframe-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            while not self._stop.wait(self.every):
+                now = time.time()
+                try:
+                    db.execute("UPDATE trials SET heartbeat=? WHERE status='running'", (now,))
+                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('heartbeat', ?)",
+                               (json.dumps(now),))
+                except sqlite3.Error:
+                    pass   # a busy database: the next beat tries again
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -208,3 +325,24 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that checks the file is a nasframe store; works in a
+    read-only directory (``immutable`` when the WAL files cannot be created)."""
+    uri = path.resolve().as_uri()
+    writable = os.access(path.parent, os.W_OK)
+    db = sqlite3.connect(f"{uri}?mode=ro" + ("" if writable else "&immutable=1"), uri=True,
+                         isolation_level=None, timeout=30)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as err:
+        db.close()
+        raise ConfigError(f"{path}: not a nasframe trial store ({err}); give the run directory "
+                          "that `nasframe run` wrote") from None
+    if not {"meta", "trials", "strategy_state"} <= tables:
+        db.close()
+        what = "an empty file" if path.stat().st_size == 0 else "a database without nasframe's tables"
+        raise ConfigError(f"{path}: not a nasframe trial store ({what}); give the run directory "
+                          "that `nasframe run` wrote")
+    return db

@@ -8,44 +8,28 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nasframe.architecture import Architecture
+from nasframe.history import History, TrialHistory
+from nasframe.params import Component
 from nasframe.trial import Problem, Trial
 
 
-class SeenIds:
-    """Architecture ids in the order first seen: a set for lookups, the order for the
-    JSON state (so saving it needs no sort). ``SeenIds(state_list)`` restores it."""
-
-    def __init__(self, ids: Sequence[str] = ()):
-        self._set: set[str] = set()
-        self._order: list[str] = []
-        for arch_id in ids:
-            self.add(arch_id)
-
-    def add(self, arch_id: str) -> None:
-        if arch_id not in self._set:
-            self._set.add(arch_id)
-            self._order.append(arch_id)
-
-    def __contains__(self, arch_id: object) -> bool:
-        return arch_id in self._set
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def to_list(self) -> list[str]:
-        return list(self._order)
-
-
-class Strategy(abc.ABC):
+class Strategy(Component, abc.ABC):
     """Proposes architectures and learns from their results.
 
-    Lifecycle: ``Strategy(problem, seed=..., **params)``; then repeatedly
-    :meth:`ask` for up to ``n`` architectures and :meth:`tell` the finished
-    trials (complete, failed or infeasible; in any order; possibly trials the
-    strategy did not ask for, such as reference architectures or duplicates
-    answered from the store). After every tell the runner stores
-    :meth:`state_dict`; a resumed run calls :meth:`load_state_dict` on a fresh
-    instance and continues the same search.
+    Lifecycle: ``Strategy(problem, params, seed=..., history=...)``; then
+    repeatedly :meth:`ask` for up to ``n`` architectures and :meth:`tell` the
+    finished trials (complete, failed or infeasible; in any order; possibly
+    trials the strategy did not ask for, such as reference architectures or
+    duplicates answered from the store).
+
+    The run's trials are in :attr:`history`, a read-only
+    :class:`~nasframe.history.History` the runner keeps up to date (asked
+    architectures appear there as running trials before they are evaluated).
+    "Was this architecture seen?" is :meth:`seen`; a strategy keeps only its
+    algorithm's own state. After every ask and tell the runner stores
+    :meth:`state_dict`; a resumed run makes a fresh instance with the history
+    rebuilt from the store, calls :meth:`load_state_dict` and continues the
+    same search.
 
     ``ask`` returns an empty list when the strategy has nothing left to propose.
     The state must be JSON-serialisable (no pickles): use
@@ -53,22 +37,27 @@ class Strategy(abc.ABC):
     """
 
     name: ClassVar[str]
-    #: True when the strategy needs a finite, enumerable space
-    requires_finite_space: ClassVar[bool] = False
 
-    def __init__(self, problem: Problem, seed: int = 0):
+    def __init__(self, problem: Problem, params: Any = None, *, seed: int = 0,
+                 history: History | None = None, **kwargs: Any):
+        self._init_params(params, kwargs)
         self.problem = problem
         self.space = problem.space
         self.seed = seed
+        self.history: History = history if history is not None else TrialHistory()
         self.rng = np.random.default_rng(seed)
 
     @abc.abstractmethod
     def ask(self, n: int) -> list[Architecture]:
-        """Up to ``n`` architectures to evaluate next."""
+        """Up to ``n`` architectures to evaluate next, none seen before."""
 
     @abc.abstractmethod
     def tell(self, trials: Sequence[Trial]) -> None:
-        """Results of finished trials."""
+        """Results of finished trials (also already in :attr:`history`)."""
+
+    def seen(self, arch_id: str) -> bool:
+        """True when the run has a trial of this architecture (running or finished)."""
+        return self.history.seen(arch_id)
 
     def pick(self, trials: Sequence[Trial]) -> tuple[Trial, str] | None:
         """The model the strategy recommends from the finished trials, and the rule that chose it.
@@ -82,7 +71,7 @@ class Strategy(abc.ABC):
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue; JSON-serialisable."""
+        """Everything needed to continue, besides the history; JSON-serialisable."""
         return {"rng": self.rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -9,11 +9,11 @@ the subclass when its name starts with ``Test``::
         def make_space(self):
             return MySpace(preset="tiny")
 
-``ObjectiveContract`` needs ``make_objective`` (and may override
-``make_space``: the default is :class:`ToySpace`); ``StrategyContract`` needs
-``make_strategy(problem, seed)``; ``ExecutorContract`` needs
-``make_executor(workers)`` and ``make_config()``. Each test states one rule of
-the contract.
+``ObjectiveContract`` needs ``make_objective`` and, when the objective
+requires capabilities :class:`ToySpace` lacks, ``make_space`` returning a
+space that provides them; ``StrategyContract`` needs ``make_strategy(problem,
+seed, history)``; ``ExecutorContract`` needs ``make_executor(workers)`` and
+``make_config()``. Each test states one rule of the contract.
 """
 from __future__ import annotations
 
@@ -23,16 +23,19 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
+from nasframe import capabilities
 from nasframe.architecture import Architecture
 from nasframe.candidate import Candidate
 from nasframe.context import Context
 from nasframe.executor import Executor, Job
+from nasframe.history import History, TrialHistory
 from nasframe.objective import Objective, Provenance
+from nasframe.params import Field, Int, Params, describe_params
 from nasframe.space import Boolean, Categorical, Integer, SearchSpace
 from nasframe.strategy import Strategy
 from nasframe.trial import ObjectiveSpec, Problem, Trial
@@ -44,12 +47,15 @@ class ToySpace(SearchSpace):
     name = "toy"
     input_shape = (4,)
 
-    def __init__(self, widths: Sequence[int] = (2, 4, 8), max_depth: int = 3):
-        self.widths = tuple(widths)
-        self.max_depth = max_depth
+    class Params(Params):
+        widths: tuple[Annotated[Int, Field(ge=1, le=4096)], ...] = (2, 4, 8)
+        """Hidden widths to choose from."""
+        max_depth: Int = Field(3, ge=1, le=64)
+        """The most hidden layers."""
 
     def decisions(self):
-        return [Categorical("width", self.widths), Integer("depth", 1, self.max_depth),
+        p = self.params
+        return [Categorical("width", p.widths), Integer("depth", 1, p.max_depth),
                 Boolean("activation")]
 
     def build(self, arch: Architecture) -> torch.nn.Module:
@@ -82,6 +88,64 @@ def fake_trials(problem: Problem, archs: Sequence[Architecture], start: int = 0,
     return out
 
 
+def plugin_context(run_dir, **kwargs: Any) -> Context:
+    """A context like a run's: quiet, with the installed plugins' op-count handles."""
+    from nasframe.plugins import get_plugins
+
+    return Context(run_dir=run_dir, quiet=True, op_handles=get_plugins().op_handles.as_dict(),
+                   **kwargs)
+
+
+class StrategyDriver:
+    """Drives a strategy as the runner does, for tests of a strategy's behaviour.
+
+    ``ask(n)`` records the proposals in the strategy's history as running
+    trials; ``tell(trials)`` records finished trials (an architecture that is
+    running takes over that trial's number, any other gets the next free one)
+    and tells them. ``reloaded(**params)`` is a resumed instance: a fresh
+    strategy over a copy of the history, given this one's state through JSON.
+    """
+
+    def __init__(self, strategy: Strategy):
+        if not isinstance(strategy.history, TrialHistory):
+            raise TypeError("StrategyDriver needs a strategy whose history is a TrialHistory")
+        self.strategy = strategy
+        self.history: TrialHistory = strategy.history
+
+    def ask(self, n: int) -> list[Architecture]:
+        asked = self.strategy.ask(n)
+        start = self._next()
+        self.history.record(Trial(start + i, a, "running") for i, a in enumerate(asked))
+        return asked
+
+    def _next(self) -> int:
+        trials = self.history.trials()
+        return trials[-1].number + 1 if trials else 0
+
+    def tell(self, trials: Sequence[Trial]) -> list[Trial]:
+        import dataclasses
+
+        numbered = []
+        for t in trials:
+            running = self.history.latest(t.arch.id)
+            if running is not None and running.status == "running":
+                t = dataclasses.replace(t, number=running.number)
+            else:
+                t = dataclasses.replace(t, number=self._next())
+            self.history.record([t])
+            numbered.append(t)
+        self.strategy.tell(numbered)
+        return numbered
+
+    def reloaded(self, seed: int | None = None, **params: Any) -> StrategyDriver:
+        old = self.strategy
+        fresh = type(old)(old.problem, seed=old.seed + 99 if seed is None else seed,
+                          history=TrialHistory(self.history.trials()),
+                          **{**old.params.model_dump(), **params})
+        fresh.load_state_dict(json.loads(json.dumps(old.state_dict())))
+        return StrategyDriver(fresh)
+
+
 class SearchSpaceContract:
     """The contract of a :class:`SearchSpace`. Implement :meth:`make_space`."""
 
@@ -101,6 +165,14 @@ class SearchSpaceContract:
         assert isinstance(space, SearchSpace)
         assert isinstance(type(space).name, str) and type(space).name
         assert not inspect.isabstract(type(space))
+
+    def test_params_are_typed_and_described(self):
+        space = self.make_space()
+        assert isinstance(space.params, type(space).Params)
+        docs = describe_params(type(space).Params)
+        assert all(d.name and d.type for d in docs)
+        # the params round-trip through their JSON form (what a run stores)
+        assert type(space).Params.model_validate(space.params.to_dict()) == space.params
 
     def test_decisions_have_unique_names_and_values(self):
         decisions = self.make_space().decisions()
@@ -162,7 +234,7 @@ class SearchSpaceContract:
 
     def test_enumeration_is_valid_and_unique(self):
         space = self.make_space()
-        if not space.is_finite() or space.size > self.max_enumerate:
+        if space.size > self.max_enumerate:
             import pytest
 
             pytest.skip(f"space has {space.size} combinations (> max_enumerate)")
@@ -185,7 +257,8 @@ def _flatten(obj):
 
 
 class ObjectiveContract:
-    """The contract of an :class:`Objective`. Implement :meth:`make_objective`."""
+    """The contract of an :class:`Objective`. Implement :meth:`make_objective`
+    (and :meth:`make_space` when the objective requires capabilities)."""
 
     def make_objective(self) -> Objective:
         raise NotImplementedError("return an instance of your objective")
@@ -195,16 +268,27 @@ class ObjectiveContract:
 
     def _evaluate(self, tmp_path, seed: int = 0):
         space, obj = self.make_space(), self.make_objective()
-        ctx = Context(run_dir=tmp_path, quiet=True)
+        ctx = plugin_context(tmp_path)
+        space.prepare(ctx, frozenset(obj.requirements()))
         obj.prepare(space, ctx)
         arch = space.sample(np.random.default_rng(seed))
         return obj(Candidate(space, arch, seed=seed), ctx)
 
-    def test_declares_name_direction_and_kind(self):
+    def test_the_space_provides_what_the_objective_requires(self):
+        space, obj = self.make_space(), self.make_objective()
+        missing = capabilities.missing(space, obj.requirements())
+        assert not missing, (f"make_space() returns '{space.name}', which lacks "
+                             f"{capabilities.names(missing)}; return a space that provides them")
+        assert obj.check_space(space) is None
+
+    def test_declares_name_direction_kind_and_requirements(self):
         obj = self.make_objective()
         assert isinstance(type(obj).name, str) and type(obj).name
         assert obj.direction in ("min", "max")
         assert obj.kind in ("proxy", "measured")
+        assert isinstance(obj.params, type(obj).Params)
+        assert all(isinstance(c, type) and issubclass(c, capabilities.Capability)
+                   for c in obj.requirements())
 
     def test_returns_a_finite_value_with_provenance(self, tmp_path):
         value, prov = self._evaluate(tmp_path)
@@ -223,61 +307,78 @@ class ObjectiveContract:
 
 
 class StrategyContract:
-    """The contract of a :class:`Strategy`. Implement :meth:`make_strategy`."""
+    """The contract of a :class:`Strategy`. Implement :meth:`make_strategy`.
+
+    The tests drive the strategy as the runner does: asked architectures enter
+    the history as running trials, then finish (some fail) and are told.
+    """
 
     batch = 3
     steps = 4
 
-    def make_strategy(self, problem: Problem, seed: int) -> Strategy:
-        raise NotImplementedError("return an instance of your strategy for this problem")
+    def make_strategy(self, problem: Problem, seed: int, history: History) -> Strategy:
+        raise NotImplementedError("return an instance of your strategy for this problem, "
+                                  "reading `history`")
 
     def make_problem(self) -> Problem:
         return Problem(ToySpace(), (ObjectiveSpec("a", "min"), ObjectiveSpec("b", "max")))
 
-    def _drive(self, strategy: Strategy, problem: Problem, steps: int, start: int = 0):
+    def _drive(self, strategy: Strategy, history: TrialHistory, problem: Problem, steps: int):
         asked_all = []
-        n = start
         for _ in range(steps):
             asked = strategy.ask(self.batch)
             asked_all.append(asked)
-            trials = fake_trials(problem, asked, n, fail_every=5)
-            n += len(trials)
+            start = len(history)
+            history.record(Trial(start + i, a, "running") for i, a in enumerate(asked))
+            trials = fake_trials(problem, asked, start, fail_every=5)
+            history.record(trials)
             strategy.tell(trials)
-        return asked_all, n
+        return asked_all
 
-    def test_asks_valid_architectures(self):
+    def test_asks_valid_unseen_architectures(self):
         problem = self.make_problem()
-        strategy = self.make_strategy(problem, 0)
-        asked, _ = self._drive(strategy, problem, self.steps)
+        history = TrialHistory()
+        strategy = self.make_strategy(problem, 0, history)
+        asked = self._drive(strategy, history, problem, self.steps)
         flat = [a for batch in asked for a in batch]
         assert flat, "the strategy proposed nothing"
         assert all(len(batch) <= self.batch for batch in asked)
         assert all(isinstance(a, Architecture) and problem.space.validate(a) is None for a in flat)
+        assert len({a.id for a in flat}) == len(flat), "an architecture was proposed twice"
 
     def test_same_seed_same_sequence(self):
         problem = self.make_problem()
-        a, _ = self._drive(self.make_strategy(problem, 7), problem, self.steps)
-        b, _ = self._drive(self.make_strategy(problem, 7), problem, self.steps)
+        h1, h2 = TrialHistory(), TrialHistory()
+        a = self._drive(self.make_strategy(problem, 7, h1), h1, problem, self.steps)
+        b = self._drive(self.make_strategy(problem, 7, h2), h2, problem, self.steps)
         assert a == b
 
     def test_state_round_trip_continues_the_same_search(self):
         problem = self.make_problem()
-        first = self.make_strategy(problem, 1)
-        _, n = self._drive(first, problem, 2)
+        history = TrialHistory()
+        first = self.make_strategy(problem, 1, history)
+        self._drive(first, history, problem, 2)
         state = json.loads(json.dumps(first.state_dict()))  # must survive JSON
-        second = self.make_strategy(problem, 999)
+        # a resumed run: a fresh instance over a history rebuilt from the store
+        rebuilt = TrialHistory(history.trials())
+        second = self.make_strategy(problem, 999, rebuilt)
         second.load_state_dict(state)
-        a, _ = self._drive(first, problem, 2, n)
-        b, _ = self._drive(second, problem, 2, n)
+        a = self._drive(first, history, problem, 2)
+        b = self._drive(second, rebuilt, problem, 2)
         assert a == b
 
     def test_accepts_trials_it_did_not_ask_for(self):
         problem = self.make_problem()
-        strategy = self.make_strategy(problem, 0)
+        history = TrialHistory()
+        strategy = self.make_strategy(problem, 0, history)
         rng = np.random.default_rng(5)
-        foreign = [problem.space.sample(rng) for _ in range(3)]
-        strategy.tell(fake_trials(problem, foreign, 100))
-        assert all(problem.space.validate(a) is None for a in strategy.ask(self.batch))
+        foreign = list({a.id: a for a in (problem.space.sample(rng) for _ in range(3))}.values())
+        told = fake_trials(problem, foreign, 100)
+        history.record(told)
+        strategy.tell(told)
+        asked = strategy.ask(self.batch)
+        assert all(problem.space.validate(a) is None for a in asked)
+        assert not {a.id for a in asked} & {a.id for a in foreign}, "proposed a told architecture"
 
 
 class ExecutorContract:
@@ -304,12 +405,14 @@ class ExecutorContract:
     def _setup(self, tmp_path):
         from nasframe.config import config_from_dict
         from nasframe.experiment import Experiment
+        from nasframe.worker import remote_call
 
         cfg = config_from_dict(self.make_config())
         exp = Experiment.from_config(cfg)
         ctx = exp.context(tmp_path, quiet=True)
         exp.prepare(ctx)
-        return exp, ctx, Job(exp, ctx, cfg.to_dict(), Path(tmp_path))
+        config = cfg.to_dict()
+        return exp, ctx, Job(exp, ctx, config, Path(tmp_path), remote_call(config, tmp_path))
 
     def _trials(self, exp, n: int, start: int = 0, seed: int = 0) -> list[Trial]:
         from nasframe.experiment import trial_seed

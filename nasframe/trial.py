@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 Status = Literal["running", "complete", "failed", "pruned"]
 STATUSES = ("running", "complete", "failed", "pruned")
+FAILURES = ("exception", "invalid", "died", "timeout", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,14 @@ class Trial:
     started: float | None = None
     finished: float | None = None
     attempt: int = 1
+    #: why a failed trial failed: ``exception`` (an objective raised), ``invalid`` (not an
+    #: architecture of the space), ``died`` (its worker process died), ``timeout``,
+    #: ``interrupted`` (set on a running trial the run stopped under; it re-runs on resume)
+    failure: str | None = None
+    #: the last time the driver stamped this running trial (seconds since the epoch)
+    heartbeat: float | None = field(default=None, compare=False)
+    #: references of device jobs submitted for this trial ({objective key: job info})
+    jobs: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def duration(self) -> float | None:
@@ -106,15 +115,6 @@ class Trial:
     def is_reference(self) -> bool:
         return self.origin.startswith("reference:")
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "complete"
-
-
-def evaluate_constraints(constraints: Sequence[Constraint], values: Mapping[str, float]) -> tuple[bool, float]:
-    """(feasible, total violation) of ``values`` under ``constraints``."""
-    total = sum(c.violation(values.get(c.key)) for c in constraints)
-    return total == 0.0, float(total)
 
 
 def to_jsonable(obj: Any) -> Any:

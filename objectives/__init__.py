@@ -3,19 +3,20 @@
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
-stays cheap. Other plugins can teach ``gmacs`` new ops with
-:func:`objectives.cost.register_op_handle`.
+stays cheap; their heavy dependencies (fvcore, scikit-image) are imported
+only when they are used, and a missing one makes the objective unavailable
+(``nasframe plugins`` says which extra installs it).
 """
 from nasframe import hookimpl
 
 
 @hookimpl
 def register_objectives(registry):
-    from objectives.cost import GMACs, Params
-    from objectives.fidelity import Fidelity
-    from objectives.latency import Latency
-    from objectives.quick_psnr import QuickPSNR
-    from objectives.restoration import PSNR, SSIM, TransformerCount
+    from nasframe_objectives.cost import GMACs, Params
+    from nasframe_objectives.fidelity import Fidelity
+    from nasframe_objectives.latency import Latency
+    from nasframe_objectives.quick_psnr import QuickPSNR
+    from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
 
     for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount, Fidelity):
         registry.add(cls)

@@ -1,9 +1,14 @@
-"""Helpers shared by the built-in objectives: param checks, model modes, shapes."""
+"""Helpers shared by the built-in objectives: the ``part`` param, model modes, shapes."""
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+from nasframe import Objective
+from nasframe.capabilities import Capability, ModelParts
+from nasframe.errors import did_you_mean
+from nasframe.params import Field, Params
 
 if TYPE_CHECKING:
     import torch
@@ -11,55 +16,33 @@ if TYPE_CHECKING:
     from nasframe import SearchSpace
 
 
-def check_shape(shape: Any, where: str) -> list[int] | None:
-    """Validate an ``input_shape`` param: None, or a list of positive ints
-    including the batch (``where`` names the field in the message)."""
-    if shape is None:
-        return None
-    if (not isinstance(shape, (list, tuple)) or not shape
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
-        raise ValueError(f"{where}: must be a list of positive integers including the batch, "
-                         f"e.g. [1, 3, 64, 64]; got {shape!r}")
-    return list(shape)
+class PartParams(Params):
+    part: str | None = Field(None, min_length=1, max_length=128, pattern=r"^\S+$")
+    """Score this model part of the search space (e.g. vae_decoder) instead of the main model."""
 
 
-def check_int(value: Any, where: str, minimum: int) -> int:
-    """Validate an integer param ``>= minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{where}: must be an integer >= {minimum}, got {value!r}")
-    return value
+class PartObjective(Objective):
+    """An objective with a ``part`` param: it then requires the space's model parts
+    and checks, at validation, that the part exists."""
 
+    Params = PartParams
 
-def check_float(value: Any, where: str, positive: bool = True) -> float:
-    """Validate a (positive) number param."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or (positive and value <= 0):
-        raise ValueError(f"{where}: must be a {'positive ' if positive else ''}number, got {value!r}")
-    return float(value)
+    @property
+    def part(self) -> str | None:
+        return self.params.part
 
+    def requirements(self) -> tuple[type[Capability], ...]:
+        reqs = super().requirements()
+        return (*reqs, ModelParts) if self.part is not None else reqs
 
-def check_part(part: Any, where: str) -> str | None:
-    """Validate a ``part`` param: None (the main model) or a non-empty string."""
-    if part is None:
-        return None
-    if not isinstance(part, str) or not part.strip():
-        raise ValueError(f"{where}: must be the name of a model part of the search space "
-                         f"(a non-empty string), got {part!r}")
-    return part
-
-
-def require_part(space: SearchSpace, part: str | None, where: str) -> None:
-    """A ConfigError (exit code 2) when ``part`` is given but is not one of ``space.parts()``."""
-    if part is None:
-        return
-    parts = tuple(space.parts())
-    if part in parts:
-        return
-    from nasframe.errors import ConfigError, did_you_mean
-
-    have = (f"available: {', '.join(parts)}" if parts
-            else "it has no parts (only the main model; leave `part` out)")
-    raise ConfigError(f"{where}: search space '{space.name}' has no model part {part!r}"
-                      f"{did_you_mean(part, parts)}; {have}")
+    def check_space(self, space: SearchSpace) -> str | None:
+        if self.part is None or not isinstance(space, ModelParts):
+            return None
+        parts = tuple(space.parts())
+        if self.part in parts:
+            return None
+        return (f"params.part: search space '{space.name}' has no model part {self.part!r}"
+                f"{did_you_mean(self.part, parts)}; available: {', '.join(parts)}")
 
 
 @contextlib.contextmanager

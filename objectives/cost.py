@@ -2,15 +2,14 @@
 
 ``gmacs`` traces the model with fvcore and counts multiply-accumulates (fvcore
 counts one fused multiply-add as one "flop", i.e. one MAC). fvcore misses some
-heavy ops; handles for them live in :data:`OP_HANDLES`, which other plugins
-extend with :func:`register_op_handle` (an ``autograd.Function`` shows up in
-the trace as ``prim::PythonOp.<ClassName>``)::
+heavy ops: this plugin counts attention (SDPA and ``nn.MultiheadAttention``'s
+fast path) itself, and plugins whose models contain custom ops register a
+handle for them with the ``register_op_handles`` hook (an
+``autograd.Function`` shows up in the trace as ``prim::PythonOp.<ClassName>``)::
 
-    from objectives.cost import register_op_handle
-
-    def selective_scan_macs(inputs, outputs):  # inputs/outputs: torch._C.Value
-        ...
-    register_op_handle("prim::PythonOp.SelectiveScanFn", selective_scan_macs)
+    @hookimpl
+    def register_op_handles(handles):
+        handles.add("prim::PythonOp.SelectiveScanFn", selective_scan_macs)
 """
 from __future__ import annotations
 
@@ -19,12 +18,12 @@ import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from nasframe import Objective, Value
-from objectives._common import check_part, check_shape, input_shapes, model_mode, require_part
+from nasframe import Value
+from nasframe.params import Bool, Shape
+from nasframe_objectives._common import PartObjective, PartParams, input_shapes, model_mode
 
 if TYPE_CHECKING:
-
-    from nasframe import Candidate, Context, SearchSpace
+    from nasframe import Candidate, Context
 
 #: A fvcore op handle: ``handle(inputs, outputs) -> MACs`` where ``inputs`` and
 #: ``outputs`` are the traced node's ``torch._C.Value`` lists.
@@ -72,60 +71,19 @@ def native_mha_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return b * (length * d * d + 2 * s * d * d + length * s * 2 * d + length * d * d)
 
 
-def selective_scan_macs(inputs: list[Any], outputs: list[Any]) -> int:
-    """MACs of a selective scan traced as ``prim::PythonOp.SelectiveScan`` (the
-    ``hybrid_unet`` SSM block; inputs ``x (b, L, h, p)``, ``dt``, ``A``,
-    ``B (b, L, g, n)``, ...) or ``prim::PythonOp.SelectiveScanFn`` (mamba-ssm;
-    ``u (b, d, L)``, ``delta``, ``A (d, n)``, ...).
-
-    Counts the recurrence itself, per step and channel: ``n`` multiply-adds for the
-    state decay, ``n`` for the input injection, ``n`` for the read-out and 1 for
-    the skip ``D``: ``b * L * d * (3n + 1)``. The exponentials of the decay and the
-    softplus of ``dt`` are elementwise and not counted; nor is the extra work of a
-    chunked (state-space-duality) evaluation, which is an implementation choice.
-    """
-    x = _shape(inputs[0])
-    a = _shape(inputs[2])
-    b_shape = _shape(inputs[3])
-    if x is None or b_shape is None:
-        raise ValueError("selective scan: input shapes unknown in the trace")
-    if len(x) == 4:                       # (b, L, h, p), B (b, L, g, n)
-        b, length, h, p = x
-        return b * length * h * p * (3 * b_shape[-1] + 1)
-    b, d, length = x                      # mamba-ssm: u (b, d, L), A (d, n)
-    n = a[-1] if a else b_shape[-2]
-    return b * d * length * (3 * n + 1)
-
-
-#: Extra fvcore handles, by traced op name; applied on top of fvcore's defaults.
+#: Handles of the ops this plugin counts itself, by traced op name.
 OP_HANDLES: dict[str, OpHandle] = {
     "aten::scaled_dot_product_attention": sdpa_macs,
     "aten::_native_multi_head_attention": native_mha_macs,
-    "prim::PythonOp.SelectiveScan": selective_scan_macs,
-    "prim::PythonOp.SelectiveScanFn": selective_scan_macs,
 }
-
-
-def register_op_handle(op_name: str, handle: OpHandle) -> None:
-    """Count ``op_name`` (a traced op such as ``prim::PythonOp.SelectiveScanFn``)
-    with ``handle(inputs, outputs) -> MACs`` in every later ``gmacs`` evaluation.
-
-    Replaces an earlier handle for the same op.
-    """
-    if not isinstance(op_name, str) or "::" not in op_name:
-        raise ValueError(f"op name must look like 'aten::op' or 'prim::PythonOp.Name', got {op_name!r}")
-    if not callable(handle):
-        raise TypeError(f"handle for {op_name!r} must be callable, got {handle!r}")
-    OP_HANDLES[op_name] = handle
 
 
 GMACS_INCLUDES = (
     "convolutions, linear layers, matmul/bmm/einsum, scaled_dot_product_attention "
-    "(B*H*L*S*(E+Ev)), nn.MultiheadAttention fast path, selective scans "
-    "(B*L*D*(3N+1): state decay, input, read-out, skip), ops registered in "
-    "objectives.cost.OP_HANDLES, and fvcore's per-element estimates for batch/group/"
-    "layer/instance norm, upsampling, adaptive average pooling and grid_sample; "
-    "excludes other elementwise ops and activations (see unsupported_ops)"
+    "(B*H*L*S*(E+Ev)), nn.MultiheadAttention fast path, the custom ops plugins register "
+    "handles for (see handled_ops; e.g. selective scans, B*L*D*(3N+1)), and fvcore's "
+    "per-element estimates for batch/group/layer/instance norm, upsampling, adaptive average "
+    "pooling and grid_sample; excludes other elementwise ops and activations (see unsupported_ops)"
 )
 
 
@@ -147,14 +105,14 @@ def _mha_fastpath_disabled() -> Iterator[None]:
         mha.set_fastpath_enabled(before)
 
 
-class Params(Objective):
+class Params(PartObjective):
     """Number of parameters, in millions.
 
     Counts every distinct parameter tensor of the model (shared tensors once;
     buffers such as BatchNorm running statistics excluded); with
     ``trainable_only`` only those with ``requires_grad``. The exact integer is
     in ``details['count']``. ``part`` counts that model part of the search
-    space (see ``SearchSpace.parts``) instead of the main model.
+    space instead of the main model.
     """
 
     name = "params"
@@ -164,33 +122,30 @@ class Params(Objective):
     unit = "M"
     cost = 0.1
 
-    def __init__(self, trainable_only: bool = False, part: str | None = None):
-        if not isinstance(trainable_only, bool):
-            raise ValueError(f"params.params.trainable_only must be true or false, got {trainable_only!r}")
-        self.trainable_only = trainable_only
-        self.part = check_part(part, "params.params.part")
-
-    def prepare(self, space: SearchSpace, ctx: Context) -> None:
-        require_part(space, self.part, "params.params.part")
+    class Params(PartParams):
+        trainable_only: Bool = False
+        """Count only parameters with requires_grad."""
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         params = candidate.module(self.part).parameters()
-        count = sum(p.numel() for p in params if p.requires_grad or not self.trainable_only)
-        details: dict[str, Any] = {"count": int(count), "trainable_only": self.trainable_only}
+        trainable_only = self.params.trainable_only
+        count = sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+        details: dict[str, Any] = {"count": int(count), "trainable_only": trainable_only}
         if self.part is not None:
             details["part"] = self.part
         return Value(count / 1e6, details)
 
 
-class GMACs(Objective):
+class GMACs(PartObjective):
     """Multiply-accumulates of one forward pass, in billions (fvcore).
 
     ``input_shape`` is the full input shape including the batch, e.g.
     ``[1, 3, 64, 64]``; by default the search space's ``input_shape`` with
-    batch 1. What is counted is listed in ``details['includes']``; ops fvcore
-    could not count are in ``details['unsupported_ops']`` ({op: calls}).
-    ``part`` counts that model part of the search space (see
-    ``SearchSpace.parts``) on its own example inputs instead of the main model.
+    batch 1. What is counted is listed in ``details['includes']`` and the
+    custom ops counted by a plugin's handle in ``details['handled_ops']``; ops
+    fvcore could not count are in ``details['unsupported_ops']`` ({op: calls}).
+    ``part`` counts that model part of the search space on its own example
+    inputs instead of the main model.
     """
 
     name = "gmacs"
@@ -199,30 +154,32 @@ class GMACs(Objective):
     backend = "fvcore"
     unit = "GMACs"
     cost = 1.0
+    dependencies = ("fvcore",)
+    install_hint = "pip install 'nasframe[macs]'"
 
-    def __init__(self, input_shape: list[int] | None = None, part: str | None = None):
-        self.input_shape = check_shape(input_shape, "gmacs.params.input_shape")
-        self.part = check_part(part, "gmacs.params.part")
-
-    def prepare(self, space: SearchSpace, ctx: Context) -> None:
-        require_part(space, self.part, "gmacs.params.part")
+    class Params(PartParams):
+        input_shape: Shape | None = None
+        """Full input shape, batch included, e.g. [1, 3, 64, 64] (default: the space's, batch 1)."""
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         import torch
         from fvcore.nn import FlopCountAnalysis
 
-        inputs = candidate.example_inputs(self.input_shape, part=self.part)
+        inputs = candidate.example_inputs(self.params.input_shape, part=self.part)
         model = candidate.module(self.part)
+        handles = {**ctx.op_handles, **OP_HANDLES}
         with torch.no_grad(), model_mode(model, training=False), _mha_fastpath_disabled():
             analysis = FlopCountAnalysis(model, inputs)
-            analysis.set_op_handle(**OP_HANDLES)
+            analysis.set_op_handle(**handles)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             total = analysis.total()
             unsupported = dict(sorted(analysis.unsupported_ops().items()))
+            by_op = analysis.by_operator()
         details: dict[str, Any] = {
             "macs": int(total),
             "unsupported_ops": unsupported,
+            "handled_ops": sorted(k for k in ctx.op_handles if by_op.get(_short_op(k))),
             "includes": GMACS_INCLUDES,
             "input_shape": input_shapes(inputs),
         }
@@ -230,3 +187,7 @@ class GMACs(Objective):
             details["part"] = self.part
         return Value(total / 1e9, details)
 
+
+def _short_op(name: str) -> str:
+    """fvcore's by_operator key for a traced op name (``aten::conv`` -> ``conv``)."""
+    return name.split("::", 1)[-1]

@@ -12,14 +12,13 @@ signal power. Higher is better. With ``distill: {steps: N}`` the blocks that
 changed are first distilled for ``N`` steps to mimic their teacher blocks
 (module-wise surrogates, cached per block variant by the space).
 
-A search space offers this by implementing ``teacher()`` (the full teacher
-model, whose ``forward(*inputs, return_features=True)`` returns ``(output,
-{feature: tensor})`` like the candidates'), ``fidelity_inputs()`` (a list of
-input tuples), ``feature_channels(arch)`` (``{feature: teacher channel index
-tensor or None}``) and, for distillation, ``align(model, arch, ctx, steps=,
-lr=, batch_size=, seed=)``; ``sd_unet`` does. With ``part`` (e.g.
-``vae_decoder``) the space's ``teacher(part)``, ``fidelity_inputs(part)`` and
-``feature_channels(arch, part)`` are used and the candidate's part is scored.
+A search space offers this with the capability
+:class:`~nasframe.capabilities.Teacher` (``teacher()``, ``fidelity_inputs()``,
+``feature_channels(arch)``) and, for distillation,
+:class:`~nasframe.capabilities.BlockAlignment` (``align``); ``sd_unet`` does.
+With ``part`` (e.g. ``vae_decoder``) the space's ``teacher(part)``,
+``fidelity_inputs(part)`` and ``feature_channels(arch, part)`` are used and
+the candidate's part is scored.
 
 A proxy: it measures agreement with the teacher on these inputs, not image
 quality; with a randomly initialised teacher it says how much of the
@@ -30,18 +29,28 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from nasframe import Objective, Value
-from nasframe.errors import ConfigError
-from objectives._common import check_float, check_int, check_part, require_part
+from pydantic import model_validator
+
+from nasframe import Value
+from nasframe.capabilities import BlockAlignment, Capability, Teacher
+from nasframe.params import Field, Float, Int, Params
+from nasframe_objectives._common import PartObjective, PartParams
 
 if TYPE_CHECKING:
     from nasframe import Candidate, Context, SearchSpace
 
-PROTOCOL = ("teacher", "fidelity_inputs", "feature_channels")
-DISTILL_DEFAULTS = {"steps": 0, "lr": 1e-3, "batch_size": 4, "seed": 0}
+class DistillParams(Params):
+    steps: Int = Field(0, ge=0, le=1_000_000)
+    """Distillation steps per changed block (0: none)."""
+    lr: Float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the distillation."""
+    batch_size: Int = Field(4, ge=1, le=4096)
+    """Teacher inputs per distillation step."""
+    seed: Int | None = Field(None, ge=0)
+    """Seed of the distillation (default: the experiment's seed)."""
 
 
-class Fidelity(Objective):
+class Fidelity(PartObjective):
     """Agreement with the teacher (dB of signal over error, stage features and output)."""
 
     name = "fidelity"
@@ -50,43 +59,28 @@ class Fidelity(Objective):
     backend = "torch"
     unit = "dB"
     cost = 5.0
+    requires = (Teacher,)
 
-    def __init__(self, feature_weight: float = 0.5, distill: dict[str, Any] | None = None,
-                 part: str | None = None):
-        self.part = check_part(part, "fidelity.params.part")
-        fw = check_float(feature_weight, "fidelity.params.feature_weight", positive=False)
-        if not 0 <= fw <= 1:
-            raise ValueError(f"fidelity.params.feature_weight: must be in [0, 1] (0: output "
-                             f"only, 1: stage features only), got {feature_weight!r}")
-        self.feature_weight = fw
-        distill = dict(distill or {})
-        unknown = [k for k in distill if k not in DISTILL_DEFAULTS]
-        if unknown:
-            raise ValueError(f"fidelity.params.distill: unknown key(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(DISTILL_DEFAULTS)}")
-        self.distill = {**DISTILL_DEFAULTS, **distill}
-        check_int(self.distill["steps"], "fidelity.params.distill.steps", 0)
-        check_float(self.distill["lr"], "fidelity.params.distill.lr")
-        check_int(self.distill["batch_size"], "fidelity.params.distill.batch_size", 1)
-        check_int(self.distill["seed"], "fidelity.params.distill.seed", 0)
+    class Params(PartParams):
+        feature_weight: Float = Field(0.5, ge=0, le=1)
+        """Weight of the stage features against the output (0: output only, 1: features only)."""
+        distill: DistillParams = DistillParams()
+        """Distil each changed block first: steps, lr, batch_size, seed."""
+
+        @model_validator(mode="after")
+        def _no_distill_on_parts(self):
+            if self.part is not None and self.distill.steps:
+                raise ValueError(f"distill.steps = {self.distill.steps}: distillation works on "
+                                 f"the main model only, not on part {self.part!r}; set steps: 0")
+            return self
+
+    def requirements(self) -> tuple[type[Capability], ...]:
+        reqs = super().requirements()
+        return (*reqs, BlockAlignment) if self.params.distill.steps else reqs
 
     def prepare(self, space: SearchSpace, ctx: Context) -> None:
-        missing = [m for m in PROTOCOL if not hasattr(space, m)]
-        if missing:
-            raise ConfigError(f"objective 'fidelity' needs a search space with a teacher "
-                              f"({', '.join(PROTOCOL)}; sd_unet has them); '{space.name}' "
-                              f"lacks {', '.join(missing)}")
-        if self.part is not None:
-            require_part(space, self.part, "fidelity.params.part")
-            if self.distill["steps"]:
-                raise ConfigError(f"fidelity.params.distill.steps = {self.distill['steps']}: "
-                                  f"distillation works on the main model only, not on part "
-                                  f"{self.part!r}; set steps: 0")
-        if self.distill["steps"] and not hasattr(space, "align"):
-            raise ConfigError(f"fidelity.params.distill.steps = {self.distill['steps']}: "
-                              f"'{space.name}' cannot distil blocks (no `align`); set steps: 0")
         # made (or loaded) now, so that every candidate inherits from it
-        space.teacher(self.part) if self.part is not None else space.teacher()
+        space.teacher(self.part)
 
     def device(self, ctx: Context) -> str:
         return "cpu"
@@ -97,21 +91,18 @@ class Fidelity(Objective):
         space, arch = candidate.space, candidate.arch
         part = self.part
         model = candidate.module(part)
-        details: dict[str, Any] = {"feature_weight": self.feature_weight}
+        fw = self.params.feature_weight
+        details: dict[str, Any] = {"feature_weight": fw}
         if part is not None:
             details["part"] = part
-        if self.distill["steps"]:
-            d = self.distill
-            report = space.align(model, arch, ctx, steps=d["steps"], lr=d["lr"],
-                                 batch_size=d["batch_size"], seed=d["seed"])
-            details["distill"] = {"steps": d["steps"], **{k: report[k] for k in
-                                                          ("pairs", "trained", "cached", "seconds")}}
-        if part is None:
-            teacher, channels = space.teacher(), space.feature_channels(arch)
-            inputs_list = space.fidelity_inputs()
-        else:
-            teacher, channels = space.teacher(part), space.feature_channels(arch, part)
-            inputs_list = space.fidelity_inputs(part)
+        d = self.params.distill
+        if d.steps:
+            report = space.align(model, arch, ctx, steps=d.steps, lr=d.lr,
+                                 batch_size=d.batch_size, seed=ctx.seed_for(d.seed))
+            details["distill"] = {"steps": d.steps, **{k: report[k] for k in
+                                                       ("pairs", "trained", "cached", "seconds")}}
+        teacher, channels = space.teacher(part), space.feature_channels(arch, part)
+        inputs_list = space.fidelity_inputs(part)
         err: dict[str, float] = {}
         ref: dict[str, float] = {}
         samples = 0
@@ -135,7 +126,7 @@ class Fidelity(Objective):
         rel = {k: err[k] / max(ref[k], 1e-30) for k in err}
         stages = {k: v for k, v in rel.items() if k != "output"}
         stage_mean = sum(stages.values()) / len(stages) if stages else rel["output"]
-        combined = self.feature_weight * stage_mean + (1 - self.feature_weight) * rel["output"]
+        combined = fw * stage_mean + (1 - fw) * rel["output"]
         value = -10 * math.log10(max(combined, 1e-12))
         details.update(output_rel_mse=rel["output"], stage_rel_mse=stages,
                        stage_mean_rel_mse=stage_mean, samples=samples)

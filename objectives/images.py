@@ -6,6 +6,7 @@ its shorter side is ``short_side`` pixels.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -49,3 +50,9 @@ def centre_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     h, w = img.shape[-2:]
     top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
     return img[..., top:top + size, left:left + size]
+
+
+def psnr(output: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of ``output`` clamped to [0, 1] against ``target`` (peak 1)."""
+    mse = float(((output.clamp(0.0, 1.0) - target) ** 2).mean())
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)

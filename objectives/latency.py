@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from nasframe import Objective, Value
-from objectives._common import check_int, check_part, check_shape, input_shapes, model_mode, require_part
+from nasframe import Value
+from nasframe.params import Field, Int, ParamError, Shape
+from nasframe_objectives._common import PartObjective, PartParams, input_shapes, model_mode
 
 if TYPE_CHECKING:
     import torch
 
-    from nasframe import Candidate, Context, SearchSpace
+    from nasframe import Candidate, Context
 
 
 @lru_cache(maxsize=1)
@@ -83,7 +84,7 @@ def _num_threads(threads: int | None) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
-class Latency(Objective):
+class Latency(PartObjective):
     """Median wall-clock time of one forward pass, in milliseconds.
 
     Runs ``warmup`` untimed then ``repeats`` timed forward passes of the model
@@ -93,8 +94,8 @@ class Latency(Objective):
     64]``); without it, the space's ``input_shape`` with ``batch_size``.
     ``threads`` sets ``torch.set_num_threads`` for the measurement only.
     Details: ``p10_ms``/``p90_ms``, the threads actually used, torch version.
-    ``part`` times that model part of the search space (see
-    ``SearchSpace.parts``) on its own example inputs instead of the main model.
+    ``part`` times that model part of the search space on its own example
+    inputs instead of the main model.
     """
 
     name = "latency"
@@ -103,35 +104,38 @@ class Latency(Objective):
     backend = "torch"
     unit = "ms"
     cost = 10.0
+    small_params = {"repeats": 3, "warmup": 1}
 
-    def __init__(self, input_shape: list[int] | None = None, device: str = "cpu",
-                 threads: int | None = None, warmup: int = 3, repeats: int = 10,
-                 batch_size: int = 1, part: str | None = None):
+    class Params(PartParams):
+        input_shape: Shape | None = None
+        """Full input shape, batch included (default: the space's, with batch_size)."""
+        device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+        """Where to time: cpu, cuda or cuda:N."""
+        threads: Int | None = Field(None, ge=1, le=1024)
+        """torch intra-op threads during the measurement (default: torch's current setting)."""
+        warmup: Int = Field(3, ge=0, le=10_000)
+        """Untimed forward passes first."""
+        repeats: Int = Field(10, ge=1, le=100_000)
+        """Timed forward passes; the value is their median."""
+        batch_size: Int = Field(1, ge=1, le=65_536)
+        """Batch of the default input (ignored with input_shape)."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
         import torch
 
-        self.input_shape = check_shape(input_shape, "latency.params.input_shape")
-        try:
-            self._device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"latency.params.device: {device!r} is not a torch device; "
-                             "use 'cpu' or 'cuda'") from None
+        device = self.params.device
+        self._device = torch.device(device)
         if self._device.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"latency.params.device: {device!r} is not available on this "
-                                 "machine; use 'cpu'")
+                raise ParamError("device", f"{device!r} is not available on this machine; use 'cpu'")
             if self._device.index is not None and self._device.index >= torch.cuda.device_count():
-                raise ValueError(f"latency.params.device: {device!r} does not exist; this machine "
-                                 f"has {torch.cuda.device_count()} CUDA device(s)")
-        elif self._device.type != "cpu":
-            raise ValueError(f"latency.params.device: {device!r} is not supported; use 'cpu' or 'cuda'")
-        self.threads = None if threads is None else check_int(threads, "latency.params.threads", 1)
-        self.warmup = check_int(warmup, "latency.params.warmup", 0)
-        self.repeats = check_int(repeats, "latency.params.repeats", 1)
-        self.batch_size = check_int(batch_size, "latency.params.batch_size", 1)
-        self.part = check_part(part, "latency.params.part")
-
-    def prepare(self, space: SearchSpace, ctx: Context) -> None:
-        require_part(space, self.part, "latency.params.part")
+                raise ParamError("device", f"{device!r} does not exist; this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
+        self.threads = self.params.threads
+        self.warmup, self.repeats = self.params.warmup, self.params.repeats
+        self.batch_size = self.params.batch_size
+        self.input_shape = self.params.input_shape
 
     def device(self, ctx: Context) -> str:
         import torch

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from nasframe import Objective, Value
-from objectives._common import check_float, check_int, model_mode
-from objectives.images import centre_crop, photo
+from nasframe.capabilities import ImageToImage
+from nasframe.params import Field, Float, Int, Params
+from nasframe_objectives._common import model_mode
+from nasframe_objectives.images import centre_crop, photo, psnr
 
 if TYPE_CHECKING:
     import torch
@@ -20,12 +22,6 @@ TRAIN_IMAGES = ("astronaut", "rocket", "motorcycle_left")
 VAL_IMAGES = ("coffee", "chelsea")
 SHORT_SIDE = 128  # every photo is downscaled to this shorter side
 VAL_CROP = 128  # validation: the central VAL_CROP x VAL_CROP crop of each image
-
-
-def psnr(output: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR in dB of ``output`` clamped to [0, 1] against ``target`` (peak 1)."""
-    mse = float(((output.clamp(0.0, 1.0) - target) ** 2).mean())
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def _seed(*parts: int) -> int:
@@ -69,16 +65,28 @@ class QuickPSNR(Objective):
     backend = "torch"
     unit = "dB"
     cost = 20.0
+    requires = (ImageToImage,)
+    dependencies = ("skimage",)
+    install_hint = "pip install 'nasframe[restoration]'"
+    small_params = {"steps": 5}
 
-    def __init__(self, steps: int = 60, lr: float = 2e-3, batch_size: int = 16, patch: int = 32,
-                 sigma: float = 25.0):
-        self.steps = check_int(steps, "quick_psnr.params.steps", 0)
-        self.lr = check_float(lr, "quick_psnr.params.lr")
-        self.batch_size = check_int(batch_size, "quick_psnr.params.batch_size", 1)
-        self.patch = check_int(patch, "quick_psnr.params.patch", 8)
-        if self.patch > SHORT_SIDE:
-            raise ValueError(f"quick_psnr.params.patch: at most {SHORT_SIDE}, got {patch}")
-        self.sigma = check_float(sigma, "quick_psnr.params.sigma")
+    class Params(Params):
+        steps: Int = Field(60, ge=0, le=1_000_000)
+        """Adam steps of denoising training before PSNR is measured."""
+        lr: Float = Field(2e-3, gt=0, le=10)
+        """Adam learning rate."""
+        batch_size: Int = Field(16, ge=1, le=4096)
+        """Random crops per step."""
+        patch: Int = Field(32, ge=8, le=SHORT_SIDE)
+        """Side of the training crops, in pixels."""
+        sigma: Float = Field(25.0, gt=0, le=255)
+        """Noise standard deviation on the 0-255 scale."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        p = self.params
+        self.steps, self.lr, self.batch_size = p.steps, p.lr, p.batch_size
+        self.patch, self.sigma = p.patch, p.sigma
         self._data: dict[int, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
 
     # -- data ------------------------------------------------------------

@@ -1,33 +1,24 @@
 """Restoration quality on the search space's validation set, and the transformer count.
 
 ``psnr`` and ``ssim`` score a candidate's model on the validation pairs its
-search space provides through ``space.validation_pairs()`` (a list of
-``(degraded, clean)`` tensors of shape ``(1, C, H, W)`` in [0, 1]); outputs are
+search space provides (capability :class:`~nasframe.capabilities.ValidationPairs`:
+``(degraded, clean)`` tensors of shape ``(1, C, H, W)`` in [0, 1]), built with
+trained weights (:class:`~nasframe.capabilities.TrainedWeights`); outputs are
 clamped to [0, 1]. They are measurements of the model as built (for
 ``hybrid_unet``: assembled from the pre-aligned bank, not fine-tuned).
-``transformer_count`` reads the block graph: the number of nodes of kind
-``transformer``; a proxy for latency (ENS).
+``transformer_count`` reads the block graph (:class:`~nasframe.capabilities.BlockKinds`):
+the number of nodes of kind ``transformer``; a proxy for latency (ENS).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from nasframe import Objective, Value
-from objectives._common import check_int
+from nasframe.capabilities import BlockKinds, TrainedWeights, ValidationPairs
+from nasframe.params import Field, Int, Params
 
 if TYPE_CHECKING:
     from nasframe import Candidate, Context, SearchSpace
-
-
-def _pairs(space: SearchSpace, who: str):
-    get = getattr(space, "validation_pairs", None)
-    if get is None:
-        from nasframe.errors import ConfigError
-
-        raise ConfigError(f"objective '{who}' needs a search space with validation data "
-                          f"(a `validation_pairs()` method, as hybrid_unet has); "
-                          f"'{space.name}' has none")
-    return get()
 
 
 class _ImageQuality(Objective):
@@ -35,14 +26,11 @@ class _ImageQuality(Objective):
     kind = "measured"
     backend = "torch"
     cost = 10.0
+    requires = (ValidationPairs, TrainedWeights)
 
-    def __init__(self, max_images: int | None = None):
-        self.max_images = None if max_images is None else check_int(
-            max_images, f"{self.name}.params.max_images", 1)
-
-    def prepare(self, space: SearchSpace, ctx: Context) -> None:
-        if not hasattr(space, "validation_pairs"):
-            _pairs(space, self.name)
+    class Params(Params):
+        max_images: Int | None = Field(None, ge=1, le=1_000_000)
+        """Score only the first N validation images (default: all)."""
 
     def device(self, ctx: Context) -> str:
         return "cpu"
@@ -53,7 +41,7 @@ class _ImageQuality(Objective):
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         import torch
 
-        pairs = _pairs(candidate.space, self.name)[:self.max_images]
+        pairs = candidate.space.validation_pairs()[:self.params.max_images]
         model = candidate.model.eval()
         scores = []
         with torch.inference_mode():
@@ -70,7 +58,7 @@ class PSNR(_ImageQuality):
     unit = "dB"
 
     def score(self, output, target) -> float:
-        from objectives.quick_psnr import psnr
+        from nasframe_objectives.images import psnr
 
         return min(psnr(output, target), 100.0)   # an exact copy: 100 dB, not infinity
 
@@ -80,6 +68,8 @@ class SSIM(_ImageQuality):
 
     name = "ssim"
     unit = ""
+    dependencies = ("skimage",)
+    install_hint = "pip install 'nasframe[restoration]'"
 
     def score(self, output, target) -> float:
         from skimage.metrics import structural_similarity
@@ -100,6 +90,14 @@ class TransformerCount(Objective):
     backend = "networkx"
     unit = "blocks"
     cost = 0.01
+    requires = (BlockKinds,)
+
+    def check_space(self, space: SearchSpace) -> str | None:
+        kinds = space.block_kinds()
+        if "transformer" not in kinds:
+            return (f"objective 'transformer_count' counts graph nodes of kind 'transformer'; "
+                    f"search space '{space.name}' has none (its kinds: {', '.join(kinds)})")
+        return None
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         g = candidate.graph

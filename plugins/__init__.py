@@ -11,10 +11,10 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_strategies(registry: Registry) -> None:
-    from plugins.ens import EnsStrategy
-    from plugins.eps_bo import EpsBO
-    from plugins.grid import GridSearch
-    from plugins.random_search import RandomSearch
+    from nasframe_plugins.ens import EnsStrategy
+    from nasframe_plugins.eps_bo import EpsBO
+    from nasframe_plugins.grid import GridSearch
+    from nasframe_plugins.random_search import RandomSearch
 
     registry.add(RandomSearch)
     registry.add(GridSearch)
@@ -24,8 +24,8 @@ def register_strategies(registry: Registry) -> None:
 
 @hookimpl
 def register_executors(registry: Registry) -> None:
-    from plugins.dask_executor import DaskExecutor
-    from plugins.executors import InlineExecutor, ProcessExecutor
+    from nasframe_plugins.dask_executor import DaskExecutor
+    from nasframe_plugins.executors import InlineExecutor, ProcessExecutor
 
     registry.add(InlineExecutor)
     registry.add(ProcessExecutor)

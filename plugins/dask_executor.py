@@ -5,53 +5,127 @@ single-threaded worker processes; ``executor: {name: dask, params: {address:
 "tcp://scheduler:8786"}}`` uses a running cluster, whose workers must have
 nasframe and the experiment's plugins installed and must see the run
 directory (shared file system) to load prepared artifacts.
+
+Faults: every worker builds the experiment before the first trial, and at
+most ``workers`` trials are in flight at once, so a trial starts when it is
+submitted and ``trial_timeout`` counts from there (a worker the cluster
+replaced after a crash builds it during its first trial). A trial past it
+is cancelled and failed ("timed out"); on a local cluster its worker is
+restarted, on a remote one it is abandoned (the worker may stay busy until
+the task returns). A worker that dies fails its trial ("worker died"): the
+local cluster allows no retries of a task whose worker died, so a trial that
+kills its worker is not re-run on every other worker; a remote scheduler
+applies its own ``distributed.scheduler.allowed-failures``.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from nasframe.errors import ConfigError
-from nasframe.executor import FuturesExecutor
+from nasframe.executor import Executor, ExecutorParams, Job, failed
+from nasframe.params import Bool, Field
+from nasframe.trial import Trial
+
+#: how often in-flight trials are checked (seconds)
+POLL = 0.2
 
 
-class DaskExecutor(FuturesExecutor):
-    """``Client.get_executor()`` of a Dask cluster: local (default) or at ``address``."""
+class DaskExecutor(Executor):
+    """Trials as tasks of a Dask cluster: local (default) or at ``address``."""
 
     name = "dask"
+    dependencies = ("distributed",)
+    install_hint = "pip install 'nasframe[dask]'"
 
-    def __init__(self, workers: int = 1, address: str | None = None, dashboard: bool = False):
-        super().__init__(workers)
-        try:
-            import dask.distributed  # noqa: F401
-        except ImportError:
-            raise ConfigError("executor 'dask' needs dask.distributed, which is not installed; "
-                              "install it with `pip install 'nasframe[dask]'`, or use "
-                              "`executor: {name: process}`") from None
-        if address is not None and not isinstance(address, str):
-            raise ValueError(f"`address` must be a scheduler address string, got {address!r}")
-        self.address = address
-        self.dashboard = bool(dashboard)
+    class Params(ExecutorParams):
+        address: str | None = Field(None, min_length=1, max_length=512, strict=True)
+        """A running scheduler, e.g. tcp://host:8786 (default: a local cluster of `workers` processes)."""
+        dashboard: Bool = False
+        """Serve the local cluster's Dask dashboard (on a free port)."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        self.address = self.params.address
+        self.dashboard = self.params.dashboard
         self._client: Any = None
         self._cluster: Any = None
+        self._job: Job | None = None
 
-    def make_pool(self) -> cf.Executor:
+    def start(self, job: Job) -> None:
+        import dask
         from dask.distributed import Client, LocalCluster
 
+        self._job = job
         if self.address is None:
-            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                         processes=True,
-                                         dashboard_address=":0" if self.dashboard else None)
-            self._client = Client(self._cluster)
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                                  "distributed.worker.daemon": False}):
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                             processes=True,
+                                             dashboard_address=":0" if self.dashboard else None)
+                self._client = Client(self._cluster)
         else:
             self._client = Client(self.address)
-        return self._client.get_executor(pure=False)
+        if job.warm is not None:        # build the experiment in every worker before timing trials
+            self._client.run(job.warm)
+
+    def map(self, trials: Sequence[Trial]) -> list[Trial]:
+        if self._client is None or self._job is None:
+            raise RuntimeError("executor 'dask': map() before start()")
+        limit = self._job.trial_timeout
+        out: list[Trial | None] = [None] * len(trials)
+        todo = list(range(len(trials)))
+        running: dict[int, tuple[Any, float]] = {}
+        while todo or running:
+            while todo and len(running) < self.workers:
+                i = todo.pop(0)
+                fut = self._client.submit(self._job.remote, trials[i], pure=False)
+                running[i] = (fut, time.monotonic())
+            time.sleep(POLL)
+            now = time.monotonic()
+            for i, (fut, since) in list(running.items()):
+                t = trials[i]
+                if fut.done():
+                    del running[i]
+                    try:
+                        out[i] = fut.result()
+                    except Exception as err:  # noqa: BLE001 - KilledWorker and friends
+                        kind = type(err).__name__
+                        out[i] = failed(t, "died" if kind == "KilledWorker" else "exception",
+                                        f"worker died ({kind}: {err})" if kind == "KilledWorker"
+                                        else f"worker error: {kind}: {err}")
+                elif limit is not None and now - since > limit:
+                    del running[i]
+                    self._abandon(fut)
+                    where = "its worker was restarted" if self._cluster is not None \
+                        else "the task was abandoned"
+                    out[i] = failed(t, "timeout", f"timed out after {limit:g} s ({where})")
+        return out  # type: ignore[return-value]
+
+    def _abandon(self, fut: Any) -> None:
+        """Cancel a task that ran out of time; on a local cluster, restart its worker."""
+        workers = []
+        try:
+            processing = self._client.processing()
+            workers = [w for w, keys in processing.items() if fut.key in keys]
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        fut.cancel()
+        if self._cluster is not None and workers:
+            try:
+                self._client.restart_workers(workers, timeout=30)
+                if self._job is not None and self._job.warm is not None:
+                    self._client.run(self._job.warm, workers=workers)
+            except Exception:  # noqa: BLE001 - the task is failed either way
+                pass
 
     def shutdown(self) -> None:
-        super().shutdown()
         for obj in (self._client, self._cluster):
             if obj is not None:
-                obj.close()
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001 - shutting down anyway
+                    pass
         self._client = self._cluster = None
 
     def describe(self) -> str:

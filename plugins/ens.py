@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from nasframe.architecture import Architecture
+from nasframe.errors import did_you_mean
+from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.pareto import pareto_mask
-from nasframe.strategy import SeenIds, Strategy
+from nasframe.strategy import Strategy
 from nasframe.trial import Problem, Trial
-from plugins._params import check_number
 
 #: objective value given to failed trials and missing values (minimisation form)
 BAD = 1e12
@@ -54,38 +55,41 @@ class EnsStrategy(Strategy):
 
     State: the generator, the generation counter, the population and the
     trials told since the last survival (indices with their objective and
-    violation values), the queued and pending (asked, not told) proposals and
-    the seen ids. pymoo's algorithm is rebuilt from it at each generation with
+    violation values) and the queued proposals; which architectures the run
+    has seen comes from the history. pymoo's algorithm is rebuilt from it at each generation with
     a seed drawn from ``self.rng``, so a resumed instance continues the same
     search.
     """
 
     name = "ens"
 
-    def __init__(self, problem: Problem, seed: int = 0, population: int = 16, penalty: float = 0.1,
-                 quality: str | None = None, cost: str | None = None,
-                 crossover_prob: float = 0.9, mutation_prob: float | None = None,
-                 max_retries: int = 1000):
-        super().__init__(problem, seed)
-        check_number("population", population,
-                     "an integer of at least 2 (e.g. `population: 16`)", 2, integer=True)
-        check_number("penalty", penalty,
-                     "a number >= 0, the weight of `cost` in the pick (e.g. `penalty: 0.1`)", 0)
-        check_number("crossover_prob", crossover_prob,
-                     "a probability between 0 and 1 (e.g. `crossover_prob: 0.9`)", 0, 1)
-        if mutation_prob is not None:
-            check_number("mutation_prob", mutation_prob,
-                         "a probability in (0, 1], or null for 1 / number of decisions", 0, 1,
-                         low_open=True)
-        check_number("max_retries", max_retries, "a positive integer", 1, integer=True)
-        self.population = population
-        self.penalty = float(penalty)
-        self.crossover_prob = float(crossover_prob)
-        self.mutation_prob = None if mutation_prob is None else float(mutation_prob)
-        self.max_retries = max_retries
+    class Params(Params):
+        population: Int = Field(16, ge=2, le=100_000)
+        """Architectures per generation."""
+        penalty: Float = Field(0.1, ge=0)
+        """Weight of `cost` in the pick: quality - penalty x cost."""
+        quality: str | None = None
+        """The maximised objective of the pick (default: the first maximised one)."""
+        cost: str | None = None
+        """The minimised objective of the pick (default: transformer_count if searched, else the first minimised one)."""
+        crossover_prob: Float = Field(0.9, ge=0, le=1)
+        """Probability that two parents are crossed (uniform crossover)."""
+        mutation_prob: Float | None = Field(None, gt=0, le=1)
+        """Per-gene mutation probability (default: 1 / number of decisions)."""
+        max_retries: Int = Field(1000, ge=1, le=10_000_000)
+        """Consecutive seen or invalid random draws before a generation stays short."""
+
+    def __init__(self, problem: Problem, params=None, **kwargs):
+        super().__init__(problem, params, **kwargs)
+        p = self.params
+        self.population = p.population
+        self.penalty = float(p.penalty)
+        self.crossover_prob = float(p.crossover_prob)
+        self.mutation_prob = None if p.mutation_prob is None else float(p.mutation_prob)
+        self.max_retries = p.max_retries
         specs = {o.key: o for o in problem.objectives}
-        self.quality = self._pick_key("quality", quality, "max", specs)
-        self.cost = self._pick_key("cost", cost, "min", specs)
+        self.quality = self._pick_key("quality", p.quality, "max", specs)
+        self.cost = self._pick_key("cost", p.cost, "min", specs)
         self._decisions = list(self.space.decisions())
         self._counts = np.array([d.count for d in self._decisions], dtype=np.int64)
         # search state (all of it in state_dict)
@@ -93,9 +97,12 @@ class EnsStrategy(Strategy):
         self._pop: list[dict[str, Any]] = []      # survivors of the last selection
         self._told: list[dict[str, Any]] = []     # individuals told since the last selection
         self._queue: list[list[int]] = []         # this generation, not yet handed out
-        self._pending: list[str] = []             # handed out, not yet told
-        self._seen = SeenIds()
         self._members: set[str] = set()           # ids in _pop or _told
+        self._asking: set[str] = set()            # handed out by the current ask (transient)
+
+    def _known(self, arch_id: str) -> bool:
+        """Seen by the run, or handed out by the ask in progress."""
+        return self.seen(arch_id) or arch_id in self._asking
 
     @staticmethod
     def _pick_key(param: str, key: str | None, direction: str, specs: dict) -> str | None:
@@ -103,12 +110,12 @@ class EnsStrategy(Strategy):
             if param == "cost" and "transformer_count" in specs:
                 return "transformer_count"
             return next((k for k, s in specs.items() if s.direction == direction), None)
-        if not isinstance(key, str) or key not in specs:
-            raise ValueError(f"`{param}` must name one of the experiment's objectives "
-                             f"({', '.join(specs) or 'none'}), got {key!r}")
+        if key not in specs:
+            raise ParamError(param, f"must name one of the experiment's objectives "
+                             f"({', '.join(specs) or 'none'}), got {key!r}{did_you_mean(key, specs)}")
         if specs[key].direction != direction:
             word = "maximised" if direction == "max" else "minimised"
-            raise ValueError(f"`{param}` must name an objective that is {word}, but {key!r} has "
+            raise ParamError(param, f"must name an objective that is {word}, but {key!r} has "
                              f"direction '{specs[key].direction}'; choose another objective or "
                              f"set its direction to '{direction}' in the experiment")
         return key
@@ -136,26 +143,24 @@ class EnsStrategy(Strategy):
     # -- ask / tell ------------------------------------------------------
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
+        self._asking = set()
         while len(out) < n:
             if not self._queue:
                 self._next_generation()
                 if not self._queue:
                     break
             arch = self.space.from_indices(self._queue.pop(0))
-            if arch is None or arch.id in self._seen:
+            if arch is None or self._known(arch.id):
                 continue
-            self._seen.add(arch.id)
-            self._pending.append(arch.id)
+            self._asking.add(arch.id)
             out.append(arch)
+        self._asking = set()
         return out
 
     def tell(self, trials: Sequence[Trial]) -> None:
         for t in trials:
-            self._seen.add(t.arch.id)
             if t.status == "running":
                 continue
-            if t.arch.id in self._pending:
-                self._pending.remove(t.arch.id)
             rec = self._record(t)
             if rec is None or rec["id"] in self._members:
                 continue
@@ -166,7 +171,6 @@ class EnsStrategy(Strategy):
     def _next_generation(self) -> None:
         """Select survivors from everything told, then fill the queue with children."""
         self._gen += 1
-        self._pending = []  # results still to come join the next selection as other trials do
         records = self._pop + self._told
         self._told = []
         queued: set[str] = set()
@@ -185,7 +189,7 @@ class EnsStrategy(Strategy):
             if off is not None:
                 for x in off.get("X"):
                     arch = self.space.from_indices(x)
-                    if arch is not None and arch.id not in self._seen and arch.id not in queued:
+                    if arch is not None and not self._known(arch.id) and arch.id not in queued:
                         queued.add(arch.id)
                         self._queue.append([int(v) for v in x])
         misses = 0
@@ -195,7 +199,7 @@ class EnsStrategy(Strategy):
             except RuntimeError:
                 break
             x = self.space.to_indices(arch)
-            if x is None or arch.id in self._seen or arch.id in queued:
+            if x is None or self._known(arch.id) or arch.id in queued:
                 misses += 1
                 continue
             misses = 0
@@ -247,8 +251,7 @@ class EnsStrategy(Strategy):
     # -- state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng_state(), "generation": self._gen, "population": self._pop,
-                "told": self._told, "queue": self._queue, "pending": list(self._pending),
-                "seen": self._seen.to_list()}
+                "told": self._told, "queue": self._queue}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
@@ -263,8 +266,6 @@ class EnsStrategy(Strategy):
                                  f"{width}; the space changed since the run was saved: start a "
                                  "new run")
         self._queue = [list(map(int, x)) for x in state.get("queue", [])]
-        self._pending = list(state.get("pending", []))
-        self._seen = SeenIds(state.get("seen", ()))
         self._members = {r["id"] for r in self._pop + self._told}
 
 
@@ -336,7 +337,7 @@ class _Unseen(_duplicate_base()):
         if other is None:
             first: set[str] = set()
             for i, arch_id in enumerate(ids):
-                if (arch_id is None or arch_id in self.strategy._seen or arch_id in self.queued
+                if (arch_id is None or self.strategy._known(arch_id) or arch_id in self.queued
                         or arch_id in first):
                     is_duplicate[i] = True
                 else:

@@ -15,26 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from pydantic import model_validator
+
 from nasframe.architecture import Architecture
+from nasframe.errors import did_you_mean
+from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.space import Categorical
-from nasframe.strategy import SeenIds, Strategy
+from nasframe.strategy import Strategy
 from nasframe.trial import Problem, Trial
-from plugins._params import check_number
 
 INSTALL_HINT = "pip install 'nasframe[bo]'"
 #: L-BFGS iterations per GP fit (noise-free objectives otherwise take ~1000, seconds per fit)
 FIT_MAXITER = 60
-
-
-def _require_botorch() -> None:
-    try:
-        import botorch  # noqa: F401
-        import gpytorch  # noqa: F401
-    except ImportError as err:
-        from nasframe.errors import ConfigError
-
-        raise ConfigError(f"strategy 'eps_bo' needs botorch, which is not installed ({err}); "
-                          f"install it with: {INSTALL_HINT}") from err
 
 
 class EpsBO(Strategy):
@@ -80,75 +72,82 @@ class EpsBO(Strategy):
     tightest epsilon that some trial satisfies (rule e.g.
     ``min gmacs s.t. fidelity >= 0.9 = 1.23``).
 
-    State: the generator, the seen ids (in order), the observations (decision
-    indices, values, status, feasibility), the epsilon cycle position, the
-    number of random proposals and the pending ids. GPs are refitted from it,
+    State: the generator, the epsilon cycle position and the number of random
+    proposals. The observations (decision indices, values, status,
+    feasibility) are read from the run's history; GPs are refitted from them,
     so a resumed instance continues the same search.
     """
 
     name = "eps_bo"
+    dependencies = ("botorch", "gpytorch")
+    install_hint = INSTALL_HINT
 
-    def __init__(self, problem: Problem, seed: int = 0, minimise: str | None = None,
-                 bounds: Mapping[str, float] | None = None,
-                 epsilons: Sequence[float] | None = None, bounded: str | None = None,
-                 n_initial: int = 8, candidates: int = 2048, max_retries: int = 1000):
-        super().__init__(problem, seed)
-        _require_botorch()
+    class Params(Params):
+        minimise: str | None = None
+        """The objective to optimise, in its own direction (default: the first minimised one)."""
+        bounds: dict[str, Float] = {}
+        """Fixed bounds {objective: epsilon}: >= for maximised objectives, <= for minimised ones."""
+        epsilons: list[Float] | None = Field(None, min_length=1, max_length=1000)
+        """Several bounds on ONE objective (`bounded`), swept in one run."""
+        bounded: str | None = None
+        """The objective `epsilons` bound (default: the only objective besides `minimise` and `bounds`)."""
+        n_initial: Int = Field(8, ge=0, le=100_000)
+        """Random architectures proposed before the model is used."""
+        candidates: Int = Field(2048, ge=1, le=10_000_000)
+        """Architectures scored per proposal: the whole space when it has at most this many, else a local search."""
+        max_retries: Int = Field(1000, ge=1, le=10_000_000)
+        """Consecutive seen or invalid random draws before the space counts as exhausted."""
+
+        @model_validator(mode="after")
+        def _bounded_needs_epsilons(self):
+            if self.epsilons is None and self.bounded is not None:
+                raise ValueError(f"`bounded: {self.bounded}` needs `epsilons` (a list of bounds to "
+                                 "sweep, e.g. `epsilons: [0.8, 0.9]`); for a single bound use "
+                                 f"`bounds: {{{self.bounded}: EPSILON}}`")
+            return self
+
+    def __init__(self, problem: Problem, params=None, **kwargs):
+        super().__init__(problem, params, **kwargs)
+        p = self.params
         specs = {o.key: o for o in problem.objectives}
         keys = ", ".join(specs) or "none"
         if not specs:
-            raise ValueError("strategy 'eps_bo' needs at least one objective in the experiment")
+            raise ParamError("minimise", "strategy 'eps_bo' needs at least one objective in the "
+                             "experiment")
         # -- the optimised objective
+        minimise = p.minimise
         if minimise is None:
             minimise = next((k for k, s in specs.items() if s.direction == "min"), next(iter(specs)))
-        elif not isinstance(minimise, str) or minimise not in specs:
-            raise ValueError(f"`minimise` must name one of the experiment's objectives ({keys}), "
-                             f"got {minimise!r}; e.g. `minimise: {next(iter(specs))}`")
+        elif minimise not in specs:
+            raise ParamError("minimise", f"must name one of the experiment's objectives ({keys}), "
+                             f"got {minimise!r}{did_you_mean(minimise, specs)}")
         self.minimise = minimise
         self.direction = specs[minimise].direction
         # -- fixed bounds
-        if bounds is None:
-            bounds = {}
-        if not isinstance(bounds, Mapping):
-            raise ValueError(f"`bounds` must be a mapping of objective -> epsilon, e.g. "
-                             f"`bounds: {{fidelity: 0.9}}`, got {bounds!r}")
         self.bounds: dict[str, float] = {}
-        for key, eps in bounds.items():
-            self._check_bound_key("bounds", key, specs)
-            check_number(f"bounds.{key}", eps, "a finite number (the epsilon for that objective)")
+        for key, eps in p.bounds.items():
+            self._check_bound_key(f"bounds.{key}", key, specs)
             self.bounds[key] = float(eps)
         # -- epsilon sweep
-        if epsilons is None:
-            if bounded is not None:
-                raise ValueError(f"`bounded: {bounded}` needs `epsilons` (a list of bounds to sweep, "
-                                 "e.g. `epsilons: [0.8, 0.9]`); for a single bound use "
-                                 f"`bounds: {{{bounded}: EPSILON}}`")
+        bounded = p.bounded
+        if p.epsilons is None:
             self.epsilons: list[float] = []
             self.bounded: str | None = None
         else:
-            if (isinstance(epsilons, (str, bytes, Mapping)) or not isinstance(epsilons, Sequence)
-                    or not epsilons):
-                raise ValueError(f"`epsilons` must be a non-empty list of numbers, e.g. "
-                                 f"`epsilons: [0.8, 0.9, 0.95]`, got {epsilons!r}")
-            for i, eps in enumerate(epsilons):
-                check_number(f"epsilons[{i}]", eps, "a finite number")
             if bounded is None:
                 others = [k for k in specs if k != minimise and k not in self.bounds]
                 if len(others) != 1:
-                    raise ValueError("`epsilons` needs `bounded`: the objective they bound (one of "
-                                     f"{', '.join(others) or 'none'}), e.g. `bounded: fidelity`")
+                    raise ParamError("bounded", "`epsilons` needs `bounded`: the objective they "
+                                     f"bound (one of {', '.join(others) or 'none'}), e.g. "
+                                     "`bounded: fidelity`")
                 bounded = others[0]
             self._check_bound_key("bounded", bounded, specs)
             if bounded in self.bounds:
-                raise ValueError(f"`bounded: {bounded}` is also in `bounds`; sweep it with "
+                raise ParamError("bounded", f"`{bounded}` is also in `bounds`; sweep it with "
                                  "`epsilons` or fix it in `bounds`, not both")
-            self.epsilons = [float(e) for e in epsilons]
+            self.epsilons = [float(e) for e in p.epsilons]
             self.bounded = bounded
-        check_number("n_initial", n_initial, "an integer >= 0 (e.g. `n_initial: 8`)", 0, integer=True)
-        check_number("candidates", candidates, "an integer >= 1 (e.g. `candidates: 2048`)", 1,
-                     integer=True)
-        check_number("max_retries", max_retries, "a positive integer", 1, integer=True)
-        self.n_initial, self.candidates, self.max_retries = n_initial, candidates, max_retries
+        self.n_initial, self.candidates, self.max_retries = p.n_initial, p.candidates, p.max_retries
         self._specs = specs
         self._decisions = list(self.space.decisions())
         self._counts = [d.count for d in self._decisions]
@@ -156,19 +155,17 @@ class EpsBO(Strategy):
                           if isinstance(d, Categorical) and d.count > 1]
         self._all: np.ndarray | None = None  # the enumerated space (index rows), when small
         self._all_archs: list[Architecture] = []
-        # search state (all of it in state_dict)
-        self._seen = SeenIds()
-        self._obs: dict[str, dict[str, Any]] = {}  # arch id -> observation (insertion order)
-        self._pending: list[str] = []
+        self._asking: set[str] = set()        # proposed by the ask in progress (transient)
+        # search state (all of it in state_dict); observations come from the history
         self._cycle = 0
         self._n_random = 0
 
     def _check_bound_key(self, param: str, key: Any, specs: dict) -> None:
-        if not isinstance(key, str) or key not in specs:
-            raise ValueError(f"`{param}` must name the experiment's objectives "
-                             f"({', '.join(specs)}), got {key!r}")
+        if key not in specs:
+            raise ParamError(param, f"must name one of the experiment's objectives "
+                             f"({', '.join(specs)}), got {key!r}{did_you_mean(key, specs)}")
         if key == self.minimise:
-            raise ValueError(f"`{param}` names {key!r}, the objective being optimised "
+            raise ParamError(param, f"names {key!r}, the objective being optimised "
                              "(`minimise`); bound another objective or choose another `minimise`")
 
     # -- targets: the bounds of one epsilon ------------------------------
@@ -207,13 +204,12 @@ class EpsBO(Strategy):
         return torch.as_tensor(np.asarray(rows, dtype=float) / scale, dtype=torch.float64)
 
     # -- ask / tell ------------------------------------------------------
-    def tell(self, trials: Sequence[Trial]) -> None:
-        for t in trials:
-            self._seen.add(t.arch.id)
-            if t.status == "running":
-                continue
-            if t.arch.id in self._pending:
-                self._pending.remove(t.arch.id)
+    @property
+    def _obs(self) -> dict[str, dict[str, Any]]:
+        """Observations from the history: arch id -> decision indices, finite values,
+        status and feasibility of its latest finished trial (in trial order)."""
+        obs: dict[str, dict[str, Any]] = {}
+        for t in self.history.finished():
             x = self.space.to_indices(t.arch)
             if x is None:
                 continue
@@ -221,14 +217,23 @@ class EpsBO(Strategy):
                 k: float(v) for k, v in t.values.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
             feasible = False if t.status == "failed" else t.feasible
-            self._obs[t.arch.id] = {"x": x, "values": values, "status": t.status,
-                                    "feasible": feasible}
+            obs.pop(t.arch.id, None)
+            obs[t.arch.id] = {"x": x, "values": values, "status": t.status, "feasible": feasible}
+        return obs
+
+    def _known(self, arch_id: str) -> bool:
+        return self.seen(arch_id) or arch_id in self._asking
+
+    def tell(self, trials: Sequence[Trial]) -> None:
+        """Nothing to store: observations are read from the history at each ask."""
 
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
         models = None
+        self._asking = set()
+        obs = self._obs
         while len(out) < n:
-            n_obs = sum(1 for o in self._obs.values() if self.minimise in o["values"])
+            n_obs = sum(1 for o in obs.values() if self.minimise in o["values"])
             if self._n_random < self.n_initial or n_obs < 2:
                 arch = self._random()
                 if arch is None:
@@ -236,15 +241,15 @@ class EpsBO(Strategy):
                 self._n_random += 1
             else:
                 if models is None:
-                    models = self._fit()
+                    models = self._fit(obs)
                 target = self._targets()[self._cycle % len(self._targets())]
-                arch = self._propose(models, target, {a.id for a in out})
+                arch = self._propose(models, target, obs)
                 if arch is None:
                     break
                 self._cycle += 1
-            self._seen.add(arch.id)
-            self._pending.append(arch.id)
+            self._asking.add(arch.id)
             out.append(arch)
+        self._asking = set()
         return out
 
     def _random(self) -> Architecture | None:
@@ -254,7 +259,7 @@ class EpsBO(Strategy):
                 arch = self.space.sample(self.rng)
             except RuntimeError:
                 return None
-            if arch.id in self._seen or self.space.to_indices(arch) is None:
+            if self._known(arch.id) or self.space.to_indices(arch) is None:
                 misses += 1
                 continue
             return arch
@@ -262,12 +267,12 @@ class EpsBO(Strategy):
         rows = self._enumerated()
         if rows is not None:
             for arch in self._all_archs:
-                if arch.id not in self._seen:
+                if not self._known(arch.id):
                     return arch
         return None
 
     # -- the model -------------------------------------------------------
-    def _fit(self) -> dict[str, Any]:
+    def _fit(self, obs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """A fitted GP per modelled key that has at least two values."""
         import torch
 
@@ -280,7 +285,7 @@ class EpsBO(Strategy):
             warnings.simplefilter("ignore")
             torch.manual_seed(seed)
             for key in keys:
-                data = [(o["x"], o["values"][key]) for o in self._obs.values()
+                data = [(o["x"], o["values"][key]) for o in obs.values()
                         if o["status"] != "failed" and key in o["values"]]
                 if len(data) >= 2:
                     models[key] = self._gp(np.array([d[0] for d in data]),
@@ -309,19 +314,20 @@ class EpsBO(Strategy):
         model.eval()
         return model
 
-    def _scorer(self, models: dict[str, Any], target: list[tuple[str, str, float]]):
+    def _scorer(self, models: dict[str, Any], target: list[tuple[str, str, float]],
+                obs: dict[str, dict[str, Any]]):
         """The acquisition for one target: rows of indices -> log scores (numpy)."""
         import torch
         from botorch.acquisition import LogExpectedImprovement
 
-        feasible = [o["values"][self.minimise] for o in self._obs.values()
+        feasible = [o["values"][self.minimise] for o in obs.values()
                     if self.minimise in o["values"] and o["status"] == "complete"
                     and self._satisfies(o["values"], o["feasible"], target)]
         terms = [(models[k], op, b) for k, op, b in target if k in models]
         maximize = self.direction == "max"
         logei = None
         if feasible or not terms:
-            pool = feasible or [o["values"][self.minimise] for o in self._obs.values()
+            pool = feasible or [o["values"][self.minimise] for o in obs.values()
                                 if self.minimise in o["values"]]
             best = max(pool) if maximize else min(pool)
             logei = LogExpectedImprovement(models[self.minimise], best_f=best, maximize=maximize)
@@ -345,7 +351,7 @@ class EpsBO(Strategy):
 
     # -- candidates ------------------------------------------------------
     def _enumerated(self) -> np.ndarray | None:
-        if not self.space.is_finite() or self.space.size > self.candidates:
+        if self.space.size > self.candidates:
             return None
         if self._all is None:
             pairs, ids = [], set()
@@ -360,26 +366,26 @@ class EpsBO(Strategy):
                 -1, len(self._decisions))
         return self._all
 
-    def _propose(self, models: dict[str, Any], target, chosen: set[str]) -> Architecture | None:
+    def _propose(self, models: dict[str, Any], target, obs) -> Architecture | None:
         if self.minimise not in models:
             return self._random()
-        score = self._scorer(models, target)
+        score = self._scorer(models, target, obs)
         rows = self._enumerated()
         if rows is not None:
             ids = self._all_archs
-            keep = [i for i, a in enumerate(ids) if a.id not in self._seen and a.id not in chosen]
+            keep = [i for i, a in enumerate(ids) if not self._known(a.id)]
             if not keep:
                 return None
             s = score(rows[keep])
             return ids[keep[int(np.argmax(s))]]
-        return self._local_search(score, chosen)
+        return self._local_search(score, obs)
 
-    def _local_search(self, score, chosen: set[str]) -> Architecture | None:
+    def _local_search(self, score, obs) -> Architecture | None:
         """Hill-climbing on the acquisition from random and the best observed
         architectures, over the space's :meth:`~nasframe.space.SearchSpace.neighbours`."""
         scored: dict[str, tuple[float, Architecture]] = {}
         starts: list[Architecture] = []
-        observed = sorted((o for o in self._obs.values() if self.minimise in o["values"]),
+        observed = sorted((o for o in obs.values() if self.minimise in o["values"]),
                           key=lambda o: self._specs[self.minimise].to_min(o["values"][self.minimise]))
         for o in observed[:3]:
             a = self.space.from_indices(o["x"])
@@ -408,7 +414,7 @@ class EpsBO(Strategy):
                 if s[k] <= scored[cur.id][0]:
                     break
                 cur = group[k]
-        best = [(v, a) for v, a in scored.values() if a.id not in self._seen and a.id not in chosen]
+        best = [(v, a) for v, a in scored.values() if not self._known(a.id)]
         if not best:
             return self._random()
         return max(best, key=lambda t: t[0])[1]
@@ -444,24 +450,9 @@ class EpsBO(Strategy):
 
     # -- state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng_state(), "seen": self._seen.to_list(),
-                "observations": [{"id": k, **v} for k, v in self._obs.items()],
-                "pending": list(self._pending), "cycle": self._cycle, "n_random": self._n_random}
+        return {"rng": self.rng_state(), "cycle": self._cycle, "n_random": self._n_random}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
-        self._seen = SeenIds(state.get("seen", ()))
-        width = len(self._decisions)
-        self._obs = {}
-        for o in state.get("observations", []):
-            if len(o["x"]) != width:
-                raise ValueError(f"the saved 'eps_bo' state has {len(o['x'])} decisions per "
-                                 f"architecture but search space '{self.space.name}' now has "
-                                 f"{width}; the space changed since the run was saved: start a "
-                                 "new run")
-            self._obs[o["id"]] = {"x": [int(v) for v in o["x"]],
-                                  "values": {k: float(v) for k, v in o["values"].items()},
-                                  "status": o["status"], "feasible": o["feasible"]}
-        self._pending = list(state.get("pending", []))
         self._cycle = int(state.get("cycle", 0))
         self._n_random = int(state.get("n_random", 0))

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 
 from nasframe.architecture import Architecture
+from nasframe.params import Bool, Field, Int, ParamError, Params
 from nasframe.strategy import Strategy
-from nasframe.trial import Problem, Trial
+from nasframe.trial import Trial
 
 #: spaces with more decision combinations than this need an explicit ``limit``
 MAX_UNLIMITED_SIZE = 1_000_000
@@ -21,41 +22,35 @@ class GridSearch(Strategy):
     (before shuffling); it is required when ``space.size`` exceeds
     1,000,000 decision combinations. With ``shuffle`` the grid is visited in a
     permutation drawn from a seed taken from ``self.rng`` at construction.
-    Architectures told before the walk reaches them (reference architectures,
-    duplicates) are skipped. ``ask`` returns ``[]`` once the grid is done.
+    Architectures the run already has (reference architectures, duplicates)
+    are skipped. ``ask`` returns ``[]`` once the grid is done.
 
-    State: the permutation seed, the position in the grid, the grid's length
-    (to notice a changed space on resume) and the sorted told ids.
+    State: the permutation seed, the position in the grid and the grid's
+    length (to notice a changed space on resume).
     """
 
     name = "grid"
-    requires_finite_space = True
 
-    def __init__(self, problem: Problem, seed: int = 0, shuffle: bool = False,
-                 limit: int | None = None):
-        super().__init__(problem, seed)
-        if not isinstance(shuffle, bool):
-            raise ValueError(f"`shuffle` must be true or false, got {shuffle!r}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"`limit` must be a positive integer or null, got {limit!r}")
-        if not self.space.is_finite():
-            raise ValueError(f"strategy 'grid' needs a finite search space, and "
-                             f"'{self.space.name}' is not; use strategy 'random' instead")
-        if limit is None and self.space.size > MAX_UNLIMITED_SIZE:
-            raise ValueError(f"search space '{self.space.name}' has {self.space.size:,} decision "
-                             f"combinations, too many to enumerate; set `limit` in the strategy "
-                             f"params (e.g. `limit: 10000`) or use strategy 'random'")
-        self.shuffle = shuffle
-        self.limit = limit
-        self._perm_seed = int(self.rng.integers(2**63)) if shuffle else None
+    class Params(Params):
+        shuffle: Bool = False
+        """Visit the grid in a seeded random order instead of the enumeration order."""
+        limit: int | None = Field(None, ge=1, le=10_000_000, strict=True)
+        """Keep only the first `limit` valid architectures (required for spaces of over 1,000,000 combinations)."""
+
+    def __init__(self, problem, params=None, **kwargs):
+        super().__init__(problem, params, **kwargs)
+        if self.params.limit is None and self.space.size > MAX_UNLIMITED_SIZE:
+            raise ParamError("limit", f"search space '{self.space.name}' has {self.space.size:,} "
+                             "decision combinations, too many to enumerate; set `limit` "
+                             "(e.g. `limit: 10000`) or use strategy 'random'")
+        self._perm_seed = int(self.rng.integers(2**63)) if self.params.shuffle else None
         self._grid: list[Architecture] | None = None
         self._pos = 0
-        self._told: set[str] = set()
 
     def grid(self) -> list[Architecture]:
         """The architectures in visiting order (enumerated on first use)."""
         if self._grid is None:
-            archs = list(self.space.enumerate(self.limit))
+            archs = list(self.space.enumerate(self.params.limit))
             if self._perm_seed is not None:
                 order = np.random.default_rng(self._perm_seed).permutation(len(archs))
                 archs = [archs[i] for i in order]
@@ -68,12 +63,12 @@ class GridSearch(Strategy):
         while len(out) < n and self._pos < len(grid):
             arch = grid[self._pos]
             self._pos += 1
-            if arch.id not in self._told:
+            if not self.seen(arch.id):
                 out.append(arch)
         return out
 
     def tell(self, trials: Sequence[Trial]) -> None:
-        self._told.update(t.arch.id for t in trials)
+        """Nothing to learn: the walk is fixed and the history holds the trials."""
 
     @property
     def done(self) -> bool:
@@ -82,7 +77,7 @@ class GridSearch(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng_state(), "perm_seed": self._perm_seed, "position": self._pos,
-                "grid_size": len(self.grid()), "told": sorted(self._told)}
+                "grid_size": len(self.grid())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
@@ -94,4 +89,3 @@ class GridSearch(Strategy):
                              f"search space '{self.space.name}' now enumerates {size}; the space "
                              "or `limit` changed since the run was saved: start a new run")
         self._pos = int(state["position"])
-        self._told = set(state.get("told", ()))

@@ -2,55 +2,46 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from nasframe.architecture import Architecture
-from nasframe.strategy import SeenIds, Strategy
-from nasframe.trial import Problem, Trial
+from nasframe.params import Field, Int, Params
+from nasframe.strategy import Strategy
+from nasframe.trial import Trial
 
 
 class RandomSearch(Strategy):
     """Architectures drawn with ``space.sample(self.rng)``, never one seen before.
 
-    "Seen" means proposed by this strategy or told (any trial, whoever asked
-    for it). ``ask(n)`` returns fewer than ``n`` architectures, possibly none,
-    once ``max_retries`` consecutive draws all hit seen architectures: the space
-    is then taken to be exhausted (certainly so for a small finite space).
+    "Seen" means the run has a trial of it (see :meth:`Strategy.seen`), or it
+    was already drawn in the same ``ask``. ``ask(n)`` returns fewer than ``n``
+    architectures, possibly none, once ``max_retries`` consecutive draws all
+    hit seen architectures: the space is then taken to be exhausted (certainly
+    so for a small finite space).
 
-    State: the generator state and the seen ids in the order first seen; the
-    same seed gives the same sequence, and a resumed instance continues it
+    State: the generator state; the same seed gives the same sequence, and a
+    resumed instance (with the history rebuilt from the store) continues it
     exactly.
     """
 
     name = "random"
 
-    def __init__(self, problem: Problem, seed: int = 0, max_retries: int = 1000):
-        super().__init__(problem, seed)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
-            raise ValueError(f"`max_retries` must be a positive integer, got {max_retries!r}")
-        self.max_retries = max_retries
-        self._seen = SeenIds()
+    class Params(Params):
+        max_retries: Int = Field(1000, ge=1, le=10_000_000)
+        """Consecutive draws of seen architectures before the space counts as exhausted."""
 
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
+        drawn: set[str] = set()
         misses = 0
-        while len(out) < n and misses < self.max_retries:
+        while len(out) < n and misses < self.params.max_retries:
             arch = self.space.sample(self.rng)
-            if arch.id in self._seen:
+            if arch.id in drawn or self.seen(arch.id):
                 misses += 1
                 continue
             misses = 0
-            self._seen.add(arch.id)
+            drawn.add(arch.id)
             out.append(arch)
         return out
 
     def tell(self, trials: Sequence[Trial]) -> None:
-        for t in trials:
-            self._seen.add(t.arch.id)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng_state(), "seen": self._seen.to_list()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.set_rng_state(state["rng"])
-        self._seen = SeenIds(state.get("seen", ()))
+        """Nothing to learn: the history already holds the trials."""

@@ -6,15 +6,24 @@ from typing import TYPE_CHECKING
 from nasframe import hookimpl
 
 if TYPE_CHECKING:
-    from nasframe.registry import Registry
+    from nasframe.registry import OpHandles, Registry
 
 
 @hookimpl
 def register_search_spaces(registry: Registry) -> None:
-    from search_spaces.denoiser import ConvDenoiserSpace
-    from search_spaces.hybrid_unet.space import HybridUNetSpace
-    from search_spaces.sd_unet.space import SDUNetSpace
+    from nasframe_search_spaces.denoiser import ConvDenoiserSpace
+    from nasframe_search_spaces.hybrid_unet.space import HybridUNetSpace
+    from nasframe_search_spaces.sd_unet.space import SDUNetSpace
 
     registry.add(ConvDenoiserSpace)
     registry.add(HybridUNetSpace)
     registry.add(SDUNetSpace)
+
+
+@hookimpl
+def register_op_handles(handles: OpHandles) -> None:
+    """hybrid_unet's selective scan (its own op, and mamba-ssm's CUDA kernel)."""
+    from nasframe_search_spaces.hybrid_unet.opcount import SCAN_OPS, selective_scan_macs
+
+    for op in SCAN_OPS:
+        handles.add(op, selective_scan_macs)

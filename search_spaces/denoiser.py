@@ -21,11 +21,14 @@ drawn uniformly rather than biased by rejection towards the deepest.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
+from pydantic import AfterValidator
 
 from nasframe.architecture import Architecture
+from nasframe.capabilities import ImageToImage
+from nasframe.params import Field, Int, Params
 from nasframe.space import Boolean, Categorical, Decision, SearchSpace
 
 if TYPE_CHECKING:
@@ -35,41 +38,39 @@ if TYPE_CHECKING:
 HEAD_TAIL_KERNEL = 3  # the head and tail conv size
 
 
-def _int_choices(param: str, values: Any, *, odd: bool = False) -> tuple[int, ...]:
-    """``values`` as a tuple of distinct positive ints, or a ValueError naming ``param``."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"`{param}` must be a list of positive integers, got {values!r}; "
-                         f"write it as e.g. `{param}: [3, 5]`")
-    if len(values) == 0:
-        raise ValueError(f"`{param}` is empty; give at least one value, e.g. `{param}: [3]`")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{param}` holds {v!r}; every value must be a positive integer")
-        if odd and v % 2 == 0:
-            raise ValueError(f"`{param}` holds the even kernel size {v}; use odd sizes "
-                             f"(e.g. {v - 1} or {v + 1}) so that padding keeps the image size")
-        out.append(int(v))
-    dupes = sorted({v for v in out if out.count(v) > 1})
+def _distinct(values: tuple[int, ...]) -> tuple[int, ...]:
+    dupes = sorted({v for v in values if values.count(v) > 1})
     if dupes:
-        raise ValueError(f"`{param}` repeats {dupes}; list each value once")
-    return tuple(out)
+        raise ValueError(f"repeats {dupes}; list each value once")
+    return values
 
 
-def _positive_int(param: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{param}` must be a positive integer, got {value!r}")
-    return int(value)
+def _odd(values: tuple[int, ...]) -> tuple[int, ...]:
+    even = [v for v in values if v % 2 == 0]
+    if even:
+        raise ValueError(f"holds the even kernel size {even[0]}; use odd sizes (e.g. "
+                         f"{even[0] - 1} or {even[0] + 1}) so that padding keeps the image size")
+    return values
 
 
-class ConvDenoiserSpace(SearchSpace):
+def _nonempty(values: tuple[int, ...]) -> tuple[int, ...]:
+    if not values:
+        raise ValueError("is empty; give at least one value")
+    return values
+
+
+def _choices(low: int, high: int, *checks):
+    """A non-empty list of distinct ints in [low, high]."""
+    return Annotated[tuple[Annotated[Int, Field(ge=low, le=high)], ...],
+                     *(AfterValidator(c) for c in (_nonempty, _distinct, *checks))]
+
+
+class ConvDenoiserSpace(SearchSpace, ImageToImage):
     """Compact conv denoisers: depth, width, a kernel per block, optional block residuals.
 
-    Params (YAML ``params``): ``depths`` (numbers of body blocks), ``widths``
-    (body channels), ``kernels`` (odd kernel sizes; ``kernels[0]`` is the
-    canonical value of unused kernel decisions), ``image_channels`` and
-    ``input_size`` (the default example input is ``(image_channels, input_size,
-    input_size)``, no batch dimension).
+    Params: see :class:`ConvDenoiserSpace.Params` (``nasframe plugins
+    conv_denoiser``); the default example input is ``(image_channels,
+    input_size, input_size)``, no batch dimension.
 
     Decisions, in encoding order: ``depth``, ``width``, ``residual_blocks``,
     ``kernel_0`` ... ``kernel_{max(depths) - 1}``.
@@ -77,14 +78,25 @@ class ConvDenoiserSpace(SearchSpace):
 
     name = "conv_denoiser"
     input_shape = (3, 64, 64)
+    small_params = {"input_size": 16}
 
-    def __init__(self, depths: Sequence[int] = (2, 3, 4), widths: Sequence[int] = (8, 16, 24),
-                 kernels: Sequence[int] = (3, 5), image_channels: int = 3, input_size: int = 64):
-        self.depths = _int_choices("depths", depths)
-        self.widths = _int_choices("widths", widths)
-        self.kernels = _int_choices("kernels", kernels, odd=True)
-        self.image_channels = _positive_int("image_channels", image_channels)
-        self.input_size = _positive_int("input_size", input_size)
+    class Params(Params):
+        depths: _choices(1, 256) = (2, 3, 4)
+        """Numbers of body blocks to choose from (at most 256)."""
+        widths: _choices(1, 4096) = (8, 16, 24)
+        """Body channels to choose from."""
+        kernels: _choices(1, 31, _odd) = (3, 5)
+        """Odd kernel sizes; the first is the value of unused kernel decisions."""
+        image_channels: Int = Field(3, ge=1, le=64)
+        """Channels of the images."""
+        input_size: Int = Field(64, ge=1, le=8192)
+        """Side of the default example input."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        p = self.params
+        self.depths, self.widths, self.kernels = p.depths, p.widths, p.kernels
+        self.image_channels, self.input_size = p.image_channels, p.input_size
         self.input_shape = (self.image_channels, self.input_size, self.input_size)
         self.max_depth = max(self.depths)
         self._decisions: tuple[Decision, ...] = (
@@ -145,7 +157,7 @@ class ConvDenoiserSpace(SearchSpace):
 
     # -- models -------------------------------------------------------------
     def build(self, arch: Architecture) -> torch.nn.Module:
-        from search_spaces.conv_blocks import ConvDenoiser
+        from nasframe_search_spaces.conv_blocks import ConvDenoiser
 
         return ConvDenoiser(self.image_channels, arch["width"], self.block_kernels(arch),
                         arch["residual_blocks"], edge_kernel=HEAD_TAIL_KERNEL)

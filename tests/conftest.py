@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nasframe import Objective, Value, hookimpl
+from nasframe import Field, Objective, Params, Value, hookimpl
+from nasframe.params import Float, Int
 from nasframe.plugins import get_plugins
 from nasframe.testing import ToySpace
 
@@ -31,15 +32,17 @@ class ToyB(Objective):
     name = "toy_quality"
     direction = "max"
 
-    def __init__(self, fail_width: int | None = None, sleep: float = 0.0):
-        self.fail_width = fail_width
-        self.sleep = sleep
+    class Params(Params):
+        fail_width: Int | None = None
+        """Raise for architectures of this width."""
+        sleep: Float = Field(0.0, ge=0)
+        """Seconds to sleep per evaluation."""
 
     def evaluate(self, candidate, ctx):
-        if self.sleep:
-            time.sleep(self.sleep)
+        if self.params.sleep:
+            time.sleep(self.params.sleep)
         a = candidate.arch
-        if self.fail_width is not None and a["width"] == self.fail_width:
+        if self.params.fail_width is not None and a["width"] == self.params.fail_width:
             raise RuntimeError(f"width {a['width']} is broken on purpose")
         return Value(10 * (1 - 1 / (1 + a["width"] * a["depth"])) + (0.5 if a["activation"] else 0.0),
                      {"note": "synthetic"})

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from nasframe.distill import distill_cached, module_digest
 from nasframe.errors import ConfigError
-from search_spaces.hybrid_unet.data import RestorationData, psnr
-from search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
+from nasframe_search_spaces.hybrid_unet.data import RestorationData, psnr
+from nasframe_search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
 
 ALIGN_VERSION = 1
 
@@ -59,7 +59,7 @@ class Bank:
 
 
 def all_kinds(cfg: UNetConfig, kind: str) -> dict[str, list[str]]:
-    from search_spaces.hybrid_unet.network import STAGES
+    from nasframe_search_spaces.hybrid_unet.network import STAGES
 
     return {s: [kind] * cfg.stage_blocks(s) for s in STAGES}
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, resolve_backend,
+from nasframe_search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, resolve_backend,
                                            selective_scan)
 
 SCAN_ORDERS = (1, 2, 4)

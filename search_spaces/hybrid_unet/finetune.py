@@ -6,7 +6,7 @@ hybrid, L1 loss on the task's training crops) usually recovers part of the gap t
 the teacher. This tool does it and reports PSNR on the validation images before
 and after::
 
-    python -m search_spaces.hybrid_unet.finetune RUN_DIR [--members pick] [--steps 300]
+    python -m nasframe_search_spaces.hybrid_unet.finetune RUN_DIR [--members pick] [--steps 300]
                                                  [--lr 0.0001] [--batch-size 8]
 
 (AdamW, a linear warm-up over the first tenth of the steps, then cosine decay:
@@ -31,13 +31,12 @@ import torch
 from nasframe.errors import ConfigError
 
 
-def _members(a, cfg, wanted: list[str]):
-    from nasframe.export import find_pick
-
+def _members(run, wanted: list[str]):
+    a = run.analysis
     chosen = []
     for w in wanted:
         if w == "pick":
-            pick = find_pick(a, cfg)
+            pick = run.pick_result
             if pick is None:
                 raise ConfigError("--members pick: this run's strategy picks no model; "
                                   "name trial numbers or ids, or `front`")
@@ -62,26 +61,21 @@ def finetune_run(run_dir: str | Path, members: list[str] | None = None, steps: i
                  warmup: int | None = None) -> list[dict]:
     """Fine-tune ``members`` of the run in ``run_dir``; returns one report row per member."""
     from nasframe.candidate import Candidate
-    from nasframe.config import config_from_dict
-    from nasframe.experiment import Experiment
-    from nasframe.export import analyse
-    from nasframe.store import TrialStore
-    from search_spaces.hybrid_unet.align import evaluate_psnr, train_model
+    from nasframe.capabilities import TrainedWeights
+    from nasframe.results import load_run
+    from nasframe_search_spaces.hybrid_unet.align import evaluate_psnr, train_model
 
     run_dir = Path(run_dir)
-    if not (run_dir / "trials.db").exists():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no trials.db)")
-    store = TrialStore(run_dir / "trials.db")
-    cfg = store.config
+    run = load_run(run_dir)
+    cfg = run.config_dict
     if cfg["search_space"]["name"] != "hybrid_unet":
         raise ConfigError(f"this run searched {cfg['search_space']['name']!r}; "
                           "fine-tuning is for hybrid_unet runs")
-    a = analyse(store)
-    trials = _members(a, cfg, members or ["pick"])
-    exp = Experiment.from_config(config_from_dict(cfg))
+    trials = _members(run, members or ["pick"])
+    exp = run.experiment()
     ctx = exp.context(run_dir, quiet=quiet)
     space = exp.space
-    space.prepare(ctx)                    # loads the cached teacher and bank
+    space.prepare(ctx, frozenset({TrainedWeights}))   # loads the cached teacher and bank
     pairs = space.validation_pairs()
     out_dir = run_dir / "finetuned"
     out_dir.mkdir(exist_ok=True)
@@ -113,7 +107,7 @@ def finetune_run(run_dir: str | Path, members: list[str] | None = None, steps: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search_spaces.hybrid_unet.finetune",
+    parser = argparse.ArgumentParser(prog="python -m nasframe_search_spaces.hybrid_unet.finetune",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--members", nargs="+", default=["pick"])

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock
+from nasframe_search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock
 
 #: stage name -> (channel multiple of dim, resolution divisor, heads index, blocks index)
 STAGES: dict[str, tuple[int, int, int, int]] = {

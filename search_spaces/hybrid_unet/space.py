@@ -39,13 +39,13 @@ initialised network (enough for parameter and MAC counts).
 """
 from __future__ import annotations
 
-import difflib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from nasframe.architecture import Architecture
+from nasframe.capabilities import BlockKinds, ImageToImage, TrainedWeights, ValidationPairs
+from nasframe.params import Bool, Field, Float, Int, ParamError, Params, PositiveInt
 from nasframe.space import Categorical, Decision, SearchSpace
 
 if TYPE_CHECKING:
@@ -55,112 +55,153 @@ if TYPE_CHECKING:
     from nasframe.context import Context
 
 KINDS = ("transformer", "ssm")
-GRANULARITIES = ("block", "stage")
-NETWORK_KEYS = ("dim", "blocks", "refinement", "heads", "ffn_factor", "bias", "norm_bias", "ssm")
-SSM_KEYS = ("d_state", "expand", "headdim", "orders", "mix", "rotate", "ffn_factor", "backend",
-            "chunk")
-TEACHER_DEFAULTS = {"weights": None, "steps": 600, "batch_size": 8, "lr": 2e-3, "seed": 0}
-DISTILL_DEFAULTS = {"steps": 300, "batch_size": 8, "lr": 2e-3, "seed": 0}
+Quad = tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt]
 
 
-def _check_keys(where: str, given: dict[str, Any], allowed: Sequence[str]) -> None:
-    if not isinstance(given, dict):
-        raise ValueError(f"`{where}` must be a mapping, got {given!r}")
-    for key in given:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            did = f"did you mean {hint[0]!r}? " if hint else ""
-            raise ValueError(f"`{where}` has unknown key {key!r}; {did}allowed: {', '.join(allowed)}")
+class SSMParams(Params):
+    """Overrides of the preset's SSM block (null: the preset's value)."""
+
+    d_state: Int | None = Field(None, ge=1, le=1024)
+    """States per head."""
+    expand: Float | None = Field(None, gt=0, le=16)
+    """Inner width as a multiple of the block's channels."""
+    headdim: Int | None = Field(None, ge=1, le=4096)
+    """Channels per head (rounded to divide the inner width)."""
+    orders: Literal[1, 2, 4] | None = None
+    """Scan orders per block: 1, 2 or 4."""
+    mix: Literal["split", "sum"] | None = None
+    """split: each scan order takes its share of the channels; sum: all channels (MambaIR)."""
+    rotate: Bool | None = None
+    """Rotate the first scan direction from block to block."""
+    ffn_factor: Float | None = Field(None, gt=0, le=16)
+    """Hidden width of the block's gated FFN, as a multiple of its channels."""
+    backend: Literal["auto", "chunked", "numba", "mamba_ssm", "sequential"] | None = None
+    """Scan backend (auto: mamba-ssm on CUDA, numba for CPU inference, chunked for training)."""
+    chunk: Int | None = Field(None, ge=1, le=65_536)
+    """Chunk length of the chunked scan."""
 
 
-def _positive(where: str, value: Any, kind=int) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        raise ValueError(f"`{where}` must be a positive {'integer' if kind is int else 'number'}, "
-                         f"got {value!r}")
-    return kind(value)
+class NetworkParams(Params):
+    """Overrides of the preset (null: the preset's value)."""
+
+    dim: Int | None = Field(None, ge=1, le=4096)
+    """Channels of the first level."""
+    blocks: Quad | None = None
+    """Blocks of encoder levels 1-3 and the latent (4 integers)."""
+    refinement: Int | None = Field(None, ge=0, le=256)
+    """Refinement blocks."""
+    heads: Quad | None = None
+    """Attention heads of levels 1-3 and the latent (4 integers)."""
+    ffn_factor: Float | None = Field(None, gt=0, le=16)
+    """GDFN hidden width as a multiple of the channels."""
+    bias: Bool | None = None
+    """Biases in convolutions."""
+    norm_bias: Bool | None = None
+    """Biases in LayerNorms."""
+    ssm: SSMParams = SSMParams()
+    """The SSM block's hyper-parameters."""
+
+    def overrides(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.model_dump().items() if v is not None and k != "ssm"}
+        ssm = {k: v for k, v in self.ssm.model_dump().items() if v is not None}
+        if ssm:
+            out["ssm"] = ssm
+        return out
 
 
-class HybridUNetSpace(SearchSpace):
+class TeacherParams(Params):
+    weights: str | None = Field(None, min_length=1)
+    """A state dict to load (safely) instead of training; Restormer's {"params": ...} files work."""
+    steps: Int = Field(600, ge=1, le=10_000_000)
+    """Training steps of the all-transformer teacher."""
+    batch_size: Int = Field(8, ge=1, le=4096)
+    """Crops per training step."""
+    lr: Float = Field(2e-3, gt=0, le=10)
+    """AdamW learning rate (cosine decay)."""
+    seed: Int | None = Field(None, ge=0)
+    """Seed of the training (default: the experiment's seed)."""
+
+
+class DistillParams(Params):
+    steps: Int = Field(300, ge=1, le=10_000_000)
+    """Distillation steps of the SSM surrogates (all trained together)."""
+    batch_size: Int = Field(8, ge=1, le=4096)
+    """Crops per distillation step."""
+    lr: Float = Field(2e-3, gt=0, le=10)
+    """Adam learning rate."""
+    seed: Int | None = Field(None, ge=0)
+    """Seed of the surrogates' initialisation (default: the experiment's seed)."""
+
+
+class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, ImageToImage):
     """Transformer or SSM block in every slot of a Restormer-style U-Net."""
 
     name = "hybrid_unet"
+    dependencies = ("skimage",)
+    install_hint = "pip install 'nasframe[restoration]'"
+    small_params = {"preset": "tiny", "granularity": "stage", "input_size": 16,
+                    "data": {"short_side": 48, "val_size": 32, "patch": 16},
+                    "teacher": {"steps": 3, "batch_size": 2},
+                    "distill": {"steps": 3, "batch_size": 2}}
 
-    def __init__(self, preset: str = "small", granularity: str = "block",
-                 network: dict[str, Any] | None = None, task: str = "denoise",
-                 data: dict[str, Any] | None = None, teacher: dict[str, Any] | None = None,
-                 distill: dict[str, Any] | None = None, input_size: int = 64):
-        from search_spaces.hybrid_unet import network as net
-        from search_spaces.hybrid_unet.data import TASKS
+    class Params(Params):
+        preset: Literal["restormer", "small", "tiny"] = "small"
+        """restormer (published, 44 slots), small (CPU examples, 9 slots) or tiny (tests, 8 slots)."""
+        granularity: Literal["block", "stage"] = "block"
+        """One decision per block, or one per stage shared by its blocks."""
+        network: NetworkParams = NetworkParams()
+        """Overrides of the preset: dim, blocks, refinement, heads, ffn_factor, bias, norm_bias, ssm."""
+        task: Literal["denoise", "deblur", "derain"] = "denoise"
+        """The restoration task."""
+        data: dict[str, Any] = {}
+        """RestorationData params: source (synthetic | folders), patch, val_size, seed, degradations, folders."""
+        teacher: TeacherParams = TeacherParams()
+        """The all-transformer teacher: weights to load, or steps, batch_size, lr, seed of its training."""
+        distill: DistillParams = DistillParams()
+        """The SSM surrogates' distillation: steps, batch_size, lr, seed."""
+        input_size: Int = Field(64, ge=8, le=8192)
+        """Side of the default example input (gmacs, latency)."""
 
-        if preset not in net.PRESETS:
-            hint = difflib.get_close_matches(str(preset), net.PRESETS, n=1)
-            raise ValueError(f"`preset` = {preset!r} is not one of {', '.join(net.PRESETS)}"
-                             + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"`granularity` = {granularity!r} is not one of "
-                             f"{', '.join(GRANULARITIES)}")
-        if task not in TASKS:
-            raise ValueError(f"`task` = {task!r} is not one of {', '.join(TASKS)}")
-        network = dict(network or {})
-        _check_keys("network", network, NETWORK_KEYS)
-        if "ssm" in network:
-            _check_keys("network.ssm", network["ssm"], SSM_KEYS)
-        for key in ("blocks", "heads"):
-            if key in network:
-                v = network[key]
-                if not isinstance(v, (list, tuple)) or len(v) != 4:
-                    raise ValueError(f"`network.{key}` must list 4 integers (encoder levels 1-3 "
-                                     f"and the latent), got {v!r}")
-                network[key] = tuple(_positive(f"network.{key}", x) for x in v)
-        try:
-            self.config = net.preset(preset, **network)
-        except TypeError as err:
-            raise ValueError(f"`network`: {err}") from None
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        from nasframe_search_spaces.hybrid_unet import network as net
+        from nasframe_search_spaces.hybrid_unet.data import RestorationData
+
+        p = self.params
+        self.config = net.preset(p.preset, **p.network.overrides())
         cfg = self.config
         for stage in net.STAGES:
             c, h = cfg.stage_channels(stage), cfg.stage_heads(stage)
             if c % h:
-                raise ValueError(f"`network.heads`: stage {stage} has {c} channels, not divisible "
+                raise ParamError("network.heads", f"stage {stage} has {c} channels, not divisible "
                                  f"by {h} heads; choose heads that divide dim x 1, 2, 4, 8")
-        if cfg.ssm.orders not in (1, 2, 4):
-            raise ValueError(f"`network.ssm.orders` = {cfg.ssm.orders!r}; use 1, 2 or 4 scan orders")
-        if cfg.ssm.mix not in ("split", "sum"):
-            raise ValueError(f"`network.ssm.mix` = {cfg.ssm.mix!r}; use `split` (each scan order "
-                             "takes its share of the channels) or `sum` (MambaIR: all channels)")
-        self.preset, self.granularity, self.task = preset, granularity, task
-        self.data_params = dict(data or {})
-        if "task" in self.data_params and self.data_params["task"] != task:
-            raise ValueError(f"`data.task` = {self.data_params['task']!r} differs from `task` = "
-                             f"{task!r}; set the task once, as `task`")
-        teacher = dict(teacher or {})
-        _check_keys("teacher", teacher, tuple(TEACHER_DEFAULTS))
-        self.teacher_params = {**TEACHER_DEFAULTS, **teacher}
-        distill = dict(distill or {})
-        _check_keys("distill", distill, tuple(DISTILL_DEFAULTS))
-        self.distill_params = {**DISTILL_DEFAULTS, **distill}
-        for where, params in (("teacher", self.teacher_params), ("distill", self.distill_params)):
-            for key in ("steps", "batch_size"):
-                if not (where == "teacher" and params["weights"]):
-                    _positive(f"{where}.{key}", params[key])
-            _positive(f"{where}.lr", params["lr"], float)
-        self.input_size = _positive("input_size", input_size)
+        self.preset, self.granularity, self.task = p.preset, p.granularity, p.task
+        self.data_params = dict(p.data)
+        if "task" in self.data_params and self.data_params["task"] != p.task:
+            raise ParamError("data.task", f"{self.data_params['task']!r} differs from `task` = "
+                             f"{p.task!r}; set the task once, as `task`")
+        if p.teacher.weights is not None:
+            from pathlib import Path
+
+            if not Path(p.teacher.weights).expanduser().is_file():
+                raise ParamError("teacher.weights", f"no file at {p.teacher.weights!r}; give the "
+                                 "path of a state dict saved with torch.save(model.state_dict(), path)")
+        self.teacher_params = p.teacher.model_dump()
+        self.distill_params = p.distill.model_dump()
+        self.input_size = p.input_size
         self.input_shape = (cfg.in_channels, self.input_size, self.input_size)
         self.slots = cfg.slots()
-        if granularity == "block":
+        if p.granularity == "block":
             self._names = [f"{s}_{i}" for s, i in self.slots]
         else:
             self._names = [s for s in net.STAGES if cfg.stage_blocks(s) > 0]
         self._decisions = tuple(Categorical(n, KINDS) for n in self._names)
         self._bank = None
-        from search_spaces.hybrid_unet.data import RestorationData
-
         try:  # cheap: checks the params (and folder layouts); images load on first use
-            self._data = RestorationData.from_params(self.data_params, task_default=task)
+            self._data = RestorationData.from_params(self.data_params, task_default=p.task)
         except ValueError as err:
-            raise ValueError(f"`data`: {err}") from None
+            raise ParamError("data", str(err)) from None
+        self._seed = 0   # the experiment's seed, once prepare() knows it
 
     def __repr__(self) -> str:
         return (f"HybridUNetSpace(preset={self.preset!r}, granularity={self.granularity!r}, "
@@ -172,7 +213,7 @@ class HybridUNetSpace(SearchSpace):
 
     def kinds(self, arch: Architecture) -> dict[str, list[str]]:
         """The kind of every block, by stage."""
-        from search_spaces.hybrid_unet.network import STAGES
+        from nasframe_search_spaces.hybrid_unet.network import STAGES
 
         out: dict[str, list[str]] = {s: [] for s in STAGES}
         for stage, i in self.slots:
@@ -188,7 +229,7 @@ class HybridUNetSpace(SearchSpace):
 
     # -- models -------------------------------------------------------------
     def build(self, arch: Architecture) -> torch.nn.Module:
-        from search_spaces.hybrid_unet.network import HybridRestormer
+        from nasframe_search_spaces.hybrid_unet.network import HybridRestormer
 
         model = HybridRestormer(self.config, self.kinds(arch))
         if self._bank is not None:
@@ -201,7 +242,7 @@ class HybridUNetSpace(SearchSpace):
         ``input_size``). Edges follow the data, skips included."""
         import networkx as nx
 
-        from search_spaces.hybrid_unet.network import STAGES
+        from nasframe_search_spaces.hybrid_unet.network import STAGES
 
         cfg, side = self.config, self.input_size
         kinds = self.kinds(arch)
@@ -259,15 +300,34 @@ class HybridUNetSpace(SearchSpace):
     def prepared(self) -> bool:
         return self._bank is not None
 
-    def prepare(self, ctx: Context) -> None:
-        """Teacher (trained or loaded) and the distilled SSM surrogate of every block; cached."""
-        if self._bank is not None:
+    def block_kinds(self) -> dict[str, str]:
+        return {"transformer": "a Restormer block (MDTA + GDFN)",
+                "ssm": "a MambaIR-style selective-scan block"}
+
+    def _use_seed(self, seed: int) -> None:
+        """Re-make the data with the experiment's seed unless `data.seed` is set."""
+        if seed == self._seed or "seed" in self.data_params:
             return
-        from search_spaces.hybrid_unet import align
+        from nasframe_search_spaces.hybrid_unet.data import RestorationData
+
+        self._seed = seed
+        self._data = RestorationData.from_params(self.data_params, task_default=self.task,
+                                                 seed=seed)
+
+    def prepare(self, ctx: Context, needs=frozenset()) -> None:
+        """Only with :class:`~nasframe.capabilities.TrainedWeights` in ``needs``: the
+        teacher (trained or loaded) and the distilled SSM surrogate of every block;
+        cached. Cost objectives need neither, so nothing is trained for them."""
+        self._use_seed(ctx.seed)
+        if TrainedWeights not in needs or self._bank is not None:
+            return
+        from nasframe_search_spaces.hybrid_unet import align
 
         data = self.data
-        teacher, t_report = align.prepare_teacher(self.config, data, ctx, self.teacher_params)
-        ssm, s_report = align.prepare_surrogates(self.config, teacher, data, ctx, self.distill_params)
+        teacher_params = {**self.teacher_params, "seed": ctx.seed_for(self.teacher_params["seed"])}
+        distill_params = {**self.distill_params, "seed": ctx.seed_for(self.distill_params["seed"])}
+        teacher, t_report = align.prepare_teacher(self.config, data, ctx, teacher_params)
+        ssm, s_report = align.prepare_surrogates(self.config, teacher, data, ctx, distill_params)
         self._bank = align.Bank({k: v.detach().clone() for k, v in teacher.state_dict().items()}, ssm)
         pairs = data.validation()
         teacher_psnr = align.evaluate_psnr(teacher, pairs)

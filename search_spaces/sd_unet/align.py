@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from search_spaces.sd_unet.surgery import pair_io
+from nasframe_search_spaces.sd_unet.surgery import pair_io
 
 if TYPE_CHECKING:
     from nasframe.context import Context
-    from search_spaces.sd_unet.network import SDUNet, UNetConfig
+    from nasframe_search_spaces.sd_unet.network import SDUNet, UNetConfig
 
 VERSION = 1
 NAMESPACE = "sd_unet/pairs"

@@ -40,11 +40,16 @@ Params: ``preset`` (``sd15``, ``latent16``, ``tiny``), ``pairs``, ``widths``,
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, field_validator
 
 from nasframe.architecture import Architecture
+from nasframe.capabilities import BlockAlignment, BlockKinds, ModelParts, Teacher
+from nasframe.errors import InvalidParams
+from nasframe.params import Bool, Field, Float, Int, ParamError, Params
 from nasframe.space import Boolean, Categorical, Decision, SearchSpace
 
 if TYPE_CHECKING:
@@ -54,125 +59,147 @@ if TYPE_CHECKING:
     from nasframe.context import Context
 
 PAIR_KINDS = ("full", "resnet", "removed")
-MODES = ("search", "keep", "remove")
-TEACHER_DEFAULTS = {"path": None, "seed": 0}
-FIDELITY_DEFAULTS = {"samples": 8, "batch_size": 4, "seed": 0}
-VAE_DEFAULTS = {"search": False, "enc_widths": [1.0, 0.75, 0.5], "dec_widths": [1.0, 0.75, 0.5],
-                "enc_layers": [2, 1], "dec_layers": [3, 2, 1], "path": None, "image_size": None}
+PairKind = Literal["full", "resnet", "removed"]
+Mode = Literal["search", "keep", "remove"]
 
 
-def _fail(field: str, value: Any, fix: str) -> ValueError:
-    return ValueError(f"`{field}` = {value!r}: {fix}")
+def _distinct_nonempty(values: tuple) -> tuple:
+    if not values:
+        raise ValueError("give at least one value")
+    if len(set(values)) != len(values):
+        raise ValueError("a value appears twice; list each once")
+    return values
 
 
-def _keys(field: str, given: Any, allowed: Sequence[str]) -> dict[str, Any]:
-    if given is None:
-        return {}
-    if not isinstance(given, dict):
-        raise _fail(field, given, "must be a mapping")
-    for key in given:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            raise _fail(f"{field}.{key}", given[key], (f"unknown key (did you mean {hint[0]!r}?); "
-                                                       if hint else "unknown key; ")
-                        + f"allowed: {', '.join(allowed)}")
-    return dict(given)
+#: width multipliers in (0, 1], distinct
+Multipliers = Annotated[tuple[Annotated[Float, Field(gt=0, le=1)], ...],
+                        AfterValidator(_distinct_nonempty)]
+#: resnets per stage
+Layers = Annotated[tuple[Annotated[Int, Field(ge=1, le=64)], ...], AfterValidator(_distinct_nonempty)]
 
 
-def _int(field: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _fail(field, value, f"must be an integer >= {low}")
-    return value
+class VAEParams(Params):
+    search: Bool = False
+    """Search the VAE too (width and resnets per stage of encoder and decoder)."""
+    enc_widths: Multipliers = (1.0, 0.75, 0.5)
+    """Encoder width multipliers to choose from."""
+    dec_widths: Multipliers = (1.0, 0.75, 0.5)
+    """Decoder width multipliers to choose from."""
+    enc_layers: Layers = (2, 1)
+    """Encoder resnets per stage to choose from."""
+    dec_layers: Layers = (3, 2, 1)
+    """Decoder resnets per stage to choose from."""
+    path: str | None = Field(None, min_length=1)
+    """The teacher VAE: a diffusers AutoencoderKL folder or file (default: teacher.path's vae/, else random)."""
+    image_size: Int | None = Field(None, ge=8, le=8192)
+    """Side of the VAE encoder's example images (default: latent size x 8)."""
 
 
-def _multipliers(field: str, value: Any) -> tuple[float, ...]:
-    if (not isinstance(value, (list, tuple)) or not value
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
-                       for v in value)):
-        raise _fail(field, value, "give a list of width multipliers in (0, 1], e.g. [1.0, 0.75, 0.5]")
-    if len(set(value)) != len(value):
-        raise _fail(field, value, "a multiplier appears twice")
-    return tuple(float(v) for v in value)
+class TeacherParams(Params):
+    path: str | None = Field(None, min_length=1)
+    """A diffusers pipeline folder, a U-Net folder or a .safetensors file (default: a random teacher)."""
+    seed: Int | None = Field(None, ge=0)
+    """Seed of the random teacher (default: the experiment's seed)."""
 
 
-class SDUNetSpace(SearchSpace):
+class FidelityInputParams(Params):
+    samples: Int = Field(8, ge=1, le=100_000)
+    """Fixed inputs fidelity is measured on."""
+    batch_size: Int = Field(4, ge=1, le=4096)
+    """Inputs per forward pass."""
+    seed: Int | None = Field(None, ge=0)
+    """Seed of the synthetic inputs (default: the experiment's seed)."""
+    inputs: str | None = Field(None, min_length=1)
+    """A .safetensors file with sample, timestep and encoder_hidden_states (default: synthetic)."""
+
+
+class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
     """Block removal, attention dropping and narrowing of an SD U-Net (+ VAE scaling)."""
 
     name = "sd_unet"
+    dependencies = ("diffusers", "safetensors")
+    install_hint = "pip install 'nasframe[diffusion]'"
+    small_params = {"preset": "tiny", "widths": [1.0, 0.5], "latent_size": 8,
+                    "fidelity": {"samples": 2, "batch_size": 2}}
 
-    def __init__(self, preset: str = "tiny", pairs: Sequence[str] = PAIR_KINDS,
-                 widths: Sequence[float] = (1.0,), mid: str = "search", innermost: str = "search",
-                 vae: dict[str, Any] | None = None, teacher: dict[str, Any] | None = None,
-                 fidelity: dict[str, Any] | None = None, latent_size: int | None = None,
-                 context_length: int | None = None):
-        from search_spaces.sd_unet.network import PRESETS, round_width, width_quantum
+    class Params(Params):
+        preset: Literal["sd15", "latent16", "tiny"] = "tiny"
+        """sd15 (SD 1.5, 860 M), latent16 (a 16-channel latent), tiny (CPU examples and tests)."""
+        pairs: tuple[PairKind, ...] = PAIR_KINDS
+        """Choices per (resnet, attention) pair: full, resnet (attention dropped), removed; must include full."""
+        widths: Multipliers = (1.0,)
+        """Width multipliers per resolution level."""
+        mid: Mode = "search"
+        """The mid block: search (a decision), keep or remove."""
+        innermost: Mode = "search"
+        """The innermost level: search, keep or remove."""
+        vae: VAEParams = VAEParams()
+        """The VAE: search, enc_widths, dec_widths, enc_layers, dec_layers, path, image_size."""
+        teacher: TeacherParams = TeacherParams()
+        """The teacher: path (local weights) or seed (random)."""
+        fidelity: FidelityInputParams = FidelityInputParams()
+        """The fixed inputs of fidelity: samples, batch_size, seed, inputs."""
+        latent_size: Int | None = Field(None, ge=1, le=1024)
+        """Side of the example latents (default: the preset's sample size)."""
+        context_length: Int | None = Field(None, ge=1, le=4096)
+        """Text tokens of the example inputs (default: the preset's)."""
 
-        if preset not in PRESETS:
-            hint = difflib.get_close_matches(str(preset), PRESETS, n=1)
-            raise _fail("preset", preset, f"choose one of {', '.join(PRESETS)}"
-                        + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        self.preset, self.config = preset, PRESETS[preset]
-        if (not isinstance(pairs, (list, tuple)) or not pairs
-                or any(p not in PAIR_KINDS for p in pairs) or "full" not in pairs):
-            raise _fail("pairs", pairs, f"a list drawn from {list(PAIR_KINDS)} that includes 'full'")
-        self.pair_kinds = tuple(k for k in PAIR_KINDS if k in pairs)
-        self.widths = _multipliers("widths", widths)
-        for field, value in (("mid", mid), ("innermost", innermost)):
-            if value not in MODES:
-                raise _fail(field, value, f"use {', '.join(MODES)}")
-        self.mid_mode, self.innermost_mode = mid, innermost
-        self.vae_params = {**VAE_DEFAULTS, **_keys("vae", vae, tuple(VAE_DEFAULTS))}
-        if not isinstance(self.vae_params["search"], bool):
-            raise _fail("vae.search", self.vae_params["search"], "true or false")
-        for key in ("enc_widths", "dec_widths"):
-            self.vae_params[key] = _multipliers(f"vae.{key}", self.vae_params[key])
-        for key in ("enc_layers", "dec_layers"):
-            v = self.vae_params[key]
-            if not isinstance(v, (list, tuple)) or not v:
-                raise _fail(f"vae.{key}", v, "a list of resnets per stage, e.g. [1, 2]")
-            self.vae_params[key] = tuple(_int(f"vae.{key}", x) for x in v)
-        from search_spaces.sd_unet.vae import VAE_PRESETS
+        @field_validator("pairs")
+        @classmethod
+        def _pairs_with_full(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+            if "full" not in v or len(set(v)) != len(v):
+                raise ValueError(f"a list drawn from {list(PAIR_KINDS)}, each once, that includes 'full'")
+            return v
 
-        vcfg = VAE_PRESETS[preset]
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        from nasframe_search_spaces.sd_unet.network import PRESETS, round_width, width_quantum
+        from nasframe_search_spaces.sd_unet.teacher import SDTeacher
+        from nasframe_search_spaces.sd_unet.vae import VAE_PRESETS
+
+        p = self.params
+        self.preset, self.config = p.preset, PRESETS[p.preset]
+        self.pair_kinds = tuple(k for k in PAIR_KINDS if k in p.pairs)
+        self.widths = tuple(float(w) for w in p.widths)
+        self.mid_mode, self.innermost_mode = p.mid, p.innermost
+        self.vae_params = p.vae.model_dump()
+        vcfg = VAE_PRESETS[p.preset]
         for key, most in (("enc_layers", vcfg.layers_per_block), ("dec_layers", vcfg.layers_per_block + 1)):
             if max(self.vae_params[key]) > most:
-                raise _fail(f"vae.{key}", list(self.vae_params[key]),
-                            f"the teacher VAE has {most} resnets per stage there; use 1..{most}")
-        self.teacher_params = {**TEACHER_DEFAULTS, **_keys("teacher", teacher, tuple(TEACHER_DEFAULTS))}
-        _int("teacher.seed", self.teacher_params["seed"], 0)
-        fid = _keys("fidelity", fidelity, (*FIDELITY_DEFAULTS, "inputs"))
-        self.fidelity_params = {**FIDELITY_DEFAULTS, "inputs": None, **fid}
-        for key in ("samples", "batch_size"):
-            _int(f"fidelity.{key}", self.fidelity_params[key])
-        _int("fidelity.seed", self.fidelity_params["seed"], 0)
+                raise ParamError(f"vae.{key}", f"{list(self.vae_params[key])}: the teacher VAE has "
+                                 f"{most} resnets per stage there; use 1..{most}")
         cfg = self.config
-        self.latent_size = _int("latent_size", latent_size) if latent_size is not None else cfg.sample_size
+        self.latent_size = p.latent_size if p.latent_size is not None else cfg.sample_size
         if self.latent_size % 2 ** (cfg.levels - 1):
-            raise _fail("latent_size", self.latent_size,
-                        f"must be a multiple of {2 ** (cfg.levels - 1)} ({cfg.levels} levels)")
-        self.context_length = (_int("context_length", context_length) if context_length is not None
-                               else cfg.context_length)
+            raise ParamError("latent_size", f"{self.latent_size} must be a multiple of "
+                             f"{2 ** (cfg.levels - 1)} ({cfg.levels} levels)")
+        self.context_length = p.context_length if p.context_length is not None else cfg.context_length
         self.input_shape = (cfg.in_channels, self.latent_size, self.latent_size)
         q = width_quantum(cfg)
         self._groups = cfg.stream_groups()
         self._level_widths = {g[0]: {m: round_width(cfg.block_out_channels[g[0]], m, q)
                                      for m in self.widths} for g in self._groups}
         self._decisions = self._make_decisions()
-        self._teacher_state = None
-        self._teacher_model = None
-        self._teacher_digest = None
-        self._fidelity_inputs = None
         self._combos = None
-        self._vae_state = None
-        self._vae_teachers: dict[str, Any] = {}
-        self._levels_cache: dict[tuple[int, ...], Any] = {}
-        if self.teacher_params["path"] is not None:
-            from search_spaces.sd_unet.surgery import find_unet_files
+        for field, path in (("teacher.path", p.teacher.path), ("vae.path", p.vae.path)):
+            if path is not None and not Path(path).expanduser().exists():
+                raise ParamError(field, f"{path!r} does not exist; give a diffusers folder or a "
+                                 ".safetensors file on this machine")
+        if p.teacher.path is not None:
+            from nasframe_search_spaces.sd_unet.surgery import find_unet_files
 
             try:
-                find_unet_files(self.teacher_params["path"])
+                find_unet_files(p.teacher.path)
             except ValueError as err:
-                raise _fail("teacher.path", self.teacher_params["path"], str(err)) from None
+                raise ParamError("teacher.path", f"{p.teacher.path!r}: {err}") from None
+        if p.fidelity.inputs is not None and not Path(p.fidelity.inputs).expanduser().is_file():
+            raise ParamError("fidelity.inputs", f"no file at {p.fidelity.inputs!r}; give a "
+                             ".safetensors file with sample, timestep and encoder_hidden_states")
+        self._teacher = SDTeacher(cfg, vcfg, path=p.teacher.path, vae_path=p.vae.path,
+                                  seed=p.teacher.seed, fidelity=p.fidelity.model_dump(),
+                                  latent_size=self.latent_size,
+                                  context_length=self.context_length,
+                                  image_size=p.vae.image_size)
 
     def __repr__(self) -> str:
         return f"SDUNetSpace(preset={self.preset!r}, decisions={len(self._decisions)})"
@@ -230,7 +257,7 @@ class SDUNetSpace(SearchSpace):
 
     def plan(self, arch: Architecture):
         """The :class:`.network.UNetPlan` of ``arch``."""
-        from search_spaces.sd_unet.network import UNetPlan
+        from nasframe_search_spaces.sd_unet.network import UNetPlan
 
         cfg = self.config
         down = tuple(tuple(self._value(arch, f"down{i}_{j}", "full") for j in range(cfg.down_pairs()))
@@ -347,7 +374,7 @@ class SDUNetSpace(SearchSpace):
     def _reference(self, down, up, mid: bool, innermost: bool) -> Architecture | None:
         """The architecture with these pairs at full width (and the largest VAE the
         space offers), or None when this space's fixed choices exclude it."""
-        from search_spaces.sd_unet.network import UNetPlan
+        from nasframe_search_spaces.sd_unet.network import UNetPlan
 
         cfg = self.config
         want = UNetPlan(cfg, tuple(tuple(down(i, j) for j in range(cfg.down_pairs()))
@@ -399,130 +426,38 @@ class SDUNetSpace(SearchSpace):
                 "nanosd": self._reference(full, full, False, False)}
         return {k: v for k, v in refs.items() if v is not None}
 
-    # -- teacher ------------------------------------------------------------------
+    # -- the teacher (capabilities Teacher and BlockAlignment; see .teacher) ----------
     def teacher_state(self) -> dict[str, torch.Tensor]:
-        """The teacher's weights (:class:`.network.SDUNet` names): loaded from
-        ``teacher.path``, else a random initialisation from ``teacher.seed``."""
-        if self._teacher_state is None:
-            import torch
-
-            from search_spaces.sd_unet.network import SDUNet, UNetPlan
-            from search_spaces.sd_unet.surgery import load_teacher
-
-            path = self.teacher_params["path"]
-            if path is not None:
-                try:
-                    self._teacher_state = load_teacher(path, self.config)
-                except ValueError as err:
-                    raise _fail("teacher.path", path, str(err)) from None
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.teacher_params["seed"])
-                    model = SDUNet(UNetPlan.teacher(self.config))
-                self._teacher_state = {k: v.detach() for k, v in model.state_dict().items()}
-        return self._teacher_state
+        """The teacher's weights (:class:`.network.SDUNet` names)."""
+        return self._call_teacher(self._teacher.state)
 
     @property
     def has_teacher(self) -> bool:
-        return self._teacher_state is not None
+        return self._teacher.made
 
     def teacher(self, part: str | None = None) -> torch.nn.Module:
         """The full teacher U-Net, or VAE ``part`` (eval mode; built once, do not modify)."""
-        if part in ("vae_encoder", "vae_decoder"):
-            if part not in self._vae_teachers:
-                self.vae_teacher_state()
-                model = self._vae_part(Architecture({}), part, teacher=True)
-                self._vae_teachers[part] = model.eval().requires_grad_(False)
-            return self._vae_teachers[part]
-        if part is not None:
-            raise ValueError(f"sd_unet has no teacher for part {part!r} (fidelity works on the "
-                             "U-Net, vae_encoder and vae_decoder)")
-        if self._teacher_model is None:
-            from search_spaces.sd_unet.network import SDUNet, UNetPlan
-
-            import torch
-
-            state = self.teacher_state()
-            with torch.device("meta"):                # share the state's tensors: no copy
-                model = SDUNet(UNetPlan.teacher(self.config))
-            model.load_state_dict(state, assign=True)
-            self._teacher_model = model.eval().requires_grad_(False)
-        return self._teacher_model
+        return self._call_teacher(self._teacher.model, part)
 
     def teacher_digest(self) -> str:
-        if self._teacher_digest is None:
-            from nasframe.distill import module_digest
+        return self._teacher.digest()
 
-            self._teacher_digest = module_digest(self.teacher_state())
-        return self._teacher_digest
-
-    # -- fidelity protocol (objective ``fidelity``) -----------------------------------
     def fidelity_inputs(self, part: str | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """The fixed inputs fidelity is measured on: batches of ``(sample, timestep,
-        encoder_hidden_states)``. From ``fidelity.inputs`` (a .safetensors file with
-        those three tensors) or drawn from ``fidelity.seed``: latents ~ N(0, 1),
-        timesteps evenly spread over [0, 1000), text embeddings ~ N(0, 1)."""
-        if part is not None:
-            return self._vae_fidelity_inputs(part)
-        if self._fidelity_inputs is None:
-            import torch
+        """Fixed batches of ``(sample, timestep, encoder_hidden_states)`` (see
+        :meth:`.teacher.SDTeacher.inputs`), or of VAE inputs for ``part``."""
+        return self._call_teacher(self._teacher.inputs, part)
 
-            fp = self.fidelity_params
-            if fp["inputs"] is not None:
-                sample, t, ehs = self._load_inputs(fp["inputs"])
-            else:
-                from search_spaces.sd_unet.align import synthetic_batch
+    def vae_teacher_state(self) -> dict[str, torch.Tensor]:
+        """The teacher VAE's weights (``AutoencoderKL`` names)."""
+        return self._call_teacher(self._teacher.vae_state)
 
-                n = fp["samples"]
-                sample, _, ehs = synthetic_batch(self.config, n, self.latent_size,
-                                                 self.context_length, 10_000_019 + fp["seed"])
-                t = torch.linspace(0, 999, n).round().long()
-            b = fp["batch_size"]
-            self._fidelity_inputs = [(sample[i:i + b], t[i:i + b], ehs[i:i + b])
-                                     for i in range(0, sample.shape[0], b)]
-        return self._fidelity_inputs
+    def _call_teacher(self, fn, *args):
+        from nasframe_search_spaces.sd_unet.teacher import TeacherError
 
-    def _vae_fidelity_inputs(self, part: str) -> list[tuple[torch.Tensor, ...]]:
-        """VAE decoder: latents ~ N(0, 1) / scaling_factor (the magnitude of SD's
-        latents); encoder: images uniform in [-1, 1]; ``fidelity.samples`` of them."""
-        import torch
-
-        from search_spaces.sd_unet.vae import vae_example_inputs
-
-        fp = self.fidelity_params
-        side = self.vae_params["image_size"] or self.latent_size * self.vae_config.downsampling
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(20_000_003 + fp["seed"])
-            (x,) = vae_example_inputs(self.vae_config, part, None, fp["samples"], side)
-        if part == "vae_decoder":
-            x = x / self.vae_config.scaling_factor
-        b = fp["batch_size"]
-        return [(x[i:i + b],) for i in range(0, x.shape[0], b)]
-
-    def _load_inputs(self, path: str):
-        from pathlib import Path
-
-        from safetensors.torch import load_file
-
-        where = "fidelity.inputs"
-        if not Path(path).is_file():
-            raise _fail(where, path, "no such file; give a .safetensors file with tensors "
-                        "`sample`, `timestep` and `encoder_hidden_states`")
-        data = load_file(path)
-        missing = [k for k in ("sample", "timestep", "encoder_hidden_states") if k not in data]
-        if missing:
-            raise _fail(where, path, f"lacks tensor(s) {', '.join(missing)}")
-        sample, t, ehs = data["sample"], data["timestep"].long(), data["encoder_hidden_states"]
-        cfg = self.config
-        if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
-            raise _fail(where, path, f"`sample` has shape {tuple(sample.shape)}; expected "
-                        f"(N, {cfg.in_channels}, H, W)")
-        if ehs.ndim != 3 or ehs.shape[-1] != cfg.cross_attention_dim or ehs.shape[0] != sample.shape[0]:
-            raise _fail(where, path, f"`encoder_hidden_states` has shape {tuple(ehs.shape)}; "
-                        f"expected ({sample.shape[0]}, tokens, {cfg.cross_attention_dim})")
-        if t.ndim != 1 or t.shape[0] != sample.shape[0]:
-            raise _fail(where, path, f"`timestep` has shape {tuple(t.shape)}; expected ({sample.shape[0]},)")
-        return sample.float(), t, ehs.float()
+        try:
+            return fn(*args)
+        except TeacherError as err:
+            raise InvalidParams(str(err)) from None
 
     def feature_channels(self, arch: Architecture, part: str | None = None) -> dict[str, Any]:
         """For each stage feature the candidate returns (``down{i}``, ``mid``,
@@ -541,27 +476,31 @@ class SDUNetSpace(SearchSpace):
     def align(self, model: torch.nn.Module, arch: Architecture, ctx: Context, *, steps: int,
               lr: float = 1e-3, batch_size: int = 4, seed: int = 0) -> dict[str, Any]:
         """Distil every changed pair of ``model`` (cached per pair variant); see :mod:`.align`."""
-        from search_spaces.sd_unet.align import align
+        from nasframe_search_spaces.sd_unet.align import align
 
         return align(model, self.teacher(), self.teacher_digest(),
                      self.level_indices(self.plan(arch)), ctx, steps=steps, lr=lr,
                      batch_size=batch_size, seed=seed, latent=self.latent_size,
                      context=self.context_length)
 
-    def prepare(self, ctx: Context) -> None:
-        """Load the teacher when ``teacher.path`` is given (else it is made on first use)."""
-        if self.teacher_params["path"] is not None:
+    def prepare(self, ctx: Context, needs=frozenset()) -> None:
+        """With :class:`~nasframe.capabilities.Teacher` in ``needs``: make or load the
+        teacher (from then on every candidate inherits its weights). Nothing otherwise:
+        counting parameters or MACs needs no teacher."""
+        self._teacher.use_seed(ctx.seed)
+        if Teacher in needs or BlockAlignment in needs:
             self.teacher_state()
-            ctx.log(f"[sd_unet] teacher loaded from {self.teacher_params['path']}")
+            if self.params.teacher.path is not None:
+                ctx.log(f"[sd_unet] teacher loaded from {self.params.teacher.path}")
 
     def level_indices(self, plan) -> list:
         """The teacher channels each level keeps under ``plan`` (None: all)."""
-        key = tuple(plan.widths)
-        if key not in self._levels_cache:
-            from search_spaces.sd_unet.surgery import level_indices
+        return self._call_teacher(self._teacher.level_indices, plan)
 
-            self._levels_cache[key] = level_indices(self.teacher_state(), plan)
-        return self._levels_cache[key]
+    def block_kinds(self) -> dict[str, str]:
+        return {"resnet": "a ResnetBlock2D", "attention": "a Transformer2DModel (self and cross attention)",
+                "conv": "conv_in or conv_out", "downsample": "a Downsample2D",
+                "upsample": "an Upsample2D", "mid": "the mid block"}
 
     # -- the VAE and the pipeline (model parts) ------------------------------------------
     def parts(self) -> tuple[str, ...]:
@@ -571,7 +510,7 @@ class SDUNetSpace(SearchSpace):
 
     @property
     def vae_config(self):
-        from search_spaces.sd_unet.vae import VAE_PRESETS
+        from nasframe_search_spaces.sd_unet.vae import VAE_PRESETS
 
         return VAE_PRESETS[self.preset]
 
@@ -587,54 +526,27 @@ class SDUNetSpace(SearchSpace):
                 "enc_layers": self._value(arch, "vae_enc_layers", vp["enc_layers"][0]),
                 "dec_layers": self._value(arch, "vae_dec_layers", vp["dec_layers"][0])}
 
-    def vae_teacher_state(self) -> dict[str, torch.Tensor]:
-        """The teacher VAE (``AutoencoderKL`` names): from ``vae.path``, else from a
-        pipeline folder given as ``teacher.path`` (its ``vae/``), else a random
-        initialisation from ``teacher.seed``."""
-        if self._vae_state is None:
-            from pathlib import Path
-
-            import torch
-
-            from search_spaces.sd_unet.vae import VAEDecoder, VAEEncoder, load_vae_teacher
-
-            path, field = self.vae_params["path"], "vae.path"
-            tp = self.teacher_params["path"]
-            if path is None and tp is not None and (Path(tp) / "vae").is_dir():
-                path, field = tp, "teacher.path"
-            if path is not None:
-                try:
-                    self._vae_state = load_vae_teacher(path, self.vae_config)
-                except ValueError as err:
-                    raise _fail(field, path, str(err)) from None
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.teacher_params["seed"] + 1)
-                    state = {**VAEEncoder(self.vae_config).state_dict(),
-                             **VAEDecoder(self.vae_config).state_dict()}
-                self._vae_state = {k: v.detach() for k, v in state.items()}
-        return self._vae_state
-
-    def _vae_part(self, arch: Architecture, part: str, teacher: bool = False):
-        from search_spaces.sd_unet.vae import build_vae_part, inherit_vae
+    def _vae_part(self, arch: Architecture, part: str):
+        """The candidate's VAE part; it inherits the teacher VAE's weights once that exists."""
+        from nasframe_search_spaces.sd_unet.vae import build_vae_part, inherit_vae
 
         c = self.vae_choice(arch)
         which = "enc" if part == "vae_encoder" else "dec"
-        width, layers = (1.0, None) if teacher else (c[f"{which}_width"], c[f"{which}_layers"])
-        model = build_vae_part(self.vae_config, part, width, layers)
-        if self._vae_state is not None:
-            inherit_vae(model, self._vae_state)
+        model = build_vae_part(self.vae_config, part, c[f"{which}_width"], c[f"{which}_layers"])
+        if self._teacher.vae_made:
+            inherit_vae(model, self.vae_teacher_state())
         return model
 
     def build_part(self, arch: Architecture, part: str) -> torch.nn.Module:
         if part in ("vae_encoder", "vae_decoder"):
             return self._vae_part(arch, part)
         if part == "pipeline":
-            from search_spaces.sd_unet.network import OneStepPipeline
+            from nasframe_search_spaces.sd_unet.network import OneStepPipeline
 
             return OneStepPipeline(self.build(arch), self._vae_part(arch, "vae_decoder"),
                                    self.vae_config.scaling_factor)
-        return super().build_part(arch, part)
+        raise ValueError(f"search space 'sd_unet' has no part {part!r}; its parts: "
+                         f"{', '.join(self.parts())}")
 
     def part_example_inputs(self, arch: Architecture, part: str,
                             input_shape: Sequence[int] | None = None,
@@ -644,18 +556,19 @@ class SDUNetSpace(SearchSpace):
         if part == "pipeline":
             return self.example_inputs(arch, input_shape, batch_size)
         if part in ("vae_encoder", "vae_decoder"):
-            from search_spaces.sd_unet.vae import vae_example_inputs
+            from nasframe_search_spaces.sd_unet.vae import vae_example_inputs
 
             side = self.vae_params["image_size"] or self.latent_size * self.vae_config.downsampling
             return vae_example_inputs(self.vae_config, part, input_shape, batch_size, side)
-        return super().part_example_inputs(arch, part, input_shape, batch_size)
+        raise ValueError(f"search space 'sd_unet' has no part {part!r}; its parts: "
+                         f"{', '.join(self.parts())}")
 
     # -- models -------------------------------------------------------------------
     def build(self, arch: Architecture) -> torch.nn.Module:
         """The candidate U-Net. Once a teacher exists (loaded, or made by the
         ``fidelity`` objective) it inherits the teacher's weights; before, fresh."""
-        from search_spaces.sd_unet.network import SDUNet
-        from search_spaces.sd_unet.surgery import inherit
+        from nasframe_search_spaces.sd_unet.network import SDUNet
+        from nasframe_search_spaces.sd_unet.surgery import inherit
 
         plan = self.plan(arch)
         model = SDUNet(plan)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from search_spaces.sd_unet.network import SDUNet, UNetConfig, UNetPlan, from_diffusers_keys
+from nasframe_search_spaces.sd_unet.network import SDUNet, UNetConfig, UNetPlan, from_diffusers_keys
 
 Index = torch.Tensor | None
 

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 # the importance rule's helpers are shared with the U-Net's surgery
-from search_spaces.sd_unet.surgery import (
+from nasframe_search_spaces.sd_unet.surgery import (
     _col_norms,
     _row_norms,
     _take,

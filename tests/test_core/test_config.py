@@ -1,14 +1,15 @@
 import pytest
 
-from nasframe.config import check_against_plugins, config_from_dict, load_config, parse_duration
+from nasframe.config import config_from_dict, load_config, parse_duration
 from nasframe.errors import ConfigError
+from nasframe.experiment import Experiment
 
 
 def _errors(data, plugins=None):
     with pytest.raises(ConfigError) as err:
         cfg = config_from_dict(data, "exp.yaml")
         if plugins is not None:
-            check_against_plugins(cfg, plugins, "exp.yaml")
+            Experiment.from_config(cfg, plugins, "exp.yaml")
     return err.value.problems
 
 
@@ -41,7 +42,8 @@ def test_unknown_names_list_what_is_available(toy_config, plugins):
     assert "strategy.name: unknown strategy 'randon'; did you mean 'random'?" in joined
     assert "available: ens, eps_bo, grid, random" in joined
     assert "objectives[1].name: unknown objective 'toy_qualty'; did you mean 'toy_quality'?" in joined
-    assert "search_space.params.widthz: unknown parameter; did you mean 'widths'?" in joined
+    assert "search_space.params.widthz: unknown field; did you mean 'widths'? (got [2]); allowed " \
+           "here: widths, max_depth" in joined
     assert "constraints[0]: 'gmax'" in joined
     assert len(problems) == 4
 
@@ -53,7 +55,7 @@ def test_executor_name_and_params_are_checked(toy_config, plugins):
     assert "available: dask, inline, process" in joined
     toy_config["executor"] = {"name": "dask", "params": {"adress": "tcp://x:8786"}}
     joined = "\n".join(_errors(toy_config, plugins))
-    assert "executor.params.adress: unknown parameter; did you mean 'address'?" in joined
+    assert "executor.params.adress: unknown field; did you mean 'address'?" in joined
     toy_config["executor"] = {"name": "inline", "workers": 0}
     assert any("executor.workers" in p for p in _errors(toy_config))
 
@@ -61,9 +63,10 @@ def test_executor_name_and_params_are_checked(toy_config, plugins):
 def test_a_missing_optional_executor_says_how_to_install_it(plugins, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails
-    with pytest.raises(ConfigError, match=r"pip install 'nasframe\[dask\]'"):
-        plugins.executors.create("dask", {}, "executor", workers=2)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails
+    with pytest.raises(ConfigError, match=r"executor: executor 'dask' needs distributed, which is "
+                                          r"not installed; install with: pip install 'nasframe\[dask\]'"):
+        plugins.executors.create("dask", {"workers": 2}, "executor")
 
 
 def test_duplicate_objective_keys_need_an_id(toy_config):

@@ -36,8 +36,8 @@ def quoted_excerpts() -> list[tuple[str, str]]:
 
 
 def test_the_hook_specs_are_found():
-    assert hook_specs() == ["register_executors", "register_objectives", "register_search_spaces",
-                            "register_strategies"]
+    assert hook_specs() == ["register_executors", "register_objectives", "register_op_handles",
+                            "register_search_spaces", "register_strategies"]
 
 
 @pytest.mark.parametrize("hook", hook_specs())
@@ -48,8 +48,9 @@ def test_the_plugin_guide_documents_every_hook(hook):
 
 def test_the_plugin_guide_names_its_environment_variables_and_contracts():
     text = DOC.read_text()
-    for word in ("NASFRAME_PLUGINS", "NASFRAME_DISABLE_PLUGINS", "nasframe plugins",
-                 "SearchSpaceContract", "ObjectiveContract", "StrategyContract"):
+    for word in ("NASFRAME_PLUGINS", "NASFRAME_DISABLE_PLUGINS", "NASFRAME_PLUGIN_MODULES",
+                 "nasframe plugins", "nasframe plugins NAME", "SearchSpaceContract",
+                 "ObjectiveContract", "StrategyContract", "ExecutorContract", "StrategyDriver"):
         assert word in text, word
 
 
@@ -60,3 +61,11 @@ def test_code_quoted_in_the_plugin_guide_matches_the_files():
         source = ROOT / path
         assert source.is_file(), f"docs/plugins.md quotes {path}, which does not exist"
         assert excerpt in source.read_text(), f"docs/plugins.md: this excerpt of {path} is stale:\n{excerpt}"
+
+
+def test_the_plugin_guide_names_every_core_capability():
+    from nasframe.capabilities import CORE_CAPABILITIES
+
+    text = DOC.read_text()
+    for cap in CORE_CAPABILITIES:
+        assert f"`{cap.__name__}`" in text, cap.__name__

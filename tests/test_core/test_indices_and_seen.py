@@ -1,12 +1,11 @@
-"""The integer encoding of architectures and the seen-ids record shared by strategies."""
+"""The integer encoding of architectures and the history view strategies read."""
 from __future__ import annotations
-
-import json
 
 import numpy as np
 
-from nasframe.strategy import SeenIds
+from nasframe.history import TrialHistory
 from nasframe.testing import ToySpace
+from nasframe.trial import Trial
 
 
 def test_indices_round_trip_and_reject_invalid():
@@ -23,13 +22,20 @@ def test_indices_round_trip_and_reject_invalid():
     assert space.to_indices(arch.replace(width=-1)) is None  # not a value of the space
 
 
-def test_seen_ids_keep_first_seen_order_and_restore():
-    seen = SeenIds()
-    for arch_id in ["b", "a", "b", "c", "a"]:
-        seen.add(arch_id)
-    assert seen.to_list() == ["b", "a", "c"] and len(seen) == 3 and "c" in seen and "d" not in seen
-    again = SeenIds(json.loads(json.dumps(seen.to_list())))
-    assert again.to_list() == seen.to_list()
+def test_history_orders_by_number_replaces_finished_and_answers_seen():
+    space = ToySpace()
+    a, b, c = list(space.enumerate())[:3]
+    h = TrialHistory()
+    h.record([Trial(1, b, "running"), Trial(0, a, "running")])
+    assert [t.number for t in h.trials()] == [0, 1]             # number order, whatever came first
+    assert h.seen(a.id) and h.seen(b.id) and not h.seen(c.id)
+    h.record([Trial(1, b, "complete", {"x": 1.0}, feasible=True)])
+    assert [t.status for t in h.trials()] == ["running", "complete"] and len(h) == 2
+    assert [t.number for t in h.finished()] == [1] and [t.number for t in h.running()] == [0]
+    h.record([Trial(2, b, "failed", error="boom")])              # a later trial of the same arch
+    assert h.latest(b.id).number == 2 and h.latest(c.id) is None
+    rebuilt = TrialHistory(reversed(h.trials()))
+    assert [t.number for t in rebuilt.trials()] == [0, 1, 2]
 
 
 def test_neighbours_change_one_decision_and_stay_valid():

@@ -2,7 +2,10 @@ import abc
 
 import pytest
 
-from nasframe import Objective, PluginError, SearchSpace, hookimpl
+from typing import Literal
+
+from nasframe import Field, Objective, Params, PluginError, SearchSpace, hookimpl
+from nasframe.params import Int
 from nasframe.errors import ConfigError
 from nasframe.plugins import Plugins
 from nasframe.registry import Registry
@@ -57,7 +60,7 @@ def test_unknown_name_lists_choices_and_suggests():
     reg = _reg()
     reg.add(Good)
     with pytest.raises(ConfigError) as err:
-        reg.get("god", "objectives[0].name")
+        reg.get("god", "objectives[0]")
     msg = str(err.value)
     assert "objectives[0].name" in msg and "did you mean 'good'" in msg and "available: good" in msg
 
@@ -65,8 +68,70 @@ def test_unknown_name_lists_choices_and_suggests():
 def test_unknown_params_are_config_errors():
     reg = _reg()
     reg.add(Good)
-    with pytest.raises(ConfigError, match="unknown parameter"):
-        reg.create("good", {"nope": 1})
+    with pytest.raises(ConfigError, match=r"objectives\[0\].params.nope: unknown field \(got 1\); "
+                                          "this component takes no params"):
+        reg.create("good", {"nope": 1}, where="objectives[0]")
+
+
+class Typed(Objective):
+    name = "typed"
+
+    class Params(Params):
+        steps: Int = Field(5, ge=0, le=100)
+        """Steps."""
+        mode: Literal["a", "b"] = "a"
+
+    def evaluate(self, candidate, ctx):
+        return float(self.params.steps)
+
+
+def test_params_are_validated_with_path_value_fix_and_did_you_mean():
+    reg = _reg()
+    reg.add(Typed)
+    obj = reg.create("typed", {"steps": 7})
+    assert isinstance(obj.params, Typed.Params) and obj.params.steps == 7
+    with pytest.raises(ConfigError) as err:
+        reg.create("typed", {"stpes": 3, "mode": "c", "steps": True}, where="objectives[1]")
+    lines = err.value.problems
+    assert "objectives[1].params.stpes: unknown field; did you mean 'steps'? (got 3); allowed here: " \
+           "steps, mode" in lines
+    assert any(line.startswith("objectives[1].params.mode: Input should be 'a' or 'b' (got 'c')")
+               for line in lines)
+    assert any(line.startswith("objectives[1].params.steps: Input should be a valid integer "
+                               "(got True); the default is 5") for line in lines)
+    with pytest.raises(ConfigError, match=r"params.steps: Input should be less than or equal to 100"):
+        Typed(steps=101)                          # direct construction validates the same way
+
+
+def test_a_component_without_a_params_model_is_refused():
+    reg = _reg()
+
+    class Untyped(Good):
+        name = "untyped"
+        Params = dict
+
+    with pytest.raises(PluginError, match="not a subclass of nasframe.params.Params"):
+        reg.add(Untyped)
+
+
+def test_a_component_whose_dependency_is_missing_is_listed_unavailable(monkeypatch):
+    import sys
+
+    class NeedsIt(Good):
+        name = "needs_it"
+        dependencies = ("nasframe_no_such_module",)
+        install_hint = "pip install 'nasframe[it]'"
+
+    reg = _reg()
+    reg.add(NeedsIt)
+    assert reg.entry("needs_it").missing() == ["nasframe_no_such_module"]
+    with pytest.raises(ConfigError, match=r"objectives\[0\]: objective 'needs_it' needs "
+                                          r"nasframe_no_such_module, which is not installed; "
+                                          r"install with: pip install 'nasframe\[it\]'"):
+        reg.create("needs_it", {}, where="objectives[0]")
+    monkeypatch.setitem(sys.modules, "json", None)     # sys.modules[name] = None: import fails
+    NeedsIt.dependencies = ("json",)
+    assert reg.entry("needs_it").missing() == ["json"]
 
 
 def test_bases_are_real_abcs():
@@ -141,7 +206,7 @@ def test_core_imports_no_plugin_folder():
     import re
 
     core = pathlib.Path(__file__).resolve().parents[2] / "nasframe"
-    pattern = re.compile(r"^\s*(from|import)\s+(search_spaces|objectives|plugins)([. ]|$)", re.M)
+    pattern = re.compile(r"^\s*(from|import)\s+(nasframe_search_spaces|nasframe_objectives|nasframe_plugins|search_spaces|objectives|plugins)([. ]|$)", re.M)
     offenders = [p.name for p in core.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
 

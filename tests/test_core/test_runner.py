@@ -47,7 +47,7 @@ def test_too_many_failures_stop_with_message_and_keep_results(tmp_path, plugins,
     toy_config["search_space"]["params"] = {"widths": [8]}
     toy_config["objectives"][1]["params"] = {"fail_width": 8}
     toy_config["budget"] = {"trials": 6}
-    with pytest.raises(RunError, match="trials failed .*nasframe resume"):
+    with pytest.raises(RunError, match="trials run since this start failed .*nasframe resume"):
         _run(toy_config, tmp_path / "r")
     assert len(TrialStore.open(tmp_path / "r").trials()) == 5
 
@@ -121,13 +121,14 @@ def test_resume_after_interrupt_continues_the_same_search(tmp_path, plugins, toy
         Runner.start(config_from_dict(toy_config), tmp_path / "cut", quiet=True).run()
     store = TrialStore.open(tmp_path / "cut")
     assert [t.status for t in store.trials()] == ["complete"] * 5 + ["running"]
+    assert store.trial(5).failure == "interrupted"     # not the trial's fault: no attempt counted
     store.close()
     monkeypatch.setattr(experiment.Experiment, "evaluate", original)
     summary = resume_run(tmp_path / "cut")
     assert summary.trials == 10
     full, cut = _sequence(tmp_path / "full"), _sequence(tmp_path / "cut")
     assert cut == full  # same architectures, same order, nothing lost or repeated
-    assert TrialStore.open(tmp_path / "cut").trial(5).attempt == 2
+    assert TrialStore.open(tmp_path / "cut").trial(5).attempt == 1
 
 
 def test_export_files(tmp_path, plugins, toy_config):

@@ -76,7 +76,7 @@ def test_resume_reuses_the_cached_alignment(denoise_run):
 
 
 def test_finetune_reports_before_and_after(denoise_run):
-    from search_spaces.hybrid_unet.finetune import finetune_run
+    from nasframe_search_spaces.hybrid_unet.finetune import finetune_run
 
     run_dir, _ = denoise_run
     rows = finetune_run(run_dir, ["pick"], steps=3, batch_size=2, quiet=True)
@@ -86,7 +86,7 @@ def test_finetune_reports_before_and_after(denoise_run):
 
 
 def test_finetune_rejects_unknown_members(denoise_run):
-    from search_spaces.hybrid_unet import finetune
+    from nasframe_search_spaces.hybrid_unet import finetune
 
     run_dir, _ = denoise_run
     assert finetune.main([str(run_dir), "--members", "nope"]) == 2

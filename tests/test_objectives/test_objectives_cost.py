@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasframe import Architecture, Candidate, Context, Integer, SearchSpace
+from nasframe import Architecture, Candidate, Context, ConfigError, Integer, PluginError, SearchSpace, hookimpl
 from nasframe.plugins import Plugins
-from objectives import cost
-from objectives.cost import GMACs, Params, register_op_handle
+from nasframe_objectives import cost
+from nasframe_objectives.cost import GMACs, Params
 
 
 class OneModule(SearchSpace):
@@ -135,25 +135,60 @@ def test_unsupported_ops_reported(ctx):
     assert prov.details["macs"] == 0
 
 
-def test_registered_handle_counts_python_op(ctx, monkeypatch):
-    monkeypatch.setattr(cost, "OP_HANDLES", dict(cost.OP_HANDLES))
-    _, prov = gmacs_of(UsesDouble(), (4, 5), ctx)
+def _numel(inputs, outputs):
+    return torch.Size(cost._shape(inputs[0])).numel()
+
+
+class _OwnsDouble:
+    """A plugin whose models contain the custom op `Double`: it registers the op's handle."""
+
+    @hookimpl
+    def register_op_handles(self, handles):
+        handles.add("prim::PythonOp.Double", _numel)
+
+
+def test_a_plugin_registers_the_handle_of_its_own_op(tmp_path):
+    _, prov = gmacs_of(UsesDouble(), (4, 5), Context(run_dir=tmp_path, quiet=True))
     assert "prim::PythonOp.Double" in prov.details["unsupported_ops"]
-
-    def numel(inputs, outputs):
-        return torch.Size(cost._shape(inputs[0])).numel()
-
-    register_op_handle("prim::PythonOp.Double", numel)
+    plugins = Plugins()
+    plugins.register(_OwnsDouble(), "owns-double")
+    assert plugins.failures == [] and plugins.op_handles.owner("prim::PythonOp.Double") == "owns-double"
+    ctx = Context(run_dir=tmp_path, quiet=True, op_handles=plugins.op_handles.as_dict())
     _, prov = gmacs_of(UsesDouble(), (4, 5), ctx)
     assert prov.details["macs"] == 20
     assert "prim::PythonOp.Double" not in prov.details["unsupported_ops"]
+    assert prov.details["handled_ops"] == ["prim::PythonOp.Double"]
 
 
-def test_register_op_handle_rejects_bad_input():
-    with pytest.raises(ValueError, match="op name"):
-        register_op_handle("SelectiveScanFn", lambda i, o: 0)
-    with pytest.raises(TypeError, match="callable"):
-        register_op_handle("aten::foo", 3)
+def test_op_handles_reject_bad_names_and_a_second_owner():
+    class Bad:
+        @hookimpl
+        def register_op_handles(self, handles):
+            handles.add("SelectiveScanFn", _numel)
+
+    class NotCallable:
+        @hookimpl
+        def register_op_handles(self, handles):
+            handles.add("aten::foo", 3)
+
+    plugins = Plugins()
+    plugins.register(Bad(), "bad")
+    plugins.register(NotCallable(), "not-callable")
+    plugins.register(_OwnsDouble(), "first")
+    plugins.register(_OwnsDouble(), "second")
+    errors = {f.plugin: f.error for f in plugins.failures}
+    assert "op name looks like" in errors["bad"]
+    assert "not callable" in errors["not-callable"]
+    assert "registered twice: by plugin 'first' and by plugin 'second'" in errors["second"]
+    assert plugins.op_handles.names() == ["prim::PythonOp.Double"]
+
+
+def test_the_selective_scan_handle_comes_from_its_owner_plugin():
+    from nasframe.plugins import get_plugins
+
+    handles = get_plugins().op_handles
+    assert handles.owner("prim::PythonOp.SelectiveScan") == "builtin_search_spaces"
+    assert "prim::PythonOp.SelectiveScan" not in cost.OP_HANDLES
 
 
 def test_gmacs_leaves_model_mode_and_default_shape(ctx):
@@ -166,8 +201,10 @@ def test_gmacs_leaves_model_mode_and_default_shape(ctx):
 
 
 def test_gmacs_bad_shape():
-    with pytest.raises(ValueError, match="gmacs.params.input_shape"):
+    with pytest.raises(ConfigError, match=r"input_shape\[2\]: Input should be a valid integer"):
         GMACs(input_shape=[1, 3, "64"])
+    with pytest.raises(ConfigError, match=r"input_shape: 10,000,000,000 elements is more than"):
+        GMACs(input_shape=[1, 10, 1000, 1000000])
 
 
 def test_params_count(ctx):
@@ -191,10 +228,10 @@ def test_params_trainable_only(ctx):
 
 
 def test_plugin_registers_all_objectives():
-    import objectives
+    import nasframe_objectives
 
     plugins = Plugins()
-    plugins.register(objectives, "builtin_objectives")
+    plugins.register(nasframe_objectives, "builtin_objectives")
     assert not plugins.failures
     assert plugins.objectives.names() == ["fidelity", "gmacs", "latency", "params", "psnr", "quick_psnr", "ssim",
                                           "transformer_count"]

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from nasframe.errors import ConfigError
 from nasframe import Architecture, Candidate, Context, Integer, SearchSpace
-from objectives.quick_psnr import TRAIN_IMAGES, VAL_IMAGES, QuickPSNR
+from nasframe_objectives.quick_psnr import TRAIN_IMAGES, VAL_IMAGES, QuickPSNR
 
 
 class Denoiser(nn.Module):
@@ -102,7 +103,7 @@ def test_wrong_output_shape_is_a_clear_error(ctx):
 
 
 def test_bad_params():
-    with pytest.raises(ValueError, match="quick_psnr.params.patch"):
+    with pytest.raises(ConfigError, match=r"params.patch: Input should be less than or equal to 128"):
         QuickPSNR(patch=1000)
-    with pytest.raises(ValueError, match="quick_psnr.params.sigma"):
+    with pytest.raises(ConfigError, match=r"params.sigma: Input should be greater than 0"):
         QuickPSNR(sigma=0)

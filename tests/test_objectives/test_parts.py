@@ -8,13 +8,14 @@ import yaml
 from torch import nn
 
 from conftest import run_cli
-from nasframe import Architecture, Candidate, Context, Integer, SearchSpace
+from nasframe import Architecture, Candidate, Context, Integer, SearchSpace, capabilities
+from nasframe.capabilities import ModelParts
 from nasframe.errors import ConfigError
-from objectives.cost import GMACs, Params
-from objectives.latency import Latency
+from nasframe_objectives.cost import GMACs, Params
+from nasframe_objectives.latency import Latency
 
 
-class TwoPartSpace(SearchSpace):
+class TwoPartSpace(SearchSpace, ModelParts):
     """Main model: a conv of ``width`` channels; part ``head``: a Linear(width, 3)."""
 
     name = "two_part"
@@ -31,21 +32,27 @@ class TwoPartSpace(SearchSpace):
 
     def build_part(self, arch, part):
         if part != "head":
-            return super().build_part(arch, part)
+            raise ValueError(f"no part {part!r}; its parts are: head")
         return nn.Linear(arch["width"], 3)
 
     def part_example_inputs(self, arch, part, input_shape=None, batch_size=1):
         if part != "head":
-            return super().part_example_inputs(arch, part, input_shape, batch_size)
+            raise ValueError(f"no part {part!r}; its parts are: head")
         shape = tuple(input_shape) if input_shape else (batch_size, arch["width"])
         return (torch.randn(*shape),)
 
 
-class NoPartSpace(TwoPartSpace):
-    name = "no_part"
+class NoPartSpace(SearchSpace):
+    """No ModelParts capability: only the main model."""
 
-    def parts(self):
-        return ()
+    name = "no_part"
+    input_shape = (3, 8, 8)
+
+    def decisions(self):
+        return [Integer("width", 4, 8, 4)]
+
+    def build(self, arch):
+        return nn.Conv2d(3, arch["width"], 3, padding=1)
 
 
 @pytest.fixture
@@ -102,26 +109,22 @@ def test_main_model_unaffected_without_part(space, cand, ctx):
     assert cand.module() is cand.model and cand.module(None) is cand.part(None)
 
 
-@pytest.mark.parametrize("make,field", [
-    (lambda: Params(part="vae_decoder"), "params.params.part"),
-    (lambda: GMACs(part="vae_decoder"), "gmacs.params.part"),
-    (lambda: Latency(part="vae_decoder"), "latency.params.part"),
-])
-def test_unknown_part_is_a_config_error(make, field, space, ctx):
-    with pytest.raises(ConfigError) as err:
-        make().prepare(space, ctx)
-    msg = str(err.value)
-    assert field in msg and "'vae_decoder'" in msg and "available: head" in msg
-    with pytest.raises(ConfigError, match="has no parts") as err:
-        make().prepare(NoPartSpace(), ctx)
-    assert field in str(err.value) and "'vae_decoder'" in str(err.value)
+@pytest.mark.parametrize("make", [lambda: Params(part="vae_decoder"),
+                                  lambda: GMACs(part="vae_decoder"),
+                                  lambda: Latency(part="vae_decoder")])
+def test_a_part_requires_model_parts_and_must_exist(make, space):
+    obj = make()
+    assert ModelParts in obj.requirements()
+    reason = obj.check_space(space)
+    assert "params.part" in reason and "'vae_decoder'" in reason and "available: head" in reason
+    assert capabilities.missing(NoPartSpace(), obj.requirements()) == [ModelParts]
+    assert ModelParts not in type(obj)().requirements()     # without `part`, nothing required
 
 
 @pytest.mark.parametrize("bad", ["", "  ", 3, ["head"]])
 def test_part_must_be_a_non_empty_string(bad):
-    for cls, field in ((Params, "params.params.part"), (GMACs, "gmacs.params.part"),
-                       (Latency, "latency.params.part")):
-        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    for cls in (Params, GMACs, Latency):
+        with pytest.raises(ConfigError, match=r"params\.part: "):
             cls(part=bad)
 
 
@@ -139,16 +142,12 @@ def test_candidate_part_is_cached_seeded_eval_and_released(space):
     assert cand.part("head") is not head
 
 
-def test_default_hooks_refuse_parts():
-    space = NoPartSpace()
-    arch = Architecture(width=4)
-    assert SearchSpace.parts(space) == ()
-    with pytest.raises(ValueError, match="'head'.*no parts"):
-        SearchSpace.build_part(space, arch, "head")
-    with pytest.raises(ValueError, match="'head'.*no parts"):
-        SearchSpace.part_example_inputs(space, arch, "head")
-    with pytest.raises(ValueError, match="'vae'.*its parts are: head"):
-        TwoPartSpace().build_part(arch, "vae")
+def test_a_space_without_parts_refuses_them():
+    cand = Candidate(NoPartSpace(), Architecture(width=4))
+    with pytest.raises(ValueError, match="has no model parts"):
+        cand.part("head")
+    with pytest.raises(ValueError, match="has no model parts"):
+        cand.example_inputs(part="head")
 
 
 def test_cli_run_with_an_unknown_part_exits_2(tmp_path):
@@ -163,8 +162,12 @@ def test_cli_run_with_an_unknown_part_exits_2(tmp_path):
     }
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(doc))
-    res = run_cli("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export")
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    assert "params.params.part" in res.stderr and "'vae_decoder'" in res.stderr
-    assert "has no parts" in res.stderr
+    for cmd in (("validate", str(exp)),
+                ("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export")):
+        res = run_cli(*cmd)
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr
+        assert ("objectives[0]: objective 'params' needs a search space that provides "
+                "model_parts") in res.stderr
+        assert "'conv_denoiser' provides image_to_image" in res.stderr
+    assert not (tmp_path / "run").exists()

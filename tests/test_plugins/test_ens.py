@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-import plugins
+import nasframe_plugins
 from nasframe.architecture import Architecture
 from nasframe.config import config_from_dict
+from nasframe.errors import ConfigError
 from nasframe.export import export_run
 from nasframe.pareto import hypervolume, pareto_mask
 from nasframe.plugins import Plugins
@@ -18,9 +19,10 @@ from nasframe.runner import run_experiment
 from nasframe.space import Boolean, SearchSpace
 from nasframe.store import TrialStore
 from nasframe.strategy import Strategy
+from nasframe.testing import StrategyDriver
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
-from plugins.ens import EnsStrategy
-from plugins.random_search import RandomSearch
+from nasframe_plugins.ens import EnsStrategy
+from nasframe_plugins.random_search import RandomSearch
 
 N_SLOTS = 8
 WEIGHTS = (0.9, 0.2, 1.4, 0.5, 1.1, 0.3, 0.8, 0.6)
@@ -64,16 +66,17 @@ def references():
     return trials_of(PROBLEM.space.reference_architectures().values(), 1000, "reference:x")
 
 
-def drive(strategy: Strategy, budget: int, batch: int = 4, refs: bool = True):
-    """Tell the references, then ask/tell ``batch`` at a time up to ``budget`` trials."""
-    told = references() if refs else []
-    strategy.tell(told)
+def drive(strategy: Strategy | StrategyDriver, budget: int, batch: int = 4, refs: bool = True):
+    """Tell the references, then ask/tell ``batch`` at a time up to ``budget`` trials,
+    as the runner does (proposals enter the history as running trials first)."""
+    d = strategy if isinstance(strategy, StrategyDriver) else StrategyDriver(strategy)
+    told = d.tell(references()) if refs else []
     proposed: list[Architecture] = []
     while len(proposed) < budget:
-        asked = strategy.ask(min(batch, budget - len(proposed)))
+        asked = d.ask(min(batch, budget - len(proposed)))
         if not asked:
             break
-        strategy.tell(trials_of(asked, len(proposed)))
+        d.tell(trials_of(asked, len(proposed)))
         proposed += asked
     return proposed, told + trials_of(proposed)
 
@@ -98,10 +101,9 @@ GOLDEN_FRONT = [(28.0, 0.0), (29.4, 1.0), (30.3, 2.0), (31.3, 3.0), (32.3, 4.0),
 
 def test_registered_through_the_plugin_hook():
     pm = Plugins()
-    pm.register(plugins, "builtin_plugins")
+    pm.register(nasframe_plugins, "builtin_plugins")
     assert pm.failures == []
     assert pm.strategies.get("ens") is EnsStrategy
-    assert not EnsStrategy.requires_finite_space
 
 
 def test_golden_front_with_seed_0():
@@ -133,14 +135,12 @@ def test_same_seed_same_search_other_seed_other_search():
 @pytest.mark.parametrize("cut", [5, 16, 23])  # inside the first generation, at its end, later
 def test_resume_from_json_state_continues_the_same_search(cut):
     straight = drive(EnsStrategy(PROBLEM, seed=1, population=8), 48, batch=1)[0]
-    first = EnsStrategy(PROBLEM, seed=1, population=8)
+    first = StrategyDriver(EnsStrategy(PROBLEM, seed=1, population=8))
     done = drive(first, cut, batch=1)[0]
     # one asked but not told when the state is saved, as when a run is killed mid-trial
     pending = first.ask(1)
-    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
-    second = EnsStrategy(PROBLEM, seed=99, population=8)
-    second.load_state_dict(state)
-    assert second.state_dict() == first.state_dict()
+    second = first.reloaded()                     # a fresh instance over the stored history
+    assert second.strategy.state_dict() == first.strategy.state_dict()
     second.tell(trials_of(pending, cut))  # the interrupted trial runs again after the resume
     rest = []
     while len(done) + len(pending) + len(rest) < 48:
@@ -151,7 +151,7 @@ def test_resume_from_json_state_continues_the_same_search(cut):
 
 
 def test_never_proposes_an_architecture_twice_and_ends_when_exhausted():
-    strategy = EnsStrategy(PROBLEM, seed=2, population=8)
+    strategy = StrategyDriver(EnsStrategy(PROBLEM, seed=2, population=8))
     proposed, _ = drive(strategy, 10_000, batch=5)
     ids = [a.id for a in proposed]
     assert len(ids) == len(set(ids)) == 2 ** N_SLOTS - 2  # every architecture but the references
@@ -161,7 +161,7 @@ def test_never_proposes_an_architecture_twice_and_ends_when_exhausted():
 
 def test_failed_infeasible_foreign_and_invalid_trials_are_taken():
     problem = Problem(PROBLEM.space, PROBLEM.objectives, (Constraint.parse("transformer_count <= 5"),))
-    strategy = EnsStrategy(problem, seed=0, population=6)
+    strategy = StrategyDriver(EnsStrategy(problem, seed=0, population=6))
     rng = np.random.default_rng(0)
     for step in range(8):
         asked = strategy.ask(3)
@@ -179,7 +179,7 @@ def test_failed_infeasible_foreign_and_invalid_trials_are_taken():
         told.append(Trial(600 + step, Architecture(bogus=1), "complete", {"psnr": 1.0}))
         strategy.tell(told[::-1])
         strategy.tell(told[:1])  # the same trial twice
-        json.dumps(strategy.state_dict(), allow_nan=False)
+        json.dumps(strategy.strategy.state_dict(), allow_nan=False)
     assert all(problem.space.validate(a) is None for a in strategy.ask(6))
 
 
@@ -211,18 +211,19 @@ def test_the_core_strategy_picks_nothing_by_default():
 
 
 @pytest.mark.parametrize("params, words", [
-    ({"population": 1}, ["population", "1", "at least 2"]),
-    ({"population": 4.5}, ["population", "4.5"]),
-    ({"penalty": -1}, ["penalty", "-1", ">= 0"]),
-    ({"penalty": "high"}, ["penalty", "high"]),
-    ({"crossover_prob": 1.5}, ["crossover_prob", "1.5", "between 0 and 1"]),
-    ({"mutation_prob": 0}, ["mutation_prob", "0"]),
+    ({"population": 1}, ["params.population", "(got 1)", "greater than or equal to 2",
+                         "the default is 16"]),
+    ({"population": 4.5}, ["population", "4.5", "valid integer"]),
+    ({"penalty": -1}, ["penalty", "-1", "greater than or equal to 0"]),
+    ({"penalty": "high"}, ["penalty", "'high'", "valid number"]),
+    ({"crossover_prob": 1.5}, ["crossover_prob", "1.5", "less than or equal to 1"]),
+    ({"mutation_prob": 0}, ["mutation_prob", "(got 0)", "greater than 0"]),
     ({"quality": "ssim"}, ["quality", "ssim", "psnr, transformer_count"]),
     ({"quality": "transformer_count"}, ["quality", "maximised", "direction 'min'"]),
     ({"cost": "psnr"}, ["cost", "minimised", "direction 'max'"]),
 ])
 def test_bad_params_are_named(params, words):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises((ValueError, ConfigError)) as err:
         EnsStrategy(PROBLEM, **params)
     for word in words:
         assert word in str(err.value)

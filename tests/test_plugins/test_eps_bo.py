@@ -12,10 +12,11 @@ pytest.importorskip("botorch")
 
 from nasframe.plugins import Plugins  # noqa: E402
 from nasframe.space import Boolean, Categorical, SearchSpace  # noqa: E402
-from nasframe.testing import ToySpace, fake_trials  # noqa: E402
+from nasframe.errors import ConfigError  # noqa: E402
+from nasframe.testing import StrategyDriver, ToySpace, fake_trials  # noqa: E402
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial  # noqa: E402
-from plugins.eps_bo import EpsBO  # noqa: E402
-from plugins.random_search import RandomSearch  # noqa: E402
+from nasframe_plugins.eps_bo import EpsBO  # noqa: E402
+from nasframe_plugins.random_search import RandomSearch  # noqa: E402
 
 
 class Synth(SearchSpace):
@@ -64,14 +65,15 @@ def trials_of(archs, start=0):
 
 
 def drive(strategy, budget: int, batch: int = 2, start: int = 0):
-    """Ask/tell ``batch`` at a time up to ``budget`` trials; every proposal and trial."""
+    """Ask/tell ``batch`` at a time up to ``budget`` trials, as the runner does;
+    every proposal and trial."""
+    d = strategy if isinstance(strategy, StrategyDriver) else StrategyDriver(strategy)
     proposed, told = [], []
     while len(proposed) < budget:
-        asked = strategy.ask(min(batch, budget - len(proposed)))
+        asked = d.ask(min(batch, budget - len(proposed)))
         if not asked:
             break
-        trials = trials_of(asked, start + len(proposed))
-        strategy.tell(trials)
+        trials = d.tell(trials_of(asked, start + len(proposed)))
         proposed += asked
         told += trials
     return proposed, told
@@ -95,14 +97,14 @@ def test_finds_the_constrained_optimum_better_than_random():
 def test_experiment_constraints_and_local_search():
     """No bounds: the experiment's constraint is modelled; a small `candidates` forces local search."""
     problem = Problem(SPACE, PROBLEM.objectives, (Constraint("fidelity", ">=", EPS),))
-    strategy = EpsBO(problem, seed=0, candidates=64)
+    strategy = StrategyDriver(EpsBO(problem, seed=0, candidates=64))
     proposed, told = drive(strategy, 30)
     assert len({a.id for a in proposed}) == len(proposed) == 30
     assert all(SPACE.validate(a) is None for a in proposed)
     assert gap(told) <= 0.5
     told = [Trial(t.number, t.arch, t.status, t.values, feasible=t.values["fidelity"] >= EPS)
             for t in told]
-    trial, rule = strategy.pick(told)
+    trial, rule = strategy.strategy.pick(told)
     assert trial.values["fidelity"] >= EPS and rule == f"min gmacs = {trial.values['gmacs']:.6g}"
     assert trial.values["gmacs"] == min(t.values["gmacs"] for t in told if t.feasible)
 
@@ -115,13 +117,12 @@ def test_same_seed_same_sequence():
 
 
 def test_json_state_round_trip_continues_the_same_search():
-    first = EpsBO(PROBLEM, seed=1, epsilons=EPSILONS, bounded="fidelity", n_initial=4)
+    first = StrategyDriver(EpsBO(PROBLEM, seed=1, epsilons=EPSILONS, bounded="fidelity",
+                                 n_initial=4))
     drive(first, 8, batch=3)
-    first.ask(1)  # one pending proposal travels in the state too
-    state = json.loads(json.dumps(first.state_dict()))
-    second = EpsBO(PROBLEM, seed=999, epsilons=EPSILONS, bounded="fidelity", n_initial=4)
-    second.load_state_dict(state)
-    assert second.state_dict() == state
+    first.ask(1)  # one pending proposal: a running trial in the history
+    second = first.reloaded(seed=999)
+    assert second.strategy.state_dict() == json.loads(json.dumps(first.strategy.state_dict()))
     a = drive(first, 6, batch=3, start=100)[0]
     b = drive(second, 6, batch=3, start=100)[0]
     assert a == b
@@ -129,7 +130,7 @@ def test_json_state_round_trip_continues_the_same_search():
 
 def test_exhausts_a_small_space_without_duplicates():
     problem = Problem(ToySpace(), (ObjectiveSpec("a", "min"), ObjectiveSpec("b", "max")))
-    strategy = EpsBO(problem, seed=0, bounds={"b": 40.0}, n_initial=3)
+    strategy = StrategyDriver(EpsBO(problem, seed=0, bounds={"b": 40.0}, n_initial=3))
     seen, n = [], 0
     for _ in range(20):
         asked = strategy.ask(4)
@@ -162,7 +163,7 @@ def test_epsilon_sweep_cycles_and_picks_the_tightest_feasible_epsilon():
 
 
 def test_failed_pruned_and_foreign_trials():
-    strategy = EpsBO(PROBLEM, seed=0, bounds={"fidelity": EPS}, n_initial=4)
+    strategy = StrategyDriver(EpsBO(PROBLEM, seed=0, bounds={"fidelity": EPS}, n_initial=4))
     rng = np.random.default_rng(0)
     archs = [ALL[i] for i in rng.choice(len(ALL), 8, replace=False)]
     trials = [Trial(0, archs[0], "failed", error="out of memory"),
@@ -172,32 +173,32 @@ def test_failed_pruned_and_foreign_trials():
     trials += [Trial(10 + i, a, "complete", values(a), feasible=True, origin="reference:x")
                for i, a in enumerate(archs[4:])]
     strategy.tell(trials)
-    obs = {o["id"]: o for o in strategy.state_dict()["observations"]}
+    obs = strategy.strategy._obs       # the observations the model is fitted on, from the history
     assert obs[archs[0].id]["values"] == {} and obs[archs[0].id]["feasible"] is False
     assert set(obs[archs[2].id]["values"]) == {"gmacs"}
     assert archs[3].id not in obs
     proposed, _ = drive(strategy, 10)
     assert not {a.id for a in proposed} & {a.id for a in archs}
     # the pick ignores failed, pruned and infeasible trials
-    assert strategy.pick(trials[:3]) is None
+    assert strategy.strategy.pick(trials[:3]) is None
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"minimise": "latency"}, r"`minimise` must name .*gmacs, fidelity.*'latency'"),
-    ({"bounds": {"psnr": 30}}, r"`bounds` must name .*'psnr'"),
-    ({"bounds": {"gmacs": 3}}, r"`bounds` names 'gmacs', the objective being optimised"),
-    ({"bounds": {"fidelity": "high"}}, r"`bounds.fidelity` must be a finite number.*'high'"),
-    ({"bounds": [0.9]}, r"`bounds` must be a mapping.*fidelity: 0.9"),
-    ({"epsilons": []}, r"`epsilons` must be a non-empty list.*\[\]"),
-    ({"epsilons": [0.8, None]}, r"`epsilons\[1\]` must be a finite number, got None"),
+    ({"minimise": "latency"}, r"minimise: must name one of .*gmacs, fidelity.*'latency'"),
+    ({"bounds": {"psnr": 30}}, r"bounds.psnr: must name one of .*'psnr'"),
+    ({"bounds": {"gmacs": 3}}, r"bounds.gmacs: names 'gmacs', the objective being optimised"),
+    ({"bounds": {"fidelity": "high"}}, r"params.bounds.fidelity: Input should be a valid number.*'high'"),
+    ({"bounds": [0.9]}, r"params.bounds: Input should be a valid dictionary.*\[0.9\]"),
+    ({"epsilons": []}, r"params.epsilons: List should have at least 1 item.*\[\]"),
+    ({"epsilons": [0.8, None]}, r"params.epsilons\[1\]: Input should be a valid number.*None"),
     ({"bounded": "fidelity"}, r"`bounded: fidelity` needs `epsilons`"),
     ({"epsilons": [0.9], "bounded": "fidelity", "bounds": {"fidelity": 0.8}}, r"not both"),
-    ({"n_initial": -1}, r"`n_initial` must be an integer >= 0.*-1"),
-    ({"candidates": 0}, r"`candidates` must be an integer >= 1.*got 0"),
-    ({"candidates": 2.5}, r"`candidates` must be an integer >= 1.*2.5"),
+    ({"n_initial": -1}, r"params.n_initial: Input should be greater than or equal to 0.*-1"),
+    ({"candidates": 0}, r"params.candidates: Input should be greater than or equal to 1.*got 0"),
+    ({"candidates": 2.5}, r"params.candidates: Input should be a valid integer.*2.5"),
 ])
 def test_bad_params_are_clear_errors(params, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, ConfigError), match=match):
         EpsBO(PROBLEM, **params)
 
 
@@ -206,13 +207,13 @@ def test_epsilons_default_to_the_only_other_objective():
     assert s.minimise == "gmacs" and s.bounded == "fidelity"
 
 
-def test_registered_and_needs_botorch_only_when_made(monkeypatch):
+def test_registered_and_unavailable_without_botorch(monkeypatch):
     plugins = Plugins()
     plugins.load_entry_points()
     s = plugins.strategies.create("eps_bo", {"bounds": {"fidelity": 0.9}}, problem=PROBLEM, seed=0)
     assert isinstance(s, EpsBO)
     monkeypatch.setitem(sys.modules, "botorch", None)  # import botorch now fails
-    from nasframe.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"pip install 'nasframe\[bo\]'"):
-        EpsBO(PROBLEM)
+    assert plugins.strategies.entry("eps_bo").missing() == ["botorch"]
+    with pytest.raises(ConfigError, match=r"strategy: strategy 'eps_bo' needs botorch, which is not "
+                                          r"installed; install with: pip install 'nasframe\[bo\]'"):
+        plugins.strategies.create("eps_bo", {}, where="strategy", problem=PROBLEM, seed=0)

@@ -1,18 +1,18 @@
 """Behaviour of the built-in ``random`` and ``grid`` strategies."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-import plugins
+import nasframe_plugins
 from nasframe.architecture import Architecture
+from nasframe.errors import ConfigError
 from nasframe.plugins import Plugins
 from nasframe.space import Categorical, SearchSpace
+from nasframe.testing import StrategyDriver
 from nasframe.trial import ObjectiveSpec, Problem, Trial
-from plugins.grid import GridSearch
-from plugins.random_search import RandomSearch
-from search_spaces.denoiser import ConvDenoiserSpace
+from nasframe_plugins.grid import GridSearch
+from nasframe_plugins.random_search import RandomSearch
+from nasframe_search_spaces.denoiser import ConvDenoiserSpace
 
 N_VALID = 12  # valid architectures of the small space below
 
@@ -26,11 +26,8 @@ def told(*archs: Architecture) -> list[Trial]:
     return [Trial(i, a, "complete", {"params": 1.0}) for i, a in enumerate(archs)]
 
 
-def reloaded(strategy, cls, **params):
-    """A fresh instance (other seed) given the old one's state through JSON."""
-    fresh = cls(strategy.problem, seed=strategy.seed + 99, **params)
-    fresh.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
-    return fresh
+def drive(cls, prob, **kwargs) -> StrategyDriver:
+    return StrategyDriver(cls(prob, **kwargs))
 
 
 class HugeSpace(SearchSpace):
@@ -45,17 +42,16 @@ class HugeSpace(SearchSpace):
 
 def test_registered_through_the_plugin_hook():
     pm = Plugins()
-    pm.register(plugins, "builtin_plugins")
+    pm.register(nasframe_plugins, "builtin_plugins")
     assert pm.failures == []
     assert pm.strategies.get("random") is RandomSearch
     assert pm.strategies.get("grid") is GridSearch
-    assert GridSearch.requires_finite_space and not RandomSearch.requires_finite_space
 
 
 # ------------------------------------------------------------------ random
 def test_random_proposes_every_architecture_once_then_nothing():
     prob = problem()
-    strategy = RandomSearch(prob, seed=1, max_retries=200)
+    strategy = drive(RandomSearch, prob, seed=1, max_retries=200)
     proposed = []
     for _ in range(10):
         proposed += strategy.ask(5)
@@ -68,7 +64,7 @@ def test_random_proposes_every_architecture_once_then_nothing():
 def test_random_skips_told_architectures():
     prob = problem()
     others = list(prob.space.enumerate())[:5]
-    strategy = RandomSearch(prob, seed=0, max_retries=200)
+    strategy = drive(RandomSearch, prob, seed=0, max_retries=200)
     strategy.tell(told(*others))
     proposed = strategy.ask(N_VALID)
     assert len(proposed) == N_VALID - 5
@@ -77,7 +73,7 @@ def test_random_skips_told_architectures():
 
 def test_random_is_deterministic_by_seed():
     prob = problem(ConvDenoiserSpace())
-    a, b, c = (RandomSearch(prob, seed=s) for s in (3, 3, 4))
+    a, b, c = (drive(RandomSearch, prob, seed=s) for s in (3, 3, 4))
     seq_a, seq_b, seq_c = a.ask(10) + a.ask(10), b.ask(20), c.ask(20)
     assert seq_a == seq_b
     assert seq_a != seq_c
@@ -86,27 +82,27 @@ def test_random_is_deterministic_by_seed():
 
 def test_random_state_round_trip():
     prob = problem(ConvDenoiserSpace())
-    old = RandomSearch(prob, seed=5)
+    old = drive(RandomSearch, prob, seed=5)
     first = old.ask(7)
     old.tell(told(*first[:3], prob.space.reference_architectures()["largest"]))
-    fresh = reloaded(old, RandomSearch)
-    assert fresh.state_dict() == old.state_dict()
+    fresh = old.reloaded()
+    assert fresh.strategy.state_dict() == old.strategy.state_dict()
     nxt = old.ask(15)
     assert fresh.ask(15) == nxt
     assert not set(nxt) & set(first)
 
 
 def test_random_round_trip_after_exhaustion():
-    old = RandomSearch(problem(), seed=2, max_retries=100)
+    old = drive(RandomSearch, problem(), seed=2, max_retries=100)
     old.ask(N_VALID - 1)
-    fresh = reloaded(old, RandomSearch, max_retries=100)
+    fresh = old.reloaded()
     assert fresh.ask(5) == old.ask(5)
-    assert len(fresh.state_dict()["seen"]) == N_VALID
+    assert len(fresh.history) == N_VALID
     assert fresh.ask(1) == []
 
 
 def test_random_rejects_bad_max_retries():
-    with pytest.raises(ValueError, match="max_retries"):
+    with pytest.raises(ConfigError, match="max_retries"):
         RandomSearch(problem(), max_retries=0)
 
 
@@ -114,14 +110,14 @@ def test_random_rejects_bad_max_retries():
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_grid_enumerates_every_valid_architecture_exactly_once(shuffle):
     prob = problem()
-    strategy = GridSearch(prob, seed=0, shuffle=shuffle)
+    strategy = drive(GridSearch, prob, seed=0, shuffle=shuffle)
     proposed = []
     while batch := strategy.ask(5):
         proposed += batch
     assert len(proposed) == N_VALID
     assert set(proposed) == set(prob.space.enumerate())
     assert (proposed == list(prob.space.enumerate())) is not shuffle
-    assert strategy.done
+    assert strategy.strategy.done
     assert strategy.ask(5) == []
 
 
@@ -134,7 +130,7 @@ def test_grid_shuffle_depends_on_the_seed():
 def test_grid_skips_told_architectures():
     prob = problem()
     grid = list(prob.space.enumerate())
-    strategy = GridSearch(prob)
+    strategy = drive(GridSearch, prob)
     strategy.tell(told(grid[0], grid[4]))
     assert strategy.ask(N_VALID) == [a for i, a in enumerate(grid) if i not in (0, 4)]
 
@@ -147,12 +143,12 @@ def test_grid_limit():
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_grid_state_round_trip(shuffle):
     prob = problem()
-    old = GridSearch(prob, seed=7, shuffle=shuffle)
+    old = drive(GridSearch, prob, seed=7, shuffle=shuffle)
     first = old.ask(4)
     later = [a for a in prob.space.enumerate() if a not in first][-2:]
     old.tell(told(*first, *later))
-    fresh = reloaded(old, GridSearch, shuffle=not shuffle)  # the saved state decides the order
-    assert fresh.state_dict() == old.state_dict()
+    fresh = old.reloaded(shuffle=not shuffle)  # the saved state decides the order
+    assert fresh.strategy.state_dict() == old.strategy.state_dict()
     nxt = old.ask(N_VALID)
     assert fresh.ask(N_VALID) == nxt
     assert len(nxt) == N_VALID - 4 - 2
@@ -169,7 +165,7 @@ def test_grid_state_of_a_changed_space_is_refused():
 
 def test_grid_refuses_a_huge_space_without_limit():
     prob = problem(HugeSpace())
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError) as err:      # ParamError: a ValueError naming `limit`
         GridSearch(prob)
     assert "limit" in str(err.value) and "huge" in str(err.value)
     assert len(GridSearch(prob, limit=3).ask(10)) == 3
@@ -177,5 +173,5 @@ def test_grid_refuses_a_huge_space_without_limit():
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 2.5}, {"shuffle": "yes"}])
 def test_grid_rejects_bad_params(params):
-    with pytest.raises(ValueError, match=next(iter(params))):
+    with pytest.raises(ConfigError, match=next(iter(params))):
         GridSearch(problem(), **params)

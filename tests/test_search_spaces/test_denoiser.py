@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import search_spaces
+import nasframe_search_spaces
 from nasframe.architecture import Architecture
 from nasframe.plugins import Plugins
 from nasframe.registry import Registry
 from nasframe.space import SearchSpace
-from search_spaces.denoiser import ConvDenoiserSpace
+from nasframe_search_spaces.denoiser import ConvDenoiserSpace
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def arch(depth: int, kernels: tuple[int, ...], width: int = 4, residual: bool = 
 
 def test_registered_through_the_plugin_hook():
     plugins = Plugins()
-    plugins.register(search_spaces, "builtin_search_spaces")
+    plugins.register(nasframe_search_spaces, "builtin_search_spaces")
     assert plugins.failures == []
     assert plugins.search_spaces.get("conv_denoiser") is ConvDenoiserSpace
 
@@ -161,14 +161,15 @@ def test_reference_architectures():
 
 @pytest.mark.parametrize(("params", "words"), [
     ({"depths": []}, ["depths", "empty"]),
-    ({"depths": [0, 2]}, ["depths", "positive"]),
-    ({"widths": [8, -1]}, ["widths", "positive"]),
+    ({"depths": [0, 2]}, ["depths[0]", "greater than or equal to 1"]),
+    ({"depths": [100000000]}, ["depths[0]", "less than or equal to 256"]),
+    ({"widths": [8, -1]}, ["widths[1]", "greater than or equal to 1"]),
     ({"widths": [8, 8]}, ["widths", "repeats"]),
     ({"kernels": [3, 4]}, ["kernels", "even", "odd"]),
-    ({"kernels": "3"}, ["kernels", "list"]),
-    ({"depths": [True]}, ["depths", "positive"]),
-    ({"image_channels": 0}, ["image_channels", "positive"]),
-    ({"input_size": 8.5}, ["input_size", "positive"]),
+    ({"kernels": "3"}, ["kernels", "valid tuple"]),
+    ({"depths": [True]}, ["depths[0]", "valid integer"]),
+    ({"image_channels": 0}, ["image_channels", "greater than or equal to 1", "the default is 3"]),
+    ({"input_size": 8.5}, ["input_size", "valid integer", "8.5"]),
 ])
 def test_bad_params_are_named(params, words):
     with pytest.raises(ValueError) as err:

@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from nasframe.candidate import Candidate
+from nasframe.capabilities import TrainedWeights
 from nasframe.context import Context
 from nasframe.errors import ConfigError
-from objectives.cost import GMACs, Params
-from objectives.restoration import PSNR, SSIM, TransformerCount
-from search_spaces.hybrid_unet import scan as sc
-from search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock
-from search_spaces.hybrid_unet.network import PRESETS, STAGES, HybridRestormer
-from search_spaces.hybrid_unet.space import HybridUNetSpace
+from nasframe.testing import plugin_context
+from nasframe_objectives.cost import GMACs, Params
+from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
+from nasframe_search_spaces.hybrid_unet import scan as sc
+from nasframe_search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock
+from nasframe_search_spaces.hybrid_unet.network import PRESETS, STAGES, HybridRestormer
+from nasframe_search_spaces.hybrid_unet.space import HybridUNetSpace
 
 TINY_DATA = {"short_side": 48, "val_size": 32, "patch": 16}
 
@@ -201,7 +203,7 @@ def test_graph_describes_every_block():
     ({"network": {"ssm": {"order": 2}}}, "did you mean 'orders'"),
     ({"teacher": {"stepz": 3}}, "teacher"),
     ({"distill": {"steps": 0}}, "distill.steps"),
-    ({"data": {"sigmaa": 3}}, "`data`: .*did you mean 'sigma'"),
+    ({"data": {"sigmaa": 3}}, "data: .*did you mean 'sigma'"),
     ({"task": "deblur", "data": {"task": "derain"}}, "set the task once"),
 ])
 def test_bad_params_name_the_field(params, match):
@@ -216,9 +218,16 @@ def prepared(tmp_path_factory):
     space = HybridUNetSpace(preset="tiny", granularity="stage", input_size=16, data=TINY_DATA,
                             teacher={"steps": 40, "batch_size": 4},
                             distill={"steps": 120, "batch_size": 4, "lr": 0.003})
-    ctx = Context(run_dir=tmp_path_factory.mktemp("run"), quiet=True)
-    space.prepare(ctx)
+    ctx = plugin_context(tmp_path_factory.mktemp("run"))
+    space.prepare(ctx, frozenset({TrainedWeights}))
     return space, ctx
+
+
+def test_preparation_without_trained_weights_trains_nothing(tmp_path):
+    space = HybridUNetSpace(preset="tiny", granularity="stage", input_size=16, data=TINY_DATA)
+    space.prepare(plugin_context(tmp_path), frozenset())      # cost objectives only
+    assert not space.prepared and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "alignment.json").exists()
 
 
 def test_surrogates_learn_to_mimic_their_transformer_blocks(prepared):
@@ -248,7 +257,7 @@ def test_bank_assembles_hybrids_without_retraining(prepared, tmp_path):
     again = HybridUNetSpace(preset="tiny", granularity="stage", input_size=16, data=TINY_DATA,
                             teacher={"steps": 40, "batch_size": 4},
                             distill={"steps": 120, "batch_size": 4, "lr": 0.003})
-    again.prepare(ctx)
+    again.prepare(ctx, frozenset({TrainedWeights}))
     assert again._bank.report["surrogates"]["cached"]
     with torch.no_grad():
         assert torch.equal(again.build(arch)(x), hybrid(x))
@@ -278,7 +287,7 @@ def test_teacher_weights_load_from_a_path(prepared, tmp_path):
     loaded = HybridUNetSpace(preset="tiny", granularity="stage", input_size=16, data=TINY_DATA,
                              teacher={"weights": str(path)},
                              distill={"steps": 120, "batch_size": 4, "lr": 0.003})
-    loaded.prepare(ctx)
+    loaded.prepare(ctx, frozenset({TrainedWeights}))
     assert loaded._bank.report["teacher"]["source"] == str(path)
     for k, v in space._bank.teacher.items():
         assert torch.equal(loaded._bank.teacher[k], v)
@@ -286,35 +295,35 @@ def test_teacher_weights_load_from_a_path(prepared, tmp_path):
 
 def test_bad_teacher_weights_are_config_errors(tmp_path):
     ctx = Context(run_dir=tmp_path, quiet=True)
-    missing = HybridUNetSpace(preset="tiny", data=TINY_DATA, teacher={"weights": str(tmp_path / "no.pt")})
-    with pytest.raises(ConfigError, match="teacher.weights.*no file"):
-        missing.prepare(ctx)
+    need = frozenset({TrainedWeights})
+    with pytest.raises(ValueError, match="teacher.weights: no file at"):    # when the space is made
+        HybridUNetSpace(preset="tiny", data=TINY_DATA, teacher={"weights": str(tmp_path / "no.pt")})
     wrong = tmp_path / "wrong.pt"
     torch.save({"conv.weight": torch.zeros(3)}, wrong)
     with pytest.raises(ConfigError, match="does not fit"):
-        HybridUNetSpace(preset="tiny", data=TINY_DATA, teacher={"weights": str(wrong)}).prepare(ctx)
+        HybridUNetSpace(preset="tiny", data=TINY_DATA, teacher={"weights": str(wrong)}).prepare(ctx, need)
     pickled = tmp_path / "pickled.pt"
     torch.save({"weights": _NotATensor()}, pickled)     # needs unpickling of arbitrary code
     with pytest.raises(ConfigError, match="safely"):
-        HybridUNetSpace(preset="tiny", data=TINY_DATA, teacher={"weights": str(pickled)}).prepare(ctx)
+        HybridUNetSpace(preset="tiny", data=TINY_DATA, teacher={"weights": str(pickled)}).prepare(ctx, need)
 
 
 # -- cost objectives on SSM blocks -------------------------------------------
-def test_gmacs_counts_the_scan():
+def test_gmacs_counts_the_scan(tmp_path):
     space = HybridUNetSpace(preset="tiny", granularity="stage", input_size=32)
-    ctx = Context(run_dir=".", quiet=True)
+    ctx = plugin_context(tmp_path)                # carries the plugins' op handles
     teacher = GMACs()(Candidate(space, space.uniform("transformer")), ctx)
     all_ssm = GMACs()(Candidate(space, space.uniform("ssm")), ctx)
     assert not any("SelectiveScan" in op for op in all_ssm[1].details["unsupported_ops"])
-    assert "selective scans" in all_ssm[1].details["includes"]
+    assert "prim::PythonOp.SelectiveScan" in all_ssm[1].details["handled_ops"]
+    assert teacher[1].details["handled_ops"] == []
     # removing one block's scan op changes the count by exactly its formula
     block = SSMBlock(8, d_state=4, headdim=8, orders=2).eval()
     from fvcore.nn import FlopCountAnalysis
-    from objectives.cost import OP_HANDLES
 
     x = torch.randn(1, 8, 32, 32)
     with torch.no_grad():
-        counted = FlopCountAnalysis(block, (x,)).set_op_handle(**OP_HANDLES)
+        counted = FlopCountAnalysis(block, (x,)).set_op_handle(**ctx.op_handles)
         counted.unsupported_ops_warnings(False)
         by_op = counted.by_operator()
     assert by_op["PythonOp.SelectiveScan"] == 32 * 32 * 2 * 8 * (3 * 4 + 1)

@@ -1,4 +1,4 @@
-"""Paired restoration data (``search_spaces.hybrid_unet.data``): synthetic and folder sources."""
+"""Paired restoration data (``nasframe_search_spaces.hybrid_unet.data``): synthetic and folder sources."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage import io
 
-from search_spaces.hybrid_unet.data import (DEFAULT_VAL_IMAGES, SYNTHETIC_IMAGES, TASKS,
+from nasframe_search_spaces.hybrid_unet.data import (DEFAULT_VAL_IMAGES, SYNTHETIC_IMAGES, TASKS,
                                             RestorationData, gaussian_kernel, line_kernel, psnr)
 
 SMALL = {"patch": 32, "val_size": 48, "short_side": 96}
@@ -67,7 +67,7 @@ def test_split_is_by_image():
 
 def test_training_crops_come_from_training_images_only():
     # with one training image every crop must be a piece of that image
-    from search_spaces.hybrid_unet.data import _synthetic_image
+    from nasframe_search_spaces.hybrid_unet.data import _synthetic_image
 
     data = RestorationData("denoise", images=["brick", "chelsea"], val_images=["chelsea"],
                            **SMALL)

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from nasframe import capabilities
 from nasframe.architecture import Architecture
 from nasframe.candidate import Candidate
+from nasframe.capabilities import BlockAlignment, Teacher
 from nasframe.context import Context
 from nasframe.errors import ConfigError
-from objectives.cost import GMACs, Params
-from objectives.fidelity import Fidelity
-from search_spaces.sd_unet.network import (
+from nasframe_objectives.cost import GMACs, Params
+from nasframe_objectives.fidelity import Fidelity
+from nasframe_search_spaces.sd_unet.network import (
     PRESETS,
     SDUNet,
     UNetConfig,
@@ -21,8 +23,8 @@ from search_spaces.sd_unet.network import (
     from_diffusers_keys,
     to_diffusers_keys,
 )
-from search_spaces.sd_unet.space import SDUNetSpace
-from search_spaces.sd_unet.surgery import level_indices
+from nasframe_search_spaces.sd_unet.space import SDUNetSpace
+from nasframe_search_spaces.sd_unet.surgery import level_indices
 
 TINY = PRESETS["tiny"]
 
@@ -188,7 +190,7 @@ def test_narrowed_layers_take_the_most_important_teacher_channels():
     assert torch.equal(student["conv_in.weight"], teacher["conv_in.weight"][idx])
     assert torch.equal(student["conv_out.weight"], teacher["conv_out.weight"][:, idx])
     # the kept channels are those with the largest summed filter norms
-    from search_spaces.sd_unet.surgery import level_importance
+    from nasframe_search_spaces.sd_unet.surgery import level_importance
 
     score = level_importance(teacher, plan.config)[0]
     assert score[idx].min() >= score[[i for i in range(32) if i not in set(idx.tolist())]].max()
@@ -203,7 +205,7 @@ def test_teacher_loads_from_a_diffusers_folder(tmp_path, diffusers_unet):
     diffusers_unet.save_pretrained(tmp_path / "pipe" / "unet")
     space = SDUNetSpace(preset="tiny", teacher={"path": str(tmp_path / "pipe")})
     arch = space.reference_architectures()["sd15"]
-    space.prepare(Context(tmp_path / "run", quiet=True))
+    space.prepare(Context(tmp_path / "run", quiet=True), frozenset({Teacher}))
     x = _inputs()
     with torch.no_grad():
         assert torch.equal(space.build(arch)(*x), diffusers_unet(*x).sample)
@@ -271,12 +273,14 @@ def test_distilled_pairs_improve_and_are_trained_once(ctx):
 
 
 def test_fidelity_needs_a_space_with_a_teacher(ctx):
-    from search_spaces.denoiser import ConvDenoiserSpace
+    from nasframe_search_spaces.denoiser import ConvDenoiserSpace
 
-    with pytest.raises(ConfigError, match="teacher"):
-        Fidelity().prepare(ConvDenoiserSpace(input_size=16), ctx)
+    assert capabilities.missing(ConvDenoiserSpace(input_size=16), Fidelity().requirements()) == [Teacher]
+    assert BlockAlignment in Fidelity(distill={"steps": 2}).requirements()
     with pytest.raises(ValueError, match="feature_weight"):
         Fidelity(feature_weight=2)
+    with pytest.raises(ValueError, match="distillation works on the main model only"):
+        Fidelity(part="vae_decoder", distill={"steps": 2})
 
 
 # ------------------------------------------------------------------ parts
@@ -297,7 +301,7 @@ def test_vae_and_pipeline_parts(ctx):
     dec, _ = GMACs(part="vae_decoder")(Candidate(space, ref), ctx)
     pipe, _ = GMACs(part="pipeline")(Candidate(space, ref), ctx)
     assert pipe == pytest.approx(unet + dec, rel=0.01)
-    from objectives.latency import Latency
+    from nasframe_objectives.latency import Latency
 
     lat = Latency(part="pipeline", repeats=2, warmup=1)
     lat.prepare(space, ctx)

@@ -1,4 +1,4 @@
-"""The SD VAE parts of ``sd_unet``: building, inheriting and loading (:mod:`search_spaces.sd_unet.vae`)."""
+"""The SD VAE parts of ``sd_unet``: building, inheriting and loading (:mod:`nasframe_search_spaces.sd_unet.vae`)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 
 from diffusers import AutoencoderKL  # noqa: E402
 
-from search_spaces.sd_unet.vae import (  # noqa: E402
+from nasframe_search_spaces.sd_unet.vae import (  # noqa: E402
     VAE_PRESETS,
     VAEConfig,
     VAEDecoder,

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nasframe import Objective, Value
+from nasframe import Field, Objective, Params, Value
+from nasframe.params import Float, Int
 
 if TYPE_CHECKING:
     import torch
@@ -30,19 +31,11 @@ if TYPE_CHECKING:
 TEACHER_HIDDEN = 32
 
 
-def _check_int(where: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 class FitLoss(Objective):
     """Final training MSE after a few Adam steps on a seeded synthetic regression task.
 
-    Params (YAML ``params``): ``steps`` (Adam steps, default 30), ``lr``
-    (learning rate, default 0.01), ``samples`` (training set size, default
-    256), ``data_seed`` (the task's seed, default 0). The value's details hold
-    the loss before training (``initial_loss``) and the settings.
+    Params: the nested ``Params`` model. The value's details hold the loss
+    before training (``initial_loss``) and the settings.
     """
 
     name = "fit_loss"
@@ -52,18 +45,28 @@ class FitLoss(Objective):
     unit = "MSE"
     cost = 5.0          # trains a model: evaluated after cheap objectives such as `params`
 
-    def __init__(self, steps: int = 30, lr: float = 0.01, samples: int = 256, data_seed: int = 0):
-        self.steps = _check_int("fit_loss.params.steps", steps, 1)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"fit_loss.params.lr must be a positive number, got {lr!r}")
-        self.lr = float(lr)
-        self.samples = _check_int("fit_loss.params.samples", samples, 1)
-        self.data_seed = _check_int("fit_loss.params.data_seed", data_seed, 0)
+    class Params(Params):
+        steps: Int = Field(30, ge=1, le=100_000)
+        """Full-batch Adam steps."""
+        lr: Float = Field(0.01, gt=0, le=10)
+        """Adam learning rate."""
+        samples: Int = Field(256, ge=1, le=1_000_000)
+        """Training set size."""
+        data_seed: Int | None = Field(None, ge=0)
+        """Seed of the task (default: the experiment's seed)."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        self.steps, self.lr, self.samples = self.params.steps, self.params.lr, self.params.samples
+        self.data_seed = 0 if self.params.data_seed is None else self.params.data_seed
         self._inputs: torch.Tensor | None = None
         self._targets: dict[tuple[int, ...], torch.Tensor] = {}
 
     def prepare(self, space: SearchSpace, ctx: Context) -> None:
         """Draw the inputs once; the targets follow on first use (they need the output shape)."""
+        new_seed = ctx.seed_for(self.params.data_seed)
+        if new_seed != self.data_seed:
+            self.data_seed, self._inputs = new_seed, None
         self._make_inputs(space)
 
     def device(self, ctx: Context) -> str:
@@ -72,7 +75,7 @@ class FitLoss(Objective):
     def _make_inputs(self, space: SearchSpace) -> torch.Tensor:
         import torch
 
-        shape = getattr(space, "input_shape", None)
+        shape = space.input_shape
         if not shape:
             raise ValueError(f"fit_loss needs a search space with an `input_shape`; "
                              f"'{space.name}' has none")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from nasframe import Architecture, Categorical, Decision, Integer, SearchSpace
+from nasframe import Architecture, Categorical, Decision, Field, Integer, Params, SearchSpace
+from nasframe.params import Int
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -21,18 +22,12 @@ if TYPE_CHECKING:
 ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "tanh": "Tanh"}
 
 
-def _positive_int(param: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{param}` must be a positive integer, got {value!r}")
-    return value
-
-
 class TinyMLPSpace(SearchSpace):
     """MLPs searched over hidden width, depth and activation.
 
-    Params (YAML ``params``): ``widths`` (hidden widths to choose from),
-    ``max_depth`` (1 to ``max_depth`` hidden blocks), ``activations`` (a subset
-    of relu, gelu, tanh), ``in_features`` and ``out_features``.
+    Params: the nested ``Params`` model below (``nasframe plugins tiny_mlp``
+    prints it); the registry validates the YAML against it before the space
+    is made, so ``__init__`` only derives what it needs.
 
     Decisions, in encoding order: ``width`` (categorical), ``depth`` (integer),
     ``activation`` (categorical).
@@ -41,20 +36,24 @@ class TinyMLPSpace(SearchSpace):
     name = "tiny_mlp"
     input_shape = (16,)
 
-    def __init__(self, widths: Sequence[int] = (8, 16, 32, 64), max_depth: int = 3,
-                 activations: Sequence[str] = ("relu", "gelu", "tanh"),
-                 in_features: int = 16, out_features: int = 4):
-        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
-            raise ValueError(f"`widths` must be a non-empty list of positive integers, got {widths!r}")
-        self.widths = tuple(_positive_int("widths[]", w) for w in widths)
-        self.max_depth = _positive_int("max_depth", max_depth)
-        unknown = [a for a in activations if a not in ACTIVATIONS]
-        if unknown or not activations or isinstance(activations, str):
-            raise ValueError(f"`activations` must be a non-empty list drawn from "
-                             f"{', '.join(ACTIVATIONS)}; got {activations!r}")
-        self.activations = tuple(activations)
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+    class Params(Params):
+        widths: tuple[Annotated[Int, Field(ge=1, le=4096)], ...] = Field((8, 16, 32, 64), min_length=1)
+        """Hidden widths to choose from."""
+        max_depth: Int = Field(3, ge=1, le=64)
+        """The most hidden blocks (the depth decision is 1..max_depth)."""
+        activations: tuple[Literal["relu", "gelu", "tanh"], ...] = Field(("relu", "gelu", "tanh"),
+                                                                        min_length=1)
+        """Activations to choose from."""
+        in_features: Int = Field(16, ge=1, le=65_536)
+        """Input features."""
+        out_features: Int = Field(4, ge=1, le=65_536)
+        """Output features."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)  # validates and sets self.params
+        p = self.params
+        self.widths, self.max_depth, self.activations = p.widths, p.max_depth, p.activations
+        self.in_features, self.out_features = p.in_features, p.out_features
         self.input_shape = (self.in_features,)  # per instance: the default example input
 
     def decisions(self) -> Sequence[Decision]:

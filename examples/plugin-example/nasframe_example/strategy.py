@@ -5,7 +5,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from nasframe import Architecture, Integer, Problem, Strategy, Trial
+from nasframe import Architecture, Field, Integer, Params, Problem, Strategy, Trial
+from nasframe.params import Int
 
 
 class LocalSearch(Strategy):
@@ -24,33 +25,39 @@ class LocalSearch(Strategy):
     and trials without a finite first objective, never become the incumbent.
     Any told trial counts, including ones the strategy did not ask for
     (reference architectures, duplicates answered from the store), and no
-    architecture seen (proposed or told) is proposed again. ``ask`` returns
-    fewer than ``n`` (possibly none) once ``max_retries`` random draws in a row
-    hit seen architectures.
+    architecture the run has seen (``self.seen``, read from the run's history)
+    is proposed again. ``ask`` returns fewer than ``n`` (possibly none) once
+    ``max_retries`` random draws in a row hit seen architectures.
 
-    State (JSON): the generator state, the seen ids, the incumbent and its
-    score, and the number of random proposals made so far.
+    State (JSON): the generator state, the incumbent and its score, and the
+    number of random proposals made so far; what was seen is the history's.
     """
 
     name = "local_search"
 
-    def __init__(self, problem: Problem, seed: int = 0, n_initial: int = 4, max_retries: int = 1000):
-        super().__init__(problem, seed)
-        for param, value, minimum in (("n_initial", n_initial, 0), ("max_retries", max_retries, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"local_search.params.{param} must be an integer >= {minimum}, "
-                                 f"got {value!r}")
-        self.n_initial = n_initial
-        self.max_retries = max_retries
+    class Params(Params):
+        n_initial: Int = Field(4, ge=0, le=1_000_000)
+        """Random proposals before climbing."""
+        max_retries: Int = Field(1000, ge=1, le=10_000_000)
+        """Random draws of seen architectures in a row before the space counts as exhausted."""
+
+    def __init__(self, problem: Problem, params=None, **kwargs):
+        super().__init__(problem, params, **kwargs)
+        self.n_initial = self.params.n_initial
+        self.max_retries = self.params.max_retries
         self.objective = problem.objectives[0]  # the objective climbed
         self.incumbent: Architecture | None = None
         self._score: tuple[int, float, float] | None = None
-        self._seen: set[str] = set()
+        self._asking: set[str] = set()   # proposed by the ask in progress
         self._n_random = 0
+
+    def _known(self, arch_id: str) -> bool:
+        return self.seen(arch_id) or arch_id in self._asking
 
     # -- ask / tell ------------------------------------------------------
     def ask(self, n: int) -> list[Architecture]:
         out: list[Architecture] = []
+        self._asking = set()
         while len(out) < n:
             arch = None
             if self.incumbent is not None and self._n_random >= self.n_initial:
@@ -60,13 +67,13 @@ class LocalSearch(Strategy):
                 if arch is None:
                     break  # the space looks exhausted
                 self._n_random += 1
-            self._seen.add(arch.id)
+            self._asking.add(arch.id)
             out.append(arch)
+        self._asking = set()
         return out
 
     def tell(self, trials: Sequence[Trial]) -> None:
         for trial in trials:
-            self._seen.add(trial.arch.id)
             score = self.score(trial)
             if score is not None and (self._score is None or score < self._score):
                 self.incumbent, self._score = trial.arch, score
@@ -83,7 +90,7 @@ class LocalSearch(Strategy):
     def _random(self) -> Architecture | None:
         for _ in range(self.max_retries):
             arch = self.space.sample(self.rng)
-            if arch.id not in self._seen:
+            if not self._known(arch.id):
                 return arch
         return None
 
@@ -98,7 +105,7 @@ class LocalSearch(Strategy):
             found = []
             for v in others:
                 cand = self.space.canonicalize(arch.replace(**{d.name: v}))
-                if cand.id not in self._seen and cand != arch and self.space.validate(cand) is None:
+                if not self._known(cand.id) and cand != arch and self.space.validate(cand) is None:
                     found.append(cand)
             if found:
                 out[d.name] = found
@@ -116,7 +123,6 @@ class LocalSearch(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {
             "rng": self.rng_state(),
-            "seen": sorted(self._seen),
             "incumbent": None if self.incumbent is None else self.incumbent.to_dict(),
             "score": None if self._score is None else list(self._score),
             "n_random": self._n_random,
@@ -124,7 +130,6 @@ class LocalSearch(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
-        self._seen = set(state.get("seen", ()))
         inc, score = state.get("incumbent"), state.get("score")
         self.incumbent = None if inc is None else Architecture(inc)
         self._score = None if score is None else (int(score[0]), float(score[1]), float(score[2]))

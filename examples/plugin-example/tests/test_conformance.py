@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from nasframe.history import TrialHistory
 from nasframe.plugins import Plugins
 from nasframe.testing import ObjectiveContract, SearchSpaceContract, StrategyContract, ToySpace, fake_trials
 from nasframe.trial import ObjectiveSpec, Problem, Trial
@@ -49,8 +50,14 @@ class TestFitLossOnToySpace(ObjectiveContract):
 
 
 class TestLocalSearch(StrategyContract):
-    def make_strategy(self, problem, seed):
-        return LocalSearch(problem, seed=seed, n_initial=2)
+    def make_strategy(self, problem, seed, history):
+        return LocalSearch(problem, seed=seed, history=history, n_initial=2)
+
+
+def _tell(strategy, history, trials):
+    """What the runner does: record the trials in the run's history, then tell them."""
+    history.record(trials)
+    strategy.tell(trials)
 
 
 # ----------------------------------------------- beyond the contract: behaviour
@@ -74,10 +81,11 @@ def test_graph_matches_the_built_model():
 
 def test_local_search_mutates_one_decision_of_the_incumbent():
     problem = Problem(ToySpace(), (ObjectiveSpec("loss", "min"),))
-    strategy = LocalSearch(problem, seed=0, n_initial=2)
+    history = TrialHistory()
+    strategy = LocalSearch(problem, seed=0, history=history, n_initial=2)
     start = strategy.ask(2)
-    strategy.tell([Trial(0, start[0], "complete", {"loss": 1.0}, feasible=True),
-                   Trial(1, start[1], "failed", error="boom")])
+    _tell(strategy, history, [Trial(0, start[0], "complete", {"loss": 1.0}, feasible=True),
+                              Trial(1, start[1], "failed", error="boom")])
     assert strategy.incumbent == start[0]
     for arch in strategy.ask(3):
         changed = [k for k in arch if arch[k] != start[0][k]]
@@ -88,34 +96,39 @@ def test_local_search_mutates_one_decision_of_the_incumbent():
 
 def test_local_search_climbs_on_a_max_objective_and_a_foreign_trial_can_win():
     problem = Problem(ToySpace(), (ObjectiveSpec("acc", "max"),))
-    strategy = LocalSearch(problem, seed=3, n_initial=1)
+    history = TrialHistory()
+    strategy = LocalSearch(problem, seed=3, history=history, n_initial=1)
     first = strategy.ask(1)[0]
-    strategy.tell([Trial(0, first, "complete", {"acc": 0.5}, feasible=True)])
+    _tell(strategy, history, [Trial(0, first, "complete", {"acc": 0.5}, feasible=True)])
     foreign = next(a for a in ToySpace().enumerate() if a != first)
-    strategy.tell([Trial(1, foreign, "complete", {"acc": 0.9}, feasible=True, origin="reference:x")])
+    _tell(strategy, history, [Trial(1, foreign, "complete", {"acc": 0.9}, feasible=True,
+                                    origin="reference:x")])
     assert strategy.incumbent == foreign
-    strategy.tell([Trial(2, first, "complete", {"acc": 0.7}, feasible=False, violation=1.0)])
+    _tell(strategy, history, [Trial(2, first, "complete", {"acc": 0.7}, feasible=False,
+                                    violation=1.0)])
     assert strategy.incumbent == foreign  # infeasible never beats feasible
 
 
 def test_local_search_proposes_each_architecture_once_then_stops():
     problem = Problem(ToySpace(), (ObjectiveSpec("a", "min"),))
-    strategy = LocalSearch(problem, seed=1, n_initial=2, max_retries=200)
+    history = TrialHistory()
+    strategy = LocalSearch(problem, seed=1, history=history, n_initial=2, max_retries=200)
     proposed = []
     for step in range(20):
         asked = strategy.ask(4)
+        _tell(strategy, history, fake_trials(problem, asked, len(proposed), fail_every=4))
         proposed += asked
-        strategy.tell(fake_trials(problem, asked, len(proposed), fail_every=4))
     assert len(proposed) == len({a.id for a in proposed}) == ToySpace().size == 18
     assert strategy.ask(4) == []
     json.dumps(strategy.state_dict())
 
 
 def test_fit_loss_is_lower_for_a_bigger_model(tmp_path):
-    from nasframe import Architecture, Candidate, Context
+    from nasframe import Architecture, Candidate
+    from nasframe.testing import plugin_context
 
     space, objective = TinyMLPSpace(), FitLoss(steps=30)
-    ctx = Context(run_dir=tmp_path, quiet=True)
+    ctx = plugin_context(tmp_path)
     objective.prepare(space, ctx)
     small = Architecture(width=8, depth=1, activation="relu")
     big = Architecture(width=64, depth=3, activation="relu")

@@ -1,0 +1,182 @@
+"""Capabilities: what a search space can provide beyond building models.
+
+A capability is a small abstract base class. A search space *declares* one by
+subclassing it (and implementing its methods); an objective *requires* one by
+listing it in ``requires`` (or returning it from
+:meth:`~nasframe.objective.Objective.requirements` when it depends on the
+params). ``nasframe validate`` rejects an experiment whose objective needs
+what its space lacks, naming both and what is missing; the conformance suite
+pairs objectives with spaces by capability; and a space prepares only what the
+experiment's objectives need (:meth:`~nasframe.space.SearchSpace.prepare`
+receives the set)::
+
+    from nasframe.capabilities import TrainedWeights, ValidationPairs
+
+    class MySpace(SearchSpace, ValidationPairs, TrainedWeights):
+        def validation_pairs(self): ...
+        def prepare(self, ctx, needs):
+            if TrainedWeights in needs:
+                ...   # train; skipped for experiments of cost objectives only
+
+Nothing is looked up by ``hasattr``: a space either subclasses the capability
+or it does not.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from nasframe.architecture import Architecture
+    from nasframe.context import Context
+
+
+class Capability(abc.ABC):  # noqa: B024 - a marker base; subclasses add the methods
+    """Base of every capability. ``key`` names it in messages; ``description`` says what it is."""
+
+    key: ClassVar[str] = "capability"
+    description: ClassVar[str] = ""
+
+
+class TrainedWeights(Capability):
+    """Models built after ``prepare(ctx, needs)`` with this capability in ``needs``
+    carry trained weights (a trained teacher, a distilled bank), not a fresh
+    initialisation. Objectives that score quality require it; cost objectives
+    (parameters, MACs, latency) do not, so they never trigger training."""
+
+    key = "trained_weights"
+    description = "models with trained weights after preparation (e.g. a trained teacher and distilled blocks)"
+
+
+class ValidationPairs(Capability):
+    """Paired validation data for image-to-image models."""
+
+    key = "validation_pairs"
+    description = "validation images as (degraded, clean) pairs"
+
+    @abc.abstractmethod
+    def validation_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(input, target)`` pairs of ``(1, C, H, W)`` tensors in [0, 1]."""
+
+
+class ImageToImage(Capability):
+    """The main model maps an image ``(B, C, H, W)`` in [0, 1] to an image of the
+    same shape (a restoration network); quick image proxies train such models."""
+
+    key = "image_to_image"
+    description = "a main model mapping (B, C, H, W) images to images of the same shape"
+
+
+class BlockKinds(Capability):
+    """The block graph's nodes carry a ``kind`` drawn from :meth:`block_kinds`
+    (e.g. ``transformer`` and ``ssm`` slots), so objectives can count them."""
+
+    key = "block_kinds"
+    description = "a block graph whose nodes name their kind (e.g. transformer, ssm)"
+
+    @abc.abstractmethod
+    def block_kinds(self) -> Mapping[str, str]:
+        """The node kinds the graph may hold, each with one line saying what it is."""
+
+
+class ModelParts(Capability):
+    """Candidates have more networks than the main model (a VAE encoder and
+    decoder, a pipeline); objectives take ``part`` to score one of them."""
+
+    key = "model_parts"
+    description = "extra buildable model parts besides the main model"
+
+    @abc.abstractmethod
+    def parts(self) -> tuple[str, ...]:
+        """Names of the extra parts."""
+
+    @abc.abstractmethod
+    def build_part(self, arch: Architecture, part: str) -> torch.nn.Module:
+        """A freshly initialised module for part ``part`` of ``arch``."""
+
+    @abc.abstractmethod
+    def part_example_inputs(self, arch: Architecture, part: str,
+                            input_shape: Sequence[int] | None = None,
+                            batch_size: int = 1) -> tuple[Any, ...]:
+        """Inputs for one forward pass of part ``part`` (as ``example_inputs``)."""
+
+
+class Teacher(Capability):
+    """A teacher model that candidates are compared with (``fidelity``).
+
+    The teacher's ``forward(*inputs, return_features=True)`` returns
+    ``(output, {feature: tensor})``, as the candidates' models do."""
+
+    key = "teacher"
+    description = "a teacher model, fixed inputs and feature correspondences (for fidelity)"
+
+    @abc.abstractmethod
+    def teacher(self, part: str | None = None) -> torch.nn.Module:
+        """The full teacher (or the teacher of model part ``part``), eval mode, not to be modified."""
+
+    @abc.abstractmethod
+    def fidelity_inputs(self, part: str | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """Fixed batches of inputs the comparison runs on."""
+
+    @abc.abstractmethod
+    def feature_channels(self, arch: Architecture, part: str | None = None) -> dict[str, Any]:
+        """For each stage feature a candidate returns, the teacher channels it
+        corresponds to (an index tensor, or None for all); empty: compare outputs only."""
+
+
+class BlockAlignment(Capability):
+    """Changed blocks of a candidate can be distilled to mimic their teacher blocks."""
+
+    key = "block_alignment"
+    description = "distillation of a candidate's changed blocks towards the teacher's"
+
+    @abc.abstractmethod
+    def align(self, model: torch.nn.Module, arch: Architecture, ctx: Context, *, steps: int,
+              lr: float, batch_size: int, seed: int) -> dict[str, Any]:
+        """Distil ``model``'s changed blocks in place; a report with ``pairs``,
+        ``trained``, ``cached`` and ``seconds``."""
+
+
+class Exportable(Capability):
+    """Models (and parts) can be made ready for export to deployable formats
+    (ONNX, TorchScript, ExportedProgram): e.g. custom kernels swapped for an
+    exportable formulation of plain tensor ops."""
+
+    key = "exportable"
+    description = "models that export to ONNX / TorchScript / ExportedProgram"
+
+    @abc.abstractmethod
+    def export_module(self, arch: Architecture, model: torch.nn.Module,
+                      part: str | None = None) -> torch.nn.Module:
+        """``model`` (built for ``arch``, or its part ``part``) set up for export;
+        may be ``model`` itself, changed in place."""
+
+
+#: every capability the core defines (plugins may define more)
+CORE_CAPABILITIES: tuple[type[Capability], ...] = (
+    TrainedWeights, ValidationPairs, ImageToImage, BlockKinds, ModelParts, Teacher,
+    BlockAlignment, Exportable)
+
+
+def provided_by(space: object) -> list[type[Capability]]:
+    """The capabilities ``space`` declares (see :func:`provided_by_class`)."""
+    return provided_by_class(type(space))
+
+
+def provided_by_class(cls: type) -> list[type[Capability]]:
+    """The capabilities a space class declares: the classes among its bases that
+    define a capability ``key`` of their own, in method-resolution order."""
+    return [c for c in cls.__mro__
+            if issubclass(c, Capability) and c is not Capability and "key" in vars(c)]
+
+
+def names(caps: Iterable[type[Capability]]) -> str:
+    return ", ".join(c.key for c in caps) or "none"
+
+
+def missing(space: object, required: Iterable[type[Capability]]) -> list[type[Capability]]:
+    """The capabilities in ``required`` that ``space`` does not declare."""
+    return [c for c in required if not isinstance(space, c)]

@@ -1,0 +1,61 @@
+"""The worker side of executors: evaluate trials in another process.
+
+A worker gets the experiment configuration (plain data) and the run
+directory, rebuilds the experiment once (plugins resolved, ``prepare`` run,
+artifacts loaded from the run directory's cache) and keeps it for its
+lifetime, keyed by :func:`job_key`.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nasframe.trial import Trial
+
+_EXPERIMENTS: dict[str, tuple[Any, Any]] = {}
+
+
+def job_key(config: dict[str, Any], run_dir: str | Path) -> str:
+    """Identifies the experiment a worker must have built (config + run dir)."""
+    text = json.dumps(config, sort_keys=True, default=str) + "\0" + str(run_dir)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prepare_in_worker(key: str, config: dict[str, Any], run_dir: str) -> tuple[Any, Any]:
+    """Build and prepare the experiment in this process (once per ``key``)."""
+    entry = _EXPERIMENTS.get(key)
+    if entry is None:
+        from nasframe.config import config_from_dict
+        from nasframe.experiment import Experiment
+
+        exp = Experiment.from_config(config_from_dict(config))
+        ctx = exp.context(run_dir, quiet=True)
+        exp.prepare(ctx)
+        entry = _EXPERIMENTS[key] = (exp, ctx)
+    return entry
+
+
+def evaluate_in_worker(key: str, config: dict[str, Any], run_dir: str, trial: Trial) -> Trial:
+    """Evaluate one trial in this process, building the experiment on first use."""
+    exp, ctx = prepare_in_worker(key, config, run_dir)
+    return exp.evaluate(trial, ctx)
+
+
+def warm_worker(key: str, config: dict[str, Any], run_dir: str) -> None:
+    """Prepare the experiment in this process; returns nothing (the result stays here)."""
+    prepare_in_worker(key, config, run_dir)
+
+
+def remote_call(config: dict[str, Any], run_dir: str | Path) -> Callable[[Trial], Trial]:
+    """The picklable ``trial -> finished trial`` call executors send to workers."""
+    return functools.partial(evaluate_in_worker, job_key(config, run_dir), config, str(run_dir))
+
+
+def warm_call(config: dict[str, Any], run_dir: str | Path) -> Callable[[], Any]:
+    """The picklable call that prepares a new worker before its first trial (so that a
+    worker's start-up never counts against a trial's time limit)."""
+    return functools.partial(warm_worker, job_key(config, run_dir), config, str(run_dir))
