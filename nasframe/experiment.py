@@ -8,6 +8,7 @@ strategy and the executor are made too (and thrown away), so that anything
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import traceback
@@ -17,6 +18,7 @@ from typing import Any
 
 from nasframe import capabilities
 from nasframe.architecture import Architecture
+from nasframe.backends import Deferred
 from nasframe.candidate import Candidate
 from nasframe.config import ExperimentConfig
 from nasframe.context import Context
@@ -181,11 +183,17 @@ class Experiment:
 
     # -- evaluation --------------------------------------------------------
     def evaluate(self, trial: Trial, ctx: Context, skip_infeasible: bool | None = None) -> Trial:
-        """Evaluate a running trial and return it finished (complete, pruned or failed)."""
+        """Evaluate a running trial and return it finished (complete, pruned or failed).
+
+        An objective that returns a :class:`~nasframe.backends.Deferred` value (a device
+        job) leaves the trial ``running``, with its values so far and the job request in
+        ``trial.jobs[key]["request"]``: the runner submits the jobs and finishes the trial
+        with :meth:`complete`."""
         skip = self.cfg.skip_infeasible if skip_infeasible is None else skip_infeasible
         started = time.time()
         values: dict[str, float] = {}
         provenance = {}
+        jobs: dict[str, Any] = {}
         status, error, failure = "complete", None, None
         reason = self.space.validate(trial.arch)
         if reason is not None:
@@ -195,28 +203,49 @@ class Experiment:
             try:
                 for key in self.evaluation_order():
                     try:
-                        values[key], provenance[key] = self.objectives[key](cand, ctx)
+                        out = self.objectives[key](cand, ctx)
                     except Exception as err:
                         status, failure = "failed", "exception"
                         tb = traceback.format_exception(err, limit=-3)
                         error = f"objective '{key}': {type(err).__name__}: {err}\n{''.join(tb)}"
                         break
+                    if isinstance(out, Deferred):
+                        jobs[key] = {"request": out.request, "request_key": out.key,
+                                     "details": out.details}
+                        continue
+                    values[key], provenance[key] = out
                     if skip and any(c.key == key and c.violation(values[key]) > 0
                                     for c in self.constraints):
                         if len(values) < len(self.objectives):
                             status = "pruned"
+                        jobs = {}
                         break
             finally:
                 cand.release()
+        if jobs and status == "complete":
+            merged = dict(trial.jobs)
+            for key, entry in jobs.items():
+                old = trial.jobs.get(key) or {}
+                if old.get("request_key") == entry["request_key"] and "job" in old:
+                    entry = {**entry, "job": old["job"]}   # submitted before: re-attach to it
+                merged[key] = entry
+            return dataclasses.replace(trial, status="running", values=values,
+                                       provenance=provenance, jobs=merged, started=started)
+        return self.complete(trial, status, values, provenance, error, failure, started)
+
+    def complete(self, trial: Trial, status: str, values: dict[str, float], provenance: dict,
+                 error: str | None = None, failure: str | None = None,
+                 started: float | None = None) -> Trial:
+        """``trial`` finished with ``values``: feasibility and violation from the constraints."""
         feasible, violation = (None, 0.0)
         if status != "failed":
             violation = float(sum(c.violation(values[c.key]) for c in self.constraints
                                   if c.key in values))
             feasible = violation == 0.0 and all(c.key in values for c in self.constraints)
-        return Trial(number=trial.number, arch=trial.arch, status=status, values=values,
-                     provenance=provenance, feasible=feasible, violation=violation, error=error,
-                     seed=trial.seed, origin=trial.origin, started=started, finished=time.time(),
-                     attempt=trial.attempt, failure=failure, jobs=trial.jobs)
+        return dataclasses.replace(
+            trial, status=status, values=values, provenance=provenance, feasible=feasible,
+            violation=violation, error=error, failure=failure,
+            started=started if started is not None else trial.started, finished=time.time())
 
 
 def _where(cfg: ExperimentConfig, key: str) -> str:

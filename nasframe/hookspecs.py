@@ -47,3 +47,9 @@ def register_executors(registry: Registry) -> None:
 def register_op_handles(handles: OpHandles) -> None:
     """Teach MAC counting (``gmacs``) the custom ops of the plugin's models:
     ``handles.add("prim::PythonOp.Name", handle)``; see :class:`nasframe.registry.OpHandles`."""
+
+
+@hookspec
+def register_latency_backends(registry: Registry) -> None:
+    """Add :class:`nasframe.backends.LatencyBackend` subclasses (where the ``latency``
+    objective times candidates) with ``registry.add(cls)``."""

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from nasframe.backends import Deferred
 from nasframe.params import Component
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class Objective(Component, abc.ABC):
     unit: ClassVar[str] = ""
     cost: ClassVar[float] = 1.0
     requires: ClassVar[tuple[type[Capability], ...]] = ()
+    #: seconds between two :meth:`collect` calls while a device job runs
+    poll_every: ClassVar[float] = 5.0
 
     def __init__(self, params: Any = None, **kwargs: Any):
         self._init_params(params, kwargs)
@@ -105,11 +108,22 @@ class Objective(Component, abc.ABC):
         return Provenance(self.kind, self.backend, self.device(ctx), dict(details or {}))
 
     @abc.abstractmethod
-    def evaluate(self, candidate: Candidate, ctx: Context) -> float | Value:
-        """Score one candidate. Raise to mark the trial failed."""
+    def evaluate(self, candidate: Candidate, ctx: Context) -> float | Value | Deferred:
+        """Score one candidate. Raise to mark the trial failed. An objective whose value
+        comes from a device job returns a :class:`~nasframe.backends.Deferred` request and
+        implements :meth:`submit` and :meth:`collect` (called by the runner, in the driver)."""
 
-    def __call__(self, candidate: Candidate, ctx: Context) -> tuple[float, Provenance]:
-        out = self.evaluate(candidate, ctx)
+    def submit(self, request: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """Submit the job of a :class:`~nasframe.backends.Deferred` value; its reference."""
+        raise NotImplementedError(f"objective '{self.name}' returned a deferred value but "
+                                  "cannot submit jobs")
+
+    def collect(self, job: dict[str, Any], ctx: Context) -> float | Value | None:
+        """The job's value once done, None while it runs (raise when it failed)."""
+        raise NotImplementedError(f"objective '{self.name}' cannot collect jobs")
+
+    def finish(self, out: float | Value, ctx: Context) -> tuple[float, Provenance]:
+        """A raw result as ``(value, provenance)``; a non-finite value is an error."""
         details = {}
         if isinstance(out, Value):
             out, details = out.value, out.details
@@ -121,3 +135,9 @@ class Objective(Component, abc.ABC):
         if not math.isfinite(value):
             raise ValueError(f"objective '{self.name}' returned {value}, not a finite number")
         return value, self.provenance(ctx, details)
+
+    def __call__(self, candidate: Candidate, ctx: Context) -> tuple[float, Provenance] | Deferred:
+        out = self.evaluate(candidate, ctx)
+        if isinstance(out, Deferred):
+            return out
+        return self.finish(out, ctx)

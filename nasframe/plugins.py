@@ -27,6 +27,7 @@ from typing import Any
 import pluggy
 
 from nasframe import hookspecs
+from nasframe.backends import LatencyBackend
 from nasframe.executor import Executor
 from nasframe.objective import Objective
 from nasframe.registry import OpHandles, Registry
@@ -51,6 +52,8 @@ class Plugins:
         self.objectives: Registry[Objective] = Registry("objective", Objective)
         self.strategies: Registry[Strategy] = Registry("strategy", Strategy)
         self.executors: Registry[Executor] = Registry("executor", Executor)
+        self.latency_backends: Registry[LatencyBackend] = Registry("latency backend",
+                                                                    LatencyBackend)
         self.op_handles = OpHandles()
         self.failures: list[PluginFailure] = []
         self.loaded: list[tuple[str, str]] = []  # (plugin name, version)
@@ -59,7 +62,8 @@ class Plugins:
 
     def registry(self, kind: str) -> Registry:
         return {"search_space": self.search_spaces, "objective": self.objectives,
-                "strategy": self.strategies, "executor": self.executors}[kind]
+                "strategy": self.strategies, "executor": self.executors,
+                "latency_backend": self.latency_backends}[kind]
 
     @property
     def _hooks(self) -> tuple[tuple[str, str, Any], ...]:
@@ -68,6 +72,7 @@ class Plugins:
                 ("register_objectives", "registry", self.objectives),
                 ("register_strategies", "registry", self.strategies),
                 ("register_executors", "registry", self.executors),
+                ("register_latency_backends", "registry", self.latency_backends),
                 ("register_op_handles", "handles", self.op_handles))
 
     # -- loading ---------------------------------------------------------

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from nasframe.errors import ConfigError, PluginError, unknown_name
+from nasframe.errors import ConfigError, InvalidParams, PluginError, unknown_name
 from nasframe.params import ParamError, Params, parse_params
 
 T = TypeVar("T")
@@ -136,6 +136,8 @@ class Registry(Generic[T]):
             return cls(params=parsed, **runtime)
         except ParamError as err:
             raise ConfigError(f"{prefix}.{err.field}: {err.message}") from err
+        except InvalidParams as err:      # nested params the component validated itself
+            raise InvalidParams(*(f"{prefix}.{p}" for p in err.problems)) from None
         except ConfigError:
             raise
         except (TypeError, ValueError) as err:

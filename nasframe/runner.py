@@ -27,6 +27,7 @@ from nasframe.executor import Executor, Job, failed
 from nasframe.experiment import Experiment, trial_seed
 from nasframe.history import TrialHistory
 from nasframe.lock import RunLock
+from nasframe.objective import Value
 from nasframe.progress import search_progress
 from nasframe.store import Heartbeat, TrialStore
 from nasframe.strategy import Strategy
@@ -224,14 +225,14 @@ class Runner:
         self.history.record(trials)
         self.store.start(trials, self.strategy.state_dict())
         self._inflight = list(trials)
-        finished = {t.number: t for t in executor.map(trials)}
+        finished = {t.number: t for t in self._with_jobs(executor.map(trials))}
         retry = [t for t in finished.values()
                  if t.failure == "died" and t.attempt < self.cfg.max_attempts]
         while retry:
             again = [replace(t, status="running", attempt=t.attempt + 1, started=time.time(),
                              error=None, failure=None) for t in retry]
             self.store.start(again)
-            for t in executor.map(again):
+            for t in self._with_jobs(executor.map(again)):
                 finished[t.number] = t
             retry = [t for t in finished.values()
                      if t.failure == "died" and t.attempt < self.cfg.max_attempts
@@ -245,6 +246,74 @@ class Runner:
             if t.status != "failed":
                 self.done.setdefault(t.arch.id, t)
         return out
+
+    def _with_jobs(self, trials: list[Trial]) -> list[Trial]:
+        """Finish the trials an executor returned still running, waiting on device jobs:
+        submit each job in the driver (its reference stored with the trial at once, so a
+        resumed run re-attaches instead of paying again), poll all of them together, and
+        complete each trial once its values are in. A job that fails fails its trial."""
+        pending = [t for t in trials if t.status == "running"]
+        if not pending:
+            return trials
+        done: dict[int, Trial] = {}
+        jobs = {t.number: {k: dict(v) for k, v in t.jobs.items()} for t in pending}
+        values = {t.number: dict(t.values) for t in pending}
+        provenance = {t.number: dict(t.provenance) for t in pending}
+        by_number = {t.number: t for t in pending}
+
+        def fail(number: int, key: str, err: BaseException) -> None:
+            t = by_number[number]
+            done[number] = dataclasses.replace(
+                self.exp.complete(t, "failed", {}, {}, f"objective '{key}': device job: "
+                                  f"{type(err).__name__}: {err}", "exception"), jobs=jobs[number])
+
+        for t in pending:
+            for key, entry in jobs[t.number].items():
+                if "request" not in entry or "job" in entry or t.number in done:
+                    continue
+                try:
+                    entry["job"] = self.exp.objectives[key].submit(entry["request"], self.ctx)
+                except Exception as err:  # noqa: BLE001 - the trial fails, the run goes on
+                    fail(t.number, key, err)
+                self.store.set_jobs(t.number, jobs[t.number])
+        waiting = {(n, k) for n, js in jobs.items() if n not in done
+                   for k, e in js.items() if "request" in e and "value" not in e}
+        status = None if self.quiet else self.console.status(
+            f"waiting for {len(waiting)} device job(s)", spinner="dots")
+        if status is not None:
+            status.start()
+        try:
+            while waiting:
+                for n, key in sorted(waiting):
+                    if n in done:
+                        waiting.discard((n, key))
+                        continue
+                    obj = self.exp.objectives[key]
+                    try:
+                        out = obj.collect(jobs[n][key]["job"], self.ctx)
+                        if out is None:
+                            continue
+                        if not isinstance(out, Value):
+                            out = Value(out)
+                        out = Value(out.value, {**jobs[n][key].get("details", {}), **out.details,
+                                                "job": jobs[n][key]["job"]})
+                        values[n][key], provenance[n][key] = obj.finish(out, self.ctx)
+                    except Exception as err:  # noqa: BLE001 - the trial fails, the run goes on
+                        fail(n, key, err)
+                    waiting.discard((n, key))
+                    jobs[n][key]["value"] = values[n].get(key)
+                if status is not None:
+                    status.update(f"waiting for {len(waiting)} device job(s)")
+                if waiting:
+                    time.sleep(min(self.exp.objectives[k].poll_every for _, k in waiting))
+        finally:
+            if status is not None:
+                status.stop()
+        for n, t in by_number.items():
+            if n not in done:
+                done[n] = dataclasses.replace(
+                    self.exp.complete(t, "complete", values[n], provenance[n]), jobs=jobs[n])
+        return [done.get(t.number, t) for t in trials]
 
     def _rerun_stopped(self, executor: Executor) -> None:
         """Trials found running: re-run those stopped by an interruption as they were;

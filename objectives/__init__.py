@@ -1,5 +1,5 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``quick_psnr``, ``psnr``,
-``ssim``, ``transformer_count`` and ``fidelity``.
+``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` latency backend.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -20,3 +20,10 @@ def register_objectives(registry):
 
     for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount, Fidelity):
         registry.add(cls)
+
+
+@hookimpl
+def register_latency_backends(registry):
+    from nasframe_objectives.latency import TorchBackend
+
+    registry.add(TorchBackend)

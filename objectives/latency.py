@@ -1,4 +1,14 @@
-"""Measured forward-pass latency of the built model on this machine."""
+"""Measured latency of a candidate, on a latency backend: ``torch`` here, plugins add more.
+
+The ``latency`` objective builds the candidate (or one of its model parts),
+makes its example inputs and hands them to the backend named by ``backend``
+(with ``options`` validated against that backend's params). A backend that
+times an exported graph (``export_format``, e.g. ONNX Runtime) gets the model
+exported and checked against PyTorch first (:func:`nasframe.deploy.export_module`;
+cached in the run directory by architecture, part and input shape). An
+asynchronous backend (a device farm) gets a job request, which the runner
+submits and collects (:mod:`nasframe.backends`).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,16 +17,19 @@ import statistics
 import time
 from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasframe import Value
-from nasframe.params import Field, Int, ParamError, Shape
+from nasframe.backends import Deferred, LatencyBackend
+from nasframe.params import Field, Int, ParamError, Params, Shape, parse_params
 from nasframe_objectives._common import PartObjective, PartParams, input_shapes, model_mode
 
 if TYPE_CHECKING:
     import torch
 
     from nasframe import Candidate, Context
+    from nasframe.deploy import ExportResult
 
 
 @lru_cache(maxsize=1)
@@ -70,7 +83,7 @@ def _on_device(model: torch.nn.Module, device: torch.device) -> Iterator[torch.n
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[int]:
+def num_threads(threads: int | None) -> Iterator[int]:
     """Set torch's intra-op thread count (when given), restoring it afterwards."""
     import torch
 
@@ -84,41 +97,34 @@ def _num_threads(threads: int | None) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
-class Latency(PartObjective):
-    """Median wall-clock time of one forward pass, in milliseconds.
+def summarise(times_ms: list[float], **details: Any) -> Value:
+    """The median of ``times_ms`` with p10/p90 and ``details``."""
+    import numpy as np
 
-    Runs ``warmup`` untimed then ``repeats`` timed forward passes of the model
-    (eval mode, ``torch.inference_mode``) on ``device``, each timed with
-    ``time.perf_counter`` (with ``torch.cuda.synchronize`` on CUDA). Inputs:
-    ``input_shape`` is the full shape including the batch (e.g. ``[1, 3, 64,
-    64]``); without it, the space's ``input_shape`` with ``batch_size``.
-    ``threads`` sets ``torch.set_num_threads`` for the measurement only.
-    Details: ``p10_ms``/``p90_ms``, the threads actually used, torch version.
-    ``part`` times that model part of the search space on its own example
-    inputs instead of the main model.
-    """
+    p10, p90 = np.percentile(times_ms, [10, 90])
+    return Value(statistics.median(times_ms),
+                 {"p10_ms": float(p10), "p90_ms": float(p90), "repeats": len(times_ms),
+                  **details})
 
-    name = "latency"
-    direction = "min"
-    kind = "measured"
-    backend = "torch"
-    unit = "ms"
-    cost = 10.0
-    small_params = {"repeats": 3, "warmup": 1}
 
-    class Params(PartParams):
-        input_shape: Shape | None = None
-        """Full input shape, batch included (default: the space's, with batch_size)."""
+class TimingParams(Params):
+    threads: Int | None = Field(None, ge=1, le=1024)
+    """Intra-op threads during the measurement (default: the runtime's current setting)."""
+    warmup: Int = Field(3, ge=0, le=10_000)
+    """Untimed forward passes first."""
+    repeats: Int = Field(10, ge=1, le=100_000)
+    """Timed forward passes; the value is their median."""
+
+
+class TorchBackend(LatencyBackend):
+    """The PyTorch module itself, eager, in this process (``torch.inference_mode``), on the
+    CPU or a CUDA GPU (with ``torch.cuda.synchronize`` around each pass)."""
+
+    name = "torch"
+
+    class Params(TimingParams):
         device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
         """Where to time: cpu, cuda or cuda:N."""
-        threads: Int | None = Field(None, ge=1, le=1024)
-        """torch intra-op threads during the measurement (default: torch's current setting)."""
-        warmup: Int = Field(3, ge=0, le=10_000)
-        """Untimed forward passes first."""
-        repeats: Int = Field(10, ge=1, le=100_000)
-        """Timed forward passes; the value is their median."""
-        batch_size: Int = Field(1, ge=1, le=65_536)
-        """Batch of the default input (ignored with input_shape)."""
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
@@ -132,53 +138,135 @@ class Latency(PartObjective):
             if self._device.index is not None and self._device.index >= torch.cuda.device_count():
                 raise ParamError("device", f"{device!r} does not exist; this machine has "
                                  f"{torch.cuda.device_count()} CUDA device(s)")
-        self.threads = self.params.threads
-        self.warmup, self.repeats = self.params.warmup, self.params.repeats
-        self.batch_size = self.params.batch_size
-        self.input_shape = self.params.input_shape
 
-    def device(self, ctx: Context) -> str:
+    def device(self) -> str:
         import torch
 
-        threads = self.threads if self.threads is not None else torch.get_num_threads()
+        threads = self.params.threads if self.params.threads is not None else torch.get_num_threads()
         if self._device.type == "cuda":
             index = self._device.index if self._device.index is not None else torch.cuda.current_device()
             return f"{self._device} ({torch.cuda.get_device_name(index)})"
         return f"cpu ({cpu_name()}, {threads} threads)"
 
-    def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
-        import numpy as np
+    def runtime(self) -> str:
         import torch
 
-        device = self._device
+        return f"torch {torch.__version__}"
+
+    def measure(self, model, inputs, ctx, exported=None) -> Value:
+        import torch
+
+        device, p = self._device, self.params
         cuda = device.type == "cuda"
-        inputs = candidate.example_inputs(self.input_shape, batch_size=self.batch_size,
-                                          part=self.part)
-        shapes = input_shapes(inputs)
         inputs = _to_device(inputs, device)
-        model = candidate.module(self.part)
         times: list[float] = []
-        with (_num_threads(self.threads) as threads, model_mode(model, training=False),
+        with (num_threads(p.threads) as threads, model_mode(model, training=False),
               _on_device(model, device), torch.inference_mode()):
-            for i in range(self.warmup + self.repeats):
+            for i in range(p.warmup + p.repeats):
                 if cuda:
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 model(*inputs)
                 if cuda:
                     torch.cuda.synchronize(device)
-                if i >= self.warmup:
+                if i >= p.warmup:
                     times.append((time.perf_counter() - start) * 1e3)
-        p10, p90 = np.percentile(times, [10, 90])
-        details: dict[str, Any] = {
-            "threads": threads,
-            "repeats": self.repeats,
-            "warmup": self.warmup,
-            "p10_ms": float(p10),
-            "p90_ms": float(p90),
-            "input_shape": shapes,
-            "torch": torch.__version__,
-        }
+        return summarise(times, threads=threads, warmup=p.warmup, torch=torch.__version__)
+
+
+class Latency(PartObjective):
+    """Median time of one forward pass, in milliseconds, on a latency backend.
+
+    ``backend`` names a registered latency backend (``torch`` built in;
+    ``nasframe plugins`` lists the others) and ``options`` are its params
+    (``nasframe plugins BACKEND``). Inputs: ``input_shape`` is the full shape
+    including the batch (e.g. ``[1, 3, 64, 64]``); without it, the space's
+    ``input_shape`` with ``batch_size``. ``part`` times that model part of the
+    search space instead of the main model. Details: the backend's figures
+    (p10/p90, threads, ...), its runtime, and for exported graphs the export
+    check (max abs/rel error against PyTorch).
+    """
+
+    name = "latency"
+    direction = "min"
+    kind = "measured"
+    unit = "ms"
+    cost = 10.0
+    small_params = {"options": {"repeats": 3, "warmup": 1}}
+
+    class Params(PartParams):
+        backend: str = Field("torch", min_length=1, max_length=64)
+        """Where to time it: torch, or a registered backend (onnxruntime, qai_hub, ...)."""
+        options: dict[str, Any] = {}
+        """The backend's params (see `nasframe plugins BACKEND`)."""
+        input_shape: Shape | None = None
+        """Full input shape, batch included (default: the space's, with batch_size)."""
+        batch_size: Int = Field(1, ge=1, le=65_536)
+        """Batch of the default input (ignored with input_shape)."""
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        from nasframe.plugins import get_plugins
+
+        from nasframe.errors import ConfigError
+
+        registry = get_plugins().latency_backends
+        try:
+            cls = registry.get(self.params.backend)
+        except ConfigError as err:
+            raise ParamError("backend", str(err)) from None
+        options = parse_params(cls.Params, self.params.options, "options")
+        self.backend: LatencyBackend = cls(options)
+        self.poll_every = self.backend.poll_every
+        self.input_shape = self.params.input_shape
+        self.batch_size = self.params.batch_size
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def device(self, ctx: Context) -> str:
+        return self.backend.device()
+
+    def provenance(self, ctx, details=None):
+        from nasframe import Provenance
+
+        return Provenance(self.kind, self.backend.name, self.backend.device(),
+                          {"runtime": self.backend.runtime(), **dict(details or {})})
+
+    def _export(self, candidate: Candidate, model, inputs, ctx: Context) -> ExportResult:
+        """The candidate's model exported for the backend, checked, cached in the run."""
+        from nasframe.context import content_hash
+        from nasframe.deploy import SUFFIX, ExportResult, export_module, exportable
+
+        fmt = self.backend.export_format
+        key = content_hash({"arch": candidate.arch.id, "part": self.part, "format": fmt,
+                            "shapes": input_shapes(inputs), "seed": candidate.seed})
+        path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}{SUFFIX[fmt]}"
+        if path.exists() and Path(str(path) + ".json").exists():
+            return ExportResult.read(path)
+        ready = exportable(candidate.space, candidate.arch, model, self.part)
+        return export_module(ready, inputs, fmt, path)
+
+    def evaluate(self, candidate: Candidate, ctx: Context) -> Value | Deferred:
+        inputs = candidate.example_inputs(self.input_shape, batch_size=self.batch_size,
+                                          part=self.part)
+        model = candidate.module(self.part)
+        exported = None
+        details: dict[str, Any] = {"input_shape": input_shapes(inputs)}
         if self.part is not None:
             details["part"] = self.part
-        return Value(statistics.median(times), details)
+        if self.backend.export_format is not None:
+            exported = self._export(candidate, model, inputs, ctx)
+            details["export"] = {"format": exported.format, "graph_hash": exported.graph_hash,
+                                 "max_rel_error": exported.max_rel_error}
+        if self.backend.asynchronous:
+            return Deferred(self.backend.request(exported, ctx), details)
+        value = self.backend.measure(model, inputs, ctx, exported)
+        return Value(value.value, {**details, **value.details})
+
+    def submit(self, request, ctx):
+        return self.backend.submit(request, ctx)
+
+    def collect(self, job, ctx):
+        return self.backend.poll(job, ctx)

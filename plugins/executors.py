@@ -82,6 +82,7 @@ class ProcessExecutor(Executor):
     """
 
     name = "process"
+    _pool: WorkerPool | None = None
 
     def start(self, job: Job) -> None:
         self._job = job
@@ -102,6 +103,5 @@ class ProcessExecutor(Executor):
         return out
 
     def shutdown(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()

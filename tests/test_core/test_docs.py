@@ -36,8 +36,9 @@ def quoted_excerpts() -> list[tuple[str, str]]:
 
 
 def test_the_hook_specs_are_found():
-    assert hook_specs() == ["register_executors", "register_objectives", "register_op_handles",
-                            "register_search_spaces", "register_strategies"]
+    assert hook_specs() == ["register_executors", "register_latency_backends",
+                            "register_objectives", "register_op_handles", "register_search_spaces",
+                            "register_strategies"]
 
 
 @pytest.mark.parametrize("hook", hook_specs())

@@ -34,7 +34,7 @@ def cand():
 
 
 def test_latency_is_measured_in_ms(cand, ctx):
-    obj = Latency(warmup=1, repeats=5)
+    obj = Latency(options={"warmup": 1, "repeats": 5})
     value, prov = obj(cand, ctx)
     assert value > 0
     assert prov.kind == "measured" and prov.backend == "torch"
@@ -48,15 +48,15 @@ def test_latency_is_measured_in_ms(cand, ctx):
 
 
 def test_input_shape_and_batch_size(cand, ctx):
-    _, prov = Latency(warmup=0, repeats=1, batch_size=2)(cand, ctx)
+    _, prov = Latency(options={"warmup": 0, "repeats": 1}, batch_size=2)(cand, ctx)
     assert prov.details["input_shape"] == [2, 3, 16, 16]
-    _, prov = Latency(warmup=0, repeats=1, input_shape=[1, 3, 8, 8])(cand, ctx)
+    _, prov = Latency(options={"warmup": 0, "repeats": 1}, input_shape=[1, 3, 8, 8])(cand, ctx)
     assert prov.details["input_shape"] == [1, 3, 8, 8]
 
 
 def test_threads_are_set_then_restored(cand, ctx):
     before = torch.get_num_threads()
-    _, prov = Latency(threads=1, warmup=0, repeats=2)(cand, ctx)
+    _, prov = Latency(options={"threads": 1, "warmup": 0, "repeats": 2})(cand, ctx)
     assert prov.details["threads"] == 1
     assert "1 threads" in prov.device
     assert torch.get_num_threads() == before
@@ -64,7 +64,7 @@ def test_threads_are_set_then_restored(cand, ctx):
 
 def test_model_left_in_its_mode(cand, ctx):
     cand.model.train()
-    Latency(warmup=0, repeats=1)(cand, ctx)
+    Latency(options={"warmup": 0, "repeats": 1})(cand, ctx)
     assert cand.model.training
     assert next(cand.model.parameters()).device.type == "cpu"
 
@@ -73,16 +73,26 @@ def test_model_left_in_its_mode(cand, ctx):
 def test_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match=r"device: 'cuda' is not available on this machine; "
                                          r"use 'cpu'"):
-        Latency(device="cuda")
+        Latency(options={"device": "cuda"})
 
 
 def test_bad_params_are_errors():
-    with pytest.raises(ConfigError, match=r"params.device: String should match pattern .*'not-a-device'"):
-        Latency(device="not-a-device")
-    with pytest.raises(ConfigError, match=r"params.repeats: Input should be greater than or equal to 1"):
-        Latency(repeats=0)
-    with pytest.raises(ConfigError, match="params.threads"):
-        Latency(threads=0)
+    with pytest.raises(ConfigError, match=r"options.device: String should match pattern .*'not-a-device'"):
+        Latency(options={"device": "not-a-device"})
+    with pytest.raises(ConfigError, match=r"options.repeats: Input should be greater than or equal to 1"):
+        Latency(options={"repeats": 0})
+    with pytest.raises(ConfigError, match="options.threads"):
+        Latency(options={"threads": 0})
+    with pytest.raises(ValueError, match="unknown latency backend 'onnxrt'"):
+        Latency(backend="onnxrt")
+
+
+def test_options_errors_carry_the_full_path():
+    from nasframe.plugins import get_plugins
+
+    with pytest.raises(ConfigError, match=r"objectives\[2\].params.options.repeats: Input should be "):
+        get_plugins().objectives.create("latency", {"options": {"repeats": 0}},
+                                        where="objectives[2]")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -92,11 +102,12 @@ def test_registry_reports_bad_device_as_config_error():
     plugins = Plugins()
     plugins.register(nasframe_objectives, "builtin_objectives")
     with pytest.raises(ConfigError, match="use 'cpu'"):
-        plugins.objectives.create("latency", {"device": "cuda"}, where="objectives[0]")
+        plugins.objectives.create("latency", {"options": {"device": "cuda"}},
+                                  where="objectives[0]")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_latency_moves_the_model_back(cand, ctx):
-    value, prov = Latency(device="cuda", warmup=1, repeats=3)(cand, ctx)
+    value, prov = Latency(options={"device": "cuda", "warmup": 1, "repeats": 3})(cand, ctx)
     assert value > 0 and prov.device.startswith("cuda (")
     assert next(cand.model.parameters()).device.type == "cpu"

@@ -92,7 +92,7 @@ def test_gmacs_of_a_part(space, cand, ctx):
 
 
 def test_latency_of_a_part(space, cand, ctx):
-    value, prov = run(Latency(part="head", warmup=0, repeats=2, batch_size=2), space, cand, ctx)
+    value, prov = run(Latency(part="head", options={"warmup": 0, "repeats": 2}, batch_size=2), space, cand, ctx)
     assert value > 0
     assert prov.details["input_shape"] == [2, 8]
     assert prov.details["part"] == "head"
@@ -104,7 +104,7 @@ def test_main_model_unaffected_without_part(space, cand, ctx):
     assert "part" not in prov.details
     _, prov = run(GMACs(), space, cand, ctx)
     assert prov.details["macs"] == 3 * 8 * 9 * 64 and "part" not in prov.details
-    _, prov = run(Latency(warmup=0, repeats=1), space, cand, ctx)
+    _, prov = run(Latency(options={"warmup": 0, "repeats": 1}), space, cand, ctx)
     assert prov.details["input_shape"] == [1, 3, 8, 8] and "part" not in prov.details
     assert cand.module() is cand.model and cand.module(None) is cand.part(None)
 

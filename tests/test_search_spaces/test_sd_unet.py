@@ -303,7 +303,7 @@ def test_vae_and_pipeline_parts(ctx):
     assert pipe == pytest.approx(unet + dec, rel=0.01)
     from nasframe_objectives.latency import Latency
 
-    lat = Latency(part="pipeline", repeats=2, warmup=1)
+    lat = Latency(part="pipeline", options={"repeats": 2, "warmup": 1})
     lat.prepare(space, ctx)
     ms, prov = lat(Candidate(space, ref), ctx)
     assert ms > 0 and prov.kind == "measured" and prov.details["part"] == "pipeline"

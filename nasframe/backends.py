@@ -1,0 +1,108 @@
+"""Latency backends, and objective values that a device job delivers later.
+
+A *latency backend* times a candidate somewhere: ``torch`` (the model in this
+process), ``onnxruntime`` (its exported graph on this CPU), ``qai_hub`` (a
+phone in Qualcomm's device farm), or whatever a plugin registers with the
+``register_latency_backends`` hook. The ``latency`` objective takes its
+``backend`` by name and its ``options`` (validated against the backend's
+``Params``).
+
+Synchronous backends implement :meth:`LatencyBackend.measure`. Asynchronous
+ones (``asynchronous = True``: slow, paid device jobs) implement
+:meth:`LatencyBackend.submit` and :meth:`LatencyBackend.poll`: the objective
+then returns a :class:`Deferred` value from the worker, and the runner — in
+the driver, which owns the store — submits the job, stores its id with the
+trial at once (a resumed run re-attaches to it instead of paying again),
+and polls every job of the batch together until each has a value.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from nasframe.errors import NasframeError
+from nasframe.params import Component
+
+if TYPE_CHECKING:
+    import torch
+
+    from nasframe.context import Context
+    from nasframe.deploy import ExportResult
+    from nasframe.objective import Value
+
+
+class DeviceJobError(NasframeError):
+    """A device job failed; ``url`` links to it when the service has a page for it."""
+
+    def __init__(self, message: str, url: str | None = None):
+        self.url = url
+        super().__init__(message + (f" ({url})" if url else ""))
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An objective's value that a device job will deliver.
+
+    ``request`` is plain JSON data saying what to submit (e.g. the exported
+    graph's path and hash, the device, the options); equal requests are the
+    same job (:attr:`key`), which is how a resumed run finds the job it
+    already paid for. ``details`` are kept with the value's provenance.
+    """
+
+    request: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.request, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class LatencyBackend(Component, abc.ABC):
+    """Where and how a candidate is timed (see the module docstring).
+
+    ``export_format`` is the format the backend times (``"onnx"``), or None when
+    it times the PyTorch module itself; the ``latency`` objective exports the
+    model (checked against PyTorch, cached by the graph's hash) and passes the
+    :class:`~nasframe.deploy.ExportResult`.
+    """
+
+    name: ClassVar[str]
+    asynchronous: ClassVar[bool] = False
+    export_format: ClassVar[str | None] = None
+    #: seconds between two polls of a device job
+    poll_every: ClassVar[float] = 5.0
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        self._init_params(params, kwargs)
+
+    @abc.abstractmethod
+    def device(self) -> str:
+        """The hardware, in words (part of every value's provenance)."""
+
+    def runtime(self) -> str:
+        """The software that runs the model (e.g. ``onnxruntime 1.32.0``)."""
+        return self.name
+
+    def measure(self, model: torch.nn.Module, inputs: tuple[Any, ...], ctx: Context,
+                exported: ExportResult | None = None) -> Value:
+        """Time one forward pass (synchronous backends): a Value in milliseconds."""
+        raise NotImplementedError(f"latency backend '{self.name}' is asynchronous: "
+                                  "it submits device jobs")
+
+    def request(self, exported: ExportResult, ctx: Context) -> dict[str, Any]:
+        """The job request for an exported model (asynchronous backends)."""
+        raise NotImplementedError
+
+    def submit(self, request: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """Submit a job; returns its reference (JSON data with at least ``id``). Runs in
+        the driver process; a cached result may be returned as ``{"id": ..., "cached": ...}``."""
+        raise NotImplementedError
+
+    def poll(self, job: dict[str, Any], ctx: Context) -> Value | None:
+        """The job's value in milliseconds once it is done, None while it runs; raises
+        :class:`DeviceJobError` (with the job's URL) when it failed."""
+        raise NotImplementedError
