@@ -98,7 +98,7 @@ def test_kill_9_then_resume_completes_budget_without_loss_or_repeat(tmp_path):
         "name": "kill",
         "search_space": {"name": "conv_denoiser", "params": {"input_size": 32}},
         "objectives": [{"name": "params"},
-                       {"name": "latency", "params": {"repeats": 30, "warmup": 2}}],
+                       {"name": "latency", "params": {"options": {"repeats": 30, "warmup": 2}}}],
         "strategy": {"name": "random"},
         "budget": {"trials": 12},
         "references": False,
@@ -113,6 +113,7 @@ def test_kill_9_then_resume_completes_budget_without_loss_or_repeat(tmp_path):
     before = []
     while time.time() < deadline:
         time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended on its own (exit {proc.returncode}) before it could be killed"
         if db.exists():
             try:
                 before = _statuses(db)
