@@ -2,6 +2,13 @@
 
 The core is generic: it finds search spaces, objectives and strategies through
 the ``nasframe`` entry-point group (see :mod:`nasframe.hookspecs`).
+
+The Python API (docs/api.md)::
+
+    exp = nasframe.Experiment.from_yaml("examples/quickstart.yaml")
+    run = exp.run(out="runs/quickstart")
+    run.trials(); run.front(); run.pick()
+    nasframe.load_run("runs/quickstart").resume()
 """
 from nasframe import capabilities
 from nasframe.architecture import Architecture
@@ -9,8 +16,10 @@ from nasframe.candidate import Candidate
 from nasframe.context import ArtifactCache, Context, content_hash
 from nasframe.errors import ConfigError, EvaluationError, NasframeError, PluginError, RunError
 from nasframe.executor import Executor, ExecutorParams, Job
+from nasframe.api import Experiment, Run, load_run
 from nasframe.history import History
 from nasframe.hookspecs import hookimpl
+from nasframe.inprocess import objective, register
 from nasframe.objective import Objective, Provenance, Value
 from nasframe.params import Field, ParamError, Params
 from nasframe.space import Boolean, Categorical, Decision, Integer, SearchSpace
@@ -21,8 +30,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture", "ArtifactCache", "Boolean", "Candidate", "Categorical", "ConfigError",
-    "Constraint", "Context", "Decision", "EvaluationError", "Executor", "ExecutorParams", "Field",
-    "History", "Integer", "Job", "NasframeError", "Objective", "ObjectiveSpec",
-    "ParamError", "Params", "PluginError", "Problem", "Provenance", "RunError", "SearchSpace",
-    "Strategy", "Trial", "Value", "capabilities", "content_hash", "hookimpl",
+    "Constraint", "Context", "Decision", "EvaluationError", "Executor", "ExecutorParams",
+    "Experiment", "Field", "History", "Integer", "Job", "NasframeError", "Objective",
+    "ObjectiveSpec", "ParamError", "Params", "PluginError", "Problem", "Provenance", "Run",
+    "RunError", "SearchSpace", "Strategy", "Trial", "Value", "capabilities", "content_hash",
+    "hookimpl", "load_run", "objective", "register",
 ]

@@ -87,6 +87,10 @@ class Executor(Component, abc.ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[ExecutorParams]] = ExecutorParams
+    #: True when trials run in the driver's process (with the driver's experiment); False
+    #: when workers rebuild the experiment (components registered in the driver's process,
+    #: see :mod:`nasframe.inprocess`, are then sent to them by value)
+    in_process: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, **kwargs: Any):
         self._init_params(params, kwargs)

@@ -71,6 +71,15 @@ class Experiment:
     specs: tuple[ObjectiveSpec, ...]
     constraints: tuple[Constraint, ...]
     plugins: Plugins = field(repr=False, default=None)  # type: ignore[assignment]
+    #: the experiment file's text (kept with the run's config snapshot)
+    text: str = field(repr=False, default="")
+
+    def plugins_payload(self) -> bytes | None:
+        """The components registered in this process (:mod:`nasframe.inprocess`) that the
+        experiment uses, pickled by value for worker processes; None when there are none."""
+        from nasframe import inprocess
+
+        return inprocess.payload(self.cfg, self.plugins)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, plugins: Plugins | None = None,
@@ -137,7 +146,9 @@ class Experiment:
         exp = cls(cfg, space, objectives, tuple(specs), constraints, plugins)
         # the strategy and executor are made once here so their params are checked now
         problems.attempt(exp.make_strategy)
-        problems.attempt(exp.make_executor)
+        executor = problems.attempt(exp.make_executor)
+        if executor is not None and not executor.in_process:
+            problems.attempt(exp.plugins_payload)   # can in-process components reach workers?
         problems.raise_if_any()
         return exp
 

@@ -23,11 +23,14 @@ stops them.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -79,7 +82,8 @@ class _Worker:
         parent, child = ctx.Pipe(duplex=True)
         self.conn = parent
         self.process = ctx.Process(target=_worker_main, args=(child, initializer), daemon=True)
-        self.process.start()
+        with _bare_main():
+            self.process.start()
         child.close()
         self.ready = False
         #: why the worker could not start (its initializer failed, or it died starting)
@@ -213,3 +217,23 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Start a spawned worker without re-running the driver's main script in it.
+
+    ``multiprocessing``'s spawn re-imports the main script in every child, so a
+    script (or ``python -`` / a notebook helper) without an ``if __name__ ==
+    "__main__":`` guard would start its search again in each worker, and a main
+    that is not a file (stdin) kills the worker at start. Workers need nothing
+    from ``__main__`` (components defined there are sent by value, see
+    :mod:`nasframe.inprocess`), so the child is started against an empty one."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+

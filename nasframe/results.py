@@ -1,4 +1,14 @@
-"""A finished (or running) run, read from its directory: ``nasframe.load_run(dir)``."""
+"""A finished (or running) run, read from its directory: ``nasframe.load_run(dir)``.
+
+::
+
+    run = nasframe.load_run("runs/quickstart")
+    run.trials()                 # every trial: a pandas DataFrame
+    run.front()                  # the Pareto front (feasible, complete trials)
+    run.pick()                   # the strategy's pick and its rule, or None
+
+and, through :mod:`nasframe.api` (the top layer), ``run.export()`` and ``run.resume()``.
+"""
 from __future__ import annotations
 
 from functools import cached_property
@@ -8,10 +18,14 @@ from typing import TYPE_CHECKING, Any
 from nasframe.analysis import FrontAnalysis, Pick, analyse, find_pick
 from nasframe.config import ExperimentConfig, config_from_dict
 from nasframe.store import TrialStore
-from nasframe.trial import Trial
+from nasframe.architecture import Architecture
+from nasframe.trial import STATUSES, Trial
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from nasframe.experiment import Experiment
+
 
 
 class Run:
@@ -29,6 +43,54 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.run_dir)!r}, {len(self._trials)} trials)"
+
+    # -- the Python API ------------------------------------------------------
+    def trials(self, status: str | list[str] | None = None) -> pd.DataFrame:
+        """Every trial as one row, in number order: ``number``, ``id``, ``origin``,
+        ``status``, each objective's value and its provenance (``<key>.provenance``:
+        proxy or measured, backend, device), ``feasible``, ``is_pareto``, ``rank``,
+        ``pick``, timing, the first line of the error, and each decision as
+        ``arch.<name>``. ``status`` keeps only trials with that status (or those)."""
+        import pandas as pd
+
+        rows = self.rows()
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            bad = [s for s in wanted if s not in STATUSES]
+            if bad:
+                raise ValueError(f"status {bad[0]!r}: not a trial status; use one of "
+                                 f"{', '.join(STATUSES)}")
+            rows = [r for r in rows if r["status"] in wanted]
+        frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else _columns(self.keys))
+        return frame.set_index("number", drop=False).rename_axis(None)
+
+    def front(self) -> pd.DataFrame:
+        """The Pareto-optimal trials (complete and feasible), best first on the first
+        objective; the same columns as :meth:`trials`."""
+        frame = self.trials()
+        frame = frame[frame["is_pareto"].fillna(False).astype(bool)]
+        if self.keys and len(frame):
+            frame = frame.sort_values(self.keys[0], ascending=self.directions[0] == "min")
+        return frame
+
+    def pick(self) -> pd.Series | None:
+        """The trial the strategy recommends, as a row of :meth:`trials` plus ``rule`` (why
+        it was picked); None when the run has nothing to pick or no pick rule."""
+        p = self.pick_result
+        if p is None:
+            return None
+        row = self.trials().loc[p.trial.number].copy()
+        row["rule"] = p.rule
+        return row
+
+    def architecture(self, number: int) -> Architecture:
+        """The architecture of trial ``number`` (``space.build(arch)`` rebuilds the model)."""
+        for t in self._trials:
+            if t.number == number:
+                return t.arch
+        raise KeyError(f"trial {number}: not in {self.run_dir} (trials "
+                       f"{self._trials[0].number}..{self._trials[-1].number})" if self._trials
+                       else f"trial {number}: {self.run_dir} has no trials")
 
     @cached_property
     def config(self) -> ExperimentConfig:
@@ -104,6 +166,13 @@ def trial_row(t: Trial, keys: list[str], pareto: bool | None = None, rank: int |
     for name, value in t.arch.to_dict().items():
         row[f"arch.{name}"] = value
     return row
+
+
+def _columns(keys: list[str]) -> list[str]:
+    """The columns of :meth:`Run.trials` for a run without trials yet."""
+    return ["number", "id", "origin", "status", "failure", "feasible", "violation", "is_pareto",
+            "rank", "pick", *keys, *(f"{k}.provenance" for k in keys), "duration_s", "attempt",
+            "seed", "error", "started", "heartbeat"]
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -112,8 +112,9 @@ class Runner:
     # -- construction ----------------------------------------------------
     @classmethod
     def start(cls, cfg: ExperimentConfig, run_dir: str | Path, config_text: str = "",
-              quiet: bool = False, source: str = "<config>", console: Console | None = None) -> Runner:
-        exp = Experiment.from_config(cfg, source=source)
+              quiet: bool = False, source: str = "<config>", console: Console | None = None,
+              experiment: Experiment | None = None) -> Runner:
+        exp = experiment if experiment is not None else Experiment.from_config(cfg, source=source)
         run_dir = Path(run_dir)
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: exists and is not a directory; choose a run directory "
@@ -201,9 +202,10 @@ class Runner:
                 self.exp.prepare(self.ctx)
             executor = self.exp.make_executor()
             config = self.cfg.to_dict()
+            blob = self.exp.plugins_payload() if not executor.in_process else None
             executor.start(Job(self.exp, self.ctx, config, self.run_dir,
-                               remote_call(config, self.run_dir), self.cfg.trial_timeout,
-                               warm_call(config, self.run_dir)))
+                               remote_call(config, self.run_dir, blob), self.cfg.trial_timeout,
+                               warm_call(config, self.run_dir, blob)))
             return self._loop(executor)
         except (KeyboardInterrupt, Terminated):
             if self._inflight:

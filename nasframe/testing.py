@@ -412,7 +412,8 @@ class ExecutorContract:
         ctx = exp.context(tmp_path, quiet=True)
         exp.prepare(ctx)
         config = cfg.to_dict()
-        return exp, ctx, Job(exp, ctx, config, Path(tmp_path), remote_call(config, tmp_path))
+        return exp, ctx, Job(exp, ctx, config, Path(tmp_path),
+                             remote_call(config, tmp_path, exp.plugins_payload()))
 
     def _trials(self, exp, n: int, start: int = 0, seed: int = 0) -> list[Trial]:
         from nasframe.experiment import trial_seed

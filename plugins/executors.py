@@ -52,6 +52,8 @@ class InlineExecutor(Executor):
     trial counts an attempt. Use ``process`` for plugins that may crash.
     """
 
+    in_process = True
+
     name = "inline"
 
     def start(self, job: Job) -> None:

@@ -55,6 +55,7 @@ def test_every_installed_top_level_name_starts_with_the_project_name(wheel):
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.relative_to(ROOT / folder).as_posix()
             assert f"{package}/{rel}" in names, f"{folder}/{rel} is not installed"
+    assert "nasframe/py.typed" in names      # the Python API is typed (PEP 561)
 
 
 def test_the_base_install_is_what_the_core_needs(wheel):
