@@ -25,5 +25,7 @@ def register_objectives(registry):
 @hookimpl
 def register_latency_backends(registry):
     from nasframe_objectives.latency import TorchBackend
+    from nasframe_objectives.qai_hub_backend import QaiHubBackend
 
     registry.add(TorchBackend)
+    registry.add(QaiHubBackend)
