@@ -177,9 +177,16 @@ class LatencyLUT(Objective):
         def inputs(shapes):
             return tuple(torch.rand(s, generator=gen) for s in shapes)
 
+        def seeded(make):
+            """``make()`` with the weights drawn from the seed (the same graph, hence the
+            same device-job cache entry, in every run)."""
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                return make()
+
         variants = space.latency_variants(shape)
         with torch.no_grad():
-            table = measure_modules(self.timer, [(v.key, v.build(), inputs(v.input_shapes))
+            table = measure_modules(self.timer, [(v.key, seeded(v.build), inputs(v.input_shapes))
                                                  for v in variants], ctx, export_dir,
                                     f"latency table: {len(variants)} variants")
         rng = np.random.default_rng(seed)
@@ -192,7 +199,8 @@ class LatencyLUT(Objective):
             if arch.id not in seen and space.validate(arch) is None:
                 seen.add(arch.id)
                 archs.append(arch)
-        whole = measure_modules(self.timer, [(f"arch-{a.id}", space.build(a), inputs([shape]))
+        whole = measure_modules(self.timer, [(f"arch-{a.id}", seeded(lambda a=a: space.build(a)),
+                                              inputs([shape]))
                                              for a in archs], ctx, export_dir,
                                 f"latency table: {len(archs)} whole architectures")
         table_ms = {k: v.value for k, v in table.items()}
