@@ -175,11 +175,14 @@ class QaiHubBackend(LatencyBackend):
         try:
             self._client().config
         except (hub.UserError, FileNotFoundError, KeyError) as err:
-            where = f"~/.qai_hub/{self.params.profile}.ini" if self.params.profile else \
-                "~/.qai_hub/client.ini"
-            first = " ".join(str(err).split())[:200]
+            import re
+
+            text = str(err)
+            found = re.search(r"(\S+\.ini) not found", text)
+            why = f"{found.group(1)} not found" if found else \
+                (text.strip().splitlines() or [type(err).__name__])[0][:200]
             raise ParamError("profile" if self.params.profile else "token",
-                             f"no Qualcomm AI Hub API token is configured ({where}: {first}); "
+                             f"no Qualcomm AI Hub API token is configured ({why}); "
                              f"run `qai-hub configure --api_token YOUR_TOKEN` once (the token is "
                              f"on your AI Hub account page), or set {self.params.token_env}"
                              ) from None
