@@ -224,3 +224,24 @@ def test_bad_options_name_the_field():
         get_plugins().objectives.create("latency", {"backend": "qai_hub",
                                                     "options": {"runtime": "coreml"}},
                                         where="objectives[0]")
+
+
+def test_the_nanosd_device_example_validates_only_with_a_token(tmp_path):
+    pytest.importorskip("qai_hub")
+    example = ROOT / "examples" / "nanosd_device.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in (qai_hub_fake.ENV, "QAI_HUB_API_TOKEN",
+                                                            "QAIHUB_CLIENT_INI")}
+    env["HOME"] = str(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "nasframe", "validate", str(example)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "objectives[3].params.options.token" in res.stderr
+    assert "qai-hub configure --api_token" in res.stderr
+    config = tmp_path / ".qai_hub" / "client.ini"     # what `qai-hub configure` writes
+    config.parent.mkdir()
+    config.write_text("[api]\napi_token = abc\napi_url = https://app.aihub.qualcomm.com\n"
+                      "web_url = https://app.aihub.qualcomm.com\n")
+    res = subprocess.run([sys.executable, "-m", "nasframe", "validate", str(example)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "latency (min)" in res.stdout
