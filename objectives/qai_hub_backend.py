@@ -173,7 +173,7 @@ class QaiHubBackend(LatencyBackend):
         config file only, no network."""
         hub = hub_module()
         try:
-            self._client().config
+            _ = self._client().config
         except (hub.UserError, FileNotFoundError, KeyError) as err:
             import re
 

@@ -265,7 +265,7 @@ class Client:
     def submit_compile_job(self, model: str | Path, device: Device, name: str | None = None,
                            input_specs: dict[str, Any] | None = None, options: str = "",
                            **_: Any) -> CompileJob:
-        self.config
+        _ = self.config
         self._state.call()
         path = Path(model)
         if not path.is_file():
@@ -281,7 +281,7 @@ class Client:
 
     def submit_profile_job(self, model: Model, device: Device, name: str | None = None,
                            options: str = "", **_: Any) -> InferenceJob:
-        self.config
+        _ = self.config
         self._state.call()
         if not isinstance(model, Model):
             raise UserError("submit_profile_job: the fake takes the target model of a compile job")
@@ -297,7 +297,7 @@ class Client:
         return self.submit_profile_job(model, device, name=name, options=options)
 
     def get_job(self, job_id: str) -> Job:
-        self.config
+        _ = self.config
         self._state.call()
         rec = self._state.job(job_id)
         return (CompileJob if rec["kind"] == "compile" else InferenceJob)(self._state, rec)

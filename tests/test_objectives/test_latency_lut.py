@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from nasframe_objectives import qai_hub_fake
+from nasframe_objectives.latency_lut import LatencyLUT
 
 from nasframe import Architecture, Candidate, Context
 from nasframe.plugins import get_plugins
-from nasframe_objectives import qai_hub_fake
-from nasframe_objectives.latency_lut import LatencyLUT
 
 
 def _space(name="conv_denoiser", **params):
@@ -37,7 +37,7 @@ def test_prediction_is_the_sum_of_the_blocks_plus_the_fixed_part(tmp_path):
     arch = Architecture({"depth": 3, "width": 16, "residual_blocks": True, "kernel_0": 5,
                          "kernel_1": 3, "kernel_2": 5, "kernel_3": 3})
     value, prov = obj(Candidate(space, space.canonicalize(arch)), ctx)
-    want = (obj.table[f"head:w16:1x3x16x16"] + 2 * obj.table["block:w16:k5:r1:1x16x16x16"]
+    want = (obj.table["head:w16:1x3x16x16"] + 2 * obj.table["block:w16:k5:r1:1x16x16x16"]
             + obj.table["block:w16:k3:r1:1x16x16x16"] + obj.table["tail:w16:1x16x16x16"])
     assert value == pytest.approx(want + obj.fixed_ms)
     assert prov.kind == "proxy" and prov.backend == "latency_lut/torch"
