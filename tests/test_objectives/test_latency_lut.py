@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from nasframe_objectives import qai_hub_fake
-from nasframe_objectives.latency_lut import LatencyLUT
 
 from nasframe import Architecture, Candidate, Context
 from nasframe.plugins import get_plugins
+from nasframe_objectives import qai_hub_fake
+from nasframe_objectives.latency_lut import LatencyLUT
 
 
 def _space(name="conv_denoiser", **params):
