@@ -222,6 +222,13 @@ class LatencyLUT(Objective):
         if len(rows) >= 2:
             tau = kendalltau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
             report["kendall_tau"] = None if math.isnan(tau.statistic) else float(tau.statistic)
+        if fixed < 0:
+            import warnings
+
+            warnings.warn(f"latency_lut: the fixed part is negative ({fixed:.3g} ms): the blocks "
+                          "timed alone cost more than inside the network (timing noise, or a "
+                          "per-call overhead); more repeats or calibration architectures help",
+                          RuntimeWarning, stacklevel=2)
         ctx.log(f"latency_lut: {len(table)} variants + fixed part {fixed:.3g} ms on "
                 f"{self.timer.device()}; prediction error on {len(rows)} architectures: "
                 + (f"mean {report['mean_rel_error']:.1%}, max {report['max_rel_error']:.1%}"
