@@ -24,7 +24,8 @@ or it does not.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -155,10 +156,44 @@ class Exportable(Capability):
         may be ``model`` itself, changed in place."""
 
 
+@dataclass(frozen=True)
+class LatencyPart:
+    """One block or layer of a candidate that a latency lookup table times on its own.
+
+    ``key`` names the variant: two parts with the same key are the same module on
+    the same input (kind, channels, heads, kernel, input shape, ...), timed once.
+    ``build()`` makes a fresh module; it is called as ``module(*inputs)`` with one
+    random tensor per shape in ``input_shapes`` (batch included)."""
+
+    key: str
+    build: Callable[[], torch.nn.Module]
+    input_shapes: tuple[tuple[int, ...], ...]
+
+
+class BlockLatencyParts(Capability):
+    """A candidate's latency as the sum of its searched blocks/layers plus a fixed rest:
+    the space lists the variants its blocks come in and which ones a candidate uses
+    (``latency_lut`` times each variant once, instead of every candidate)."""
+
+    key = "block_latency_parts"
+    description = "the block/layer variants a candidate is made of, each timeable on its own"
+
+    @abc.abstractmethod
+    def latency_variants(self, input_shape: Sequence[int]) -> list[LatencyPart]:
+        """Every distinct variant any candidate can hold, for a model input of
+        ``input_shape`` (batch included); keys distinct."""
+
+    @abc.abstractmethod
+    def latency_parts(self, arch: Architecture, input_shape: Sequence[int]) -> list[LatencyPart]:
+        """The variant of each searched block/layer of ``arch``, in forward order, one
+        entry per occurrence (keys among :meth:`latency_variants`'); what it leaves out
+        (stem, skips, resampling) is the table's fixed part."""
+
+
 #: every capability the core defines (plugins may define more)
 CORE_CAPABILITIES: tuple[type[Capability], ...] = (
     TrainedWeights, ValidationPairs, ImageToImage, BlockKinds, ModelParts, Teacher,
-    BlockAlignment, Exportable)
+    BlockAlignment, Exportable, BlockLatencyParts)
 
 
 def provided_by(space: object) -> list[type[Capability]]:

@@ -455,6 +455,48 @@ def _status_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- `nasframe analyse RUN_DIR`: proxies checked against measured latency --------------
+def _analyse_cmd(args: argparse.Namespace) -> int:
+    from nasframe.proxy_check import proxy_check, write_proxy_check
+    from nasframe.results import load_run
+
+    check = proxy_check(load_run(args.run_dir), args.proxies, args.measured)
+    if args.format == "json":
+        out.print_json(json.dumps(check.to_dict()))
+    else:
+        table = Table(title=f"{args.run_dir}: Kendall tau, proxy vs measured "
+                      f"(complete trials)")
+        for col in ("proxy", "measured", "n", "tau", "p-value", "measured on"):
+            table.add_column(col)
+        for c in check.correlations:
+            table.add_row(c.proxy, c.measured, str(c.n), f"{c.tau:.3f}", f"{c.p_value:.2g}",
+                          c.measured_device)
+        out.print(table)
+        if not check.correlations:
+            out.print("no proxy/measured-latency pair in this run (proxies: "
+                      f"{', '.join(check.proxies) or 'none'}; measured latencies: "
+                      f"{', '.join(check.measured) or 'none'})", highlight=False)
+    if not args.no_plot:
+        js, png = write_proxy_check(check, args.out or args.run_dir)
+        console.print(f"wrote {png} and {js}", highlight=False)
+    return 0
+
+
+def _add_analyse(sub, common) -> None:
+    p = sub.add_parser("analyse", parents=[common],
+                       help="Kendall tau of each proxy objective vs each measured latency, "
+                            "with scatter plots")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--proxies", nargs="+", metavar="KEY", help="proxy objectives (default: "
+                   "those whose provenance is proxy)")
+    p.add_argument("--measured", nargs="+", metavar="KEY", help="measured objectives (default: "
+                   "the measured latencies)")
+    p.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    p.add_argument("--out", help="write proxy_check.png/.json here instead of RUN_DIR")
+    p.add_argument("--no-plot", action="store_true", help="print only")
+    p.set_defaults(fn=_analyse_cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(add_help=False)
     top.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -523,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="write here instead of RUN_DIR")
     p.set_defaults(fn=_export_cmd)
+    _add_analyse(sub, common)
     return parser
 
 

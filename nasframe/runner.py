@@ -11,6 +11,7 @@ and re-run, up to ``max_attempts``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -292,7 +293,11 @@ class Runner:
                         continue
                     obj = self.exp.objectives[key]
                     try:
+                        before = json.dumps(jobs[n][key]["job"], sort_keys=True, default=str)
                         out = obj.collect(jobs[n][key]["job"], self.ctx)
+                        if json.dumps(jobs[n][key]["job"], sort_keys=True, default=str) != before:
+                            # a later stage submitted (compile -> profile): store its id now
+                            self.store.set_jobs(n, jobs[n])
                         if out is None:
                             continue
                         if not isinstance(out, Value):
@@ -322,7 +327,9 @@ class Runner:
         those of a killed run count an attempt (failed once max_attempts is reached)."""
         rerun, give_up = [], []
         for t in self.history.running():
-            if t.failure == "interrupted":
+            if t.failure == "interrupted" or any("job" in e for e in t.jobs.values()):
+                # stopped by an interruption, or while waiting on device jobs it had
+                # submitted (its evaluation was done): not the trial's fault, no attempt
                 rerun.append(replace(t, started=time.time(), failure=None))
             elif t.attempt >= self.cfg.max_attempts:
                 give_up.append(failed(t, "died", f"the run stopped while evaluating it (killed, "

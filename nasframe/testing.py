@@ -232,6 +232,25 @@ class SearchSpaceContract:
             assert isinstance(arch, Architecture)
             assert space.validate(arch) is None, f"reference '{name}': {space.validate(arch)}"
 
+    def test_block_latency_parts_are_listed_variants_that_run(self):
+        from nasframe.capabilities import BlockLatencyParts
+
+        space = self.make_space()
+        if not isinstance(space, BlockLatencyParts):
+            import pytest
+
+            pytest.skip("the space does not declare BlockLatencyParts")
+        shape = (1, *space.input_shape)
+        variants = space.latency_variants(shape)
+        keys = [v.key for v in variants]
+        assert keys and len(set(keys)) == len(keys)
+        for arch in self._samples(space):
+            parts = space.latency_parts(arch, shape)
+            assert parts and {p.key for p in parts} <= set(keys)
+        for v in variants[:3]:
+            with torch.no_grad():
+                v.build().eval()(*(torch.rand(s) for s in v.input_shapes))
+
     def test_enumeration_is_valid_and_unique(self):
         space = self.make_space()
         if space.size > self.max_enumerate:

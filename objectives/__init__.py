@@ -1,5 +1,6 @@
-"""Built-in objectives: ``params``, ``gmacs``, ``latency``, ``quick_psnr``, ``psnr``,
-``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` latency backend.
+"""Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
+``psnr``, ``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` and
+``qai_hub`` latency backends.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -15,15 +16,19 @@ def register_objectives(registry):
     from nasframe_objectives.cost import GMACs, Params
     from nasframe_objectives.fidelity import Fidelity
     from nasframe_objectives.latency import Latency
+    from nasframe_objectives.latency_lut import LatencyLUT
     from nasframe_objectives.quick_psnr import QuickPSNR
     from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
 
-    for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount, Fidelity):
+    for cls in (Params, GMACs, Latency, LatencyLUT, QuickPSNR, PSNR, SSIM, TransformerCount,
+                Fidelity):
         registry.add(cls)
 
 
 @hookimpl
 def register_latency_backends(registry):
     from nasframe_objectives.latency import TorchBackend
+    from nasframe_objectives.qai_hub_backend import QaiHubBackend
 
     registry.add(TorchBackend)
+    registry.add(QaiHubBackend)

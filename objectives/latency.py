@@ -216,7 +216,10 @@ class Latency(PartObjective):
         except ConfigError as err:
             raise ParamError("backend", str(err)) from None
         options = parse_params(cls.Params, self.params.options, "options")
-        self.backend: LatencyBackend = cls(options)
+        try:
+            self.backend: LatencyBackend = cls(options)
+        except ParamError as err:
+            raise ParamError(f"options.{err.field}", err.message) from None
         self.poll_every = self.backend.poll_every
         self.input_shape = self.params.input_shape
         self.batch_size = self.params.batch_size

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import AfterValidator
 
 from nasframe.architecture import Architecture
-from nasframe.capabilities import ImageToImage
+from nasframe.capabilities import BlockLatencyParts, ImageToImage, LatencyPart
 from nasframe.params import Field, Int, Params
 from nasframe.space import Boolean, Categorical, Decision, SearchSpace
 
@@ -65,7 +65,7 @@ def _choices(low: int, high: int, *checks):
                      *(AfterValidator(c) for c in (_nonempty, _distinct, *checks))]
 
 
-class ConvDenoiserSpace(SearchSpace, ImageToImage):
+class ConvDenoiserSpace(SearchSpace, ImageToImage, BlockLatencyParts):
     """Compact conv denoisers: depth, width, a kernel per block, optional block residuals.
 
     Params: see :class:`ConvDenoiserSpace.Params` (``nasframe plugins
@@ -162,6 +162,34 @@ class ConvDenoiserSpace(SearchSpace, ImageToImage):
         return ConvDenoiser(self.image_channels, arch["width"], self.block_kernels(arch),
                         arch["residual_blocks"], edge_kernel=HEAD_TAIL_KERNEL)
 
+    # -- latency lookup table: head, each body block, tail ----------------------
+    def _latency_part(self, what: str, width: int, kernel: int, residual: bool,
+                      input_shape) -> LatencyPart:
+        from functools import partial
+
+        b, _, h, w = input_shape
+        c = self.image_channels
+        shape = (b, c if what == "head" else width, h, w)
+        key = f"{what}:w{width}" + (f":k{kernel}:r{int(residual)}" if what == "block" else "") \
+            + f":{'x'.join(map(str, shape))}"
+        return LatencyPart(key, partial(_conv_part, what, c, width, kernel, residual), (shape,))
+
+    def latency_variants(self, input_shape):
+        out = []
+        for width in self.widths:
+            out.append(self._latency_part("head", width, HEAD_TAIL_KERNEL, False, input_shape))
+            out += [self._latency_part("block", width, k, r, input_shape)
+                    for k in self.kernels for r in (False, True)]
+            out.append(self._latency_part("tail", width, HEAD_TAIL_KERNEL, False, input_shape))
+        return out
+
+    def latency_parts(self, arch, input_shape):
+        width, r = arch["width"], bool(arch["residual_blocks"])
+        return [self._latency_part("head", width, HEAD_TAIL_KERNEL, False, input_shape),
+                *(self._latency_part("block", width, k, r, input_shape)
+                  for k in self.block_kernels(arch)),
+                self._latency_part("tail", width, HEAD_TAIL_KERNEL, False, input_shape)]
+
     def graph(self, arch: Architecture) -> nx.DiGraph:
         """A chain ``head -> block_0 -> ... -> tail``; each node a conv.
 
@@ -183,3 +211,16 @@ class ConvDenoiserSpace(SearchSpace, ImageToImage):
                        kernel=kernel, residual=residual)
         nx.add_path(g, [n[0] for n in nodes])
         return g
+
+
+def _conv_part(what: str, channels: int, width: int, kernel: int, residual: bool):
+    """One layer of a conv denoiser, alone (a latency lookup table entry)."""
+    from torch import nn
+
+    from nasframe_search_spaces.conv_blocks import ConvBlock
+
+    if what == "head":
+        return nn.Conv2d(channels, width, HEAD_TAIL_KERNEL, padding=HEAD_TAIL_KERNEL // 2)
+    if what == "tail":
+        return nn.Conv2d(width, channels, HEAD_TAIL_KERNEL, padding=HEAD_TAIL_KERNEL // 2)
+    return ConvBlock(width, kernel, residual)

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from nasframe.architecture import Architecture
-from nasframe.capabilities import BlockKinds, ImageToImage, TrainedWeights, ValidationPairs
+from nasframe.capabilities import (BlockKinds, BlockLatencyParts, ImageToImage, LatencyPart,
+                                   TrainedWeights, ValidationPairs)
 from nasframe.params import Bool, Field, Float, Int, ParamError, Params, PositiveInt
 from nasframe.space import Categorical, Decision, SearchSpace
 
@@ -133,7 +134,8 @@ class DistillParams(Params):
     """Seed of the surrogates' initialisation (default: the experiment's seed)."""
 
 
-class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, ImageToImage):
+class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, ImageToImage,
+                      BlockLatencyParts):
     """Transformer or SSM block in every slot of a Restormer-style U-Net."""
 
     name = "hybrid_unet"
@@ -285,6 +287,35 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
 
     def transformer_count(self, arch: Architecture) -> int:
         return sum(k == "transformer" for ks in self.kinds(arch).values() for k in ks)
+
+    # -- latency lookup table: one entry per (kind, stage shape) ---------------
+    def _latency_part(self, kind: str, stage: str, input_shape) -> LatencyPart:
+        from functools import partial
+
+        from nasframe_search_spaces.hybrid_unet.network import STAGES, make_block
+
+        cfg = self.config
+        b, _, h, w = input_shape
+        h, w = h + (-h) % 8, w + (-w) % 8         # the network pads to a multiple of 8
+        div = STAGES[stage][1]
+        shape = (b, cfg.stage_channels(stage), h // div, w // div)
+        heads = cfg.stage_heads(stage)
+        key = f"{kind}:h{heads}:{'x'.join(map(str, shape))}"
+        return LatencyPart(key, partial(make_block, kind, shape[1], heads, cfg), (shape,))
+
+    def latency_variants(self, input_shape):
+        out: dict[str, LatencyPart] = {}
+        for stage, _ in self.slots:
+            for kind in KINDS:
+                part = self._latency_part(kind, stage, input_shape)
+                out.setdefault(part.key, part)
+        return list(out.values())
+
+    def latency_parts(self, arch, input_shape):
+        """Every block's (kind, channels, heads, resolution); an SSM block's scan direction
+        (its position) does not change its cost, so it is not part of the key."""
+        return [self._latency_part(kind, stage, input_shape)
+                for stage, ks in self.kinds(arch).items() for kind in ks]
 
     # -- alignment ----------------------------------------------------------
     @property
