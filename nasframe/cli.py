@@ -26,7 +26,8 @@ out = Console(soft_wrap=True)
 
 
 _KINDS = (("search space", "search_spaces"), ("objective", "objectives"),
-          ("strategy", "strategies"), ("executor", "executors"))
+          ("strategy", "strategies"), ("executor", "executors"),
+          ("latency backend", "latency_backends"))
 
 
 def _plugins_cmd(args: argparse.Namespace) -> int:

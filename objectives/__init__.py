@@ -1,5 +1,6 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``quick_psnr``, ``psnr``,
-``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` latency backend.
+``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` and ``onnxruntime``
+latency backends.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -25,5 +26,7 @@ def register_objectives(registry):
 @hookimpl
 def register_latency_backends(registry):
     from nasframe_objectives.latency import TorchBackend
+    from nasframe_objectives.ort_backend import OnnxRuntimeBackend
 
     registry.add(TorchBackend)
+    registry.add(OnnxRuntimeBackend)
