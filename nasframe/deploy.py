@@ -104,15 +104,34 @@ def _flat_tensors(obj: Any) -> list[Any]:
     return []
 
 
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the errors it was raised from (outermost first)."""
+    out: list[BaseException] = []
+    while err is not None and err not in out and len(out) < 10:
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
 def _failed_op(err: BaseException) -> str:
-    """The op an exporter complains about, when its message names one."""
-    text = f"{type(err).__name__}: {err}"
-    for pattern in (r"(aten::[\w.]+)", r"(prim::[\w.]+)", r"operator ['\"]?([\w:.]+)",
+    """The op an exporter complains about, when its message (or a cause's) names one."""
+    text = " ".join(f"{type(e).__name__}: {e}" for e in _chain(err))
+    for pattern in (r"(aten::[\w.]+)", r"(prim::[\w.]+)", r"op='([\w.]+)'",
+                    r"target=torch\.ops\.([\w.]+)", r"operator ['\"]?([\w:.]+)",
                     r"Unsupported(?: FX)? nodes?: .*?([\w.]+::[\w.]+)"):
         m = re.search(pattern, text)
         if m:
             return m.group(1)
     return ""
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of the innermost error that says something (the exporters wrap theirs)."""
+    for e in reversed(_chain(err)):
+        line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if line:
+            return re.sub(r"\x1b\[[0-9;]*m", "", line)
+    return type(err).__name__
 
 
 def _hash_file(path: Path) -> str:
@@ -199,9 +218,8 @@ def export_module(model: torch.nn.Module, inputs: Sequence[Any], fmt: str, path:
         raise
     except Exception as err:  # noqa: BLE001 - any exporter failure, with the op named
         op = _failed_op(err)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{fmt} export failed" + (f" at op {op}" if op else "")
-                          + f": {first[:300]}") from err
+                          + f": {_reason(err)[:300]}") from err
     seconds = time.perf_counter() - start
     ops: dict[str, int] = {}
     versions = {"torch": torch.__version__}
@@ -329,7 +347,7 @@ def export_models(exp: Experiment, ctx: Context, archs: dict[str, Architecture],
     done: dict[str, ExportResult] = {}
     by_id: dict[str, Path] = {}
     with ctx.progress() as progress:
-        task = progress.add_task(f"export {fmt}", total=len(archs))
+        task = progress.add_task(f"export {fmt}", total=len(archs), info="")
         for stem, arch in archs.items():
             path = folder / f"{stem}{SUFFIX[fmt]}"
             if arch.id in by_id:
@@ -339,6 +357,7 @@ def export_models(exp: Experiment, ctx: Context, archs: dict[str, Architecture],
                 Path(str(path) + ".json").write_text(json.dumps(doc, indent=1))
                 done[stem] = ExportResult(**doc)
             else:
+                progress.update(task, info=stem)
                 done[stem] = export_architecture(exp, arch, fmt, path, part=part)
                 by_id[arch.id] = path
             progress.advance(task)

@@ -121,7 +121,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
         if models:
             from nasframe.deploy import export_models
 
-            exp = run.experiment
+            exp = run.experiment()
             ctx = exp.context(run_dir, console=console, quiet=console is None)
             archs = {name: a.trials[i].arch for name, (i, _) in front.items()}
             for fmt in models:
