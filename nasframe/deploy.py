@@ -134,11 +134,20 @@ def _reason(err: BaseException) -> str:
     return type(err).__name__
 
 
+#: models with more weight bytes than this keep them in ``<file>.data`` beside the graph
+#: (a protobuf file cannot exceed 2 GiB: the SD 1.5 U-Net in float32 is 3.4 GB)
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
 def _hash_file(path: Path) -> str:
+    """Content hash of the file, and of its external weights file when it has one."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for p in (path, Path(str(path) + ".data")):
+        if not p.exists():
+            continue
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 
@@ -252,15 +261,18 @@ def _export_onnx(model, inputs, path: Path, in_names, out_names, opset: int) -> 
 
     import torch
 
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    external = size > EXTERNAL_DATA_BYTES
+    Path(str(path) + ".data").unlink(missing_ok=True)
     try:
         with warnings.catch_warnings():   # the exporter's own deprecation notices
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset,
                                         input_names=in_names, output_names=out_names,
-                                        external_data=False, verbose=False)
-        program.save(str(path))
-        return "dynamo exporter"
+                                        external_data=external, verbose=False)
+        program.save(str(path), external_data=external)
+        return "dynamo exporter" + (f" (weights in {path.name}.data)" if external else "")
     except Exception as first:  # noqa: BLE001 - retried with the older exporter
         try:
             torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset,
@@ -352,6 +364,9 @@ def export_models(exp: Experiment, ctx: Context, archs: dict[str, Architecture],
             path = folder / f"{stem}{SUFFIX[fmt]}"
             if arch.id in by_id:
                 shutil.copyfile(by_id[arch.id], path)
+                data = Path(str(by_id[arch.id]) + ".data")
+                if data.exists():   # weights kept beside the graph (models over 1 GiB)
+                    shutil.copyfile(data, str(path) + ".data")
                 doc = json.loads(Path(str(by_id[arch.id]) + ".json").read_text())
                 doc["path"] = str(path)
                 Path(str(path) + ".json").write_text(json.dumps(doc, indent=1))

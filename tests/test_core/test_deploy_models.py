@@ -104,3 +104,16 @@ def test_a_model_that_cannot_export_names_the_op(tmp_path):
     with pytest.raises(ExportError, match=r"onnx export failed at op aten(::|\.)_?linalg_eigh"):
         export_module(_Eigh(), (torch.randn(1, 4, 4),), "onnx", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx.json").exists()
+
+
+def test_large_models_keep_their_weights_beside_the_graph(tmp_path, monkeypatch):
+    import nasframe.deploy as deploy
+
+    monkeypatch.setattr(deploy, "EXTERNAL_DATA_BYTES", 100)   # as if it were over 1 GiB
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    res = export_module(model, (torch.randn(1, 3, 8, 8),), "onnx", tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx.data").is_file() and "m.onnx.data" in res.note
+    assert res.max_rel_error <= 1e-4
+    before = res.graph_hash
+    (tmp_path / "m.onnx.data").write_bytes(b"changed")
+    assert deploy._hash_file(tmp_path / "m.onnx") != before   # the hash covers the weights
