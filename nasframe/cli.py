@@ -26,7 +26,8 @@ out = Console(soft_wrap=True)
 
 
 _KINDS = (("search space", "search_spaces"), ("objective", "objectives"),
-          ("strategy", "strategies"), ("executor", "executors"))
+          ("strategy", "strategies"), ("executor", "executors"),
+          ("latency backend", "latency_backends"))
 
 
 def _plugins_cmd(args: argparse.Namespace) -> int:
@@ -258,7 +259,8 @@ def _direction(exp, key: str) -> str:
 def _export_cmd(args: argparse.Namespace) -> int:
     from nasframe.export import export_run
 
-    paths = export_run(args.run_dir, args.out)
+    paths = export_run(args.run_dir, args.out, models=args.models or (), part=args.part,
+                       console=console)
     for name, p in paths.items():
         out.print(f"{name}: {p}")
     _print_pick(paths, out)
@@ -274,6 +276,69 @@ def _print_pick(paths: dict[str, Path], where: Console) -> None:
     if pick:
         where.print(f"pick: trial {pick['trial']} ({pick['id']}), {pick['rule']}; "
                     f"{Path(paths['front']) / 'pick.yaml'}", markup=False, highlight=False)
+
+
+# -- export-model (deployable export of one architecture) ----------------------------------
+def _export_model_cmd(args: argparse.Namespace) -> int:
+    from nasframe.deploy import SUFFIX, export_architecture
+    from nasframe.experiment import Experiment
+
+    cfg, _ = _load(args.experiment)
+    exp = Experiment.from_config(cfg, source=args.experiment)
+    refs = exp.space.reference_architectures()
+    if args.arch in refs:
+        arch = refs[args.arch]
+    elif Path(args.arch).exists():
+        arch = _arch_file(args.arch)
+    else:
+        raise ConfigError(f"--arch {args.arch!r}: neither a reference architecture of "
+                          f"'{exp.space.name}' (available: {', '.join(refs) or 'none'}) nor a file")
+    reason = exp.space.validate(arch)
+    if reason:
+        raise ConfigError(f"--arch {args.arch}: not an architecture of '{exp.space.name}': {reason}")
+    shape = None
+    if args.input_shape:
+        try:
+            shape = [int(v) for v in args.input_shape.replace("x", ",").split(",")]
+        except ValueError:
+            raise ConfigError(f"--input-shape {args.input_shape!r}: give integers, batch first, "
+                              "e.g. 1,3,256,256") from None
+    path = Path(args.output or f"{arch.id}{'-' + args.part if args.part else ''}{SUFFIX[args.format]}")
+    if not args.fresh:   # the weights the objectives see (teacher, distilled blocks: cached)
+        ctx = exp.context(Path(args.out or cfg.output or f"runs/{cfg.name}"), console=console)
+        exp.space.prepare(ctx, exp.needs())
+    with console.status(f"exporting {arch.id} ({args.format})", spinner="dots"):
+        r = export_architecture(exp, arch, args.format, path, part=args.part, input_shape=shape)
+    out.print(f"{r.path}: {args.format} ({r.note or 'exported'}) in {r.seconds:.1f} s", markup=False)
+    for n, s_, d in zip(r.input_names, r.input_shapes, r.input_dtypes):
+        out.print(f"  input {n}: {s_} {d}", markup=False)
+    out.print(f"  check vs PyTorch: max abs error {r.max_abs_error:.3g}, max rel error "
+              f"{r.max_rel_error:.3g}; details in {r.path}.json", markup=False)
+    if not r.max_rel_error <= args.tolerance:
+        console.print(f"error: the exported model differs from PyTorch by {r.max_rel_error:.3g} "
+                      f"relative (--tolerance {args.tolerance:g})", style="red", markup=False)
+        return 1
+    return 0
+
+
+def _add_export_parsers(sub, common) -> None:
+    from nasframe.deploy import FORMATS
+
+    p = sub.add_parser("export-model", parents=[common],
+                       help="export one architecture's model (ONNX, TorchScript, ExportedProgram)")
+    p.add_argument("experiment", metavar="EXP.yaml")
+    p.add_argument("--arch", required=True, metavar="NAME|FILE",
+                   help="a reference architecture name or a YAML file (e.g. front/<id>.yaml)")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("-o", "--output", metavar="PATH", help="the file (default: <id>.<suffix>)")
+    p.add_argument("--part", metavar="PART", help="a model part of the space (e.g. vae_decoder)")
+    p.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape, batch first")
+    p.add_argument("--fresh", action="store_true",
+                   help="freshly initialised weights: skip training/loading the space's weights")
+    p.add_argument("--out", help="directory for prepared artifacts (default: the experiment's `output`)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest relative difference from PyTorch accepted (exit 1 above)")
+    p.set_defaults(fn=_export_model_cmd)
 
 
 @contextlib.contextmanager
@@ -564,8 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="write trials.csv, pareto.json, plots, front/")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="write here instead of RUN_DIR")
+    p.add_argument("--models", nargs="+", metavar="FORMAT",
+                   help="also export every front member and the pick: onnx, torchscript, "
+                        "exported_program (front/<id>.onnx, checked against PyTorch)")
+    p.add_argument("--part", metavar="PART", help="with --models: this model part of the space")
     p.set_defaults(fn=_export_cmd)
     _add_analyse(sub, common)
+    _add_export_parsers(sub, common)
     return parser
 
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import torch
 
     from nasframe.architecture import Architecture
+    from nasframe.context import Context
+    from nasframe.experiment import Experiment
     from nasframe.space import SearchSpace
 
 FORMATS = ("onnx", "torchscript", "exported_program")
@@ -102,10 +104,20 @@ def _flat_tensors(obj: Any) -> list[Any]:
     return []
 
 
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the errors it was raised from (outermost first)."""
+    out: list[BaseException] = []
+    while err is not None and err not in out and len(out) < 10:
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
 def _failed_op(err: BaseException) -> str:
-    """The op an exporter complains about, when its message names one."""
-    text = f"{type(err).__name__}: {err}"
-    for pattern in (r"(aten::[\w.]+)", r"(prim::[\w.]+)", r"operator ['\"]?([\w:.]+)",
+    """The op an exporter complains about, when its message (or a cause's) names one."""
+    text = " ".join(f"{type(e).__name__}: {e}" for e in _chain(err))
+    for pattern in (r"(aten::[\w.]+)", r"(prim::[\w.]+)", r"op='([\w.]+)'",
+                    r"target=torch\.ops\.([\w.]+)", r"operator ['\"]?([\w:.]+)",
                     r"Unsupported(?: FX)? nodes?: .*?([\w.]+::[\w.]+)"):
         m = re.search(pattern, text)
         if m:
@@ -113,11 +125,29 @@ def _failed_op(err: BaseException) -> str:
     return ""
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of the innermost error that says something (the exporters wrap theirs)."""
+    for e in reversed(_chain(err)):
+        line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if line:
+            return re.sub(r"\x1b\[[0-9;]*m", "", line)
+    return type(err).__name__
+
+
+#: models with more weight bytes than this keep them in ``<file>.data`` beside the graph
+#: (a protobuf file cannot exceed 2 GiB: the SD 1.5 U-Net in float32 is 3.4 GB)
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
 def _hash_file(path: Path) -> str:
+    """Content hash of the file, and of its external weights file when it has one."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for p in (path, Path(str(path) + ".data")):
+        if not p.exists():
+            continue
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 
@@ -144,6 +174,24 @@ def _names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
 
 
+def _forward_names(model: Any, inputs: tuple[Any, ...], n: int) -> list[str] | None:
+    """The names of ``model.forward``'s parameters when each input is one plain tensor
+    (``sample``, ``timestep``, ``encoder_hidden_states``), else None."""
+    import inspect
+
+    import torch
+
+    if len(inputs) != n or not all(isinstance(t, torch.Tensor) for t in inputs):
+        return None
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params[:n]]
+    return names if len(names) == n and len(set(names)) == n else None
+
+
 def export_module(model: torch.nn.Module, inputs: Sequence[Any], fmt: str, path: str | Path,
                   *, input_names: Sequence[str] | None = None, opset: int = OPSET,
                   check: bool = True, threads: int | None = None) -> ExportResult:
@@ -157,7 +205,8 @@ def export_module(model: torch.nn.Module, inputs: Sequence[Any], fmt: str, path:
     path.parent.mkdir(parents=True, exist_ok=True)
     inputs = tuple(inputs)
     tensors = _flat_tensors(inputs)
-    in_names = list(input_names) if input_names else _names("input", len(tensors))
+    in_names = (list(input_names) if input_names
+                else _forward_names(model, inputs, len(tensors)) or _names("input", len(tensors)))
     model = model.eval()
     with torch.no_grad():
         reference = [t.detach().cpu().numpy() for t in _flat_tensors(model(*inputs))]
@@ -178,9 +227,8 @@ def export_module(model: torch.nn.Module, inputs: Sequence[Any], fmt: str, path:
         raise
     except Exception as err:  # noqa: BLE001 - any exporter failure, with the op named
         op = _failed_op(err)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{fmt} export failed" + (f" at op {op}" if op else "")
-                          + f": {first[:300]}") from err
+                          + f": {_reason(err)[:300]}") from err
     seconds = time.perf_counter() - start
     ops: dict[str, int] = {}
     versions = {"torch": torch.__version__}
@@ -209,14 +257,22 @@ def export_module(model: torch.nn.Module, inputs: Sequence[Any], fmt: str, path:
 
 def _export_onnx(model, inputs, path: Path, in_names, out_names, opset: int) -> str:
     """torch.onnx.export with the dynamo exporter; the TorchScript-based one as a fallback."""
+    import warnings
+
     import torch
 
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    external = size > EXTERNAL_DATA_BYTES
+    Path(str(path) + ".data").unlink(missing_ok=True)
     try:
-        program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset,
-                                    input_names=in_names, output_names=out_names,
-                                    external_data=False, verbose=False)
-        program.save(str(path))
-        return "dynamo exporter"
+        with warnings.catch_warnings():   # the exporter's own deprecation notices
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            program = torch.onnx.export(model, inputs, dynamo=True, opset_version=opset,
+                                        input_names=in_names, output_names=out_names,
+                                        external_data=external, verbose=False)
+        program.save(str(path), external_data=external)
+        return "dynamo exporter" + (f" (weights in {path.name}.data)" if external else "")
     except Exception as first:  # noqa: BLE001 - retried with the older exporter
         try:
             torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset,
@@ -264,3 +320,60 @@ def _run_exported(fmt: str, path: Path, inputs, tensors, in_names, threads, vers
     program = torch.export.load(str(path))
     with torch.no_grad():
         return [t.cpu().numpy() for t in _flat_tensors(program.module()(*inputs))]
+
+
+def export_architecture(exp: Experiment, arch: Architecture, fmt: str, path: str | Path, *,
+                        part: str | None = None, input_shape: Sequence[int] | None = None,
+                        seed: int | None = None, threads: int | None = None) -> ExportResult:
+    """Export ``arch`` of ``exp``'s search space (or its model part ``part``) as the
+    objectives see it: built with the trial's seed, on the space's example inputs (of
+    ``input_shape``, batch included, when given), made ready by its space
+    (:func:`exportable`), checked. Prepare the space first for trained weights."""
+    from nasframe.candidate import Candidate
+    from nasframe.experiment import trial_seed
+
+    space = exp.space
+    if part is not None:
+        from nasframe.capabilities import ModelParts
+
+        parts = space.parts() if isinstance(space, ModelParts) else ()
+        if part not in parts:
+            raise ExportError(f"search space '{space.name}' has no model part {part!r}; its "
+                              f"parts: {', '.join(parts) or 'none (export the main model)'}")
+    candidate = Candidate(space, arch, trial_seed(exp.cfg.seed, arch) if seed is None else seed)
+    model = candidate.module(part)
+    inputs = candidate.example_inputs(input_shape, part=part)
+    return export_module(exportable(space, arch, model, part), inputs, fmt, path,
+                         threads=threads)
+
+
+def export_models(exp: Experiment, ctx: Context, archs: dict[str, Architecture], fmt: str,
+                  folder: Path, *, part: str | None = None) -> dict[str, ExportResult]:
+    """Export each of ``archs`` (file stem -> architecture) as ``folder/<stem><suffix>``
+    (``export --models``): the space is prepared for the objectives' needs first, so the
+    files carry the weights the objectives scored; an architecture met twice (the pick is
+    a front member) is exported once and copied."""
+    import shutil
+
+    exp.space.prepare(ctx, exp.needs())
+    done: dict[str, ExportResult] = {}
+    by_id: dict[str, Path] = {}
+    with ctx.progress() as progress:
+        task = progress.add_task(f"export {fmt}", total=len(archs), info="")
+        for stem, arch in archs.items():
+            path = folder / f"{stem}{SUFFIX[fmt]}"
+            if arch.id in by_id:
+                shutil.copyfile(by_id[arch.id], path)
+                data = Path(str(by_id[arch.id]) + ".data")
+                if data.exists():   # weights kept beside the graph (models over 1 GiB)
+                    shutil.copyfile(data, str(path) + ".data")
+                doc = json.loads(Path(str(by_id[arch.id]) + ".json").read_text())
+                doc["path"] = str(path)
+                Path(str(path) + ".json").write_text(json.dumps(doc, indent=1))
+                done[stem] = ExportResult(**doc)
+            else:
+                progress.update(task, info=stem)
+                done[stem] = export_architecture(exp, arch, fmt, path, part=part)
+                by_id[arch.id] = path
+            progress.advance(task)
+    return done

@@ -72,10 +72,16 @@ class _Writer:
         (self.out / MANIFEST).write_text(json.dumps({"files": sorted(self.written)}, indent=1))
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
+               models: Sequence[str] = (), part: str | None = None,
+               console=None) -> dict[str, Path]:
     """Write every export file; returns their paths by name.
 
-    The run directory is only read (it may be read-only when ``out_dir`` is elsewhere).
+    ``models``: deployable formats (onnx, torchscript, exported_program) in which every
+    front member and the pick are also written as ``front/<id>.<suffix>`` (with the check
+    against PyTorch in ``<file>.json``), of model part ``part`` when given; this prepares
+    the search space (trained weights are cached in the run directory). Without it the
+    run directory is only read (it may be read-only when ``out_dir`` is elsewhere).
     """
     from nasframe.results import load_run
 
@@ -90,7 +96,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[s
     writer = _Writer(out)
     names = ["trials.csv", "pareto.json", "pareto.png", "hypervolume.png"]
     names += [f"front/{n}.yaml" for n in front]
-    writer.check(names)
+    from nasframe.deploy import FORMATS, SUFFIX
+
+    for fmt in models:
+        if fmt not in FORMATS:
+            raise ConfigError(f"--models {fmt!r}: not a model format; use {', '.join(FORMATS)}")
+    model_names = {f: [f"front/{n}{SUFFIX[f]}{ext}" for n in front for ext in ("", ".json")]
+                   for f in models}
+    writer.check(names + [n for f in model_names for n in model_names[f]])
     paths = {
         "trials.csv": _write_csv(a, writer.path("trials.csv"), pick),
         "pareto.json": _write_json(a, cfg, writer.path("pareto.json"), pick),
@@ -104,7 +117,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[s
                                       list(run.config.parsed_constraints),
                                       pick=None if pick is None else (pick.index, pick.rule))
     paths["hypervolume.png"] = plot_hypervolume(a, writer.path("hypervolume.png"))
-    writer.finish()
+    try:
+        if models:
+            from nasframe.deploy import export_models
+
+            exp = run.experiment()
+            ctx = exp.context(run_dir, console=console, quiet=console is None)
+            archs = {name: a.trials[i].arch for name, (i, _) in front.items()}
+            for fmt in models:
+                for name in model_names[fmt]:
+                    writer.path(name)
+                done = export_models(exp, ctx, archs, fmt, out / "front", part=part)
+                for name, result in done.items():
+                    paths[f"front/{name}{SUFFIX[fmt]}"] = Path(result.path)
+    finally:   # a failed model export still leaves a manifest of what was written
+        writer.finish()
     return paths
 
 

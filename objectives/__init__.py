@@ -1,6 +1,6 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
-``psnr``, ``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` and
-``qai_hub`` latency backends.
+``psnr``, ``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch``,
+``onnxruntime`` and ``qai_hub`` latency backends.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -28,7 +28,9 @@ def register_objectives(registry):
 @hookimpl
 def register_latency_backends(registry):
     from nasframe_objectives.latency import TorchBackend
+    from nasframe_objectives.ort_backend import OnnxRuntimeBackend
     from nasframe_objectives.qai_hub_backend import QaiHubBackend
 
     registry.add(TorchBackend)
+    registry.add(OnnxRuntimeBackend)
     registry.add(QaiHubBackend)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasframe_search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, resolve_backend,
-                                           selective_scan)
+                                                    scan_heads_export, selective_scan,
+                                                    softplus_export)
 
 SCAN_ORDERS = (1, 2, 4)
 MIXES = ("split", "sum")
@@ -207,7 +208,10 @@ class SS2D(nn.Module):
         xs = F.silu(self.dwconv(xs.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         params = self.x_proj(xs)                                             # (b, H, W, o*k)
         A = -torch.exp(self.A_log)
-        if not torch.jit.is_tracing() and resolve_backend(self.backend, xs) == "numba":
+        backend = resolve_backend(self.backend, xs)
+        if backend == "export":
+            return self.out_proj(self.out_norm(self._scan_export(xs, params, A)) * F.silu(z))
+        if not torch.jit.is_tracing() and backend == "numba":
             # one fused kernel: reads each order in place, no copies of the map
             out = cross_scan_numba(xs, params, self.dt_bias, A, self.D, h, n, o, self.split,
                                    self.first_order)
@@ -227,6 +231,29 @@ class SS2D(nn.Module):
         parts = [self._unread(y[:, :, i], dirs[i], hh, ww) for i in range(o)]
         out = torch.cat(parts, dim=-1) if self.split else sum(parts[1:], parts[0])
         return self.out_proj(self.out_norm(out) * F.silu(z))
+
+
+    def _scan_export(self, xs: torch.Tensor, params: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """The scan part of :meth:`forward` in export form (backend ``export``): the orders
+        unrolled by static Python (``Transpose`` / ``Slice`` with step -1), each order's
+        share and output by slicing (no ``Gather``), softplus from plain ops, and the scan
+        head-major with rank <= 4 (:func:`.scan.scan_heads_export`). Same function."""
+        b, hh, ww, _ = xs.shape
+        L, o, h, n, p, w = hh * ww, self.orders, self.heads, self.d_state, self.headdim, self.width
+        k = h + 2 * n
+        dirs = [self._direction(i) for i in range(o)]
+        us = [self._read(xs[..., i * w:(i + 1) * w] if self.split else xs, d) for i, d in enumerate(dirs)]
+        pars = [self._read(params[..., i * k:(i + 1) * k], d) for i, d in enumerate(dirs)]
+        u = torch.stack(us, dim=2) if o > 1 else us[0][:, :, None]           # (b, L, o, w)
+        par = torch.stack(pars, dim=2) if o > 1 else pars[0][:, :, None]     # (b, L, o, k)
+        u = u.reshape(b, L, o * h, p).transpose(1, 2)                        # (b, o*h, L, p)
+        dt = softplus_export(par[..., :h].reshape(b, L, o * h) + self.dt_bias).transpose(1, 2)
+        Bm = par[..., h:h + n].transpose(1, 2)                               # (b, o, L, n)
+        Cm = par[..., h + n:].transpose(1, 2)
+        y = scan_heads_export(u, dt, A, Bm, Cm, self.D, self.chunk)
+        y = y.transpose(1, 2).reshape(b, L, o, w)
+        parts = [self._unread(y[:, :, i:i + 1].reshape(b, L, w), d, hh, ww) for i, d in enumerate(dirs)]
+        return torch.cat(parts, dim=-1) if self.split else sum(parts[1:], parts[0])
 
 
 class SSMBlock(nn.Module):

@@ -34,11 +34,21 @@ Backends
     same recurrence in Mamba-1 layout (``A`` and ``dt`` broadcast over each head's
     channels and the states). Used when the package imports and the tensors are on
     a GPU.
+``export`` (ONNX / TorchScript / ExportedProgram; any runtime)
+    The same state-space duality as ``chunked``, written for deployable export
+    (:func:`scan_export`): static shapes only, every tensor of rank <= 4 (heads
+    folded into the batch axis), cumulative sums as products with a constant
+    triangular matrix (no ``CumSum``), causal masks as an added constant 0 /
+    -1e30 matrix before ``exp`` (no ``-inf``, bool tensors or ``Where``), and the
+    chunks' carry itself a chunked scan (linear in the chunk count). The graph
+    holds only ops that ONNX Runtime and QNN-style NPU runtimes run. Selected
+    automatically while a model is being exported.
 ``sequential`` (reference)
     The recurrence written out step by step in PyTorch; slow, for tests only.
 
 :func:`selective_scan` picks the backend. ``auto``: ``mamba_ssm`` on CUDA when it
-imports; on CPU, ``numba`` when no gradient is needed, else ``chunked``. Under ``torch.jit.trace`` (fvcore's MAC counter)
+imports; on CPU, ``numba`` when no gradient is needed, else ``chunked``; ``export``
+while ``torch.onnx.export`` or ``torch.export`` runs. Under ``torch.jit.trace`` (fvcore's MAC counter)
 the scan is recorded as one op, ``prim::PythonOp.SelectiveScan``, so it can be
 counted by the recurrence's own formula (see :func:`scan_macs`) whatever the backend.
 """
@@ -46,10 +56,11 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "chunked", "numba", "mamba_ssm", "sequential")
+BACKENDS = ("auto", "chunked", "numba", "mamba_ssm", "sequential", "export")
 DEFAULT_CHUNK = 64
 
 
@@ -311,10 +322,17 @@ def scan_mamba_ssm(x, dt, A, B, C, D):
     return y.transpose(1, 2).reshape(b, L, h, p)
 
 
+def exporting() -> bool:
+    """True while ``torch.onnx.export`` (either exporter) or ``torch.export`` traces a model."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"scan backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "auto":
+        if exporting():
+            return "export"
         if x.is_cuda:
             return "mamba_ssm" if mamba_ssm_scan() is not None else "chunked"
         if not torch.is_grad_enabled() and numba_available():
@@ -330,6 +348,8 @@ def _run(backend: str, chunk: int, x, dt, A, B, C, D):
         return scan_numba(x, dt, A, B, C, D)
     if backend == "mamba_ssm":
         return scan_mamba_ssm(x, dt, A, B, C, D)
+    if backend == "export":
+        return scan_export(x, dt, A, B, C, D, chunk)
     return scan_sequential(x, dt, A, B, C, D)
 
 
@@ -357,6 +377,8 @@ class SelectiveScan(torch.autograd.Function):
 def selective_scan(x, dt, A, B, C, D, backend: str = "auto", chunk: int = DEFAULT_CHUNK):
     """``y`` of the recurrence above (see the module docstring for shapes)."""
     backend = resolve_backend(backend, x)
+    if backend == "export":   # plain tensor ops: traced and exported as they are
+        return scan_export(x, dt, A, B, C, D, chunk)
     if torch.jit.is_tracing():
         # numba takes no traced tensors; the chunked scan computes the same function
         return SelectiveScan.apply(x, dt, A, B, C, D,
@@ -374,3 +396,140 @@ def scan_macs(b: int, L: int, d: int, n: int) -> int:
     as a fused kernel would run it.
     """
     return b * L * d * (3 * n + 1)
+
+
+# -- the export form -----------------------------------------------------------------------
+# Constants are built in NumPy so that every exporter stores them as initializers
+# (``torch.ones(..).tril()`` would become ``ConstantOfShape`` + ``Trilu``).
+
+#: added to log-decays above the causal diagonal: ``exp`` of it is 0 (finite, unlike -inf)
+MASKED = -1e30
+#: chunks pass their states to each other by one (c x c) product up to this many chunks;
+#: beyond, in groups of this many (recursively), so the cost stays linear in the chunks
+CARRY_GROUP = 32
+
+
+@functools.lru_cache(maxsize=64)
+def _tri_np(size: int, strict: bool, upper: bool) -> np.ndarray:
+    ones = np.ones((size, size), dtype=np.float32)
+    return np.triu(ones, 1 if strict else 0) if upper else np.tril(ones, -1 if strict else 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_np(size: int, strict: bool) -> np.ndarray:
+    return np.where(_tri_np(size, strict, False) > 0, 0.0, MASKED).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_np(size: int) -> np.ndarray:
+    return np.eye(size, k=1, dtype=np.float32)
+
+
+def _const(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(array).to(device=like.device, dtype=like.dtype)
+
+
+def _cumsum_last(a: torch.Tensor) -> torch.Tensor:
+    """Inclusive cumulative sum over the last axis: a product with a constant
+    upper-triangular 0/1 matrix (no ``CumSum`` op)."""
+    return a @ _const(_tri_np(a.shape[-1], False, True), a)
+
+
+def _shift(a: torch.Tensor) -> torch.Tensor:
+    """``out_i = a_{i-1}``, ``out_0 = 0`` over the last axis (a product with a constant 0/1
+    matrix: exact). Exclusive prefix sums from inclusive ones without a subtraction,
+    which is not exact in float32 and shows at long sequences."""
+    return a @ _const(_shift_np(a.shape[-1]), a)
+
+
+def _pad_end(t: torch.Tensor, dim: int, extra: int) -> torch.Tensor:
+    """``extra`` zeros appended along ``dim`` (a ``Concat`` with a constant)."""
+    if not extra:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t, _const(np.zeros(shape, dtype=np.float32), t)], dim=dim)
+
+
+def softplus_export(v: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(v))``, stable, from Relu/Abs/Neg/Exp/Log (``F.softplus`` exports with
+    a threshold as ``Softplus`` + ``Greater`` + ``Where``, which mobile runtimes reject)."""
+    return torch.relu(v) + torch.log(1 + torch.exp(-torch.abs(v)))
+
+
+def _causal_exp(logs: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """``exp(logs)`` on and below the diagonal (strictly below with ``strict``), 0 above."""
+    return torch.exp(logs + _const(_mask_np(logs.shape[-1], strict), logs))
+
+
+def _entering(states: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The state entering each chunk: ``E_i = sum_{j<i} exp(s_{j+1} + .. + s_{i-1}) states_j``.
+
+    ``states (r, c, N)``: each chunk's own contribution to the state at its end;
+    ``s (r, c)``: each chunk's total log-decay. A scan with a scalar decay itself: one
+    masked ``(c x c)`` product up to :data:`CARRY_GROUP` chunks, else local products in
+    groups, a scan over the groups' end states (recursively), and each group's entering
+    state decayed into its chunks.
+    """
+    r, c, N = states.shape
+    if c <= CARRY_GROUP:
+        T = _cumsum_last(s)
+        carry = _causal_exp(_shift(T)[..., :, None] - T[..., None, :], strict=True)   # (r, c, c)
+        return carry @ states
+    R = CARRY_GROUP
+    extra = (-c) % R
+    if extra:   # empty chunks at the end change nothing before them
+        states, s = _pad_end(states, 1, extra), _pad_end(s, 1, extra)
+    G = (c + extra) // R
+    sg = s.reshape(r, G, R)
+    Tg = _cumsum_last(sg)
+    local = _entering(states.reshape(r * G, R, N), sg.reshape(r * G, R)).reshape(r, G, R, N)
+    ends = torch.exp(Tg[..., -1:] - Tg)[..., None, :] @ states.reshape(r, G, R, N)   # (r, G, 1, N)
+    into = _entering(ends.reshape(r, G, N), Tg[..., -1:].squeeze(-1))                           # (r, G, N)
+    out = local + torch.exp(_shift(Tg))[..., None] * into[:, :, None, :]
+    return out.reshape(r, G * R, N)[:, :c]
+
+
+def scan_heads_export(x, dt, A, B, C, D, chunk: int = DEFAULT_CHUNK):
+    """The recurrence in head-major layout, rank <= 4 throughout (the export form).
+
+    ``x (b, h, L, p)``, ``dt (b, h, L)`` (after softplus), ``A (h,)``, ``B, C (b, g, L, n)``
+    shared by the ``h/g`` consecutive heads of each group, ``D (h,)``; returns
+    ``(b, h, L, p)``. Per-step scalings act on the ``n``-sized ``B``/``C``: ``dt`` and the
+    decay to a chunk's end are folded into ``B``, the decay from its start into ``C``.
+    """
+    b, h, L, p = x.shape
+    g, n = B.shape[1], B.shape[3]
+    hg, bh = h // g, b * h
+    Q = min(chunk, L)
+    pad = (-L) % Q
+    c = (L + pad) // Q
+    skip = D[:, None, None] * x
+    if pad:   # zero steps at the end inject nothing into the real ones
+        x, B, C, dt = _pad_end(x, 2, pad), _pad_end(B, 2, pad), _pad_end(C, 2, pad), _pad_end(dt, 2, pad)
+    Lp = c * Q
+    if hg > 1:
+        B = B.reshape(b * g, 1, Lp * n).expand(b * g, hg, Lp * n)
+        C = C.reshape(b * g, 1, Lp * n).expand(b * g, hg, Lp * n)
+    acum = _cumsum_last((dt * A[:, None]).reshape(bh, c, Q))             # (bh, c, Q)
+    Bc = B.reshape(bh, c, Q, n) * dt.reshape(bh, c, Q, 1)
+    Cc = C.reshape(bh, c, Q, n)
+    xc = x.reshape(bh, c, Q, p)
+    # inside each chunk: y_i = sum_{j<=i} (C_i . dt_j B_j) exp(acum_i - acum_j) x_j
+    decay = _causal_exp(acum[..., :, None] - acum[..., None, :])         # (bh, c, Q, Q)
+    y = ((Cc @ Bc.transpose(-1, -2)) * decay) @ xc                       # (bh, c, Q, p)
+    if c > 1:
+        states = (Bc * torch.exp(acum[..., -1:] - acum)[..., None]).transpose(-1, -2) @ xc
+        entering = _entering(states.reshape(bh, c, n * p), acum[..., -1:].squeeze(-1))
+        y = y + (Cc * torch.exp(acum)[..., None]) @ entering.reshape(bh, c, n, p)
+    y = y.reshape(b, h, Lp, p)
+    if pad:
+        y = y[:, :, :L]
+    return y + skip
+
+
+def scan_export(x, dt, A, B, C, D, chunk: int = DEFAULT_CHUNK):
+    """The export form in this module's layout (``x (b, L, h, p)``, ...)."""
+    y = scan_heads_export(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2),
+                          C.transpose(1, 2), D, chunk)
+    return y.transpose(1, 2)

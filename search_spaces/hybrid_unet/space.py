@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from nasframe.architecture import Architecture
-from nasframe.capabilities import (BlockKinds, BlockLatencyParts, ImageToImage, LatencyPart,
-                                   TrainedWeights, ValidationPairs)
+from nasframe.capabilities import (BlockKinds, BlockLatencyParts, Exportable, ImageToImage,
+                                   LatencyPart, TrainedWeights, ValidationPairs)
 from nasframe.params import Bool, Field, Float, Int, ParamError, Params, PositiveInt
 from nasframe.space import Categorical, Decision, SearchSpace
 
@@ -76,8 +76,8 @@ class SSMParams(Params):
     """Rotate the first scan direction from block to block."""
     ffn_factor: Float | None = Field(None, gt=0, le=16)
     """Hidden width of the block's gated FFN, as a multiple of its channels."""
-    backend: Literal["auto", "chunked", "numba", "mamba_ssm", "sequential"] | None = None
-    """Scan backend (auto: mamba-ssm on CUDA, numba for CPU inference, chunked for training)."""
+    backend: Literal["auto", "chunked", "numba", "mamba_ssm", "sequential", "export"] | None = None
+    """Scan backend (auto: mamba-ssm on CUDA, numba for CPU inference, chunked for training, export while exporting)."""
     chunk: Int | None = Field(None, ge=1, le=65_536)
     """Chunk length of the chunked scan."""
 
@@ -135,7 +135,7 @@ class DistillParams(Params):
 
 
 class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, ImageToImage,
-                      BlockLatencyParts):
+                      BlockLatencyParts, Exportable):
     """Transformer or SSM block in every slot of a Restormer-style U-Net."""
 
     name = "hybrid_unet"
@@ -284,6 +284,21 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         g.add_node("output", kind="conv", channels=cfg.out_channels, resolution=side)
         g.add_edge(prev, "output")
         return g
+
+    def export_module(self, arch: Architecture, model: torch.nn.Module,
+                      part: str | None = None) -> torch.nn.Module:
+        """A copy of ``model`` whose SSM blocks scan with the ``export`` backend (plain tensor
+        ops, rank <= 4, no CumSum/Where: see :mod:`.scan`); the same function as every other
+        backend. ``model`` itself is left as it is."""
+        import copy
+
+        from nasframe_search_spaces.hybrid_unet.blocks import SS2D
+
+        ready = copy.deepcopy(model)
+        for m in ready.modules():
+            if isinstance(m, SS2D):
+                m.backend = "export"
+        return ready
 
     def transformer_count(self, arch: Architecture) -> int:
         return sum(k == "transformer" for ks in self.kinds(arch).values() for k in ks)

@@ -1,0 +1,255 @@
+"""From PyTorch to a deployable graph: torch eager vs ONNX Runtime, side by side in one process.
+
+Sections (each model exported with :func:`nasframe.deploy.export_module`, the
+way ``nasframe export-model`` and the ``onnxruntime`` latency backend do it:
+dynamo exporter, checked against PyTorch on the same input):
+
+1. **ENS networks** (``hybrid_unet``, ``--preset``, ``--side`` x ``--side``):
+   the all-transformer teacher, two hybrids (SSM blocks in the encoder and
+   latent; SSM blocks at full resolution) and all-SSM. PyTorch runs the SSM
+   blocks with its own CPU path (``auto``: the fused numba scan); ONNX Runtime
+   runs the exported graph (the ``export`` scan, plain tensor ops).
+2. **NanoSD family** (``sd_unet``, ``--sd-preset``): the U-Net of each
+   reference architecture (SD 1.5 teacher, BK-SDM base/small/tiny, NanoSD), and
+   NanoSD's ``vae_encoder``, ``vae_decoder`` and one-step ``pipeline``.
+3. **Blocks**: one SSM block (the space's default: 1 scan order, 16 states)
+   against one Restormer transformer block at 48x64x64 (1 head) and 96x128x128
+   (2 heads), in ONNX Runtime and in torch. Goal: SSM <= 0.5x the transformer.
+
+Every row: export time, max relative error of ONNX Runtime against PyTorch,
+torch eager and ONNX Runtime medians (p10-p90) and ORT / torch. Calls are
+interleaved (one torch call, one ORT call, per round) after warm-up, so drift
+and other load hit both alike. torch: ``inference_mode``, ``--threads``
+threads, ``OMP_WAIT_POLICY=PASSIVE`` (set before torch loads; OpenMP's spinning
+makes a shared machine's numbers meaningless). ORT: CPU execution provider,
+``ORT_ENABLE_ALL``, ``--threads`` intra-op threads, spin-waiting off.
+
+``TABLE_HOOKS``: functions ``(args) -> (title, rows) | None`` appended to the
+report (e.g. the proxy-vs-measured Kendall tau table of ``nasframe analyse``,
+which lives elsewhere); empty here.
+
+Usage::
+
+    python benchmarks/deploy_report.py [--preset small] [--side 256] [--sd-preset tiny]
+        [--threads 2] [--repeats 10] [--warmup 2] [--sections ens,sd,blocks]
+        [--quick] [--out DIR] [--json PATH]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads OpenMP
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nasframe.architecture import Architecture  # noqa: E402
+from nasframe.candidate import Candidate  # noqa: E402
+from nasframe.deploy import _flat_tensors, export_module, exportable, ort_session  # noqa: E402
+
+TARGET = 0.5
+#: extra tables: (args) -> (title, rows) or None; rows are dicts printed as columns
+TABLE_HOOKS: list[Callable[[argparse.Namespace], tuple[str, list[dict[str, Any]]] | None]] = []
+
+
+def _pct(ts: list[float]) -> tuple[float, float, float]:
+    p10, p90 = np.percentile(ts, [10, 90])
+    return statistics.median(ts), float(p10), float(p90)
+
+
+def measure(name: str, model: torch.nn.Module, inputs: tuple, folder: Path, args,
+            ready: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Export ``ready`` (default: ``model``), check it, then time torch (``model``) and ORT
+    interleaved."""
+    model = model.eval()
+    path = folder / f"{name.replace(' ', '_').replace('/', '_')}.onnx"
+    start = time.perf_counter()
+    res = export_module((ready if ready is not None else model).eval(), inputs, "onnx", path,
+                        threads=args.threads)
+    export_s = time.perf_counter() - start
+    sess = ort_session(path, args.threads)
+    feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), _flat_tensors(inputs))}
+    t_torch: list[float] = []
+    t_ort: list[float] = []
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            model(*inputs)
+            sess.run(None, feed)
+        for _ in range(args.repeats):
+            s = time.perf_counter()
+            model(*inputs)
+            t_torch.append((time.perf_counter() - s) * 1e3)
+            s = time.perf_counter()
+            sess.run(None, feed)
+            t_ort.append((time.perf_counter() - s) * 1e3)
+    tm, t10, t90 = _pct(t_torch)
+    om, o10, o90 = _pct(t_ort)
+    paired = statistics.median(o / t for o, t in zip(t_ort, t_torch))
+    row = {"model": name, "input": [list(t.shape) for t in _flat_tensors(inputs)],
+           "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+           "export_s": export_s, "max_rel_error": res.max_rel_error,
+           "torch_ms": tm, "torch_p10": t10, "torch_p90": t90,
+           "ort_ms": om, "ort_p10": o10, "ort_p90": o90, "ort_over_torch": paired,
+           "onnx_nodes": sum(res.ops.values())}
+    print(f"  {name:28s} {row['params_M']:8.2f} {export_s:8.1f} {res.max_rel_error:9.1e} "
+          f"{tm:9.1f} ({t10:.0f}-{t90:.0f}) {om:9.1f} ({o10:.0f}-{o90:.0f}) {paired:7.2f}",
+          flush=True)
+    path.unlink(missing_ok=True)
+    return row
+
+
+HEADER = (f"  {'model':28s} {'params M':>8s} {'export s':>8s} {'rel err':>9s} "
+          f"{'torch ms (p10-p90)':>21s} {'ORT ms (p10-p90)':>21s} {'ORT/torch':>7s}")
+
+
+def ens_section(args, folder: Path) -> list[dict[str, Any]]:
+    from nasframe_search_spaces.hybrid_unet.space import HybridUNetSpace
+
+    space = HybridUNetSpace(preset=args.preset, granularity="stage", input_size=args.side)
+    stages = [d.name for d in space.decisions()]
+    encoder = {"enc1", "enc2", "enc3", "latent"}
+    full_res = {"enc1", "dec1", "refine"}
+    archs = {
+        "teacher (all transformer)": space.uniform("transformer"),
+        "hybrid: SSM encoder+latent": Architecture({s: "ssm" if s in encoder else "transformer"
+                                                    for s in stages}),
+        "hybrid: SSM at full res": Architecture({s: "ssm" if s in full_res else "transformer"
+                                                 for s in stages}),
+        "all SSM": space.uniform("ssm"),
+    }
+    if args.quick:
+        archs = {k: v for k, v in archs.items() if not k.startswith("hybrid")}
+    print(f"\n1. ENS networks: hybrid_unet preset {args.preset}, input 1x3x{args.side}x{args.side}")
+    print(HEADER)
+    rows = []
+    for name, arch in archs.items():
+        cand = Candidate(space, arch, seed=0)
+        model = cand.model
+        inputs = cand.example_inputs()
+        rows.append(measure(name, model, inputs, folder, args, exportable(space, arch, model)))
+        rows[-1]["transformers"] = space.transformer_count(arch)
+        cand.release()
+    return rows
+
+
+def sd_section(args, folder: Path) -> list[dict[str, Any]]:
+    from nasframe_search_spaces.sd_unet.space import SDUNetSpace
+
+    space = SDUNetSpace(preset=args.sd_preset, **({"latent_size": 8} if args.quick else {}))
+    refs = space.reference_architectures()
+    jobs: list[tuple[str, str, str | None]] = [(f"unet {k}", k, None) for k in refs
+                                               if not args.quick or k == "nanosd"]
+    if "nanosd" in refs:
+        jobs += [(f"{p} (nanosd)", "nanosd", p) for p in ("vae_encoder", "vae_decoder", "pipeline")
+                 if not args.quick or p == "vae_decoder"]
+    print(f"\n2. NanoSD family: sd_unet preset {args.sd_preset} (latent side {space.latent_size})")
+    print(HEADER)
+    rows = []
+    for name, ref, part in jobs:
+        cand = Candidate(space, refs[ref], seed=0)
+        model = cand.module(part)
+        inputs = cand.example_inputs(part=part)
+        rows.append(measure(name, model, inputs, folder, args, exportable(space, refs[ref], model, part)))
+        cand.release()
+    return rows
+
+
+def blocks_section(args, folder: Path) -> list[dict[str, Any]]:
+    from nasframe_search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock
+
+    shapes = ((16, 16, 1),) if args.quick else ((48, 64, 1), (96, 128, 2))
+    print("\n3. Blocks: SSM (1 scan order, 16 states) vs Restormer transformer block")
+    print(HEADER)
+    rows = []
+    for channels, side, heads in shapes:
+        torch.manual_seed(0)
+        x = torch.randn(1, channels, side, side)
+        ssm = SSMBlock(channels, orders=1).eval()
+        ready = SSMBlock(channels, orders=1).eval()
+        ready.load_state_dict(ssm.state_dict())
+        ready.ssm.backend = "export"
+        shape = f"{channels}x{side}x{side}"
+        t = measure(f"transformer {shape}", TransformerBlock(channels, heads), (x,), folder, args)
+        s = measure(f"ssm {shape}", ssm, (x,), folder, args, ready)
+        for r in (t, s):
+            r["shape"] = shape
+        s["ssm_over_transformer_ort"] = s["ort_ms"] / t["ort_ms"]
+        s["ssm_over_transformer_torch"] = s["torch_ms"] / t["torch_ms"]
+        rows += [t, s]
+    for r in rows:
+        if "ssm_over_transformer_ort" in r:
+            ok = r["ssm_over_transformer_ort"] <= TARGET
+            print(f"  SSM / transformer at {r['shape']}: ORT {r['ssm_over_transformer_ort']:.2f}, "
+                  f"torch {r['ssm_over_transformer_torch']:.2f}; target <= {TARGET} in ORT: "
+                  f"{'PASS' if ok else 'BELOW TARGET'}")
+    return rows
+
+
+SECTIONS = {"ens": ens_section, "sd": sd_section, "blocks": blocks_section}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small", choices=("restormer", "small", "tiny"))
+    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--sd-preset", default="tiny", choices=("sd15", "latent16", "tiny"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--sections", default="ens,sd,blocks")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings (for the test): tiny presets, 16x16, few calls")
+    parser.add_argument("--out", type=Path, default=None, help="keep the exports here")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.preset, args.side, args.sd_preset = "tiny", 16, "tiny"
+        args.repeats, args.warmup = 2, 1
+    torch.set_num_threads(args.threads)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__} (CPUExecutionProvider), "
+          f"{args.threads} threads, median of {args.repeats} interleaved calls after "
+          f"{args.warmup} warm-up; cores {os.cpu_count()}, load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+    result: dict[str, Any] = {"torch": torch.__version__, "onnxruntime": ort.__version__,
+                              "threads": args.threads, "repeats": args.repeats, "sections": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.out or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for s in sections:
+            result["sections"][s] = SECTIONS[s](args, folder)
+    for hook in TABLE_HOOKS:
+        table = hook(args)
+        if table is not None:
+            title, rows = table
+            print(f"\n{title}")
+            for r in rows:
+                print("  " + "  ".join(f"{k} {v}" for k, v in r.items()))
+            result["sections"][title] = rows
+    blocks = [r for r in result["sections"].get("blocks", []) if "ssm_over_transformer_ort" in r]
+    result["pass"] = bool(blocks) and all(r["ssm_over_transformer_ort"] <= TARGET for r in blocks)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Smoke test of benchmarks/deploy_report.py on tiny settings: every section runs, every export
+agrees with PyTorch, the ratios are reported."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "deploy_report.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("nasframe_bench_deploy_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deploy_report_quick(tmp_path, capsys):
+    bench = _load()
+    hooked = []
+    bench.TABLE_HOOKS.append(lambda args: hooked.append(args) or ("tau table", [{"proxy": "x"}]))
+    try:
+        result = bench.main(["--quick", "--threads", "1", "--json", str(tmp_path / "r.json")])
+    finally:
+        bench.TABLE_HOOKS.clear()
+    sections = result["sections"]
+    assert [r["model"] for r in sections["ens"]] == ["teacher (all transformer)", "all SSM"]
+    assert [r["model"] for r in sections["sd"]] == ["unet nanosd", "vae_decoder (nanosd)"]
+    assert [r["model"] for r in sections["blocks"]] == ["transformer 16x16x16", "ssm 16x16x16"]
+    for rows in (sections["ens"], sections["sd"], sections["blocks"]):
+        for r in rows:
+            assert r["max_rel_error"] <= 1e-4, r
+            assert r["export_s"] > 0 and r["torch_ms"] > 0 and r["ort_ms"] > 0
+            assert r["ort_p10"] <= r["ort_ms"] <= r["ort_p90"]
+            assert math.isfinite(r["ort_over_torch"])
+    ssm = sections["blocks"][1]
+    assert ssm["ssm_over_transformer_ort"] > 0 and ssm["ssm_over_transformer_torch"] > 0
+    assert isinstance(result["pass"], bool) and hooked
+    assert sections["tau table"] == [{"proxy": "x"}]
+    assert json.loads((tmp_path / "r.json").read_text())["onnxruntime"] == result["onnxruntime"]
+    printed = capsys.readouterr().out
+    assert "ORT/torch" in printed and "SSM / transformer at 16x16x16" in printed

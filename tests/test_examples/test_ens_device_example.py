@@ -1,0 +1,55 @@
+"""examples/ens_device.yaml, shrunk to the tiny preset: ENS with latency measured in ONNX
+Runtime (every candidate exported, checked and timed), and its front exported to ONNX."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from nasframe.results import load_run
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+EXAMPLE = ROOT / "examples" / "ens_device.yaml"
+
+
+def test_example_validates_as_written():
+    out = run_cli("validate", str(EXAMPLE))
+    assert out.returncode == 0, out.stderr
+    assert "latency (min)" in out.stdout
+
+
+def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
+    import onnxruntime as ort
+
+    cfg = yaml.safe_load(EXAMPLE.read_text())
+    p = cfg["search_space"]["params"]
+    p.update(preset="tiny", granularity="stage", teacher={"steps": 4, "batch_size": 2},
+             distill={"steps": 4, "batch_size": 2})
+    p["data"] = {**p["data"], "short_side": 48, "val_size": 32, "patch": 16}
+    lat = cfg["objectives"][2]["params"]
+    lat["input_shape"] = [1, 3, 16, 16]
+    lat["options"].update(warmup=1, repeats=3)
+    cfg["budget"] = {"trials": 2}
+    cfg["strategy"]["params"]["population"] = 2
+    cfg.pop("output")
+    path = tmp_path / "ens_device.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_cli("run", str(path), "--out", str(tmp_path / "run"), timeout=1200)
+    assert out.returncode == 0, out.stderr
+    run = load_run(tmp_path / "run")
+    done = [t for t in run.trial_list() if t.status == "complete"]
+    assert len(done) >= 3       # the two references and the search's trials
+    for t in done:
+        prov = t.provenance["latency"]
+        assert prov.backend == "onnxruntime" and prov.kind == "measured"
+        d = prov.details
+        assert d["runtime"] == f"onnxruntime {ort.__version__}"
+        assert d["providers"] == ["CPUExecutionProvider"] and d["threads"] == 2
+        assert d["export"]["format"] == "onnx" and d["export"]["max_rel_error"] <= 1e-4
+        assert d["p10_ms"] <= t.values["latency"] <= d["p90_ms"]
+    pick = json.loads((tmp_path / "run" / "pareto.json").read_text())["pick"]
+    assert pick["rule"].startswith("psnr - 0.01 * latency")
