@@ -226,11 +226,13 @@ class NNIStrategy(TunerBridge):
             if bad in p.tuner_kwargs:
                 raise ParamError(f"tuner_kwargs.{bad}", f"remove it: {why}")
         accepted = inspect.signature(cls).parameters
+        mode = {}
         if "optimize_mode" in accepted and p.tuner.lower() not in _NO_MODE:
-            kwargs["optimize_mode"] = "minimize"
-        if validator is not None:
+            mode = {"optimize_mode": "minimize"}
+            kwargs.update(mode)
+        if validator is not None:     # checks the user's class args (not the built-in ones)
             try:
-                validator.validate_class_args(**kwargs)
+                validator.validate_class_args(**p.tuner_kwargs, **mode)
             except Exception as err:  # noqa: BLE001 - schema errors, reported as params
                 raise ParamError("tuner_kwargs", f"NNI rejected {p.tuner}'s class args "
                                  f"{kwargs}: {err}") from None
