@@ -189,7 +189,11 @@ def write_study(run_dir: str | Path, storage: Any, study_name: str | None = None
     study = optuna.create_study(storage=storage, study_name=name,
                                 directions=["minimize" if d == "min" else "maximize"
                                             for d in run.directions])
-    study.set_metric_names(list(run.keys))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(run.keys))
     cfg = run.config
     attrs = {"nasframe_run": str(Path(run_dir).resolve()), "experiment": cfg.name,
              "search_space": cfg.search_space.name, "strategy": cfg.strategy.name,
