@@ -113,8 +113,10 @@ def _cached(cache: Path | None, key: dict[str, Any], build: Callable[[], dict[st
     return data
 
 
-def hybrid_table(cache: Path | None, run_dir: Path | None) -> tuple[Any, dict[str, float]]:
-    """PSNR of every stage-granularity hybrid of the example's network (as ens_report)."""
+def hybrid_table(cache: Path | None, run_dir: Path | None, teacher_steps: int | None = None,
+                 distill_steps: int | None = None) -> tuple[Any, dict[str, float]]:
+    """PSNR of every stage-granularity hybrid of the example's network (as ens_report);
+    ``teacher_steps``/``distill_steps`` override the example's training steps."""
     import tempfile
 
     import torch
@@ -125,7 +127,12 @@ def hybrid_table(cache: Path | None, run_dir: Path | None) -> tuple[Any, dict[st
     from nasframe.experiment import Experiment, trial_seed
 
     cfg = yaml.safe_load(HYBRID_CONFIG.read_text())
-    cfg["search_space"]["params"]["granularity"] = "stage"
+    sp = cfg["search_space"]["params"]
+    sp["granularity"] = "stage"
+    if teacher_steps is not None:
+        sp["teacher"]["steps"] = teacher_steps
+    if distill_steps is not None:
+        sp["distill"]["steps"] = distill_steps
     cfg["objectives"] = [{"name": "psnr"}, {"name": "transformer_count"}]
     exp = Experiment.from_config(config_from_dict(cfg))
     key = {"benchmark": "strategies_vs_peers", "table": "hybrid", "version": TABLE_VERSION,
@@ -325,6 +332,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     parser.add_argument("--hybrid-run", type=Path, default=None,
                         help="a run directory of examples/ens_denoise.yaml whose cache to reuse")
+    parser.add_argument("--hybrid-teacher-steps", type=int, default=None,
+                        help="override the example's teacher training steps (default: 1500)")
+    parser.add_argument("--hybrid-distill-steps", type=int, default=None,
+                        help="override the example's distillation steps per block (default: 400)")
+    parser.add_argument("--tables-only", action="store_true", help="build the tables, no search")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="budget 16, 2 seeds")
     parser.add_argument("--quiet", action="store_true")
@@ -345,9 +357,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     for name in args.spaces:
         if name == "hybrid":
-            bench = hybrid_bench(*hybrid_table(args.cache, args.hybrid_run))
+            bench = hybrid_bench(*hybrid_table(args.cache, args.hybrid_run,
+                                               args.hybrid_teacher_steps,
+                                               args.hybrid_distill_steps))
         else:
             bench = sd_unet_bench(*sd_unet_table(args.cache))
+        if args.tables_only:
+            continue
         res = compare(bench, methods, budgets, seeds, progress)
         report(bench, res, budgets, seeds)
         result["spaces"][name] = {"note": bench.note, "methods": res}
