@@ -372,3 +372,36 @@ def test_nni_leaves_the_global_random_state_alone():
     np.random.seed(5)
     drive(make("nni", tuner="Evolution", tuner_kwargs={"population_size": 4}), 10, batch=2)
     assert (random.random(), np.random.random()) == expected
+
+
+HUB_SAMPLER = '''
+import optuna
+
+
+class EveryOtherSampler(optuna.samplers.RandomSampler):
+    """A sampler as OptunaHub packages ship them (a module of a registry)."""
+
+    calls = 0
+
+    def sample_independent(self, study, trial, name, distribution):
+        EveryOtherSampler.calls += 1
+        return super().sample_independent(study, trial, name, distribution)
+'''
+
+
+@needs_optuna
+def test_optuna_sampler_from_a_local_optunahub_registry(tmp_path):
+    """OptunaHub downloads from GitHub (not reachable here); a local registry is the same
+    module loader without the download."""
+    pytest.importorskip("optunahub")
+    pkg = tmp_path / "samplers" / "every_other"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(HUB_SAMPLER)
+    d = make("optuna", sampler="optunahub:samplers/every_other",
+             optunahub_registry=str(tmp_path))
+    sampler = d.strategy.study.sampler
+    assert type(sampler).__name__ == "EveryOtherSampler"
+    assert len(drive(d, 6, batch=2)) == 6
+    assert type(sampler).calls > 0
+    with pytest.raises(ParamError, match="cannot load OptunaHub package 'samplers/nothing'"):
+        make("optuna", sampler="optunahub:samplers/nothing", optunahub_registry=str(tmp_path))
