@@ -405,3 +405,51 @@ def test_optuna_sampler_from_a_local_optunahub_registry(tmp_path):
     assert type(sampler).calls > 0
     with pytest.raises(ParamError, match="cannot load OptunaHub package 'samplers/nothing'"):
         make("optuna", sampler="optunahub:samplers/nothing", optunahub_registry=str(tmp_path))
+
+
+# ------------------------------------------------------------------ through the runner
+@pytest.mark.parametrize("strategy", [
+    pytest.param({"name": "optuna", "params": {"sampler": "nsga2",
+                                               "sampler_kwargs": {"population_size": 4}}},
+                 marks=needs_optuna, id="optuna-nsga2"),
+    pytest.param({"name": "nni", "params": {"tuner": "Evolution",
+                                            "tuner_kwargs": {"population_size": 4},
+                                            "weights": {"toy_cost": 0.1, "toy_quality": 1.0}}},
+                 marks=needs_nni, id="nni-evolution"),
+])
+def test_a_run_interrupted_and_resumed_makes_the_same_trials(tmp_path, plugins, toy_config,
+                                                             monkeypatch, strategy):
+    from nasframe import experiment
+    from nasframe.config import config_from_dict
+    from nasframe.runner import Runner, resume_run, run_experiment
+    from nasframe.store import TrialStore
+
+    toy_config.update(strategy=strategy, budget={"trials": 12}, batch_size=2,
+                      constraints=["toy_cost <= 40"])
+    toy_config["search_space"]["params"] = {"widths": [2, 4, 8, 16], "max_depth": 4}
+
+    def sequence(run_dir):
+        store = TrialStore.open(run_dir)
+        try:
+            return [(t.arch.id, t.status, dict(t.values)) for t in store.trials()]
+        finally:
+            store.close()
+
+    run_experiment(config_from_dict(toy_config), tmp_path / "full", quiet=True)
+    calls = {"n": 0}
+    original = experiment.Experiment.evaluate
+
+    def interrupted(self, trial, ctx, skip_infeasible=None):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original(self, trial, ctx, skip_infeasible)
+
+    monkeypatch.setattr(experiment.Experiment, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Runner.start(config_from_dict(toy_config), tmp_path / "cut", quiet=True).run()
+    monkeypatch.setattr(experiment.Experiment, "evaluate", original)
+    resume_run(tmp_path / "cut")
+    full = sequence(tmp_path / "full")
+    assert len(full) >= 12
+    assert sequence(tmp_path / "cut") == full
