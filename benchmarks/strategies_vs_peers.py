@@ -65,13 +65,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nasframe.architecture import Architecture  # noqa: E402
-from nasframe.context import content_hash  # noqa: E402
-from nasframe.history import TrialHistory  # noqa: E402
-from nasframe.pareto import hypervolume  # noqa: E402
-from nasframe.plugins import get_plugins  # noqa: E402
-from nasframe.simulate import finished_trial  # noqa: E402
-from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial  # noqa: E402
+from nasframe.architecture import Architecture
+from nasframe.context import content_hash
+from nasframe.history import TrialHistory
+from nasframe.pareto import hypervolume
+from nasframe.plugins import get_plugins
+from nasframe.simulate import finished_trial
+from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
 
 METHODS = ("ens", "eps_bo", "random", "nni-tpe", "nni-evolution", "optuna-tpe", "optuna-nsga2")
 SPACES = ("hybrid", "sd_unet")

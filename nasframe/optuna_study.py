@@ -106,7 +106,7 @@ def _time(ts: float | None) -> datetime.datetime | None:
 
 def frozen_trials(run: Run) -> list[Any]:
     """The run's trials as Optuna ``FrozenTrial`` objects (see the module doc)."""
-    optuna = _optuna()
+    _optuna()
     from optuna.trial import FrozenTrial, TrialState
 
     keys = run.keys

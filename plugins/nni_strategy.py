@@ -22,12 +22,12 @@ from collections import deque
 from typing import Annotated, Any
 
 import numpy as np
+from nasframe_plugins.tuner_bridge import Outcome, TunerBridge
 from pydantic import JsonValue, model_validator
 
 from nasframe.errors import did_you_mean
 from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.trial import Problem
-from nasframe_plugins.tuner_bridge import Outcome, TunerBridge
 
 INSTALL_HINT = "pip install 'nasframe[nni]' && pip install --no-deps nni==3.0"
 #: tuners whose constructor has no optimize_mode (they ignore results)

@@ -15,13 +15,13 @@ import math
 import warnings
 from typing import Any
 
+from nasframe_plugins.tuner_bridge import Outcome, TunerBridge
 from pydantic import JsonValue
 
 from nasframe.errors import ConfigError, did_you_mean
 from nasframe.params import Field, Int, ParamError, Params
 from nasframe.space import Integer
 from nasframe.trial import Problem
-from nasframe_plugins.tuner_bridge import Outcome, TunerBridge
 
 INSTALL_HINT = "pip install 'nasframe[optuna]'"
 #: short names of samplers in ``optuna.samplers`` (class names work too, in any case)

@@ -14,11 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_cli
 
 from nasframe.config import config_from_dict
 from nasframe.results import load_run
 from nasframe.runner import run_experiment
-from conftest import ROOT, run_cli
 
 optuna = pytest.importorskip("optuna")
 if int(optuna.__version__.split(".")[0]) < 5:
@@ -116,9 +116,9 @@ def _page_text(url: str) -> str:
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--window-size=1400,1000", f"--user-data-dir={profile}",
              "--virtual-time-budget=10000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120)
+            capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    text = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", r.stdout, flags=re.S)
+    text = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", r.stdout, flags=re.DOTALL)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
 
 

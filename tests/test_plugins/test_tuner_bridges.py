@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -277,7 +278,7 @@ class RecordingTuner(_TunerBase):
     """Stands for "any tuner class": proposes every combination in order (invalid ones
     too), records the values it is told."""
 
-    told: list[tuple[dict, float]] = []
+    told: ClassVar[list[tuple[dict, float]]] = []
 
     def __init__(self):
         self.space: dict = {}
