@@ -271,15 +271,39 @@ def search(bench: Bench, method: str, seed: int, budget: int) -> tuple[list[Tria
     return out, spent
 
 
+_BENCH: Bench | None = None     # the bench of the forked workers (--jobs)
+
+
+def _one(job: tuple[str, int, int]) -> tuple[list[Trial], float]:
+    return search(_BENCH, *job)
+
+
 def compare(bench: Bench, methods: Sequence[str], budgets: Sequence[int], seeds: int,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[str], None] | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Every method's scores after each budget, per seed, and its overhead per proposal.
+    ``jobs`` > 1 runs the searches in that many forked processes."""
+    global _BENCH
     top = max(budgets)
+    todo = [(m, seed, top) for m in methods for seed in range(seeds)]
+    if jobs > 1:
+        import multiprocessing
+
+        _BENCH = bench
+        done = {}
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            for job, res in zip(todo, pool.imap(_one, todo, chunksize=1)):
+                done[job] = res
+                if progress:
+                    progress(f"[{bench.name}] {job[0]} seed {job[1]} done")
+        _BENCH = None
+    else:
+        done = {job: search(bench, *job) for job in todo}
     out: dict[str, Any] = {}
     for method in methods:
-        scores = {b: [] for b in budgets}
+        scores: dict[int, list[float]] = {b: [] for b in budgets}
         overhead, evaluated = [], []
         for seed in range(seeds):
-            trials, spent = search(bench, method, seed, top)
+            trials, spent = done[(method, seed, top)]
             refs = [t for t in trials if t.origin.startswith("reference:")]
             own = [t for t in trials if not t.origin.startswith("reference:")]
             ids = [t.arch.id for t in own]
@@ -338,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="override the example's distillation steps per block (default: 400)")
     parser.add_argument("--tables-only", action="store_true", help="build the tables, no search")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="searches run in this many processes (overheads then include "
+                             "their contention)")
     parser.add_argument("--quick", action="store_true", help="budget 16, 2 seeds")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
@@ -364,11 +391,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bench = sd_unet_bench(*sd_unet_table(args.cache))
         if args.tables_only:
             continue
-        res = compare(bench, methods, budgets, seeds, progress)
+        res = compare(bench, methods, budgets, seeds, progress, args.jobs)
         report(bench, res, budgets, seeds)
         result["spaces"][name] = {"note": bench.note, "methods": res}
     result["wall_s"] = time.perf_counter() - start
-    print(f"\n(wall time {result['wall_s']:.0f} s, tables included when not cached)")
+    print(f"\n(wall time {result['wall_s']:.0f} s, tables included when not cached; "
+          f"{args.jobs} search process(es), {args.threads} torch threads)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
