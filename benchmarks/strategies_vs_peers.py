@@ -285,6 +285,7 @@ def compare(bench: Bench, methods: Sequence[str], budgets: Sequence[int], seeds:
     global _BENCH
     top = max(budgets)
     todo = [(m, seed, top) for m in methods for seed in range(seeds)]
+    todo.sort(key=lambda job: job[0] != "eps_bo")      # the slowest first
     if jobs > 1:
         import multiprocessing
 
