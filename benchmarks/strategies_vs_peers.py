@@ -295,7 +295,12 @@ def compare(bench: Bench, methods: Sequence[str], budgets: Sequence[int], seeds:
             for job, res in zip(todo, pool.imap(_one, todo, chunksize=1)):
                 done[job] = res
                 if progress:
-                    progress(f"[{bench.name}] {job[0]} seed {job[1]} done")
+                    trials, spent = res
+                    own = [t for t in trials if not t.origin.startswith("reference:")]
+                    refs = [t for t in trials if t.origin.startswith("reference:")]
+                    progress(f"[{bench.name}] {job[0]} seed {job[1]}: " + ", ".join(
+                        f"N={b} {bench.score(refs + own[:b]):.4f}" for b in budgets)
+                        + f"; {1000 * spent / max(len(own), 1):.1f} ms/proposal")
         _BENCH = None
     else:
         done = {job: search(bench, *job) for job in todo}
