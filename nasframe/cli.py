@@ -1,4 +1,4 @@
-"""The command line: plugins, validate, run, resume, evaluate, export.
+"""The command line: plugins, validate, run, resume, evaluate, export, dashboard.
 
 Exit codes: 0 success; 2 usage or configuration error (one clear message, no
 traceback); 1 a failure while running (traceback only with ``--debug``);
@@ -259,11 +259,27 @@ def _direction(exp, key: str) -> str:
 def _export_cmd(args: argparse.Namespace) -> int:
     from nasframe.export import export_run
 
+    if args.optuna:
+        from nasframe.optuna_study import write_study
+
+        study = write_study(args.run_dir, args.optuna, args.study_name, args.overwrite)
+        out.print(f"optuna study {study.study_name!r} ({len(study.trials)} trials): {args.optuna}",
+                  markup=False, highlight=False)
+        out.print(f"view it with: optuna-dashboard {args.optuna}", markup=False, highlight=False)
+        return 0
     paths = export_run(args.run_dir, args.out, models=args.models or (), part=args.part,
                        console=console)
     for name, p in paths.items():
         out.print(f"{name}: {p}")
     _print_pick(paths, out)
+    return 0
+
+
+def _dashboard_cmd(args: argparse.Namespace) -> int:
+    from nasframe.optuna_study import serve_dashboard
+
+    serve_dashboard(args.run_dir, args.host, args.port,
+                    echo=lambda m: out.print(m, markup=False, highlight=False))
     return 0
 
 
@@ -633,7 +649,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export every front member and the pick: onnx, torchscript, "
                         "exported_program (front/<id>.onnx, checked against PyTorch)")
     p.add_argument("--part", metavar="PART", help="with --models: this model part of the space")
+    p.add_argument("--optuna", metavar="STORAGE_URL",
+                   help="write the run as an Optuna study instead (e.g. sqlite:///study.db)")
+    p.add_argument("--study-name", help="with --optuna: the study's name (default: the experiment's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --optuna: replace a study of the same name")
     p.set_defaults(fn=_export_cmd)
+
+    p = sub.add_parser("dashboard", parents=[common],
+                       help="browse a run in optuna-dashboard (on localhost)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: localhost)")
+    p.set_defaults(fn=_dashboard_cmd)
     _add_analyse(sub, common)
     _add_export_parsers(sub, common)
     return parser

@@ -14,12 +14,16 @@ def register_strategies(registry: Registry) -> None:
     from nasframe_plugins.ens import EnsStrategy
     from nasframe_plugins.eps_bo import EpsBO
     from nasframe_plugins.grid import GridSearch
+    from nasframe_plugins.nni_strategy import NNIStrategy
+    from nasframe_plugins.optuna_strategy import OptunaStrategy
     from nasframe_plugins.random_search import RandomSearch
 
     registry.add(RandomSearch)
     registry.add(GridSearch)
     registry.add(EnsStrategy)
     registry.add(EpsBO)  # needs botorch only when constructed
+    registry.add(OptunaStrategy)  # needs optuna only when constructed
+    registry.add(NNIStrategy)  # needs nni only when constructed
 
 
 @hookimpl

@@ -43,7 +43,7 @@ def test_unknown_strategy_is_one_line_with_choices(tmp_path):
     doc = dict(FAST, strategy={"name": "nsga"})
     res = run_cli("validate", str(_write(tmp_path, doc)))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "unknown strategy 'nsga'" in res.stderr and "available: ens, eps_bo, grid, random" in res.stderr
+    assert "unknown strategy 'nsga'" in res.stderr and "available: ens, eps_bo, grid, nni, optuna, random" in res.stderr
     debug = run_cli("validate", str(_write(tmp_path, doc)), "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 

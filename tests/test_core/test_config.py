@@ -40,7 +40,7 @@ def test_unknown_names_list_what_is_available(toy_config, plugins):
     problems = _errors(toy_config, plugins)
     joined = "\n".join(problems)
     assert "strategy.name: unknown strategy 'randon'; did you mean 'random'?" in joined
-    assert "available: ens, eps_bo, grid, random" in joined
+    assert "available: ens, eps_bo, grid, nni, optuna, random" in joined
     assert "objectives[1].name: unknown objective 'toy_qualty'; did you mean 'toy_quality'?" in joined
     assert "search_space.params.widthz: unknown field; did you mean 'widths'? (got [2]); allowed " \
            "here: widths, max_depth" in joined
