@@ -1,5 +1,6 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``quick_psnr``, ``psnr``,
-``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch`` latency backend.
+``ssim``, ``transformer_count``, ``fidelity``, ``multitask_psnr`` and
+``deploy_memory``; and the ``torch`` latency backend.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -15,10 +16,12 @@ def register_objectives(registry):
     from nasframe_objectives.cost import GMACs, Params
     from nasframe_objectives.fidelity import Fidelity
     from nasframe_objectives.latency import Latency
+    from nasframe_objectives.multitask import DeployMemory, MultitaskPSNR
     from nasframe_objectives.quick_psnr import QuickPSNR
     from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
 
-    for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount, Fidelity):
+    for cls in (Params, GMACs, Latency, QuickPSNR, PSNR, SSIM, TransformerCount, Fidelity,
+                MultitaskPSNR, DeployMemory):
         registry.add(cls)
 
 
