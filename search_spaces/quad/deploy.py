@@ -102,12 +102,18 @@ def qdq_encodings(qdq_path: str | Path, out: str | Path) -> dict[str, Any]:
     model = onnx.load(str(qdq_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     acts, params = [], []
+    seen = set()
     for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
             continue
         name, scale, zp = node.input[0], inits.get(node.input[1]), inits.get(node.input[2])
-        if scale is None or zp is None:
+        if scale is None or zp is None or name in seen:
             continue
+        if node.op_type == "DequantizeLinear":
+            if name not in inits:      # the Q->DQ pair of an activation: counted at its Q
+                continue
+            name = name.removesuffix("_quantized")   # a pre-quantised weight
+        seen.add(name)
         bits = zp.dtype.itemsize * 8
         signed = zp.dtype.kind == "i"
         zps = np.atleast_1d(zp).astype(np.int64)
@@ -117,7 +123,7 @@ def qdq_encodings(qdq_path: str | Path, out: str | Path) -> dict[str, Any]:
                  "scale": [float(s) for s in np.atleast_1d(scale)],
                  # AIMET's offset: on an unsigned grid, -zero_point
                  "offset": [int(z) - 2 ** (bits - 1) if signed else -int(z) for z in zps]}
-        (params if name in inits else acts).append(entry)
+        (params if node.op_type == "DequantizeLinear" else acts).append(entry)
     doc = {"version": ENCODING_VERSION, "producer": "nasframe quad (onnxruntime QDQ)",
            "activation_encodings": acts, "param_encodings": params}
     Path(out).write_text(json.dumps(doc, indent=1))
