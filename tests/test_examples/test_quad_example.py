@@ -37,7 +37,9 @@ def test_tiny_run_and_bundle(tmp_path):
     path = tmp_path / "quad.yaml"
     path.write_text(yaml.safe_dump(_tiny()))
     run_dir = tmp_path / "run"
-    out = run_cli("run", str(path), "--out", str(run_dir), timeout=600)
+    # one torch thread: on shared cores two spinning threads are many times slower
+    out = run_cli("run", str(path), "--out", str(run_dir), timeout=600,
+                  env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert any((run_dir / "cache" / "quad").glob("base/*.pt"))      # cached in the run dir
     from nasframe.results import load_run
@@ -50,8 +52,11 @@ def test_tiny_run_and_bundle(tmp_path):
         assert t.values["multitask_psnr"] == pytest.approx(min(per_task.values()), abs=1e-3)
         assert t.provenance["deploy_memory"].details["ratio"] > 1
 
+    import torch
+
     from nasframe_search_spaces.quad.bundle import main
 
+    torch.set_num_threads(1)
     assert main([str(run_dir), "--arch", "pick"]) == 0
     deploy = run_dir / "deploy"
     report = json.loads((deploy / "bundle.json").read_text())
