@@ -356,32 +356,33 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, ImageToImage, Mult
         return [(self._data[t].train_batch(q.batch_size, 30_000 + k)[0], adapters[t])
                 for t in tasks for k in range(q.calib_batches)]
 
-    def profiles(self, arch: Architecture, model, ctx: Context | None = None) -> dict[str, Any]:
-        """The quantisation of ``model``'s tasks: ``shared`` profile, QUAD ``adapters``
-        (trained against it), per-task ``separate`` profiles and the ``naive`` one; cached
-        on the model."""
-        cached = getattr(model, "_quad_profiles", None)
-        if cached is not None:
-            return cached
+    def profiles(self, arch: Architecture, model, ctx: Context | None = None,
+                 baselines: bool = False) -> dict[str, Any]:
+        """The quantisation of ``model``'s tasks: the ``shared`` profile (calibrated on every
+        task) and the QUAD ``adapters`` trained against it; with ``baselines`` also the
+        per-task ``separate`` profiles and the ``naive`` one (first task only). Cached on
+        the model."""
         import contextlib
 
         from nasframe_search_spaces.quad.quant import quad
 
         if self._bank is None:
             raise RuntimeError("quad: call prepare(ctx, {TrainedWeights}) before scoring tasks")
+        out = model.__dict__.setdefault("_quad_profiles", {})
         sim = self._sim(arch, model)
         ads = model.task_adapters
         q = self.params.qat
-        shared = sim.calibrate(self._calib(model, self.task_names, ads))
-        progress = ctx.progress() if ctx is not None else contextlib.nullcontext()
-        with progress as bar:
-            trained = quad(sim, shared, ads,
-                           lambda t, k: self._data[t].train_batch(q.batch_size, 40_000 + k),
-                           self._teachers, steps=q.steps, lr=q.lr, kd=q.kd, progress=bar)
-        out = {"shared": shared, "adapters": trained,
-               "separate": {t: sim.calibrate(self._calib(model, [t], ads)) for t in self.task_names},
-               "naive": sim.calibrate(self._calib(model, self.task_names[:1], ads))}
-        model._quad_profiles = out
+        if "shared" not in out:
+            shared = sim.calibrate(self._calib(model, self.task_names, ads))
+            progress = ctx.progress() if ctx is not None else contextlib.nullcontext()
+            with progress as bar:
+                out["adapters"] = quad(
+                    sim, shared, ads, lambda t, k: self._data[t].train_batch(q.batch_size, 40_000 + k),
+                    self._teachers, steps=q.steps, lr=q.lr, kd=q.kd, progress=bar)
+            out["shared"] = shared
+        if baselines and "naive" not in out:
+            out["separate"] = {t: sim.calibrate(self._calib(model, [t], ads)) for t in self.task_names}
+            out["naive"] = sim.calibrate(self._calib(model, self.task_names[:1], ads))
         return out
 
     def task_quality(self, arch: Architecture, model, ctx: Context, method: str) -> dict[str, float]:
@@ -396,7 +397,8 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, ImageToImage, Mult
         if method in cache:
             return cache[method]
         sim = self._sim(arch, model)
-        prof = None if method == "fp32" else self.profiles(arch, model, ctx)
+        prof = None if method == "fp32" else self.profiles(
+            arch, model, ctx, baselines=method in ("separate", "naive"))
         out = {}
         for t in self.task_names:
             adapter = prof["adapters"][t] if method == "quad" else model.task_adapters[t]
