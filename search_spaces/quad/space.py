@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from nasframe.architecture import Architecture
-from nasframe.capabilities import ImageToImage, MultiTask, TrainedWeights, ValidationPairs
+from nasframe.capabilities import MultiTask, TrainedWeights, ValidationPairs
 from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.space import Categorical, Decision, SearchSpace
 
@@ -88,7 +88,7 @@ class QatParams(Params):
     """Calibration batches per task for every profile."""
 
 
-class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, ImageToImage, MultiTask):
+class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask):
     """LoRA rank and bit widths per block of one shared multi-task U-Net (QUAD)."""
 
     name = "quad"

@@ -1,4 +1,5 @@
-"""multitask_psnr and deploy_memory on the quad space (tiny preset)."""
+"""multitask_psnr and deploy_memory on the quad space (tiny preset); their contract tests are
+generated in tests/test_conformance.py."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from nasframe.candidate import Candidate
 from nasframe.capabilities import MultiTask, TrainedWeights
-from nasframe.testing import ObjectiveContract, plugin_context
+from nasframe.testing import plugin_context
 
 pytest.importorskip("skimage")
 
@@ -16,22 +17,6 @@ from nasframe_search_spaces.quad.space import QuadSpace  # noqa: E402
 
 def small_space(**over):
     return QuadSpace(**{**QuadSpace.small_params, **over})
-
-
-class TestDeployMemoryContract(ObjectiveContract):
-    def make_objective(self):
-        return DeployMemory()
-
-    def make_space(self):
-        return small_space()
-
-
-class TestMultitaskPSNRContract(ObjectiveContract):
-    def make_objective(self):
-        return MultitaskPSNR()
-
-    def make_space(self):
-        return small_space(tasks=["denoise", "derain"])
 
 
 def test_deploy_memory_counts_one_graph_plus_adapters_against_separate_models(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from nasframe.capabilities import MultiTask, TrainedWeights
 from nasframe.candidate import Candidate
-from nasframe.testing import SearchSpaceContract, plugin_context
+from nasframe.testing import plugin_context
 
 pytest.importorskip("skimage")
 
@@ -145,12 +145,7 @@ def test_quad_trains_every_adapter_against_the_fixed_profile():
     assert sim.mode == "float"
 
 
-# -- the search space ------------------------------------------------------------------------
-class TestQuadSpaceContract(SearchSpaceContract):
-    def make_space(self):
-        return QuadSpace(**QuadSpace.small_params)
-
-
+# -- the search space (its contract tests: tests/test_conformance.py) -------------------------
 def test_params_are_checked():
     from nasframe.params import ParamError
 
