@@ -153,7 +153,7 @@ def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _is_adapter_key(key: str) -> bool:
-    return key.endswith(".A") or key.endswith(".B")
+    return key.endswith((".A", ".B"))
 
 
 class QuantSim:

@@ -50,7 +50,7 @@ def test_multitask_psnr_reports_every_task_and_reduces_to_the_worst(tmp_path):
     per = prov.details["per_task"]
     assert set(per) == {"denoise", "deblur", "derain"}
     assert value == pytest.approx(min(per.values()), abs=1e-3)
-    mean, prov2 = MultitaskPSNR(reduce="mean")(cand, ctx)
+    mean, _ = MultitaskPSNR(reduce="mean")(cand, ctx)
     assert mean == pytest.approx(sum(per.values()) / 3, abs=1e-3)
     fp32, _ = MultitaskPSNR(method="fp32")(cand, ctx)
     assert abs(fp32 - value) < 3.0     # quantised close to full precision
