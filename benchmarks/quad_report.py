@@ -49,7 +49,7 @@ from nasframe.candidate import Candidate  # noqa: E402
 from nasframe.capabilities import MultiTask, TrainedWeights  # noqa: E402
 from nasframe.context import Context  # noqa: E402
 from nasframe.deploy import export_module, ort_session  # noqa: E402
-from nasframe_search_spaces.quad.bundle import export_bundle  # noqa: E402
+from nasframe_search_spaces.quad.bundle import calibration_input, export_bundle  # noqa: E402
 from nasframe_search_spaces.quad.deploy import export_qdq, feed  # noqa: E402
 from nasframe_search_spaces.quad.space import METHODS, QuadSpace  # noqa: E402
 
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         export_module(model.merged(adapters[t]), (x,), "onnx", p, input_names=["x"], threads=1)
         merged[t] = p
     first = tasks[0]
-    calib = [{"x": space.task_data(first).train_batch(1, 60_000 + k)[0][..., :args.size, :args.size].numpy()}
+    calib = [{"x": calibration_input(space.task_data(first), args.size, 60_000 + k).numpy()}
              for k in range(args.calib_batches)]
     mq = export_qdq(merged[first], work / f"merged_{first}_qdq.onnx", calib)
     graph, qdq = work / "bundle" / "graph.onnx", work / "bundle" / "graph_qdq.onnx"

@@ -50,6 +50,14 @@ def tiles(pairs, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
+def calibration_input(data, size: int, step: int) -> torch.Tensor:
+    """A (1, C, size, size) input from training crops (a mosaic when the crops are smaller)."""
+    n = -(-size // data.patch)
+    crops = data.train_batch(n * n, step)[0]
+    rows = [torch.cat(list(crops[i * n:(i + 1) * n]), dim=-1) for i in range(n)]
+    return torch.cat(rows, dim=-2)[None, :, :size, :size].contiguous()
+
+
 def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
                   qdq: bool = True) -> dict[str, Any]:
     """Export ``model`` (built by ``space`` for ``arch``, space prepared) to ``out``."""
@@ -94,10 +102,8 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
         sim.set_mode("float")
         psnrs[t] = row
     if qdq:
-        calib = [feed(model, x, adapters[t])
-                 for t in space.tasks()
-                 for x in (space.task_data(t).train_batch(1, 50_000 + k)[0][..., :size, :size]
-                           for k in range(space.params.qat.calib_batches))]
+        calib = [feed(model, calibration_input(space.task_data(t), size, 50_000 + k), adapters[t])
+                 for t in space.tasks() for k in range(space.params.qat.calib_batches)]
         qpath = export_qdq(out / "graph.onnx", out / "graph_qdq.onnx", calib)
         enc = qdq_encodings(qpath, out / "graph_qdq.encodings")
         sess = ort_session(qpath, threads=1)
