@@ -200,3 +200,14 @@ def test_task_quality_reports_every_method_per_task(prepared):
     assert results["naive"][space.tasks()[0]] == results["separate"][space.tasks()[0]]
     with pytest.raises(ValueError, match="unknown method"):
         space.task_quality(arch, model, ctx, "bogus")
+
+
+def test_calibration_inputs_fill_the_graph_input_from_smaller_crops():
+    from nasframe_search_spaces.hybrid_unet.data import RestorationData
+    from nasframe_search_spaces.quad.bundle import calibration_input
+
+    data = RestorationData("derain", patch=16, short_side=48, val_size=32)
+    x = calibration_input(data, 40, 3)
+    assert x.shape == (1, 3, 40, 40)
+    crops = data.train_batch(9, 3)[0]
+    assert torch.equal(x[0, :, :16, :16], crops[0]) and torch.equal(x[0, :, 16:32, :16], crops[3])
