@@ -190,10 +190,39 @@ class BlockLatencyParts(Capability):
         (stem, skips, resampling) is the table's fixed part."""
 
 
+class MultiTask(Capability):
+    """One shared model serves several tasks through per-task adapters fed at run time
+    (QUAD); each task's quality after quantisation and the bytes on a device can be
+    scored."""
+
+    key = "multi_task"
+    description = "several tasks on one shared (quantised) model with per-task adapters"
+
+    @abc.abstractmethod
+    def tasks(self) -> tuple[str, ...]:
+        """The task names."""
+
+    @abc.abstractmethod
+    def task_quality(self, arch: Architecture, model: torch.nn.Module, ctx: Context,
+                     method: str) -> dict[str, float]:
+        """``{task: quality}`` of ``model``'s tasks quantised with ``method`` (one of
+        :meth:`quality_methods`, e.g. ``quad``: one shared profile, adapters trained for it)."""
+
+    def quality_methods(self) -> tuple[str, ...]:
+        """The methods :meth:`task_quality` accepts."""
+        return ("quad",)
+
+    @abc.abstractmethod
+    def deploy_bytes(self, arch: Architecture, model: torch.nn.Module,
+                     tasks: int) -> dict[str, float]:
+        """Bytes of ``tasks`` tasks on the device: ``shared_bytes`` (one graph + adapters),
+        ``separate_bytes`` (one merged model per task) and their ``ratio``."""
+
+
 #: every capability the core defines (plugins may define more)
 CORE_CAPABILITIES: tuple[type[Capability], ...] = (
     TrainedWeights, ValidationPairs, ImageToImage, BlockKinds, ModelParts, Teacher,
-    BlockAlignment, Exportable, BlockLatencyParts)
+    BlockAlignment, Exportable, BlockLatencyParts, MultiTask)
 
 
 def provided_by(space: object) -> list[type[Capability]]:

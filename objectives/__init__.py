@@ -1,6 +1,6 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
-``psnr``, ``ssim``, ``transformer_count`` and ``fidelity``; and the ``torch``,
-``onnxruntime`` and ``qai_hub`` latency backends.
+``psnr``, ``ssim``, ``transformer_count``, ``fidelity``, ``multitask_psnr`` and
+``deploy_memory``; and the ``torch``, ``onnxruntime`` and ``qai_hub`` latency backends.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -17,11 +17,12 @@ def register_objectives(registry):
     from nasframe_objectives.fidelity import Fidelity
     from nasframe_objectives.latency import Latency
     from nasframe_objectives.latency_lut import LatencyLUT
+    from nasframe_objectives.multitask import DeployMemory, MultitaskPSNR
     from nasframe_objectives.quick_psnr import QuickPSNR
     from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
 
     for cls in (Params, GMACs, Latency, LatencyLUT, QuickPSNR, PSNR, SSIM, TransformerCount,
-                Fidelity):
+                Fidelity, MultitaskPSNR, DeployMemory):
         registry.add(cls)
 
 

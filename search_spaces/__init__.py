@@ -13,11 +13,13 @@ if TYPE_CHECKING:
 def register_search_spaces(registry: Registry) -> None:
     from nasframe_search_spaces.denoiser import ConvDenoiserSpace
     from nasframe_search_spaces.hybrid_unet.space import HybridUNetSpace
+    from nasframe_search_spaces.quad.space import QuadSpace
     from nasframe_search_spaces.sd_unet.space import SDUNetSpace
 
     registry.add(ConvDenoiserSpace)
     registry.add(HybridUNetSpace)
     registry.add(SDUNetSpace)
+    registry.add(QuadSpace)
 
 
 @hookimpl

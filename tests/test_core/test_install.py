@@ -15,8 +15,8 @@ from conftest import ROOT
 #: what each extra's absence takes away (module blocked -> components unavailable)
 EXTRAS = {
     "fvcore": ("macs", ["objective\tgmacs"]),
-    "skimage": ("restoration", ["search space\thybrid_unet", "objective\tquick_psnr",
-                                "objective\tssim"]),
+    "skimage": ("restoration", ["search space\thybrid_unet", "search space\tquad",
+                                "objective\tquick_psnr", "objective\tssim"]),
     "diffusers": ("diffusion", ["search space\tsd_unet"]),
     "botorch": ("bo", ["strategy\teps_bo"]),
     "distributed": ("dask", ["executor\tdask"]),
@@ -66,7 +66,7 @@ def test_the_base_install_is_what_the_core_needs(wheel):
     base = [r for r in requires if "extra ==" not in r]
     heavy = ("diffusers", "numba", "scikit-image", "fvcore", "botorch", "distributed", "mamba")
     assert not [r for r in base if r.startswith(heavy)], base
-    for extra in ("macs", "restoration", "diffusion", "bo", "dask", "all", "dev"):
+    for extra in ("macs", "restoration", "diffusion", "bo", "dask", "quad", "all", "dev"):
         assert extra in (msg.get_all("Provides-Extra") or []), extra
 
 

@@ -1,0 +1,167 @@
+"""The deployable bundle of one ``quad`` candidate, and ``python -m nasframe_search_spaces.quad.bundle``.
+
+``export_bundle`` writes into ``out``:
+
+``graph.onnx`` (+ ``.json``, ``.tasks.json``)
+    the float graph, every adapter tensor a graph input; per task, ONNX Runtime fed
+    that task's adapter vs the PyTorch model with it merged (max error).
+``adapters/<task>.pt``
+    each task's QUAD adapter (``{graph input name: tensor}``, ``torch.load(...,
+    weights_only=True)``).
+``profile.encodings``
+    the shared profile QUAD trained against (torch simulation; AIMET layout).
+``graph_qdq.onnx``, ``graph_qdq.encodings``
+    the QDQ graph quantised by ONNX Runtime with every task's adapter in the
+    calibration (one shared profile), and its profile as an encodings file.
+``bundle.json``
+    what was written, the export checks, and per task the PSNR of fp32 / QUAD (torch
+    simulation) / the QDQ graph in ONNX Runtime on the validation tiles.
+
+Command line (after ``nasframe run``)::
+
+    python -m nasframe_search_spaces.quad.bundle runs/quad_restoration [--arch pick|largest|smallest]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasframe.architecture import Architecture
+
+
+def tiles(pairs, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping ``size`` x ``size`` tiles of validation pairs (a fixed-shape graph's inputs)."""
+    xs, ys = [], []
+    for x, y in pairs:
+        h, w = x.shape[-2:]
+        for top in range(0, h - size + 1, size):
+            for left in range(0, w - size + 1, size):
+                xs.append(x[..., top:top + size, left:left + size])
+                ys.append(y[..., top:top + size, left:left + size])
+    if not xs:
+        raise ValueError(f"validation images smaller than the graph's input ({size} px); "
+                         "lower input_size or raise data.val_size")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def calibration_input(data, size: int, step: int) -> torch.Tensor:
+    """A (1, C, size, size) input from training crops (a mosaic when the crops are smaller)."""
+    n = -(-size // data.patch)
+    crops = data.train_batch(n * n, step)[0]
+    rows = [torch.cat(list(crops[i * n:(i + 1) * n]), dim=-1) for i in range(n)]
+    return torch.cat(rows, dim=-2)[None, :, :size, :size].contiguous()
+
+
+def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
+                  qdq: bool = True) -> dict[str, Any]:
+    """Export ``model`` (built by ``space`` for ``arch``, space prepared) to ``out``."""
+    from nasframe.deploy import ort_session
+    from nasframe_search_spaces.hybrid_unet.data import psnr
+    from nasframe_search_spaces.quad.deploy import (export_adapter_graph, export_qdq, feed,
+                                                    qdq_encodings)
+
+    out = Path(out)
+    (out / "adapters").mkdir(parents=True, exist_ok=True)
+    prof = space.profiles(arch, model, ctx)
+    adapters = prof["adapters"]
+    size = space.input_shape[-1]
+    report: dict[str, Any] = {"arch": arch.to_dict(), "tasks": list(space.tasks()), "input_size": size}
+    start = time.time()
+    for t, ad in adapters.items():
+        torch.save(model.adapter_state(ad), out / "adapters" / f"{t}.pt")
+    weights = {s.name: layer.base.weight for s, layer in zip(model.slots, model.layers)}
+    weights.update({n: m.weight for n, m in model.net.named_modules()
+                    if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not n.endswith(".base")})
+    prof["shared"].save(out / "profile.encodings", weights)
+    example = torch.rand(1, *space.input_shape, generator=torch.Generator().manual_seed(0))
+    graph = export_adapter_graph(model, example, adapters, out / "graph.onnx")
+    report["graph"] = {k: graph[k] for k in ("path", "lora_inputs", "lora_initializers",
+                                             "adapter_params", "per_task", "max_abs_error", "seconds")}
+    report["graph"]["inputs"] = len(graph["input_names"])
+    psnrs: dict[str, dict[str, float]] = {}
+    sim = space._sim(arch, model)
+    val = {t: tiles(space.task_data(t).validation(), size) for t in space.tasks()}
+
+    def mean_psnr(fn, x, y):
+        with torch.no_grad():
+            return float(np.mean([min(psnr(fn(x[i:i + 1]).clamp(0, 1), y[i:i + 1]), 100.0)
+                                  for i in range(len(x))]))
+
+    for t in space.tasks():
+        x, y = val[t]
+        sim.set_mode("float")
+        row = {"fp32": mean_psnr(lambda v, t=t: model(v, *model.task_adapters[t]), x, y)}
+        sim.set_mode("quant", prof["shared"])
+        row["quad_sim"] = mean_psnr(lambda v, t=t: sim(v, *adapters[t]), x, y)
+        sim.set_mode("float")
+        psnrs[t] = row
+    if qdq:
+        calib = [feed(model, calibration_input(space.task_data(t), size, 50_000 + k), adapters[t])
+                 for t in space.tasks() for k in range(space.params.qat.calib_batches)]
+        qpath = export_qdq(out / "graph.onnx", out / "graph_qdq.onnx", calib)
+        enc = qdq_encodings(qpath, out / "graph_qdq.encodings")
+        sess = ort_session(qpath, threads=1)
+        for t in space.tasks():
+            x, y = val[t]
+            got = np.concatenate([sess.run(None, feed(model, x[i:i + 1], adapters[t]))[0]
+                                  for i in range(len(x))])
+            psnrs[t]["qdq_ort"] = float(np.mean([min(psnr(torch.from_numpy(g).clamp(0, 1), yy), 100.0)
+                                                 for g, yy in zip(got, y)]))
+        report["qdq"] = {"path": str(qpath), "encodings": str(out / "graph_qdq.encodings"),
+                         "activation_encodings": len(enc["activation_encodings"]),
+                         "param_encodings": len(enc["param_encodings"]),
+                         "lora_encodings": sum(e["name"].startswith("lora.")
+                                               for e in enc["activation_encodings"])}
+    report["psnr"] = psnrs
+    report["tiles"] = {t: len(v[0]) for t, v in val.items()}
+    report["seconds"] = time.time() - start
+    (out / "bundle.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nasframe.candidate import Candidate
+    from nasframe.capabilities import MultiTask, TrainedWeights
+    from nasframe.results import load_run
+
+    ap = argparse.ArgumentParser(prog="python -m nasframe_search_spaces.quad.bundle",
+                                 description="Export a quad run's candidate: one graph with "
+                                             "adapter inputs, adapters, encodings, QDQ graph.")
+    ap.add_argument("run_dir")
+    ap.add_argument("--arch", default="pick", help="pick (the strategy's pick), largest or smallest")
+    ap.add_argument("--out", default=None, help="default: RUN_DIR/deploy")
+    ap.add_argument("--no-qdq", action="store_true", help="skip the QDQ graph")
+    args = ap.parse_args(argv)
+    run = load_run(args.run_dir)
+    exp = run.experiment()
+    space = exp.space
+    if space.name != "quad":
+        ap.error(f"{args.run_dir} searched space {space.name!r}, not 'quad'")
+    ctx = exp.context(args.run_dir)
+    space.prepare(ctx, frozenset({TrainedWeights, MultiTask}))
+    seed = 0
+    if args.arch == "pick":
+        pick = run.pick_result
+        if pick is None:
+            ap.error("the run has no pick yet; give --arch largest or smallest")
+        arch, seed = pick.trial.arch, pick.trial.seed
+    else:
+        refs = space.reference_architectures()
+        if args.arch not in refs:
+            ap.error(f"--arch {args.arch!r}: use pick, {', '.join(refs)}")
+        arch = refs[args.arch]
+    model = Candidate(space, arch, seed=seed).model
+    report = export_bundle(space, arch, model, Path(args.out or Path(args.run_dir) / "deploy"), ctx,
+                           qdq=not args.no_qdq)
+    print(json.dumps({"graph": report["graph"], "psnr": report["psnr"]}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
