@@ -149,6 +149,8 @@ PRESETS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(block_out_channels=(32, 64, 128, 128), heads=2, cross_attention_dim=32,
                        norm_num_groups=8, sample_size=16, context_length=8),
 }
+# `tiny` on a 16-channel latent: the CPU stand-in for `latent16` (see .expand)
+PRESETS["tiny16"] = replace(PRESETS["tiny"], in_channels=16, out_channels=16)
 
 
 # ------------------------------------------------------------------------- the plan
