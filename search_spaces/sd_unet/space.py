@@ -59,8 +59,9 @@ if TYPE_CHECKING:
 
     from nasframe.context import Context
 
-PAIR_KINDS = ("full", "resnet", "removed")
-PairKind = Literal["full", "resnet", "removed"]
+PAIR_KINDS = ("full", "resnet", "surrogate", "removed")
+DEFAULT_PAIRS = ("full", "resnet", "removed")
+PairKind = Literal["full", "resnet", "surrogate", "removed"]
 Mode = Literal["search", "keep", "remove"]
 
 
@@ -153,8 +154,10 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
     class Params(Params):
         preset: Literal["sd15", "latent16", "tiny", "tiny16"] = "tiny"
         """sd15 (SD 1.5, 860 M), latent16 (a 16-channel latent), tiny (CPU examples and tests), tiny16 (tiny on a 16-channel latent)."""
-        pairs: tuple[PairKind, ...] = PAIR_KINDS
-        """Choices per (resnet, attention) pair: full, resnet (attention dropped), removed; must include full."""
+        pairs: tuple[PairKind, ...] = DEFAULT_PAIRS
+        """Choices per (resnet, attention) pair: full, resnet (attention dropped), surrogate (a distilled depthwise-separable block), removed; must include full."""
+        surrogate_steps: Int = Field(200, ge=0, le=10_000_000)
+        """Distillation steps of each surrogate pair (trained once per pair and width, cached)."""
         widths: Multipliers = (1.0,)
         """Width multipliers per resolution level."""
         mid: Mode = "search"
@@ -515,7 +518,8 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
         return align(model, self.teacher(), self.teacher_digest(),
                      self.level_indices(self.plan(arch)), ctx, steps=steps, lr=lr,
                      batch_size=batch_size, seed=seed, latent=self.latent_size,
-                     context=self.context_length, batches=batches)
+                     context=self.context_length, batches=batches,
+                     surrogate_steps=self.params.surrogate_steps)
 
     def prepare(self, ctx: Context, needs=frozenset()) -> None:
         """With :class:`~nasframe.capabilities.Teacher` in ``needs``: make or load the
@@ -533,7 +537,7 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
         return self._call_teacher(self._teacher.level_indices, plan)
 
     def block_kinds(self) -> dict[str, str]:
-        return {"resnet": "a ResnetBlock2D", "attention": "a Transformer2DModel (self and cross attention)",
+        return {"resnet": "a ResnetBlock2D", "surrogate": "a depthwise-separable residual block distilled to stand in for a pair", "attention": "a Transformer2DModel (self and cross attention)",
                 "conv": "conv_in or conv_out", "downsample": "a Downsample2D",
                 "upsample": "an Upsample2D", "mid": "the mid block"}
 
@@ -646,7 +650,10 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
             for i, level in plan.stages(where):
                 res = side // 2 ** level
                 for j, attention in plan.kept(where, i):
-                    chain(f"{where}{i}_{j}.resnet", "resnet", w[level], res)
+                    if (plan.down if where == "down" else plan.up)[i][j] == "surrogate":
+                        chain(f"{where}{i}_{j}.surrogate", "surrogate", w[level], res)
+                    else:
+                        chain(f"{where}{i}_{j}.resnet", "resnet", w[level], res)
                     if where == "up":
                         g.add_edge(skips.pop(), prev, skip=True)
                     if attention:

@@ -24,6 +24,9 @@ def _small(name: str, trials: int) -> dict:
     cfg = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
     p = cfg["search_space"]["params"]
     p.update(latent_size=8, fidelity={"samples": 2, "batch_size": 2})
+    if "train" in p.get("teacher", {}):          # the trained teacher, at the smallest training
+        p["teacher"]["train"] = {"steps": 2, "vae_steps": 1, "batch_size": 2, "vae_crop": 16,
+                                 "latent_size": 8, "pool": 4}
     for o in cfg["objectives"]:
         if o["name"] == "fidelity":
             o.setdefault("params", {})["distill"] = {"steps": 3, "batch_size": 2}
@@ -31,6 +34,7 @@ def _small(name: str, trials: int) -> dict:
     cfg["strategy"]["params"]["n_initial"] = 3
     cfg["strategy"]["params"]["candidates"] = 256
     cfg.pop("output", None)
+    cfg.pop("cache_dir", None)
     return cfg
 
 
@@ -71,6 +75,13 @@ def test_sd_eps_bo_resumes_the_same_search(tmp_path, monkeypatch):
     assert _sequence(tmp_path / "cut") == _sequence(tmp_path / "full")
     # distilled pairs were cached and reused by the resumed run
     assert list((tmp_path / "cut" / "cache" / "sd_unet" / "pairs").glob("*.pt"))
+
+
+@pytest.mark.parametrize("name", ("sd_eps_bo", "nanosd_family"))
+def test_cpu_examples_use_the_trained_teacher(name):
+    cfg = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
+    assert cfg["search_space"]["params"]["teacher"]["train"]["steps"] > 0
+    assert cfg["cache_dir"]                       # trained once, shared by the examples
 
 
 def test_nanosd_family_yields_a_front_and_a_pick(tmp_path):
