@@ -118,7 +118,7 @@ def realign_vae(vae16: Mapping[str, torch.Tensor], vae4: Mapping[str, torch.Tens
     opt, sched = _adam(vae.parameters(), lr, steps)
     lo = config4.latent_channels
     losses = []
-    task = progress.add_task("expanded VAE", total=steps) if progress is not None else None
+    task = progress.add_task("expanded VAE", total=steps, info="") if progress is not None else None
     for _ in range(steps):
         x = random_crops(TRAIN_PHOTOS, batch_size, crop, g)
         post = vae.encode(x).latent_dist
@@ -158,7 +158,7 @@ def realign_unet(unet16: Mapping[str, torch.Tensor], unet4: Mapping[str, torch.T
     g = torch.Generator().manual_seed(61_000_007 + seed)
     opt, lrs = _adam(model.parameters(), lr, steps)
     losses = []
-    task = progress.add_task("expanded U-Net", total=steps) if progress is not None else None
+    task = progress.add_task("expanded U-Net", total=steps, info="") if progress is not None else None
     for _ in range(steps):
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
         x0 = latents[idx]

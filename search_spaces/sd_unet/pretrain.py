@@ -134,7 +134,7 @@ def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, 
     g = torch.Generator().manual_seed(40_000_003 + seed)
     opt, sched = _adam(vae.parameters(), lr, steps)
     losses = []
-    task = progress.add_task("teacher VAE", total=steps) if progress is not None else None
+    task = progress.add_task("teacher VAE", total=steps, info="") if progress is not None else None
     for _ in range(steps):
         x = random_crops(TRAIN_PHOTOS, batch_size, crop, g)
         post = vae.encode(x).latent_dist
@@ -202,7 +202,7 @@ def train_unet(config: UNetConfig, latents: torch.Tensor, ehs: torch.Tensor, *, 
     g = torch.Generator().manual_seed(60_000_011 + seed)
     opt, lrs = _adam([p for p in model.parameters() if p.requires_grad], lr, steps)
     losses = []
-    task = progress.add_task(description, total=steps) if progress is not None else None
+    task = progress.add_task(description, total=steps, info="") if progress is not None else None
     for _ in range(steps):
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
         x0 = latents[idx]
