@@ -17,7 +17,7 @@ from nasframe.store import TrialStore
 
 pytest.importorskip("botorch")
 
-EXAMPLES = ("sd_eps_bo", "nanosd_family", "sd15_references")
+EXAMPLES = ("sd_eps_bo", "nanosd_family", "sd15_references", "tocsr")
 
 
 def _small(name: str, trials: int) -> dict:
@@ -26,7 +26,10 @@ def _small(name: str, trials: int) -> dict:
     p.update(latent_size=8, fidelity={"samples": 2, "batch_size": 2})
     if "train" in p.get("teacher", {}):          # the trained teacher, at the smallest training
         p["teacher"]["train"] = {"steps": 2, "vae_steps": 1, "batch_size": 2, "vae_crop": 16,
-                                 "latent_size": 8, "pool": 4}
+                                 "latent_size": 8, "pool": 4, "expand_steps": 2,
+                                 "expand_vae_steps": 1}
+    if "surrogate_steps" in p:
+        p["surrogate_steps"] = 3
     for o in cfg["objectives"]:
         if o["name"] == "fidelity":
             o.setdefault("params", {})["distill"] = {"steps": 3, "batch_size": 2}
@@ -77,7 +80,7 @@ def test_sd_eps_bo_resumes_the_same_search(tmp_path, monkeypatch):
     assert list((tmp_path / "cut" / "cache" / "sd_unet" / "pairs").glob("*.pt"))
 
 
-@pytest.mark.parametrize("name", ("sd_eps_bo", "nanosd_family"))
+@pytest.mark.parametrize("name", ("sd_eps_bo", "nanosd_family", "tocsr"))
 def test_cpu_examples_use_the_trained_teacher(name):
     cfg = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
     assert cfg["search_space"]["params"]["teacher"]["train"]["steps"] > 0
@@ -113,3 +116,23 @@ def test_evaluate_prints_full_size_bk_sdm_base(tmp_path):
     assert params["provenance"]["details"]["count"] == 579_384_964
     assert doc["values"]["gmacs"]["value"] > 0
     assert "scaled_dot_product_attention" in doc["values"]["gmacs"]["provenance"]["details"]["includes"]
+
+
+def test_tocsr_searches_the_expanded_model_with_surrogates(tmp_path):
+    cfg = _small("tocsr", trials=8)
+    run_dir = tmp_path / "run"
+    summary = run_experiment(config_from_dict(cfg), run_dir, quiet=True)
+    assert summary.trials == 8 and summary.failed == 0
+    assert list((run_dir / "cache" / "sd_unet" / "expanded").glob("*.safetensors"))
+    from nasframe.results import load_run
+
+    run = load_run(run_dir)
+    archs = [t.arch for t in run.trial_list]
+    assert any("surrogate" in dict(a).values() for a in archs)
+    import subprocess
+    import sys
+
+    rep = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tocsr_report.py"), str(run_dir)],
+                         capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stderr
+    assert "params" in rep.stdout and "x" in rep.stdout
