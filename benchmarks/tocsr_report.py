@@ -100,10 +100,9 @@ def teacher_summary(space) -> dict:
 
     from nasframe_search_spaces.sd_unet import pretrain
 
-    t = space._teacher
-    if not t.is_trained:
+    tr = space.trained_teacher()
+    if tr is None:
         return {"trained": False}
-    tr = t.trained()
     g = torch.Generator().manual_seed(0)
     images = pretrain.random_crops(pretrain.HELD_OUT_PHOTOS, 8, 64, g)
     rec = pretrain.decode(tr["vae"], space.vae_config, pretrain.encode(tr["vae"], space.vae_config, images))

@@ -471,6 +471,11 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
         """The full teacher U-Net, or VAE ``part`` (eval mode; built once, do not modify)."""
         return self._call_teacher(self._teacher.model, part)
 
+    def trained_teacher(self) -> dict[str, Any] | None:
+        """With ``teacher.train``: the trained teacher (``unet``, ``vae`` states, the null
+        embedding ``ehs``, the latent ``pool``, ``latent_scale``, the training ``report``)."""
+        return self._call_teacher(self._teacher.trained) if self._teacher.is_trained else None
+
     def teacher_digest(self) -> str:
         return self._teacher.digest()
 

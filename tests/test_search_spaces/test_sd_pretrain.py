@@ -85,7 +85,8 @@ def test_fidelity_and_distillation_use_photo_latents_and_the_null_embedding(tmp_
     space = _space()
     ctx = Context(tmp_path, quiet=True)
     space.prepare(ctx, frozenset({Teacher, BlockAlignment}))
-    tr = space._teacher.trained()
+    tr = space.trained_teacher()
+    assert SDUNetSpace({"preset": "tiny"}).trained_teacher() is None
     (sample, t, ehs), = space.fidelity_inputs()
     assert sample.shape == (2, 4, 8, 8) and torch.equal(ehs[0], tr["ehs"][0])
     assert t.tolist() == [0, 999]
