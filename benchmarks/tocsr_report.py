@@ -41,7 +41,7 @@ def _fmt(v, spec=".3f"):
 
 def reductions(run) -> tuple[list[dict], dict | None]:
     """Rows: the teacher, the pick, the best feasible per bound."""
-    rows = [r for r in run.rows() if r["status"] == "done"]
+    rows = [r for r in run.rows() if r["status"] == "complete"]
     teacher = next((r for r in rows if r["origin"] == "reference:sd15"), None)
     pick = run.pick_result
     out = []
@@ -80,7 +80,7 @@ def latency(run, ids: list[str], repeats: int, threads: int) -> dict[str, float]
     space = exp.space
     ctx = exp.context(run.run_dir, quiet=True)
     space.prepare(ctx, frozenset({Teacher}))
-    archs = {t.arch.id: t.arch for t in run.trial_list}
+    archs = {t.arch.id: t.arch for t in run.trial_list()}
     models = {i: space.build(archs[i]).eval() for i in ids}
     inputs = space.example_inputs(archs[ids[0]], batch_size=1)
     times: dict[str, list[float]] = {i: [] for i in ids}

@@ -127,7 +127,7 @@ def test_tocsr_searches_the_expanded_model_with_surrogates(tmp_path):
     from nasframe.results import load_run
 
     run = load_run(run_dir)
-    archs = [t.arch for t in run.trial_list]
+    archs = [t.arch for t in run.trial_list()]
     assert any("surrogate" in dict(a).values() for a in archs)
     import subprocess
     import sys
