@@ -41,16 +41,16 @@ def synthetic_batch(config: UNetConfig, batch: int, latent: int, context: int,
 
 def changed_pairs(model: SDUNet, levels: list) -> dict[str, tuple[Any, Any, str]]:
     """``{module name: (input channels, output channels, kind)}`` of the pairs of
-    ``model`` that differ from the teacher's (attention dropped or narrowed)."""
+    ``model`` that differ from the teacher's (attention dropped, a surrogate, or narrowed)."""
     plan = model.plan
     out = {}
     for where in ("down", "up"):
         for i, level in plan.stages(where):
             for j, attention in plan.kept(where, i):
                 in_idx, out_idx = pair_io(plan, where, i, j, levels)
+                kind = (plan.down if where == "down" else plan.up)[i][j]
                 dropped = not attention and plan.config.attention[level]
-                if dropped or in_idx is not None or out_idx is not None:
-                    kind = (plan.down if where == "down" else plan.up)[i][j]
+                if dropped or kind == "surrogate" or in_idx is not None or out_idx is not None:
                     out[f"{where}.{i}.pairs.{j}"] = (in_idx, out_idx, kind)
     return out
 
@@ -61,8 +61,13 @@ def _ids(idx: Any) -> list[int] | None:
 
 def align(model: SDUNet, teacher: torch.nn.Module, teacher_digest: str, levels: list,
           ctx: Context, *, steps: int, lr: float, batch_size: int, seed: int, latent: int,
-          context: int, batches: Callable[[int], Any] | None = None) -> dict[str, Any]:
+          context: int, batches: Callable[[int], Any] | None = None,
+          surrogate_steps: int | None = None) -> dict[str, Any]:
     """Distil (or load from the cache) every changed pair of ``model`` in place.
+
+    Surrogate pairs (:class:`.network.SurrogateBlock`, trained from scratch) take
+    ``surrogate_steps`` (default ``steps``); the others, which start from the
+    teacher's weights, take ``steps``.
 
     Returns ``{"pairs": n, "trained": k, "cached": n - k, "seconds": s,
     "relative_mse": {pair: after}, "relative_mse_before": {pair: before}}``
@@ -74,11 +79,14 @@ def align(model: SDUNet, teacher: torch.nn.Module, teacher_digest: str, levels: 
     pairs = changed_pairs(model, levels)
     todo, keys, report = {}, {}, {"pairs": len(pairs), "trained": 0, "cached": 0,
                                    "relative_mse": {}, "relative_mse_before": {}}
+    sur_steps = steps if surrogate_steps is None else surrogate_steps
+    step_of = {name: (sur_steps if kind == "surrogate" else steps)
+               for name, (_, _, kind) in pairs.items()}
     for name, (in_idx, out_idx, kind) in pairs.items():
         module = model.get_submodule(name)
         keys[name] = {"version": VERSION, "teacher": teacher_digest, "pair": name, "kind": kind,
                       "in": _ids(in_idx), "out": _ids(out_idx), "init": module_digest(module),
-                      "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                      "steps": step_of[name], "lr": lr, "batch_size": batch_size, "seed": seed,
                       "latent": latent, "context": context}
         path = ctx.cache.path(NAMESPACE, keys[name], ".pt")
         if path.exists():
@@ -107,18 +115,22 @@ def align(model: SDUNet, teacher: torch.nn.Module, teacher_digest: str, levels: 
             def batches(step: int):
                 return synthetic_batch(cfg, batch_size, latent, context, seed * 100_003 + step + 1)
 
-        result = distill(teacher, todo, batches, steps=steps, lr=lr, inputs_of=inputs_of,
-                         outputs_of=outputs_of, progress=ctx,
-                         description=f"distilling {len(todo)} pair(s)")
-        after, before = result.relative(), result.relative(initial=True)
-        for name, module in todo.items():
-            state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-            path = ctx.cache.get_or_create(NAMESPACE, keys[name],
-                                           lambda tmp, s=state: torch.save(s, tmp), suffix=".pt")
-            path.with_name(path.stem + ".result.json").write_text(
-                json.dumps({"after": after[name], "before": before[name], "steps": steps}))
-            report["relative_mse"][name] = after[name]
-            report["relative_mse_before"][name] = before[name]
+        for n_steps in sorted({step_of[n] for n in todo}):
+            group = {n: m for n, m in todo.items() if step_of[n] == n_steps}
+            if n_steps == 0:
+                continue
+            result = distill(teacher, group, batches, steps=n_steps, lr=lr, inputs_of=inputs_of,
+                             outputs_of=outputs_of, progress=ctx,
+                             description=f"distilling {len(group)} pair(s)")
+            after, before = result.relative(), result.relative(initial=True)
+            for name, module in group.items():
+                state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                path = ctx.cache.get_or_create(NAMESPACE, keys[name],
+                                               lambda tmp, s=state: torch.save(s, tmp), suffix=".pt")
+                path.with_name(path.stem + ".result.json").write_text(
+                    json.dumps({"after": after[name], "before": before[name], "steps": n_steps}))
+                report["relative_mse"][name] = after[name]
+                report["relative_mse_before"][name] = before[name]
         report["trained"] = len(todo)
     model.eval()
     report["seconds"] = time.perf_counter() - start

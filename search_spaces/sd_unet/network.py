@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 PAIR_FULL, PAIR_RESNET, PAIR_REMOVED = "full", "resnet", "removed"
+PAIR_SURROGATE = "surrogate"
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ PRESETS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(block_out_channels=(32, 64, 128, 128), heads=2, cross_attention_dim=32,
                        norm_num_groups=8, sample_size=16, context_length=8),
 }
+# `tiny` on a 16-channel latent: the CPU stand-in for `latent16` (see .expand)
+PRESETS["tiny16"] = replace(PRESETS["tiny"], in_channels=16, out_channels=16)
 
 
 # ------------------------------------------------------------------------- the plan
@@ -262,16 +265,62 @@ def _lvl(group_index: int, cfg: UNetConfig) -> int:
 
 
 # ------------------------------------------------------------------------- modules
-class Pair(nn.Module):
-    """One resnet and, optionally, its cross-attention transformer."""
+class SurrogateBlock(nn.Module):
+    """A parameter-efficient stand-in for a (resnet, attention) pair: a
+    depthwise-separable residual block with the time embedding (MobileNet-style
+    inverted residual without expansion, as efficient diffusion U-Nets use).
 
-    def __init__(self, resnet: nn.Module, attention: nn.Module | None):
+    ``GroupNorm -> SiLU -> depthwise 3x3 -> pointwise c_in->c_out (+ time shift)
+    -> GroupNorm -> SiLU -> pointwise c_out->c_out`` (zero-initialised, so the
+    block starts as its shortcut), plus the shortcut: identity, or a 1x1 conv
+    when the widths differ. No attention: cost linear in the pixels. Its weights
+    are not inherited (the teacher has none); they are initialised from a seed
+    fixed by the pair and its widths, then trained by feature-wise distillation
+    to reproduce the teacher pair (:mod:`.align`)."""
+
+    def __init__(self, c_in: int, c_out: int, temb_channels: int, groups: int, eps: float, seed: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.norm1 = nn.GroupNorm(groups, c_in, eps=eps)
+            self.depthwise = nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in)
+            self.pointwise1 = nn.Conv2d(c_in, c_out, 1)
+            self.time_proj = nn.Linear(temb_channels, c_out)
+            self.norm2 = nn.GroupNorm(groups, c_out, eps=eps)
+            self.pointwise2 = nn.Conv2d(c_out, c_out, 1)
+            self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+        nn.init.zeros_(self.pointwise2.weight)
+        nn.init.zeros_(self.pointwise2.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, hidden: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.pointwise1(self.depthwise(self.act(self.norm1(hidden))))
+        h = h + self.time_proj(self.act(temb))[:, :, None, None]
+        h = self.pointwise2(self.act(self.norm2(h)))
+        return h + (hidden if self.shortcut is None else self.shortcut(hidden))
+
+
+def surrogate_seed(name: str, c_in: int, c_out: int) -> int:
+    """The initialisation seed of the surrogate of pair ``name`` (fixed: its cache key stays valid)."""
+    import zlib
+
+    return zlib.crc32(f"{name}:{c_in}:{c_out}".encode())
+
+
+class Pair(nn.Module):
+    """One resnet and, optionally, its cross-attention transformer; or a surrogate block."""
+
+    def __init__(self, resnet: nn.Module | None, attention: nn.Module | None,
+                 surrogate: nn.Module | None = None):
         super().__init__()
         self.resnet = resnet
         self.attention = attention
+        self.surrogate = surrogate
 
     def forward(self, hidden: torch.Tensor, temb: torch.Tensor,
                 encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.surrogate is not None:
+            return self.surrogate(hidden, temb)
         hidden = self.resnet(hidden, temb)
         if self.attention is not None:
             hidden = self.attention(hidden, encoder_hidden_states=encoder_hidden_states,
@@ -291,6 +340,11 @@ def _resnet(cfg: UNetConfig, c_in: int, c_out: int, shortcut: bool) -> nn.Module
 
     return ResnetBlock2D(in_channels=c_in, out_channels=c_out, temb_channels=cfg.temb_channels,
                          eps=cfg.norm_eps, groups=cfg.norm_num_groups, use_in_shortcut=shortcut)
+
+
+def _surrogate(cfg: UNetConfig, name: str, c_in: int, c_out: int) -> Pair:
+    return Pair(None, None, SurrogateBlock(c_in, c_out, cfg.temb_channels, cfg.norm_num_groups,
+                                           cfg.norm_eps, surrogate_seed(name, c_in, c_out)))
 
 
 def _attention(cfg: UNetConfig, channels: int) -> nn.Module:
@@ -328,6 +382,9 @@ class SDUNet(nn.Module):
                 if kind == PAIR_REMOVED:
                     continue
                 c_in = w[i - 1] if (j == 0 and i > 0) else w[i]
+                if kind == PAIR_SURROGATE:
+                    pairs[str(j)] = _surrogate(cfg, f"down{i}_{j}", c_in, w[i])
+                    continue
                 shortcut = j == 0 and cfg.shortcut_in(i)
                 attn = _attention(cfg, w[i]) if plan.has_attention("down", i, j) else None
                 pairs[str(j)] = Pair(_resnet(cfg, c_in, w[i], shortcut), attn)
@@ -354,6 +411,9 @@ class SDUNet(nn.Module):
                     continue
                 prev = w[level + 1] if (j == 0 and level + 1 < cfg.levels) else w[level]
                 skip = w[level] if j < cfg.up_pairs() - 1 else w[max(level - 1, 0)]
+                if kind == PAIR_SURROGATE:
+                    pairs[str(j)] = _surrogate(cfg, f"up{i}_{j}", prev + skip, w[level])
+                    continue
                 attn = _attention(cfg, w[level]) if plan.has_attention("up", i, j) else None
                 pairs[str(j)] = Pair(_resnet(cfg, prev + skip, w[level], True), attn)
             sampler = Upsample2D(w[level], use_conv=True, out_channels=w[level]) if level > 0 else None

@@ -34,7 +34,8 @@ above must stay (:meth:`.network.UNetPlan.check`).
 Params: ``preset`` (``sd15``, ``latent16``, ``tiny``), ``pairs``, ``widths``,
 ``mid``/``innermost`` (``search``, ``keep``, ``remove``), ``vae``,
 ``teacher`` (``path``: a diffusers folder, a U-Net folder or a
-``.safetensors`` file; else a randomly initialised teacher from ``seed``),
+``.safetensors`` file; else a randomly initialised teacher from ``seed``;
+``train: {steps: N}`` trains it on photos first, see :mod:`.pretrain`),
 ``fidelity`` (the fixed inputs: ``samples``, ``batch_size``, ``seed``,
 ``latent_size``), ``latent_size`` and ``context_length`` of the example inputs.
 """
@@ -58,8 +59,9 @@ if TYPE_CHECKING:
 
     from nasframe.context import Context
 
-PAIR_KINDS = ("full", "resnet", "removed")
-PairKind = Literal["full", "resnet", "removed"]
+PAIR_KINDS = ("full", "resnet", "surrogate", "removed")
+DEFAULT_PAIRS = ("full", "resnet", "removed")
+PairKind = Literal["full", "resnet", "surrogate", "removed"]
 Mode = Literal["search", "keep", "remove"]
 
 
@@ -95,11 +97,38 @@ class VAEParams(Params):
     """Side of the VAE encoder's example images (default: latent size x 8)."""
 
 
+class TrainParams(Params):
+    steps: Int = Field(0, ge=0, le=10_000_000)
+    """U-Net denoising steps on photo latents (0: no training; the teacher is random or path's)."""
+    vae_steps: Int = Field(150, ge=0, le=10_000_000)
+    """VAE reconstruction steps on photo crops."""
+    batch_size: Int = Field(8, ge=1, le=4096)
+    """Crops (VAE) and latents (U-Net) per step."""
+    lr: Float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the U-Net."""
+    vae_lr: Float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the VAE."""
+    kl_weight: Float = Field(1e-4, ge=0, le=10)
+    """Weight of the VAE's KL term (per latent element) against the L1 reconstruction."""
+    vae_crop: Int = Field(32, ge=8, le=8192)
+    """Side of the VAE's training crops (pixels)."""
+    latent_size: Int = Field(8, ge=1, le=1024)
+    """Side of the U-Net's training latent crops."""
+    pool: Int = Field(256, ge=1, le=1_000_000)
+    """Encoded photo crops the U-Net trains on."""
+    expand_steps: Int = Field(100, ge=0, le=10_000_000)
+    """16-channel presets: re-alignment steps of the expanded U-Net (see sd_unet/expand.py)."""
+    expand_vae_steps: Int = Field(50, ge=0, le=10_000_000)
+    """16-channel presets: re-alignment steps of the expanded VAE."""
+
+
 class TeacherParams(Params):
     path: str | None = Field(None, min_length=1)
     """A diffusers pipeline folder, a U-Net folder or a .safetensors file (default: a random teacher)."""
     seed: Int | None = Field(None, ge=0)
-    """Seed of the random teacher (default: the experiment's seed)."""
+    """Seed of the random or trained teacher (default: the experiment's seed)."""
+    train: TrainParams = TrainParams()
+    """Train the teacher (from path's weights, else from scratch) on scikit-image photos: steps > 0."""
 
 
 class FidelityInputParams(Params):
@@ -123,10 +152,12 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
                     "fidelity": {"samples": 2, "batch_size": 2}}
 
     class Params(Params):
-        preset: Literal["sd15", "latent16", "tiny"] = "tiny"
-        """sd15 (SD 1.5, 860 M), latent16 (a 16-channel latent), tiny (CPU examples and tests)."""
-        pairs: tuple[PairKind, ...] = PAIR_KINDS
-        """Choices per (resnet, attention) pair: full, resnet (attention dropped), removed; must include full."""
+        preset: Literal["sd15", "latent16", "tiny", "tiny16"] = "tiny"
+        """sd15 (SD 1.5, 860 M), latent16 (a 16-channel latent), tiny (CPU examples and tests), tiny16 (tiny on a 16-channel latent)."""
+        pairs: tuple[PairKind, ...] = DEFAULT_PAIRS
+        """Choices per (resnet, attention) pair: full, resnet (attention dropped), surrogate (a distilled depthwise-separable block), removed; must include full."""
+        surrogate_steps: Int = Field(200, ge=0, le=10_000_000)
+        """Distillation steps of each surrogate pair (trained once per pair and width, cached)."""
         widths: Multipliers = (1.0,)
         """Width multipliers per resolution level."""
         mid: Mode = "search"
@@ -199,7 +230,8 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
                                   seed=p.teacher.seed, fidelity=p.fidelity.model_dump(),
                                   latent_size=self.latent_size,
                                   context_length=self.context_length,
-                                  image_size=p.vae.image_size)
+                                  image_size=p.vae.image_size,
+                                  train=p.teacher.train.model_dump())
 
     def __repr__(self) -> str:
         return f"SDUNetSpace(preset={self.preset!r}, decisions={len(self._decisions)})"
@@ -439,6 +471,11 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
         """The full teacher U-Net, or VAE ``part`` (eval mode; built once, do not modify)."""
         return self._call_teacher(self._teacher.model, part)
 
+    def trained_teacher(self) -> dict[str, Any] | None:
+        """With ``teacher.train``: the trained teacher (``unet``, ``vae`` states, the null
+        embedding ``ehs``, the latent ``pool``, ``latent_scale``, the training ``report``)."""
+        return self._call_teacher(self._teacher.trained) if self._teacher.is_trained else None
+
     def teacher_digest(self) -> str:
         return self._teacher.digest()
 
@@ -478,16 +515,23 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
         """Distil every changed pair of ``model`` (cached per pair variant); see :mod:`.align`."""
         from nasframe_search_spaces.sd_unet.align import align
 
+        batches = None
+        if self._teacher.is_trained:               # noised photo latents, the null embedding
+            def batches(step: int):
+                return self._teacher.training_batch(batch_size, self.latent_size,
+                                                    seed * 100_003 + step + 1)
         return align(model, self.teacher(), self.teacher_digest(),
                      self.level_indices(self.plan(arch)), ctx, steps=steps, lr=lr,
                      batch_size=batch_size, seed=seed, latent=self.latent_size,
-                     context=self.context_length)
+                     context=self.context_length, batches=batches,
+                     surrogate_steps=self.params.surrogate_steps)
 
     def prepare(self, ctx: Context, needs=frozenset()) -> None:
         """With :class:`~nasframe.capabilities.Teacher` in ``needs``: make or load the
         teacher (from then on every candidate inherits its weights). Nothing otherwise:
         counting parameters or MACs needs no teacher."""
         self._teacher.use_seed(ctx.seed)
+        self._teacher.attach(ctx)
         if Teacher in needs or BlockAlignment in needs:
             self.teacher_state()
             if self.params.teacher.path is not None:
@@ -498,7 +542,7 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
         return self._call_teacher(self._teacher.level_indices, plan)
 
     def block_kinds(self) -> dict[str, str]:
-        return {"resnet": "a ResnetBlock2D", "attention": "a Transformer2DModel (self and cross attention)",
+        return {"resnet": "a ResnetBlock2D", "surrogate": "a depthwise-separable residual block distilled to stand in for a pair", "attention": "a Transformer2DModel (self and cross attention)",
                 "conv": "conv_in or conv_out", "downsample": "a Downsample2D",
                 "upsample": "an Upsample2D", "mid": "the mid block"}
 
@@ -611,7 +655,10 @@ class SDUNetSpace(SearchSpace, Teacher, BlockAlignment, ModelParts, BlockKinds):
             for i, level in plan.stages(where):
                 res = side // 2 ** level
                 for j, attention in plan.kept(where, i):
-                    chain(f"{where}{i}_{j}.resnet", "resnet", w[level], res)
+                    if (plan.down if where == "down" else plan.up)[i][j] == "surrogate":
+                        chain(f"{where}{i}_{j}.surrogate", "surrogate", w[level], res)
+                    else:
+                        chain(f"{where}{i}_{j}.resnet", "resnet", w[level], res)
                     if where == "up":
                         g.add_edge(skips.pop(), prev, skip=True)
                     if attention:

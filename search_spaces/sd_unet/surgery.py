@@ -207,10 +207,14 @@ def inherit(student: SDUNet, teacher: Mapping[str, torch.Tensor],
             levels: list[Index] | None = None) -> SDUNet:
     """Load ``teacher`` (an :class:`SDUNet`-named state dict of the full-width
     teacher) into ``student``: kept blocks whole, narrowed ones by the importance
-    rule. Every student tensor comes from the teacher; returns ``student``."""
+    rule. Every student tensor but the surrogate blocks' comes from the teacher;
+    returns ``student``."""
     spec = slicing(teacher, student.plan, levels)
     state = {}
     for name, param in student.state_dict().items():
+        if ".surrogate." in name:                 # surrogate blocks have no teacher tensors
+            state[name] = param
+            continue
         if name not in teacher:
             raise KeyError(f"teacher has no tensor {name!r}")
         t = _take(teacher[name], spec.get(name, {}))

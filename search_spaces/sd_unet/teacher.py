@@ -3,8 +3,10 @@ and the channel subsets narrowed candidates keep.
 
 :class:`SDTeacher` holds what every candidate is compared with and inherits
 from: the U-Net teacher (loaded from ``teacher.path`` or randomly initialised
-from the seed), the VAE teacher (``vae.path``, the pipeline folder's ``vae/``,
-or random), the fixed fidelity inputs (``fidelity.inputs`` or synthetic), and
+from the seed, or trained on photos by :mod:`.pretrain` with ``teacher.train``),
+the VAE teacher (``vae.path``, the pipeline folder's ``vae/``, the trained one,
+or random), the fixed fidelity inputs (``fidelity.inputs``; noised latents of
+held-out photos for a trained teacher; else synthetic), and
 the per-level channel subsets of each width (cached). Everything is made on
 first use and shared (the teacher module views the state's tensors, no copy).
 """
@@ -35,8 +37,12 @@ class SDTeacher:
 
     def __init__(self, config: UNetConfig, vae_config: VAEConfig, *, path: str | None,
                  vae_path: str | None, seed: int | None, fidelity: dict[str, Any],
-                 latent_size: int, context_length: int, image_size: int | None):
+                 latent_size: int, context_length: int, image_size: int | None,
+                 train: dict[str, Any] | None = None):
         self.config, self.vae_config = config, vae_config
+        self.train = dict(train) if train and train.get("steps") else None
+        self.ctx = None
+        self._trained: dict[str, Any] | None = None
         self.path, self.vae_path = path, vae_path
         self.own_seed = seed
         self.fidelity = dict(fidelity)
@@ -57,6 +63,73 @@ class SDTeacher:
         if self.own_seed is None:
             self.seed = experiment_seed
 
+    def attach(self, ctx) -> None:
+        """The run context: where a trained teacher is cached."""
+        self.ctx = ctx
+
+    # -- the trained teacher ------------------------------------------------------------
+    @property
+    def is_trained(self) -> bool:
+        return self.train is not None
+
+    def trained(self) -> dict[str, Any]:
+        """The trained teacher (see :func:`.pretrain.trained_teacher`): trained once
+        per content hash, then loaded from the run's cache."""
+        if self._trained is None:
+            import tempfile
+
+            from nasframe.context import Context
+            from nasframe_search_spaces.sd_unet.pretrain import trained_teacher
+
+            ctx = self.ctx or Context(run_dir=Path(tempfile.gettempdir()) / "nasframe-sd-teacher",
+                                      quiet=True)
+            from nasframe_search_spaces.sd_unet.expand import EXPANDS_FROM
+
+            base_name = next((b for p, b in EXPANDS_FROM.items() if self._preset_is(p)), None)
+            cfg, vcfg = self.config, self.vae_config
+            if base_name is not None:                    # train the 4-channel model, then expand
+                from nasframe_search_spaces.sd_unet.network import PRESETS
+                from nasframe_search_spaces.sd_unet.vae import VAE_PRESETS
+
+                cfg, vcfg = PRESETS[base_name], VAE_PRESETS[base_name]
+            unet_init = vae_init = None
+            if self.path is not None:                     # fine-tune local weights
+                unet_init = self._load_unet(cfg)
+            if self.vae_path is not None or (self.path is not None and (Path(self.path) / "vae").is_dir()):
+                vae_init = self._load_vae(vcfg)
+            self._trained = trained_teacher(cfg, vcfg, self.train, ctx,
+                                            seed=self.seed, context_length=self.context_length,
+                                            latent_size=self.latent_size,
+                                            unet_init=unet_init, vae_init=vae_init)
+            if base_name is not None:
+                from nasframe_search_spaces.sd_unet.expand import expanded_teacher
+
+                self._trained = expanded_teacher(self._trained, cfg, vcfg, self.config,
+                                                 self.vae_config, self.train, ctx, seed=self.seed,
+                                                 latent_size=self.latent_size)
+            if self.ctx is not None:
+                r = self._trained["report"]
+                how = "loaded from the cache" if r.get("cached") else f"trained in {r.get('seconds', 0):.0f} s"
+                self.ctx.log(f"[sd_unet] trained teacher {how} ({r.get('path')})")
+        return self._trained
+
+    def training_batch(self, batch: int, latent: int, seed: int) -> tuple[torch.Tensor, ...]:
+        """Noised crops of the trained teacher's latent pool: ``(x_t, t, ehs)``, t uniform."""
+        import torch
+
+        from nasframe_search_spaces.sd_unet.pretrain import scheduler
+
+        tr = self.trained()
+        pool = tr["pool"]
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, pool.shape[0], (batch,), generator=g)
+        side = pool.shape[-1]
+        top, left = (int(torch.randint(0, side - latent + 1, (1,), generator=g)) for _ in range(2))
+        x0 = pool[idx, :, top:top + latent, left:left + latent]
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        return scheduler().add_noise(x0, noise, t), t, tr["ehs"].expand(batch, -1, -1)
+
     @property
     def fidelity_seed(self) -> int:
         own = self.fidelity.get("seed")
@@ -74,19 +147,30 @@ class SDTeacher:
             import torch
 
             from nasframe_search_spaces.sd_unet.network import SDUNet, UNetPlan
-            from nasframe_search_spaces.sd_unet.surgery import load_teacher
 
-            if self.path is not None:
-                try:
-                    self._state = load_teacher(self.path, self.config)
-                except ValueError as err:
-                    raise TeacherError("teacher.path", self.path, str(err)) from None
+            if self.is_trained:
+                self._state = self.trained()["unet"]
+            elif self.path is not None:
+                self._state = self._load_unet()
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.seed)
                     model = SDUNet(UNetPlan.teacher(self.config))
                 self._state = {k: v.detach() for k, v in model.state_dict().items()}
         return self._state
+
+    def _preset_is(self, name: str) -> bool:
+        from nasframe_search_spaces.sd_unet.network import PRESETS
+
+        return PRESETS[name] == self.config
+
+    def _load_unet(self, config=None) -> dict[str, torch.Tensor]:
+        from nasframe_search_spaces.sd_unet.surgery import load_teacher
+
+        try:
+            return load_teacher(self.path, config or self.config)
+        except ValueError as err:
+            raise TeacherError("teacher.path", self.path, str(err)) from None
 
     def model(self, part: str | None = None) -> torch.nn.Module:
         """The full teacher U-Net, or VAE part ``part`` (eval mode; built once, do not modify)."""
@@ -131,16 +215,12 @@ class SDTeacher:
         if self._vae_state is None:
             import torch
 
-            from nasframe_search_spaces.sd_unet.vae import VAEDecoder, VAEEncoder, load_vae_teacher
+            from nasframe_search_spaces.sd_unet.vae import VAEDecoder, VAEEncoder
 
-            path, field = self.vae_path, "vae.path"
-            if path is None and self.path is not None and (Path(self.path) / "vae").is_dir():
-                path, field = self.path, "teacher.path"
-            if path is not None:
-                try:
-                    self._vae_state = load_vae_teacher(path, self.vae_config)
-                except ValueError as err:
-                    raise TeacherError(field, path, str(err)) from None
+            if self.is_trained:
+                self._vae_state = self.trained()["vae"]
+            elif self.vae_path is not None or (self.path is not None and (Path(self.path) / "vae").is_dir()):
+                self._vae_state = self._load_vae()
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.seed + 1)
@@ -148,6 +228,17 @@ class SDTeacher:
                              **VAEDecoder(self.vae_config).state_dict()}
                 self._vae_state = {k: v.detach() for k, v in state.items()}
         return self._vae_state
+
+    def _load_vae(self, config=None) -> dict[str, torch.Tensor]:
+        from nasframe_search_spaces.sd_unet.vae import load_vae_teacher
+
+        path, field = self.vae_path, "vae.path"
+        if path is None:
+            path, field = self.path, "teacher.path"
+        try:
+            return load_vae_teacher(path, config or self.vae_config)
+        except ValueError as err:
+            raise TeacherError(field, path, str(err)) from None
 
     @property
     def vae_made(self) -> bool:
@@ -176,6 +267,8 @@ class SDTeacher:
             fp = self.fidelity
             if fp.get("inputs") is not None:
                 sample, t, ehs = self._load_inputs(fp["inputs"])
+            elif self.is_trained:
+                sample, t, ehs = self._held_out_inputs(fp["samples"])
             else:
                 from nasframe_search_spaces.sd_unet.align import synthetic_batch
 
@@ -187,6 +280,19 @@ class SDTeacher:
             self._inputs = [(sample[i:i + b], t[i:i + b], ehs[i:i + b])
                             for i in range(0, sample.shape[0], b)]
         return self._inputs
+
+    def _held_out_inputs(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Noised latents of crops of photos the teacher never saw, t evenly over [0, 1000)."""
+        import torch
+
+        from nasframe_search_spaces.sd_unet import pretrain
+
+        tr = self.trained()
+        g = torch.Generator().manual_seed(80_000_023 + self.fidelity_seed)
+        images = pretrain.random_crops(pretrain.HELD_OUT_PHOTOS, n,
+                                       self.latent_size * self.vae_config.downsampling, g)
+        latents = pretrain.encode(tr["vae"], self.vae_config, images) * tr["latent_scale"]
+        return pretrain.noised_inputs(latents, tr["ehs"], self.fidelity_seed)
 
     def _vae_inputs(self, part: str) -> list[tuple[torch.Tensor, ...]]:
         """VAE decoder: latents ~ N(0, 1) / scaling_factor (the magnitude of SD's

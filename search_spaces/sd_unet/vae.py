@@ -191,6 +191,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "latent16": VAEConfig(latent_channels=16),
     # the same structure (levels 2 and 3 share a stream) at small widths: CPU tests
     "tiny": VAEConfig(block_out_channels=(32, 64, 128, 128), norm_num_groups=8, sample_size=64),
+    # `tiny` on a 16-channel latent (pairs with the U-Net preset `tiny16`)
+    "tiny16": VAEConfig(block_out_channels=(32, 64, 128, 128), norm_num_groups=8, sample_size=64,
+                        latent_channels=16),
 }
 
 

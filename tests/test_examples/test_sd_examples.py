@@ -17,13 +17,19 @@ from nasframe.store import TrialStore
 
 pytest.importorskip("botorch")
 
-EXAMPLES = ("sd_eps_bo", "nanosd_family", "sd15_references")
+EXAMPLES = ("sd_eps_bo", "nanosd_family", "sd15_references", "tocsr")
 
 
 def _small(name: str, trials: int) -> dict:
     cfg = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
     p = cfg["search_space"]["params"]
     p.update(latent_size=8, fidelity={"samples": 2, "batch_size": 2})
+    if "train" in p.get("teacher", {}):          # the trained teacher, at the smallest training
+        p["teacher"]["train"] = {"steps": 2, "vae_steps": 1, "batch_size": 2, "vae_crop": 16,
+                                 "latent_size": 8, "pool": 4, "expand_steps": 2,
+                                 "expand_vae_steps": 1}
+    if "surrogate_steps" in p:
+        p["surrogate_steps"] = 3
     for o in cfg["objectives"]:
         if o["name"] == "fidelity":
             o.setdefault("params", {})["distill"] = {"steps": 3, "batch_size": 2}
@@ -31,6 +37,7 @@ def _small(name: str, trials: int) -> dict:
     cfg["strategy"]["params"]["n_initial"] = 3
     cfg["strategy"]["params"]["candidates"] = 256
     cfg.pop("output", None)
+    cfg.pop("cache_dir", None)
     return cfg
 
 
@@ -73,6 +80,13 @@ def test_sd_eps_bo_resumes_the_same_search(tmp_path, monkeypatch):
     assert list((tmp_path / "cut" / "cache" / "sd_unet" / "pairs").glob("*.pt"))
 
 
+@pytest.mark.parametrize("name", ("sd_eps_bo", "nanosd_family", "tocsr"))
+def test_cpu_examples_use_the_trained_teacher(name):
+    cfg = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
+    assert cfg["search_space"]["params"]["teacher"]["train"]["steps"] > 0
+    assert cfg["cache_dir"]                       # trained once, shared by the examples
+
+
 def test_nanosd_family_yields_a_front_and_a_pick(tmp_path):
     path = tmp_path / "nanosd.yaml"
     path.write_text(yaml.safe_dump(_small("nanosd_family", trials=8)))
@@ -102,3 +116,23 @@ def test_evaluate_prints_full_size_bk_sdm_base(tmp_path):
     assert params["provenance"]["details"]["count"] == 579_384_964
     assert doc["values"]["gmacs"]["value"] > 0
     assert "scaled_dot_product_attention" in doc["values"]["gmacs"]["provenance"]["details"]["includes"]
+
+
+def test_tocsr_searches_the_expanded_model_with_surrogates(tmp_path):
+    cfg = _small("tocsr", trials=8)
+    run_dir = tmp_path / "run"
+    summary = run_experiment(config_from_dict(cfg), run_dir, quiet=True)
+    assert summary.trials == 8 and summary.failed == 0
+    assert list((run_dir / "cache" / "sd_unet" / "expanded").glob("*.safetensors"))
+    from nasframe.results import load_run
+
+    run = load_run(run_dir)
+    archs = [t.arch for t in run.trial_list()]
+    assert any("surrogate" in dict(a).values() for a in archs)
+    import subprocess
+    import sys
+
+    rep = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tocsr_report.py"), str(run_dir)],
+                         capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stderr
+    assert "params" in rep.stdout and "x" in rep.stdout
