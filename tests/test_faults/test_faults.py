@@ -93,6 +93,15 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def running_count(run: Path) -> int:
+    if not (run / "trials.db").exists():
+        return 0
+    try:
+        return sum(t.status == "running" for t in trials(run))
+    except Exception:  # noqa: BLE001 - the store may be being created
+        return 0
+
+
 def finished_count(run: Path) -> int:
     if not (run / "trials.db").exists():
         return 0
@@ -280,8 +289,7 @@ def test_sigint_on_the_process_executor_exits_quickly(tmp_path):
     exp = experiment(tmp_path, trials=8, seconds=3, executor="process", workers=2)
     run = tmp_path / "run"
     proc = popen("run", str(exp), "--out", str(run), "--quiet")
-    wait_for(lambda: (run / "trials.db").exists() and any(
-        t.status == "running" for t in trials(run)), 120, "a running trial")
+    wait_for(lambda: running_count(run) > 0, 120, "a running trial")
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     start = time.time()

@@ -233,6 +233,7 @@ def test_plugin_registers_all_objectives():
     plugins = Plugins()
     plugins.register(nasframe_objectives, "builtin_objectives")
     assert not plugins.failures
-    assert plugins.objectives.names() == ["fidelity", "gmacs", "latency", "params", "psnr", "quick_psnr", "ssim",
-                                          "transformer_count"]
+    assert plugins.objectives.names() == ["deploy_memory", "fidelity", "gmacs", "latency",
+                                          "latency_lut", "multitask_psnr", "params", "psnr",
+                                          "quick_psnr", "ssim", "transformer_count"]
     assert isinstance(plugins.objectives.create("gmacs", {"input_shape": [1, 3, 8, 8]}), GMACs)

@@ -83,7 +83,8 @@ def test_jobs_in_flight_together_values_and_cache_across_runs(tmp_path):
     assert len(compiles) == len(profiles) == 3
     assert all(s["device"] == "Samsung Galaxy S25 (Family)" for s in subs)
     assert all(s["options"] == "--target_runtime tflite" for s in compiles)
-    assert all(s["input_specs"] == {"input": [[1, 3, 16, 16], "float32"]} for s in compiles)
+    # one input, named as the model's forward names it, with the example's shape
+    assert all(list(s["input_specs"].values()) == [[[1, 3, 16, 16], "float32"]] for s in compiles)
     # the three jobs of the batch were in flight at the same time
     records = qai_hub_fake.jobs(fake)
     assert _max_overlap([j for j in records if j["kind"] == "compile"]) == 3
