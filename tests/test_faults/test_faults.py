@@ -286,7 +286,9 @@ def test_sigterm_stops_within_seconds_without_leaving_workers_then_resumes(tmp_p
 
 
 def test_sigint_on_the_process_executor_exits_quickly(tmp_path):
-    exp = experiment(tmp_path, trials=8, seconds=3, executor="process", workers=2)
+    # trials long enough that the run cannot end on its own before the signal, however slow
+    # the machine; the signal stops it within seconds anyway
+    exp = experiment(tmp_path, trials=8, seconds=60, executor="process", workers=2)
     run = tmp_path / "run"
     proc = popen("run", str(exp), "--out", str(run), "--quiet")
     wait_for(lambda: running_count(run) > 0, 120, "a running trial")
