@@ -42,8 +42,18 @@ def test_deploy_report_quick(tmp_path, capsys):
             assert math.isfinite(r["ort_over_torch"])
     ssm = sections["blocks"][1]
     assert ssm["ssm_over_transformer_ort"] > 0 and ssm["ssm_over_transformer_torch"] > 0
+    proxies = sections["proxies"]
+    taus = {(r["proxy"], r["measured"]): r for r in proxies if r["table"] == "tau"}
+    assert set(taus) == {(p, m) for p in ("params", "gmacs", "transformer_count", "latency_lut")
+                         for m in ("latency_torch", "latency_ort")}
+    for r in taus.values():
+        assert r["n"] == 3 and (math.isnan(r["tau"]) or -1 <= r["tau"] <= 1)
+    (lut,) = [r for r in proxies if r["table"] == "lut_error"]
+    assert lut["trials"] == 3 and lut["variants"] > 0 and lut["check_archs"] == 1
+    assert 0 <= lut["median_rel_error"] <= lut["max_rel_error"]
     assert isinstance(result["pass"], bool) and hooked
     assert sections["tau table"] == [{"proxy": "x"}]
     assert json.loads((tmp_path / "r.json").read_text())["onnxruntime"] == result["onnxruntime"]
     printed = capsys.readouterr().out
     assert "ORT/torch" in printed and "SSM / transformer at 16x16x16" in printed
+    assert "transformer_count  latency_ort" in printed and "LUT (" in printed
