@@ -29,10 +29,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from nasframe.architecture import Architecture
     from nasframe.context import Context
+    from nasframe.deploy import ExportResult
 
 
 class Capability(abc.ABC):  # noqa: B024 - a marker base; subclasses add the methods
@@ -154,6 +157,28 @@ class Exportable(Capability):
                       part: str | None = None) -> torch.nn.Module:
         """``model`` (built for ``arch``, or its part ``part``) set up for export;
         may be ``model`` itself, changed in place."""
+
+
+class QuantisedGraph(Capability):
+    """The space writes the deployable *quantised* graph of an architecture (a QDQ
+    ONNX file with the architecture's bit widths: what an NPU compiles), and says what
+    to feed it. The ``latency`` objective times it with ``graph: quantised``."""
+
+    key = "quantised_graph"
+    description = "a deployable quantised (QDQ ONNX) graph per architecture"
+
+    @abc.abstractmethod
+    def quantised_inputs(self, arch: Architecture, model: torch.nn.Module,
+                         input_shape: Sequence[int] | None = None,
+                         batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+        """The quantised graph's inputs for one pass (all of them, e.g. adapters too)."""
+
+    @abc.abstractmethod
+    def export_quantised(self, arch: Architecture, model: torch.nn.Module,
+                         inputs: tuple[torch.Tensor, ...], path: str | Path) -> ExportResult:
+        """Write the quantised graph of ``model`` (built for ``arch``) to ``path``, checked
+        in ONNX Runtime on ``inputs``; its metadata as :func:`nasframe.deploy.export_module`
+        writes it (``<path>.json``)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from nasframe import Value
 from nasframe.backends import Deferred, LatencyBackend
@@ -174,6 +174,16 @@ class TorchBackend(LatencyBackend):
         return summarise(times, threads=threads, warmup=p.warmup, torch=torch.__version__)
 
 
+@contextlib.contextmanager
+def torch_seed(seed: int) -> Iterator[None]:
+    """Draw from torch's global generator seeded with ``seed``, restoring it after."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class Latency(PartObjective):
     """Median time of one forward pass, in milliseconds, on a latency backend.
 
@@ -203,6 +213,9 @@ class Latency(PartObjective):
         """Full input shape, batch included (default: the space's, with batch_size)."""
         batch_size: Int = Field(1, ge=1, le=65_536)
         """Batch of the default input (ignored with input_shape)."""
+        graph: Literal["float", "quantised"] = "float"
+        """Time the float model, or the space's deployable quantised graph (QDQ ONNX with
+        the architecture's bit widths; needs an ONNX backend: onnxruntime, qai_hub)."""
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
@@ -223,6 +236,20 @@ class Latency(PartObjective):
         self.poll_every = self.backend.poll_every
         self.input_shape = self.params.input_shape
         self.batch_size = self.params.batch_size
+        if self.params.graph == "quantised":
+            if self.backend.export_format != "onnx":
+                raise ParamError("graph", f"a quantised graph is a QDQ ONNX file; backend "
+                                 f"{self.backend.name!r} does not take ONNX: use backend "
+                                 "onnxruntime or qai_hub, or graph: float")
+            if self.part is not None:
+                raise ParamError("graph", "a quantised graph is of the whole model; remove "
+                                 "part, or use graph: float")
+
+    def requirements(self):
+        from nasframe.capabilities import QuantisedGraph
+
+        reqs = super().requirements()
+        return (*reqs, QuantisedGraph) if self.params.graph == "quantised" else reqs
 
     @property
     def backend_name(self) -> str:
@@ -251,18 +278,39 @@ class Latency(PartObjective):
         ready = exportable(candidate.space, candidate.arch, model, self.part)
         return export_module(ready, inputs, fmt, path)
 
+    def _export_quantised(self, candidate: Candidate, model, inputs, ctx: Context) -> ExportResult:
+        """The space's quantised graph of the candidate, checked, cached in the run."""
+        from nasframe.context import content_hash
+        from nasframe.deploy import ExportResult
+
+        key = content_hash({"arch": candidate.arch.id, "graph": "quantised",
+                            "shapes": input_shapes(inputs), "seed": candidate.seed})
+        path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}-qdq.onnx"
+        if path.exists() and Path(str(path) + ".json").exists():
+            return ExportResult.read(path)
+        return candidate.space.export_quantised(candidate.arch, model, inputs, path)
+
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value | Deferred:
-        inputs = candidate.example_inputs(self.input_shape, batch_size=self.batch_size,
-                                          part=self.part)
         model = candidate.module(self.part)
+        quantised = self.params.graph == "quantised"
+        if quantised:
+            with torch_seed(candidate.seed):
+                inputs = candidate.space.quantised_inputs(candidate.arch, model, self.input_shape,
+                                                          self.batch_size)
+        else:
+            inputs = candidate.example_inputs(self.input_shape, batch_size=self.batch_size,
+                                              part=self.part)
         exported = None
         details: dict[str, Any] = {"input_shape": input_shapes(inputs)}
         if self.part is not None:
             details["part"] = self.part
         if self.backend.export_format is not None:
-            exported = self._export(candidate, model, inputs, ctx)
+            exported = (self._export_quantised(candidate, model, inputs, ctx) if quantised
+                        else self._export(candidate, model, inputs, ctx))
             details["export"] = {"format": exported.format, "graph_hash": exported.graph_hash,
                                  "max_rel_error": exported.max_rel_error}
+            if quantised:
+                details["export"].update(graph="quantised", note=exported.note)
         if self.backend.asynchronous:
             return Deferred(self.backend.request(exported, ctx), details)
         value = self.backend.measure(model, inputs, ctx, exported)

@@ -104,7 +104,8 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
     if qdq:
         calib = [feed(model, calibration_input(space.task_data(t), size, 50_000 + k), adapters[t])
                  for t in space.tasks() for k in range(space.params.qat.calib_batches)]
-        qpath = export_qdq(out / "graph.onnx", out / "graph_qdq.onnx", calib)
+        qpath = export_qdq(out / "graph.onnx", out / "graph_qdq.onnx", calib,
+                           bits=lambda layer: space.bits_of(arch, layer))
         enc = qdq_encodings(qpath, out / "graph_qdq.encodings")
         sess = ort_session(qpath, threads=1)
         for t in space.tasks():

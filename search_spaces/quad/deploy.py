@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,75 @@ def export_adapter_graph(net: LoRANet, example: torch.Tensor, adapters: dict[str
     return report
 
 
+#: ops whose output ONNX Runtime's quantiser quantises like their input
+PASS_THROUGH = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def layer_of(initializer: str) -> str | None:
+    """The model layer an exported weight or adapter tensor belongs to:
+    ``net.<layer>[.base].weight`` and ``lora.<layer>.A|B`` -> ``<layer>``."""
+    if initializer.startswith("lora.") and initializer.endswith((".A", ".B")):
+        return initializer[len("lora."):-2]
+    if initializer.startswith("net.") and initializer.endswith(".weight"):
+        return initializer[len("net."):-len(".weight")].removesuffix(".base")
+    return None
+
+
+def qdq_overrides(model, bits: Callable[[str], tuple[int, int]] | None) -> dict[str, list[dict]]:
+    """ONNX Runtime ``TensorQuantOverrides`` for an exported adapter graph ``model``
+    (an ``onnx.ModelProto``): adapter inputs int8 symmetric per tensor; and, with
+    ``bits(layer) -> (weight_bits, activation_bits)``, each Conv/Gemm/MatMul's weight at
+    its layer's weight bits (int4 or int8, symmetric) and its input activation at its
+    layer's activation bits (uint8 or uint16; a tensor read by layers of different
+    widths takes the widest)."""
+    from onnxruntime.quantization import QuantType
+
+    names = [i.name for i in model.graph.input]
+    out: dict[str, list[dict]] = {n: [{"quant_type": QuantType.QInt8, "symmetric": True}]
+                                  for n in names if n.startswith("lora.")}
+    if bits is None:
+        return out
+    inits = {i.name for i in model.graph.initializer}
+    act_bits: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        layer = layer_of(node.input[1])
+        if layer is None:
+            continue
+        w, a = bits(layer)
+        if node.input[1] in inits:
+            out[node.input[1]] = [{"quant_type": QuantType.QInt4 if w == 4 else QuantType.QInt8,
+                                   "symmetric": True, "axis": 0}]
+        act = node.input[0]
+        if act not in inits and not act.startswith("lora."):
+            act_bits[act] = max(act_bits.get(act, 8), a)
+    # ops that pass their input's quantisation through (ORT's quantiser gives their output
+    # the input's parameters): the width must be set where the tensor is made
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for act, a in list(act_bits.items()):
+        node = producer.get(act)
+        while node is not None and node.op_type in PASS_THROUGH and node.input[0] not in inits:
+            up = node.input[0]
+            act_bits[up] = max(act_bits.get(up, 8), a)
+            node = producer.get(up)
+    for act, a in act_bits.items():
+        if a == 16:
+            out[act] = [{"quant_type": QuantType.QUInt16}]
+    return out
+
+
 def export_qdq(float_path: str | Path, out_path: str | Path,
-               feeds: Sequence[dict[str, np.ndarray]], activation_bits: int = 8) -> Path:
+               feeds: Sequence[dict[str, np.ndarray]], activation_bits: int = 8,
+               bits: Callable[[str], tuple[int, int]] | None = None) -> Path:
     """Quantise the adapter graph to QDQ with ONNX Runtime's static quantiser.
 
     ``feeds`` must hold every task's adapter (with inputs): min/max calibration over
     all of them gives ONE shared profile. Weights: per-channel symmetric int8;
     activations: asymmetric ``activation_bits`` (8 or 16); adapter inputs: int8
-    symmetric, per tensor (they fill the weight slot of a convolution)."""
+    symmetric, per tensor (they fill the weight slot of a convolution). With ``bits``
+    (``layer -> (weight_bits, activation_bits)``, e.g. a ``quad`` architecture's
+    per-block w8a8/w8a16/w4a16), each layer takes its own widths (:func:`qdq_overrides`)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -81,9 +142,7 @@ def export_qdq(float_path: str | Path, out_path: str | Path,
         def get_next(self):
             return next(self._it, None)
 
-    names = [i.name for i in onnx.load(str(float_path), load_external_data=False).graph.input]
-    overrides = {n: [{"quant_type": QuantType.QInt8, "symmetric": True}]
-                 for n in names if n.startswith("lora.")}
+    overrides = qdq_overrides(onnx.load(str(float_path), load_external_data=False), bits)
     act = {8: QuantType.QUInt8, 16: QuantType.QUInt16}[activation_bits]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +160,10 @@ def qdq_encodings(qdq_path: str | Path, out: str | Path) -> dict[str, Any]:
 
     model = onnx.load(str(qdq_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    P = onnx.TensorProto
+    widths = {P.INT4: (4, True), P.UINT4: (4, False), P.INT8: (8, True), P.UINT8: (8, False),
+              P.INT16: (16, True), P.UINT16: (16, False), P.INT32: (32, True)}
+    zp_type = {i.name: widths.get(i.data_type) for i in model.graph.initializer}
     acts, params = [], []
     seen = set()
     for node in model.graph.node:
@@ -114,8 +177,7 @@ def qdq_encodings(qdq_path: str | Path, out: str | Path) -> dict[str, Any]:
                 continue
             name = name.removesuffix("_quantized")   # a pre-quantised weight
         seen.add(name)
-        bits = zp.dtype.itemsize * 8
-        signed = zp.dtype.kind == "i"
+        bits, signed = zp_type.get(node.input[2]) or (zp.dtype.itemsize * 8, zp.dtype.kind == "i")
         zps = np.atleast_1d(zp).astype(np.int64)
         entry = {"name": name, "bw": int(bits), "dtype": "INT",
                  "enc_type": "PER_CHANNEL" if np.size(scale) > 1 else "PER_TENSOR",

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from nasframe.architecture import Architecture
-from nasframe.capabilities import MultiTask, TrainedWeights, ValidationPairs
+from nasframe.capabilities import MultiTask, QuantisedGraph, TrainedWeights, ValidationPairs
 from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.space import Categorical, Decision, SearchSpace
 
@@ -88,7 +88,7 @@ class QatParams(Params):
     """Calibration batches per task for every profile."""
 
 
-class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask):
+class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, QuantisedGraph):
     """LoRA rank and bit widths per block of one shared multi-task U-Net (QUAD)."""
 
     name = "quad"
@@ -424,6 +424,73 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask):
                 for n, m in model.net.named_modules()
                 if type(m).__name__ in ("Conv2d", "Linear")}
         return deploy_bytes(model, bits, tasks)
+
+    # -- the deployable quantised graph ---------------------------------------
+    def quantised_inputs(self, arch: Architecture, model, input_shape=None,
+                         batch_size: int = 1) -> tuple:
+        """An image and the first task's adapter: the graph takes every adapter tensor
+        as an input (a task switch feeds another adapter, same graph)."""
+        import torch
+
+        shape = tuple(input_shape) if input_shape is not None else (batch_size, *self.input_shape)
+        first = model.task_adapters[self.task_names[0]]
+        return (torch.rand(shape), *first)
+
+    def export_quantised(self, arch: Architecture, model, inputs, path):
+        """The QDQ graph QUAD deploys: the float graph with the adapters as inputs (checked
+        per task against the merged PyTorch model), quantised by ONNX Runtime with every
+        task's adapter in the calibration (one shared profile) and each block at its
+        architecture's bit widths (int4/int8 weights, uint8/uint16 activations). The
+        recorded error is the float graph's; the QDQ graph's deviation from the float
+        model (quantisation, not export) is in ``note``."""
+        import dataclasses
+        import json
+        from pathlib import Path
+
+        import numpy as np
+        import torch
+
+        from nasframe.deploy import ExportResult, _hash_file, ort_session
+        from nasframe_search_spaces.quad.bundle import calibration_input
+        from nasframe_search_spaces.quad.deploy import export_adapter_graph, export_qdq, feed
+
+        path = Path(path)
+        x = inputs[0]
+        float_path = path.with_name(path.stem + "-float.onnx")
+        report = export_adapter_graph(model, x, model.task_adapters, float_path)
+        size = x.shape[-1]
+        calib = [feed(model, calibration_input(self.task_data(t), size, 50_000 + k).expand_as(x)
+                      .contiguous(), model.task_adapters[t])
+                 for t in self.task_names for k in range(self.params.qat.calib_batches)]
+        start = time.perf_counter()
+        export_qdq(float_path, path, calib, bits=lambda layer: self.bits_of(arch, layer))
+        seconds = report["seconds"] + time.perf_counter() - start
+        sess = ort_session(path, threads=1)
+        names = [i.name for i in sess.get_inputs()]
+        got = sess.run(None, dict(zip(names, (t.detach().numpy() for t in inputs))))[0]
+        with torch.no_grad():
+            ref = model(*inputs).numpy()
+        q_abs = float(np.abs(got - ref).max())
+        q_rel = q_abs / max(float(np.abs(ref).max()), 1e-12)
+        import onnx
+        from collections import Counter
+
+        graph = onnx.load(str(path), load_external_data=False)
+        floated = ExportResult.read(float_path)
+        widths = Counter(self.bits_of(arch, s.name) for s in model.slots)
+        result = dataclasses.replace(
+            floated, path=str(path), input_names=names, seconds=seconds,
+            graph_hash=_hash_file(path),
+            ops=dict(sorted(Counter(n.op_type for n in graph.graph.node).items())),
+            versions={**floated.versions, "opset": str(graph.opset_import[0].version)},
+            note=(f"QDQ by onnxruntime's static quantiser, {len(self.task_names)} tasks' "
+                  f"adapters in the calibration (one shared profile); layers by "
+                  f"(weight, activation) bits: "
+                  + ", ".join(f"w{w}a{a} {n}" for (w, a), n in sorted(widths.items()))
+                  + f"; QDQ vs float model: max abs error {q_abs:.3g} "
+                  f"({q_rel:.3g} relative, quantisation)"))
+        Path(str(path) + ".json").write_text(json.dumps(result.to_dict(), indent=1))
+        return result
 
 
 class _Mix:

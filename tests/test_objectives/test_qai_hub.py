@@ -247,3 +247,37 @@ def test_the_nanosd_device_example_validates_only_with_a_token(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "latency (min)" in res.stdout
+
+
+def test_the_quantised_quad_graph_goes_to_the_hub_with_its_adapter_inputs(tmp_path):
+    """latency with graph: quantised on qai_hub uploads the QDQ graph (the profile is in the
+    graph: what AI Hub compiles to a QNN context binary), with every adapter tensor an input."""
+    pytest.importorskip("skimage")
+    import hashlib
+
+    from nasframe.plugins import get_plugins
+
+    fake, env = _fake(tmp_path, compile_seconds=0.2, profile_seconds=0.2)
+    small = get_plugins().search_spaces.get("quad").small_params
+    doc = {
+        "name": "hubq", "seed": 0,
+        "search_space": {"name": "quad", "params": {**small, "ranks": [2]}},
+        "objectives": [{"name": "deploy_memory"},
+                       {"name": "latency", "params": {"backend": "qai_hub", "graph": "quantised",
+                                                      "options": {"poll_every": 0.1,
+                                                                  "cache_dir": str(tmp_path / "hc")}}}],
+        "strategy": {"name": "random"}, "budget": {"trials": 1}, "references": False,
+    }
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(doc))
+    res = run_cli("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export", env=env)
+    assert res.returncode == 0, res.stderr
+    (row,) = _trials(tmp_path / "run")
+    assert row["status"] == "complete", row["error"]
+    (compile_job,) = [s for s in qai_hub_fake.submissions(fake) if s["kind"] == "compile"]
+    assert "--target_runtime qnn_context_binary" in compile_job["options"]
+    names = list(compile_job["input_specs"])
+    assert names[0] == "x" and len(names) > 1 and all(n.startswith("lora.") for n in names[1:])
+    (qdq,) = (tmp_path / "run" / "cache" / "exports").glob("*-qdq.onnx")
+    assert compile_job["model_sha"] == hashlib.sha256(qdq.read_bytes()).hexdigest()[:16]
+    assert row["provenance"]["latency"]["details"]["export"]["graph"] == "quantised"

@@ -211,3 +211,89 @@ def test_calibration_inputs_fill_the_graph_input_from_smaller_crops():
     assert x.shape == (1, 3, 40, 40)
     crops = data.train_batch(9, 3)[0]
     assert torch.equal(x[0, :, :16, :16], crops[0]) and torch.equal(x[0, :, 16:32, :16], crops[3])
+
+
+pytest.importorskip("onnxruntime")
+
+
+def _dq_types(path) -> dict[str, int]:
+    """{quantised tensor: ONNX element type of its zero point} of a QDQ graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return {n.input[0].removesuffix("_quantized"): inits[n.input[2]] for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[2] in inits}
+
+
+def test_qdq_graph_takes_each_blocks_bit_widths(tmp_path):
+    """Per-block w4a16 / w8a16 / w8a8 reach the QDQ graph: int4 or int8 weights, uint16 or
+    uint8 inputs, int8 adapters; the encodings file says the same widths."""
+    import onnx
+
+    from nasframe_search_spaces.quad.deploy import (export_adapter_graph, export_qdq, feed,
+                                                    layer_of, qdq_encodings)
+
+    space = QuadSpace(preset="tiny", granularity="stage", ranks=[2], input_size=16)
+    arch = space.reference_architectures()["largest"].replace(bits_enc1="w4a16", bits_latent="w8a16",
+                                                               bits_dec1="w8a8")
+    net = space.build(arch).eval()
+    x = torch.rand(1, 3, 16, 16)
+    export_adapter_graph(net, x, net.task_adapters, tmp_path / "g.onnx")
+    q = export_qdq(tmp_path / "g.onnx", tmp_path / "q.onnx",
+                   [feed(net, x, a) for a in net.task_adapters.values()],
+                   bits=lambda layer: space.bits_of(arch, layer))
+    T = onnx.TensorProto
+    types = _dq_types(q)
+    graph = onnx.load(str(q))
+    convs = [(n.input[0], n.input[1]) for n in graph.graph.node if n.op_type == "Conv"]
+    # a Conv of the QDQ graph reads DequantizeLinear outputs: map them back to what they dequantise
+    producer = {o: n.input[0].removesuffix("_quantized") for n in graph.graph.node
+                if n.op_type == "DequantizeLinear" for o in n.output}
+    checked = {4: 0, 8: 0, 16: 0}
+    for act, weight in convs:
+        w_name, a_name = producer.get(weight), producer.get(act)
+        layer = layer_of(w_name or "")
+        if layer is None or not w_name.startswith("net."):
+            continue
+        w, a = space.bits_of(arch, layer)
+        assert types[w_name] == (T.INT4 if w == 4 else T.INT8), w_name
+        # the activation producer's type: uint16 where any reader is a16, else uint8
+        if a == 16:
+            assert types[a_name] == T.UINT16, (layer, a_name)
+        checked[w] += 1
+        checked[16] += a == 16
+    assert checked[4] and checked[8] and checked[16]
+    assert all(v == T.INT8 for k, v in types.items() if k.startswith("lora."))
+    enc = qdq_encodings(q, tmp_path / "q.encodings")
+    assert {e["bw"] for e in enc["param_encodings"]} >= {4, 8}
+    assert {e["bw"] for e in enc["activation_encodings"]} == {8, 16}
+
+
+def test_latency_of_the_quantised_graph_needs_no_training(tmp_path):
+    """latency with graph: quantised times the QDQ graph (adapters as inputs) in ONNX
+    Runtime; a cost-only experiment trains nothing; the wrong backend is a param error."""
+    from nasframe.params import ParamError
+    from nasframe.plugins import get_plugins
+
+    latency = get_plugins().objectives.get("latency")
+    with pytest.raises(ParamError, match="graph"):
+        latency({"graph": "quantised"})
+    obj = latency({"graph": "quantised", "backend": "onnxruntime",
+                   "options": {"threads": 1, "repeats": 2, "warmup": 1}})
+    from nasframe.capabilities import QuantisedGraph
+
+    assert QuantisedGraph in obj.requirements()
+    space = QuadSpace(**{**QuadSpace.small_params, "ranks": [2]})
+    ctx = plugin_context(tmp_path)
+    arch = space.reference_architectures()["largest"].replace(bits_enc1="w4a16")
+    cand = Candidate(space, arch, seed=0)
+    value = obj.evaluate(cand, ctx)
+    assert value.value > 0 and space._bank is None       # not prepared: nothing trained
+    export = value.details["export"]
+    assert export["graph"] == "quantised" and export["max_rel_error"] < 1e-4
+    assert "w4a16" in export["note"] and "quantisation" in export["note"]
+    names = [n for n in value.details["input_shape"]]
+    assert len(names) == 1 + 2 * len(cand.model.slots)      # the image and every A/B tensor
+    again = obj.evaluate(Candidate(space, arch, seed=0), ctx)     # cached export
+    assert again.details["export"]["graph_hash"] == export["graph_hash"]
