@@ -388,6 +388,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress = None if args.quiet else (lambda s: print(s, file=sys.stderr))
     result: dict[str, Any] = {"budgets": budgets, "seeds": seeds, "spaces": {}}
     start = time.perf_counter()
+    if args.jobs > 1 and not args.tables_only:
+        # build missing tables in a child process first: the searches run in forked
+        # workers, and a parent that has run torch's OpenMP thread pool cannot fork safely
+        # (libgomp is not fork-safe: the children hang at their first parallel region)
+        import subprocess
+
+        cmd = [sys.executable, __file__, "--tables-only", "--cache", str(args.cache),
+               "--threads", str(args.threads), "--spaces", *args.spaces]
+        for flag, value in (("--hybrid-run", args.hybrid_run),
+                            ("--hybrid-teacher-steps", args.hybrid_teacher_steps),
+                            ("--hybrid-distill-steps", args.hybrid_distill_steps)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        subprocess.run(cmd, check=True)
     for name in args.spaces:
         if name == "hybrid":
             bench = hybrid_bench(*hybrid_table(args.cache, args.hybrid_run,
