@@ -24,12 +24,14 @@ threads, ``OMP_WAIT_POLICY=PASSIVE`` (set before torch loads; OpenMP's spinning
 makes a shared machine's numbers meaningless). ORT: CPU execution provider,
 ``ORT_ENABLE_ALL``, ``--threads`` intra-op threads, spin-waiting off.
 
-4. **Proxies vs measured** (``--proxy-trials`` random ``hybrid_unet``
-   architectures at block granularity, ``--preset``, ``--proxy-side``; untrained
-   weights: latency does not depend on them): a real experiment run through the
-   Python API with the objectives ``params``, ``gmacs``, ``transformer_count``,
-   ``latency_lut`` (block table timed on ``--lut-backend``, ORT by default) and ``latency`` measured on two
-   backends (torch eager and ONNX Runtime). Printed: Kendall tau of every proxy
+4. **Proxies vs measured** (``--proxy-spaces``: ``--proxy-trials`` random
+   ``hybrid_unet`` architectures at block granularity, ``--preset``,
+   ``--proxy-side``; and random valid ``sd_unet`` U-Nets, ``--sd-preset``;
+   untrained weights: latency does not depend on them): a real experiment per
+   space run through the Python API with the objectives ``params``, ``gmacs``,
+   ``transformer_count``, ``latency_lut`` (hybrid_unet; block table timed on
+   ``--lut-backend``, ORT by default) and ``latency`` measured on two backends
+   (torch eager and ONNX Runtime). Printed: Kendall tau of every proxy
    against each measured latency (``nasframe analyse``'s table) and the LUT's
    prediction error against the ORT measurement on every trial (and on its own
    check architectures).
@@ -206,6 +208,41 @@ def blocks_section(args, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _proxy_experiment(args, space: str, shape: list[int]) -> dict[str, Any]:
+    timing = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
+    ort = {**timing, "optimize": "all", "spinning": False}
+    if space == "hybrid_unet":
+        space_cfg = {"name": "hybrid_unet", "params": {"preset": args.preset, "granularity": "block",
+                                                       "input_size": shape[-1]}}
+        extra = [{"name": "transformer_count"},
+                 {"name": "latency_lut", "params": {
+                     "backend": args.lut_backend, "input_shape": shape,
+                     "options": ort if args.lut_backend == "onnxruntime" else timing,
+                     "calibration": 1 if args.quick else 2, "check": 1 if args.quick else 4}}]
+    else:   # sd_unet: the U-Net of random valid surgeries (NanoSD's parameters-vs-phone claim)
+        space_cfg = {"name": "sd_unet", "params": {"preset": args.sd_preset,
+                                                   **({"latent_size": 8} if args.quick else {})}}
+        extra = []
+        shape = None
+    return {
+        "name": f"deploy_proxies_{space}", "seed": 0, "search_space": space_cfg,
+        "objectives": [
+            {"name": "params"},
+            {"name": "gmacs", **({"params": {"input_shape": shape}} if shape else {})},
+            *extra,
+            {"name": "latency", "id": "latency_torch",
+             "params": {"backend": "torch", "options": timing,
+                        **({"input_shape": shape} if shape else {})}},
+            {"name": "latency", "id": "latency_ort",
+             "params": {"backend": "onnxruntime", "options": ort,
+                        **({"input_shape": shape} if shape else {})}},
+        ],
+        "strategy": {"name": "random"},
+        "budget": {"trials": args.proxy_trials},
+        "references": False,
+    }
+
+
 def proxies_section(args, folder: Path) -> list[dict[str, Any]]:
     """Kendall tau of each proxy against torch and ORT latency, and the LUT's error."""
     import math
@@ -215,66 +252,52 @@ def proxies_section(args, folder: Path) -> list[dict[str, Any]]:
 
     side = args.proxy_side
     shape = [1, 3, side, side]
-    timing = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
-    exp = nasframe.Experiment.from_dict({
-        "name": "deploy_proxies",
-        "seed": 0,
-        "search_space": {"name": "hybrid_unet",
-                         "params": {"preset": args.preset, "granularity": "block",
-                                    "input_size": side}},
-        "objectives": [
-            {"name": "params"},
-            {"name": "gmacs", "params": {"input_shape": shape}},
-            {"name": "transformer_count"},
-            {"name": "latency_lut", "params": {
-                "backend": args.lut_backend, "input_shape": shape,
-                "options": {**timing, **({"optimize": "all", "spinning": False}
-                                         if args.lut_backend == "onnxruntime" else {})},
-                "calibration": 1 if args.quick else 2, "check": 1 if args.quick else 4}},
-            {"name": "latency", "id": "latency_torch",
-             "params": {"backend": "torch", "input_shape": shape, "options": timing}},
-            {"name": "latency", "id": "latency_ort",
-             "params": {"backend": "onnxruntime", "input_shape": shape,
-                        "options": {**timing, "optimize": "all", "spinning": False}}},
-        ],
-        "strategy": {"name": "random"},
-        "budget": {"trials": args.proxy_trials},
-        "references": False,
-    })
-    print(f"\n4. Proxies vs measured: {args.proxy_trials} random hybrid_unet architectures "
-          f"(preset {args.preset}, block granularity, untrained), input 1x3x{side}x{side}",
-          flush=True)
-    t0 = time.perf_counter()
-    run = exp.run(out=folder / "proxies", quiet=True)
-    print(f"  run: {time.perf_counter() - t0:.0f} s")
-    check = proxy_check(run)
     rows: list[dict[str, Any]] = []
-    print(f"  {'proxy':<18} {'measured':<14} {'n':>3} {'tau':>6} {'p':>8}")
-    for c in check.correlations:
-        print(f"  {c.proxy:<18} {c.measured:<14} {c.n:>3} {c.tau:>6.2f} {c.p_value:>8.1e}")
-        rows.append({"table": "tau", "proxy": c.proxy, "measured": c.measured, "n": c.n,
-                     "tau": c.tau, "p_value": c.p_value})
-    trials = run.trials(status="complete")
-    pred, meas = trials["latency_lut"].to_numpy(float), trials["latency_ort"].to_numpy(float)
-    ok = np.isfinite(pred) & np.isfinite(meas)
-    rel = np.abs(pred[ok] - meas[ok]) / meas[ok]
-    lut = json.loads((folder / "proxies" / "latency_lut.json").read_text())
-    rep = lut["report"]
-    error = {"table": "lut_error", "variants": len(lut["table"]), "fixed_ms": lut["fixed_ms"],
-             "trials": int(ok.sum()),
-             "mean_rel_error": float(rel.mean()) if rel.size else math.nan,
-             "median_rel_error": float(np.median(rel)) if rel.size else math.nan,
-             "max_rel_error": float(rel.max()) if rel.size else math.nan,
-             "check_archs": rep.get("n"), "check_mean_rel_error": rep.get("mean_rel_error"),
-             "check_max_rel_error": rep.get("max_rel_error"),
-             "ort_ms_range": [float(meas[ok].min()), float(meas[ok].max())] if ok.any() else None}
-    rows.append(error)
-    print(f"  LUT ({error['variants']} variants timed on {args.lut_backend} + fixed part {lut['fixed_ms']:.2f} ms) "
-          f"against ORT measured on {error['trials']} trials: relative error mean "
-          f"{error['mean_rel_error']:.1%}, median {error['median_rel_error']:.1%}, max "
-          f"{error['max_rel_error']:.1%} (its own {rep.get('n')} check architectures: mean "
-          f"{(rep.get('mean_rel_error') or math.nan):.1%}, max "
-          f"{(rep.get('max_rel_error') or math.nan):.1%})")
+    for space in args.proxy_spaces:
+        exp = nasframe.Experiment.from_dict(_proxy_experiment(args, space, shape))
+        what = (f"hybrid_unet architectures (preset {args.preset}, block granularity), input "
+                f"1x3x{side}x{side}" if space == "hybrid_unet" else
+                f"sd_unet U-Nets (preset {args.sd_preset}, latent side {exp.space.latent_size})")
+        print(f"\n4. Proxies vs measured: {args.proxy_trials} random {what}, untrained weights",
+              flush=True)
+        t0 = time.perf_counter()
+        out = folder / f"proxies-{space}"
+        run = exp.run(out=out, quiet=True)
+        trials = run.trials(status="complete")
+        print(f"  run: {time.perf_counter() - t0:.0f} s, {len(trials)} complete trials")
+        check = proxy_check(run)
+        print(f"  {'proxy':<18} {'measured':<14} {'n':>3} {'tau':>6} {'p':>8}")
+        for c in check.correlations:
+            print(f"  {c.proxy:<18} {c.measured:<14} {c.n:>3} {c.tau:>6.2f} {c.p_value:>8.1e}")
+            rows.append({"table": "tau", "space": space, "proxy": c.proxy,
+                         "measured": c.measured, "n": c.n, "tau": c.tau, "p_value": c.p_value})
+        meas = trials["latency_ort"].to_numpy(float)
+        print(f"  ORT latency range {np.nanmin(meas):.1f}-{np.nanmax(meas):.1f} ms, torch "
+              f"{np.nanmin(trials['latency_torch'].to_numpy(float)):.1f}-"
+              f"{np.nanmax(trials['latency_torch'].to_numpy(float)):.1f} ms")
+        if "latency_lut" not in trials:
+            continue
+        pred = trials["latency_lut"].to_numpy(float)
+        ok = np.isfinite(pred) & np.isfinite(meas)
+        rel = np.abs(pred[ok] - meas[ok]) / meas[ok]
+        lut = json.loads((out / "latency_lut.json").read_text())
+        rep = lut["report"]
+        error = {"table": "lut_error", "space": space, "backend": args.lut_backend,
+                 "variants": len(lut["table"]), "fixed_ms": lut["fixed_ms"],
+                 "trials": int(ok.sum()),
+                 "mean_rel_error": float(rel.mean()) if rel.size else math.nan,
+                 "median_rel_error": float(np.median(rel)) if rel.size else math.nan,
+                 "max_rel_error": float(rel.max()) if rel.size else math.nan,
+                 "check_archs": rep.get("n"), "check_mean_rel_error": rep.get("mean_rel_error"),
+                 "check_max_rel_error": rep.get("max_rel_error")}
+        rows.append(error)
+        print(f"  LUT ({error['variants']} variants timed on {args.lut_backend} + fixed part "
+              f"{lut['fixed_ms']:.2f} ms) against ORT measured on {error['trials']} trials: "
+              f"relative error mean {error['mean_rel_error']:.1%}, median "
+              f"{error['median_rel_error']:.1%}, max {error['max_rel_error']:.1%} (its own "
+              f"{rep.get('n')} check architectures: mean "
+              f"{(rep.get('mean_rel_error') or math.nan):.1%}, max "
+              f"{(rep.get('max_rel_error') or math.nan):.1%})")
     return rows
 
 
@@ -297,6 +320,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="random architectures in the proxies section")
     parser.add_argument("--proxy-side", type=int, default=128,
                         help="input side of the proxies section")
+    parser.add_argument("--proxy-spaces", nargs="+", default=None,
+                        choices=("hybrid_unet", "sd_unet"),
+                        help="spaces of the proxies section (default both; --quick: hybrid_unet)")
     parser.add_argument("--lut-backend", default="onnxruntime", choices=("onnxruntime", "torch"),
                         help="where latency_lut times its block variants")
     parser.add_argument("--quick", action="store_true",
@@ -308,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.preset, args.side, args.sd_preset = "tiny", 16, "tiny"
         args.repeats, args.warmup = 2, 1
         args.proxy_trials, args.proxy_side, args.lut_backend = 3, 16, "torch"
+        args.proxy_spaces = args.proxy_spaces or ["hybrid_unet"]
+    args.proxy_spaces = args.proxy_spaces or ["hybrid_unet", "sd_unet"]
     torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
