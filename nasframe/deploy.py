@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -255,6 +256,20 @@ def export_module(model: torch.nn.Module, inputs: Sequence[Any], fmt: str, path:
     return result
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """The dynamo exporter logs one warning per torchvision op when torchvision is not
+    installed (nasframe does not use it): four lines per export, hiding the progress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision is not installed" not in record.getMessage()
+
+
+def _quiet_exporter_logs() -> None:
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if not any(isinstance(f, _NoTorchvisionNotice) for f in log.filters):
+        log.addFilter(_NoTorchvisionNotice())
+
+
 def _export_onnx(model, inputs, path: Path, in_names, out_names, opset: int) -> str:
     """torch.onnx.export with the dynamo exporter; the TorchScript-based one as a fallback."""
     import warnings
@@ -264,6 +279,7 @@ def _export_onnx(model, inputs, path: Path, in_names, out_names, opset: int) -> 
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     external = size > EXTERNAL_DATA_BYTES
     Path(str(path) + ".data").unlink(missing_ok=True)
+    _quiet_exporter_logs()
     try:
         with warnings.catch_warnings():   # the exporter's own deprecation notices
             warnings.simplefilter("ignore", FutureWarning)
