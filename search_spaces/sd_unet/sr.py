@@ -567,7 +567,7 @@ def backbone(target: str | Path, arch: str | None = None, *, quiet: bool = False
         from nasframe import Experiment
 
         exp = Experiment.from_yaml(target)
-        run_dir = Path(exp.cfg.output or f"runs/{exp.cfg.name}")
+        run_dir = Path(f"{exp.cfg.output or f'runs/{exp.cfg.name}'}-sr")   # not the search's run dir
     else:
         raise ValueError(f"{target}: neither a run directory nor an experiment file")
     space = exp.space
@@ -653,7 +653,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an SR setting (repeatable), e.g. --set steps=400; see SRParams")
     ap.add_argument("--settings", default=None, help="a YAML file of SR settings")
-    ap.add_argument("--out", default=None, help="the JSON report (default: RUN_DIR/sr.json)")
+    ap.add_argument("--out", default=None, help="the JSON report (default: RUN_DIR/sr.json; for an experiment file "
+                         "OUTPUT-sr/sr.json)")
     args = ap.parse_args(argv)
     try:
         raw = yaml.safe_load(Path(args.settings).read_text()) or {} if args.settings else {}
