@@ -67,7 +67,7 @@ class SRParams(Params):
     """Side of the HR training crops (pixels; a multiple of 8 x the latent's levels)."""
     pool: Int = Field(256, ge=1, le=1_000_000)
     """Training pairs encoded once (random crops with flips)."""
-    steps: Int = Field(400, ge=0, le=10_000_000)
+    steps: Int = Field(1000, ge=0, le=10_000_000)
     """Conditional denoising steps of the SR model."""
     batch_size: Int = Field(8, ge=1, le=4096)
     """Latents per training step (both stages)."""
@@ -356,14 +356,32 @@ class SRAdapter:
                                                   lr=self.p.vae_lr, kl_weight=train.kl_weight,
                                                   seed=self.p.seed, init=self.tr["vae"],
                                                   progress=progress)
+                # keep the latents' magnitude where the U-Net learnt it: the teacher's scale
+                # times the ratio of the old VAE's latent std to the new one's (same crops)
+                crops = dict(n=64, image_size=self.p.hr_size, seed=self.p.seed)
+                ratio = float(pretrain.latent_pool(self.tr["vae"], self.vcfg, **crops).std()
+                              / pretrain.latent_pool(state, self.vcfg, **crops).std())
+                r["latent_scale"] = self.tr["latent_scale"] * ratio
                 save_file({k: v.contiguous() for k, v in state.items()}, str(path),
                           metadata={"report": json.dumps(r)})
 
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
             path = self.ctx.cache.get_or_create("sd_unet/sr_vae", payload, make, suffix=".safetensors")
             self._vae = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                self._vae_report = json.loads((f.metadata() or {}).get("report", "{}"))
         return self._vae
+
+    @property
+    def latent_scale(self) -> float:
+        """The factor that makes the VAE's latents the U-Net's (the teacher's, or, after
+        ``vae_steps`` of fine-tuning, rescaled by the change of the latents' std)."""
+        if not self.p.vae_steps:
+            return self.tr["latent_scale"]
+        self.vae()
+        return self._vae_report["latent_scale"]
 
     def encoder(self) -> nn.Module:
         from nasframe_search_spaces.sd_unet.vae import VAEEncoder, inherit_vae
@@ -384,12 +402,12 @@ class SRAdapter:
         """Scaled latents (posterior means x latent_scale) of images in [0, 1]."""
         enc = self.encoder()
         return torch.cat([enc(images01[i:i + batch] * 2 - 1)[:, :self.channels]
-                          for i in range(0, len(images01), batch)]) * self.tr["latent_scale"]
+                          for i in range(0, len(images01), batch)]) * self.latent_scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch: int = 16) -> torch.Tensor:
         dec = self.decoder()
-        return torch.cat([((dec(latents[i:i + batch] / self.tr["latent_scale"]) + 1) / 2).clamp(0, 1)
+        return torch.cat([((dec(latents[i:i + batch] / self.latent_scale) + 1) / 2).clamp(0, 1)
                           for i in range(0, len(latents), batch)])
 
     def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,7 +427,7 @@ class SRAdapter:
                                        "threads", "distill_steps", "distill_targets", "distill_lr"})
         return {"version": VERSION, "backbone": module_digest(self.backbone),
                 "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
-                "latent_scale": self.tr["latent_scale"], "ehs": module_digest({"ehs": self.tr["ehs"]}),
+                "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),
                 "settings": p, "data": self._data_key()}
 
     def _new_model(self) -> SRUNet:
@@ -471,7 +489,7 @@ class SRAdapter:
         """The N-step pipeline (``steps``) or the one-step student's (None)."""
         unet = self.sr_model()[0] if steps is not None else self.student()[0]
         return SRPipeline(self.encoder(), unet, self.decoder(), self.tr["ehs"],
-                          self.tr["latent_scale"], self.p.scale, steps).eval()
+                          self.latent_scale, self.p.scale, steps).eval()
 
     # -- the report ------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -489,9 +507,13 @@ class SRAdapter:
         out: dict[str, Any] = {}
         with torch.inference_mode():
             out["bicubic"] = image_metrics(srdata.bicubic_up(lr, p.scale), hr)
-            out["vae_reconstruction"] = image_metrics(self.decode(self.encode(hr)), hr)
-            out["vae_of_bicubic"] = image_metrics(
-                self.decode(self.encode(srdata.bicubic_up(lr, p.scale))), hr)
+            up = srdata.bicubic_up(lr, p.scale)
+            dec_hr, dec_up = self.decode(self.encode(hr)), self.decode(self.encode(up))
+            out["vae_reconstruction"] = image_metrics(dec_hr, hr)
+            out["vae_of_bicubic"] = image_metrics(dec_up, hr)
+            # what the true HR latent adds to bicubic through this decoder: bicubic plus the
+            # decoded difference between the HR latent and the LR latent (an oracle)
+            out["oracle_detail"] = image_metrics((up + dec_hr - dec_up).clamp(0, 1), hr)
             preds = {}
             for name, pipe in (("teacher", teacher), ("student", student)):
                 preds[name] = torch.cat([pipe(lr[i:i + 4], noise[i:i + 4]) for i in range(0, len(lr), 4)])
@@ -506,7 +528,7 @@ class SRAdapter:
         t = torch.tensor([T_MAX])
         g_unet = gmacs(unet, (x, x, t, self.tr["ehs"]))
         g_enc = gmacs(teacher.encoder, (img,))
-        g_dec = gmacs(teacher.decoder, (x / self.tr["latent_scale"],))
+        g_dec = gmacs(teacher.decoder, (x / self.latent_scale,))
         cost = {"unet_step": g_unet, "vae_encoder": g_enc, "vae_decoder": g_dec,
                 "teacher_per_image": g_enc + p.sample_steps * g_unet + g_dec,
                 "student_per_image": g_enc + g_unet + g_dec,
@@ -618,20 +640,27 @@ def format_report(r: dict[str, Any]) -> str:
     """The report as a table: PSNR/SSIM, GMACs and latency per image."""
     m, g, lat = r["metrics"], r["gmacs"], r.get("latency", {})
     n = r["settings"]["sample_steps"]
-    rows = [("bicubic", m["bicubic"], None, None),
-            ("VAE reconstruction of HR (ceiling)", m["vae_reconstruction"], None, None),
-            ("VAE of bicubic", m["vae_of_bicubic"], None, None),
-            (f"SR model, {n} steps", m["teacher"], g["teacher_per_image"], lat.get("teacher_ms")),
-            ("one-step student", m["student"], g["student_per_image"], lat.get("student_ms"))]
-    lines = [f"{'':36s} {'PSNR dB':>8s} {'SSIM':>6s} {'GMACs':>8s} {'ms/image':>9s}"]
-    for name, v, gm, ms in rows:
+    rows = [("bicubic", m["bicubic"], None, None, None),
+            ("VAE reconstruction of HR (ceiling)", m["vae_reconstruction"], None, None, None),
+            ("VAE of bicubic", m["vae_of_bicubic"], None, None, None),
+            ("bicubic + decoded true HR detail", m.get("oracle_detail"), None, None, None),
+            (f"SR model, {n} steps", m["teacher"], n * g["unet_step"], g["teacher_per_image"],
+             lat.get("teacher_ms")),
+            ("one-step student", m["student"], g["unet_step"], g["student_per_image"],
+             lat.get("student_ms"))]
+    lines = [f"{'':36s} {'PSNR dB':>8s} {'SSIM':>6s} {'U-Net GMACs':>11s} {'GMACs/image':>11s} "
+             f"{'ms/image':>9s}"]
+    for name, v, gu, gm, ms in rows:
+        if v is None:
+            continue
         lines.append(f"{name:36s} {v['psnr']:8.2f} {v['ssim']:6.3f} "
-                     f"{'-' if gm is None else format(gm, '.3f'):>8s} "
+                     f"{'-' if gu is None else format(gu, '.3f'):>11s} "
+                     f"{'-' if gm is None else format(gm, '.3f'):>11s} "
                      f"{'-' if ms is None else format(ms, '.1f'):>9s}")
     e = r["eval"]
     lines.append(f"({e['images']} held-out {e['hr_size']}x{e['hr_size']} crops of {e['source']}; "
                  f"student vs the {n}-step samples: {m['student_vs_teacher']['psnr']:.2f} dB; "
-                 f"GMACs x{g['reduction']:.1f}"
+                 f"U-Net {r['params_M']:.2f} M parameters; GMACs per image x{g['reduction']:.1f}"
                  + (f", latency x{lat['speedup']:.1f} ({lat['device']})" if lat else "") + ")")
     return "\n".join(lines)
 

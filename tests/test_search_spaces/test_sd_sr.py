@@ -152,3 +152,18 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert "neither a run directory nor an experiment file" in capsys.readouterr().err
     assert sr.main([str(tmp_path), "--set", "steps=-1"]) == 2
     assert "steps" in capsys.readouterr().err
+
+
+def test_a_fine_tuned_vae_keeps_the_latents_magnitude(prepared):
+    space, ctx, arch = prepared
+    base = sr.SRAdapter(space, arch, ctx, TINY)
+    tuned = sr.SRAdapter(space, arch, ctx, {**TINY, "vae_steps": 2})
+    assert tuned.latent_scale != base.latent_scale
+    assert any(not torch.equal(tuned.vae()[k], base.vae()[k]) for k in base.vae())
+    hr, _ = srdata.random_pair_crops(srdata.photo_pairs(pretrain.TRAIN_PHOTOS), 16, 64,
+                                     torch.Generator().manual_seed(1))
+    import math
+
+    scaled = float(tuned.encode(hr).std() / base.encode(hr).std())
+    unscaled = scaled * base.latent_scale / tuned.latent_scale     # with the teacher's scale
+    assert abs(math.log(scaled)) < abs(math.log(unscaled))
