@@ -93,6 +93,8 @@ class SRParams(Params):
     """Training pairs from a DIV2K-layout folder (HR/, LR_bicubic/X4/) instead of the photos."""
     eval_data: str | None = Field(None, min_length=1)
     """Held-out pairs from a DIV2K-layout folder (default: the held-out photos)."""
+    data_limit: Int = Field(100, ge=1, le=1_000_000)
+    """At most this many pairs read from each folder, by name (a DIV2K pair is ~35 MB in memory)."""
     latency_repeats: Int = Field(3, ge=0, le=10_000)
     """Timed runs of each pipeline (0: no latency)."""
     threads: Int | None = Field(None, ge=1, le=1024)
@@ -310,14 +312,15 @@ class SRAdapter:
         from nasframe_search_spaces.sd_unet import pretrain, srdata
 
         if self.p.data is not None:
-            return srdata.folder_pairs(self.p.data, self.p.scale)
+            return srdata.folder_pairs(self.p.data, self.p.scale, self.p.data_limit)
         return srdata.photo_pairs(pretrain.TRAIN_PHOTOS, self.p.scale)
 
     def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out (LR, HR) crops, fixed by the seed."""
         from nasframe_search_spaces.sd_unet import pretrain, srdata
 
-        pairs = (srdata.folder_pairs(self.p.eval_data, self.p.scale) if self.p.eval_data
+        pairs = (srdata.folder_pairs(self.p.eval_data, self.p.scale, self.p.data_limit)
+                 if self.p.eval_data
                  else srdata.photo_pairs(pretrain.HELD_OUT_PHOTOS, self.p.scale))
         return srdata.fixed_pair_crops(pairs, self.p.eval_images, self.p.eval_size, self.p.seed,
                                        self.p.scale)
@@ -328,7 +331,7 @@ class SRAdapter:
         if self.p.data is None:
             return {"photos": list(pretrain.TRAIN_PHOTOS)}
         files = sorted(Path(self.p.data).expanduser().rglob("*"))
-        return {"folder": str(Path(self.p.data).expanduser().resolve()),
+        return {"folder": str(Path(self.p.data).expanduser().resolve()), "limit": self.p.data_limit,
                 "files": [[str(f.relative_to(Path(self.p.data).expanduser())), f.stat().st_size]
                           for f in files if f.is_file()]}
 
@@ -424,7 +427,8 @@ class SRAdapter:
         from nasframe.distill import module_digest
 
         p = self.p.model_dump(exclude={"eval_images", "eval_size", "eval_data", "latency_repeats",
-                                       "threads", "distill_steps", "distill_targets", "distill_lr"})
+                                       "threads", "distill_steps", "distill_targets", "distill_lr",
+                                       "data_limit"})
         return {"version": VERSION, "backbone": module_digest(self.backbone),
                 "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
                 "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),
@@ -439,8 +443,10 @@ class SRAdapter:
         """The SR model (trained or loaded) and its training report."""
         if not hasattr(self, "_sr"):
             model = self._new_model()
+            made: list[bool] = []
 
             def make(path: Path) -> None:
+                made.append(True)
                 start = time.perf_counter()
                 hr, cond = self.pool()
                 with self.ctx.progress() as progress:
@@ -450,7 +456,7 @@ class SRAdapter:
                 _save(model, path, {**r, "seconds": time.perf_counter() - start})
 
             path = self.ctx.cache.get_or_create("sd_unet/sr", self._payload(), make, suffix=".safetensors")
-            self._sr = (model, _load(model, path))
+            self._sr = (model, _load(model, path, made))
         return self._sr
 
     def student(self) -> tuple[SRUNet, dict[str, Any]]:
@@ -467,7 +473,10 @@ class SRAdapter:
                        "batch_size": self.p.batch_size, "seed": self.p.seed,
                        "pool": self._payload()["settings"], "data": self._data_key()}
 
+            made: list[bool] = []
+
             def make(path: Path) -> None:
+                made.append(True)
                 start = time.perf_counter()
                 _, cond = self.pool()
                 with self.ctx.progress() as progress:
@@ -482,7 +491,7 @@ class SRAdapter:
 
             path = self.ctx.cache.get_or_create("sd_unet/sr_student", payload, make,
                                                 suffix=".safetensors")
-            self._student = (student, _load(student, path))
+            self._student = (student, _load(student, path, made))
         return self._student
 
     def pipeline(self, steps: int | None) -> SRPipeline:
@@ -559,7 +568,7 @@ def _save(model: nn.Module, path: Path, report: dict[str, Any]) -> None:
               metadata={"report": json.dumps(report)})
 
 
-def _load(model: nn.Module, path: Path) -> dict[str, Any]:
+def _load(model: nn.Module, path: Path, made: list[bool]) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -567,7 +576,7 @@ def _load(model: nn.Module, path: Path) -> dict[str, Any]:
     model.eval()
     with safe_open(str(path), "pt") as f:
         report = json.loads((f.metadata() or {}).get("report", "{}"))
-    return {**report, "path": str(path)}
+    return {**report, "cached": not made, "path": str(path)}
 
 
 # ----------------------------------------------------------------------------- entry points
