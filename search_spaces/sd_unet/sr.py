@@ -64,7 +64,7 @@ class SRParams(Params):
     scale: Int = Field(4, ge=2, le=8)
     """Upscaling factor."""
     hr_size: Int = Field(64, ge=16, le=4096)
-    """Side of the HR training crops (pixels; a multiple of 8 x the latent's levels)."""
+    """Side of the HR training crops (pixels; a multiple of the VAE's factor x 2^(U-Net levels - 1))."""
     pool: Int = Field(256, ge=1, le=1_000_000)
     """Training pairs encoded once (random crops with flips)."""
     steps: Int = Field(1000, ge=0, le=10_000_000)
@@ -306,6 +306,12 @@ class SRAdapter:
         self.backbone = backbone if backbone is not None else space.build(arch)
         self.vcfg = space.vae_config
         self.channels = space.config.in_channels
+        q = self.vcfg.downsampling * 2 ** (space.config.levels - 1)
+        for name in ("hr_size", "eval_size"):
+            if getattr(self.p, name) % q:
+                raise ValueError(f"SR settings: {name} = {getattr(self.p, name)} must be a multiple "
+                                 f"of {q} (VAE x{self.vcfg.downsampling}, then "
+                                 f"{space.config.levels} U-Net levels)")
 
     # -- data ------------------------------------------------------------------------
     def train_pairs(self):
@@ -359,12 +365,7 @@ class SRAdapter:
                                                   lr=self.p.vae_lr, kl_weight=train.kl_weight,
                                                   seed=self.p.seed, init=self.tr["vae"],
                                                   progress=progress)
-                # keep the latents' magnitude where the U-Net learnt it: the teacher's scale
-                # times the ratio of the old VAE's latent std to the new one's (same crops)
-                crops = dict(n=64, image_size=self.p.hr_size, seed=self.p.seed)
-                ratio = float(pretrain.latent_pool(self.tr["vae"], self.vcfg, **crops).std()
-                              / pretrain.latent_pool(state, self.vcfg, **crops).std())
-                r["latent_scale"] = self.tr["latent_scale"] * ratio
+                r["latent_scale"] = self._rescaled(state)
                 save_file({k: v.contiguous() for k, v in state.items()}, str(path),
                           metadata={"report": json.dumps(r)})
 
@@ -375,7 +376,20 @@ class SRAdapter:
             self._vae = load_file(str(path))
             with safe_open(str(path), "pt") as f:
                 self._vae_report = json.loads((f.metadata() or {}).get("report", "{}"))
+            if "latent_scale" not in self._vae_report:      # an entry saved without it
+                self._vae_report["latent_scale"] = self._rescaled(self._vae)
         return self._vae
+
+    def _rescaled(self, state) -> float:
+        """The latent scale of a fine-tuned VAE ``state``: it keeps the latents' magnitude where
+        the U-Net learnt it (the teacher's scale times the old latent std / the new one, on
+        the same crops)."""
+        from nasframe_search_spaces.sd_unet import pretrain
+
+        crops = dict(n=64, image_size=self.p.hr_size, seed=self.p.seed)
+        ratio = float(pretrain.latent_pool(self.tr["vae"], self.vcfg, **crops).std()
+                      / pretrain.latent_pool(state, self.vcfg, **crops).std())
+        return self.tr["latent_scale"] * ratio
 
     @property
     def latent_scale(self) -> float:
@@ -703,11 +717,11 @@ def main(argv=None) -> int:
             raw[key.strip()] = yaml.safe_load(value)
         settings = parse_params(SRParams, raw, "SR settings")
         space, arch, ctx, model, origin = backbone(args.target, args.arch)
-    except (ValueError, OSError, KeyError, NasframeError) as err:
+        out = Path(args.out) if args.out else ctx.run_dir / "sr.json"
+        report = adapt(space, arch, ctx, settings, model=model, origin=origin, out=out)
+    except (ValueError, OSError, KeyError, NasframeError) as err:   # settings, files, data
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else ctx.run_dir / "sr.json"
-    report = adapt(space, arch, ctx, settings, model=model, origin=origin, out=out)
     print(format_report(report))
     print(f"report: {out}")
     return 0
