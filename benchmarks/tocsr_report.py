@@ -18,11 +18,15 @@ Reads a finished run of ``examples/tocsr.yaml`` (or of any ``sd_unet`` run:
 Usage::
 
     python benchmarks/tocsr_report.py RUN_DIR [RUN_DIR ...] [--repeats 5] [--threads 2]
-                                      [--json PATH]
+                                      [--json PATH] [--sr SR_JSON]
 
-It prints its tables and exits 0: a measurement, not an assertion. Super-
-resolution PSNR/SSIM (bicubic / N-step / one-step) is not measured yet: the
-SR adaptation and one-step distillation are not built (docs/tocsr.md).
+4. **Super-resolution** (when ``RUN_DIR/sr.json`` exists, written by
+   ``python -m nasframe_search_spaces.sd_unet.sr RUN_DIR``, or with ``--sr
+   PATH``): PSNR/SSIM on held-out images of bicubic, the VAE's reconstruction
+   of the HR image (the ceiling of anything decoded by it), the N-step SR model
+   and the one-step student, with GMACs and latency per image.
+
+It prints its tables and exits 0: a measurement, not an assertion.
 """
 from __future__ import annotations
 
@@ -111,15 +115,34 @@ def teacher_summary(space) -> dict:
     return {"trained": True, "vae_psnr_held_out": -10 * math.log10(mse), **rep}
 
 
+def sr_summary(run_dir, sr_path=None) -> dict | None:
+    """Print the SR table of ``RUN_DIR/sr.json`` (or ``sr_path``); the report, or None."""
+    path = Path(sr_path) if sr_path else Path(run_dir) / "sr.json"
+    if not path.is_file():
+        print(f"super-resolution: no report at {path} (python -m nasframe_search_spaces.sd_unet.sr "
+              f"{run_dir or 'RUN_DIR'} writes it)")
+        return None
+    from nasframe_search_spaces.sd_unet.sr import format_report
+
+    report = json.loads(path.read_text())
+    b = report["backbone"]
+    print(f"super-resolution x{report['settings']['scale']} of {b['origin']} ({path}):")
+    print(format_report(report))
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="*", default=["runs/tocsr"])
+    ap.add_argument("runs", nargs="*", default=None)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sr", default=None, help="an SR report (default: RUN_DIR/sr.json)")
     args = ap.parse_args(argv)
     from nasframe.results import load_run
 
+    if args.runs is None:
+        args.runs = [] if args.sr else ["runs/tocsr"]
     doc = {}
     for run_dir in args.runs:
         run = load_run(run_dir)
@@ -141,8 +164,10 @@ def main(argv=None) -> int:
                   f"{_fmt(teacher.get('seconds'), '.0f')} s to train), U-Net final MSE "
                   f"{_fmt(teacher.get('final_mse'))}, VAE PSNR on held-out crops "
                   f"{_fmt(teacher.get('vae_psnr_held_out'), '.2f')} dB")
-        print("super-resolution (bicubic / N-step / one-step PSNR, SSIM): not built yet")
-        doc[str(run_dir)] = {"rows": rows, **info, "teacher": teacher}
+        sr = sr_summary(run_dir, args.sr)
+        doc[str(run_dir)] = {"rows": rows, **info, "teacher": teacher, "sr": sr}
+    if not args.runs and args.sr:
+        doc["sr"] = sr_summary(None, args.sr)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0

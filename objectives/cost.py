@@ -23,6 +23,8 @@ from nasframe.params import Bool, Shape
 from nasframe_objectives._common import PartObjective, PartParams, input_shapes, model_mode
 
 if TYPE_CHECKING:
+    import torch
+
     from nasframe import Candidate, Context
 
 #: A fvcore op handle: ``handle(inputs, outputs) -> MACs`` where ``inputs`` and
@@ -162,20 +164,9 @@ class GMACs(PartObjective):
         """Full input shape, batch included, e.g. [1, 3, 64, 64] (default: the space's, batch 1)."""
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
-        import torch
-        from fvcore.nn import FlopCountAnalysis
-
         inputs = candidate.example_inputs(self.params.input_shape, part=self.part)
         model = candidate.module(self.part)
-        handles = {**ctx.op_handles, **OP_HANDLES}
-        with torch.no_grad(), model_mode(model, training=False), _mha_fastpath_disabled():
-            analysis = FlopCountAnalysis(model, inputs)
-            analysis.set_op_handle(**handles)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            total = analysis.total()
-            unsupported = dict(sorted(analysis.unsupported_ops().items()))
-            by_op = analysis.by_operator()
+        total, unsupported, by_op = count_macs(model, inputs, ctx.op_handles)
         details: dict[str, Any] = {
             "macs": int(total),
             "unsupported_ops": unsupported,
@@ -186,6 +177,26 @@ class GMACs(PartObjective):
         if self.part is not None:
             details["part"] = self.part
         return Value(total / 1e9, details)
+
+
+def count_macs(model: torch.nn.Module, inputs: tuple[Any, ...],
+               handles: dict[str, OpHandle] | None = None) -> tuple[int, dict[str, int], dict[str, int]]:
+    """fvcore's count of one forward pass of ``model`` on ``inputs`` (eval mode, no grad,
+    attention through its plain path) with this plugin's op handles and ``handles``:
+    ``(MACs, unsupported ops {op: calls}, MACs by operator)``. What :class:`GMACs`
+    reports; other plugins count their models' pieces with it."""
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+
+    with torch.no_grad(), model_mode(model, training=False), _mha_fastpath_disabled():
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.set_op_handle(**{**(handles or {}), **OP_HANDLES})
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        total = analysis.total()
+        unsupported = dict(sorted(analysis.unsupported_ops().items()))
+        by_op = dict(analysis.by_operator())
+    return int(total), unsupported, by_op
 
 
 def _short_op(name: str) -> str:

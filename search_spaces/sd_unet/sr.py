@@ -1,0 +1,731 @@
+"""TOC-SR's second half: super-resolution adaptation of a backbone, then one-step distillation.
+
+**Adaptation.** Any ``sd_unet`` architecture (a run's pick, or a reference such
+as the expanded ``tiny16`` teacher) becomes a conditional latent denoiser: the
+bicubic upsampling of the LR image is encoded by the teacher's VAE (posterior
+mean x ``latent_scale``: the *LR latent*, the HR latent's size) and
+concatenated to the noisy latent along the channels. The backbone's
+``conv_in`` is widened to take it (:func:`widen_conv_in`): its old filters stay
+on the first ``C`` input channels and the ``C`` new input channels get **zero
+filters**, so at the start the model computes exactly what the backbone
+computed, whatever the condition holds (the rule of the 16-channel expansion,
+:mod:`.expand`). It is trained as a DDPM noise predictor (diffusers
+``DDPMScheduler``, the teacher's schedule) on HR latents of x4 pairs
+(:mod:`.srdata`) and sampled with diffusers' ``DDIMScheduler`` (``trailing``
+spacing, deterministic) in ``sample_steps`` steps.
+
+**One-step distillation** (regression to the teacher's samples, Luhman &
+Luhman 2021): the student is the same network initialised from the SR model;
+one call at ``t = 999`` on ``[z, c]`` (noise ``z``, LR latent ``c``) gives
+``eps``, read as ``x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)``, and it is
+trained to minimise ``MSE(x0_student(z, c), DDIM_N(z, c))``: the N-step SR
+model's deterministic sample from the *same* noise and condition. At the start
+it is the SR model's own one-step estimate.
+
+Both are cached like the teacher (:mod:`.pretrain`): safetensors files in the
+run's artifact cache (``sd_unet/sr``, ``sd_unet/sr_student``) under a hash of
+everything that determines them (backbone weights and plan, VAE, settings,
+data). :func:`adapt` runs both and measures PSNR/SSIM (scikit-image) of
+bicubic, the VAE's reconstruction of the HR image (the ceiling of any image
+made through it), the N-step model and the one-step student on held-out
+images, GMACs per image (fvcore, :func:`nasframe_objectives.cost.count_macs`)
+and torch latency (the ``latency`` objective's ``torch`` backend) of the two
+pipelines. Command line::
+
+    python -m nasframe_search_spaces.sd_unet.sr RUN_DIR              # the run's pick
+    python -m nasframe_search_spaces.sd_unet.sr examples/tocsr.yaml --arch sd15
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from nasframe.params import Field, Float, Int, Params
+
+if TYPE_CHECKING:
+    from nasframe.architecture import Architecture
+    from nasframe.context import Context
+    from nasframe_search_spaces.sd_unet.space import SDUNetSpace
+
+VERSION = 1
+T_MAX = 999
+
+
+class SRParams(Params):
+    """Settings of the SR adaptation and the one-step distillation."""
+
+    scale: Int = Field(4, ge=2, le=8)
+    """Upscaling factor."""
+    hr_size: Int = Field(64, ge=16, le=4096)
+    """Side of the HR training crops (pixels; a multiple of the VAE's factor x 2^(U-Net levels - 1))."""
+    pool: Int = Field(256, ge=1, le=1_000_000)
+    """Training pairs encoded once (random crops with flips)."""
+    steps: Int = Field(1000, ge=0, le=10_000_000)
+    """Conditional denoising steps of the SR model."""
+    batch_size: Int = Field(8, ge=1, le=4096)
+    """Latents per training step (both stages)."""
+    lr: Float = Field(5e-4, gt=0, le=10)
+    """Adam learning rate of the SR model."""
+    sample_steps: Int = Field(20, ge=1, le=1000)
+    """N: DDIM steps of the SR model's sampler."""
+    distill_steps: Int = Field(300, ge=0, le=10_000_000)
+    """Regression steps of the one-step student."""
+    distill_targets: Int = Field(64, ge=1, le=1_000_000)
+    """(noise, LR latent) pairs the N-step model samples for the student to regress to."""
+    distill_lr: Float = Field(2e-4, gt=0, le=10)
+    """Adam learning rate of the student."""
+    vae_steps: Int = Field(0, ge=0, le=10_000_000)
+    """Extra reconstruction fine-tuning of the teacher's VAE before SR training (0: as is)."""
+    vae_lr: Float = Field(5e-4, gt=0, le=10)
+    """Adam learning rate of that fine-tuning."""
+    eval_images: Int = Field(8, ge=1, le=100_000)
+    """Held-out crops measured."""
+    eval_size: Int = Field(128, ge=16, le=8192)
+    """Side of the held-out HR crops."""
+    data: str | None = Field(None, min_length=1)
+    """Training pairs from a DIV2K-layout folder (HR/, LR_bicubic/X4/) instead of the photos."""
+    eval_data: str | None = Field(None, min_length=1)
+    """Held-out pairs from a DIV2K-layout folder (default: the held-out photos)."""
+    data_limit: Int = Field(100, ge=1, le=1_000_000)
+    """At most this many pairs read from each folder, by name (a DIV2K pair is ~35 MB in memory)."""
+    latency_repeats: Int = Field(3, ge=0, le=10_000)
+    """Timed runs of each pipeline (0: no latency)."""
+    threads: Int | None = Field(None, ge=1, le=1024)
+    """Threads of the latency measurement (default: torch's current setting)."""
+    seed: Int = Field(0, ge=0)
+    """Seed of crops, noise and initialisation."""
+
+
+# ----------------------------------------------------------------------------- the model
+def widen_conv_in(conv: nn.Conv2d, extra: int) -> nn.Conv2d:
+    """``conv`` with ``extra`` more input channels: the old filters on the first inputs,
+    zero filters on the new ones, the bias unchanged (the function is preserved)."""
+    new = nn.Conv2d(conv.in_channels + extra, conv.out_channels, conv.kernel_size,
+                    stride=conv.stride, padding=conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+class SRUNet(nn.Module):
+    """A backbone U-Net conditioned on an LR latent by channel concatenation.
+
+    ``forward(sample (B, C, h, w), cond (B, C, h, w), timestep, encoder_hidden_states)``
+    returns the backbone's output on ``cat([sample, cond], dim=1)``; the backbone's
+    ``conv_in`` is widened by :func:`widen_conv_in` on construction."""
+
+    def __init__(self, backbone: nn.Module, cond_channels: int):
+        super().__init__()
+        backbone.conv_in = widen_conv_in(backbone.conv_in, cond_channels)
+        self.backbone, self.cond_channels = backbone, cond_channels
+
+    def forward(self, sample, cond, timestep, encoder_hidden_states):
+        return self.backbone(torch.cat([sample, cond], dim=1), timestep, encoder_hidden_states)
+
+
+def ddim(steps: int):
+    """The sampler: diffusers ``DDIMScheduler`` on the teacher's schedule, ``trailing``
+    spacing (the first step at t = 999), eta 0."""
+    from diffusers import DDIMScheduler
+
+    from nasframe_search_spaces.sd_unet.pretrain import scheduler
+
+    sch = DDIMScheduler.from_config(scheduler().config, timestep_spacing="trailing",
+                                    clip_sample=False, set_alpha_to_one=True)
+    sch.set_timesteps(steps)
+    return sch
+
+
+@torch.no_grad()
+def sample(model: SRUNet, noise: torch.Tensor, cond: torch.Tensor, ehs: torch.Tensor,
+           steps: int) -> torch.Tensor:
+    """The N-step model's HR latent (scaled): DDIM from ``noise`` given ``cond``."""
+    sch = ddim(steps)
+    x, e = noise, ehs.expand(noise.shape[0], -1, -1)
+    for t in sch.timesteps:
+        x = sch.step(model(x, cond, t, e), t, x).prev_sample
+    return x
+
+
+def one_step(model: SRUNet, noise: torch.Tensor, cond: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
+    """The student's HR latent: one call at t = 999, ``x0 = (z - sqrt(1-abar) eps) / sqrt(abar)``."""
+    from nasframe_search_spaces.sd_unet.pretrain import scheduler
+
+    abar = scheduler().alphas_cumprod[T_MAX]
+    eps = model(noise, cond, torch.full((noise.shape[0],), T_MAX, dtype=torch.long),
+                ehs.expand(noise.shape[0], -1, -1))
+    return (noise - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+
+class SRPipeline(nn.Module):
+    """LR image -> HR image: bicubic x ``scale``, VAE encoder (LR latent), ``steps`` DDIM
+    steps of the SR model from ``noise`` (or the student's one call: ``steps=None``),
+    VAE decoder. ``forward(lr (B, 3, h, w) in [0, 1], noise (B, C, hs/8, ws/8))`` ->
+    (B, 3, hs, ws) in [0, 1]. What is evaluated and timed."""
+
+    def __init__(self, encoder: nn.Module, unet: SRUNet, decoder: nn.Module, ehs: torch.Tensor,
+                 latent_scale: float, scale: int, steps: int | None):
+        super().__init__()
+        self.encoder, self.unet, self.decoder = encoder, unet, decoder
+        self.register_buffer("ehs", ehs)
+        self.latent_scale, self.scale, self.steps = latent_scale, scale, steps
+
+    def forward(self, lr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        from nasframe_search_spaces.sd_unet.srdata import bicubic_up
+
+        up = bicubic_up(lr, self.scale) * 2 - 1
+        cond = self.encoder(up)[:, :self.unet.cond_channels] * self.latent_scale
+        if self.steps is None:
+            x0 = one_step(self.unet, noise, cond, self.ehs)
+        else:
+            x0 = sample(self.unet, noise, cond, self.ehs, self.steps)
+        return ((self.decoder(x0 / self.latent_scale) + 1) / 2).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- training
+def _batches(n: int, batch: int, g: torch.Generator):
+    return torch.randint(0, n, (batch,), generator=g)
+
+
+def train_sr(model: SRUNet, hr: torch.Tensor, cond: torch.Tensor, ehs: torch.Tensor, *, steps: int,
+             batch_size: int, lr: float, seed: int, progress=None) -> dict[str, Any]:
+    """Conditional DDPM noise prediction on scaled HR latents ``hr`` given ``cond``
+    (both (N, C, h, w)): ``MSE(model(x_t, c, t), eps)``, t uniform over [0, 1000)."""
+    from nasframe_search_spaces.sd_unet.pretrain import _adam, _tail, scheduler
+
+    sch = scheduler()
+    g = torch.Generator().manual_seed(91_000_003 + seed)
+    opt, lrs = _adam(model.parameters(), lr, steps)
+    losses = []
+    model.train()
+    task = progress.add_task("SR model", total=steps, info="") if progress is not None else None
+    for _ in range(steps):
+        idx = _batches(hr.shape[0], batch_size, g)
+        noise = torch.randn(hr[idx].shape, generator=g)
+        t = torch.randint(0, 1000, (batch_size,), generator=g)
+        pred = model(sch.add_noise(hr[idx], noise, t), cond[idx], t, ehs.expand(batch_size, -1, -1))
+        loss = (pred - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lrs.step()
+        losses.append(float(loss.detach()))
+        if task is not None:
+            progress.advance(task)
+    model.eval()
+    return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
+            "final_loss": _tail(losses)}
+
+
+@torch.no_grad()
+def teacher_targets(model: SRUNet, cond: torch.Tensor, ehs: torch.Tensor, *, n: int, steps: int,
+                    seed: int, batch: int = 16, progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` (noise, LR latent, N-step sample) triples: the student's regression data."""
+    g = torch.Generator().manual_seed(92_000_007 + seed)
+    idx = torch.randint(0, cond.shape[0], (n,), generator=g)
+    c = cond[idx]
+    z = torch.randn(c.shape, generator=g)
+    task = progress.add_task(f"{steps}-step targets", total=n, info="") if progress is not None else None
+    out = []
+    for i in range(0, n, batch):
+        out.append(sample(model, z[i:i + batch], c[i:i + batch], ehs, steps))
+        if task is not None:
+            progress.advance(task, len(out[-1]))
+    return z, c, torch.cat(out)
+
+
+def distill(student: SRUNet, z: torch.Tensor, c: torch.Tensor, target: torch.Tensor,
+            ehs: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
+            progress=None) -> dict[str, Any]:
+    """Regression of the one-step student to the N-step samples: ``MSE(one_step(z, c), target)``."""
+    from nasframe_search_spaces.sd_unet.pretrain import _adam, _tail
+
+    g = torch.Generator().manual_seed(93_000_011 + seed)
+    opt, lrs = _adam(student.parameters(), lr, steps)
+    losses = []
+    student.train()
+    task = progress.add_task("one-step student", total=steps, info="") if progress is not None else None
+    for _ in range(steps):
+        idx = _batches(z.shape[0], batch_size, g)
+        loss = (one_step(student, z[idx], c[idx], ehs) - target[idx]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lrs.step()
+        losses.append(float(loss.detach()))
+        if task is not None:
+            progress.advance(task)
+    student.eval()
+    return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
+            "final_loss": _tail(losses)}
+
+
+# ----------------------------------------------------------------------------- measurement
+def image_metrics(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM (scikit-image, data range 1, RGB) of (B, 3, H, W) images in [0, 1]."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    p = pred.detach().permute(0, 2, 3, 1).double().numpy()
+    r = ref.detach().permute(0, 2, 3, 1).double().numpy()
+    psnr = [peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(r, p)]
+    ssim = [structural_similarity(a, b, data_range=1.0, channel_axis=-1) for a, b in zip(r, p)]
+    return {"psnr": float(sum(psnr) / len(psnr)), "ssim": float(sum(ssim) / len(ssim))}
+
+
+def gmacs(module: nn.Module, inputs: tuple[Any, ...]) -> float:
+    """GMACs of one call (the ``gmacs`` objective's fvcore count)."""
+    from nasframe_objectives.cost import count_macs
+
+    return count_macs(module, inputs)[0] / 1e9
+
+
+# ----------------------------------------------------------------------------- cached stages
+class SRAdapter:
+    """The SR model and its one-step student for one backbone: trained once per content
+    hash, then loaded. ``space`` must be prepared with its trained teacher."""
+
+    def __init__(self, space: SDUNetSpace, arch: Architecture, ctx: Context,
+                 settings: SRParams | dict | None = None, backbone: nn.Module | None = None):
+        self.space, self.arch, self.ctx = space, arch, ctx
+        self.p = settings if isinstance(settings, SRParams) else SRParams(**(settings or {}))
+        tr = space.trained_teacher()
+        if tr is None:
+            raise ValueError("SR adaptation needs a trained teacher: give the space "
+                             "teacher: {train: {steps: N}} (see docs/sd.md)")
+        self.tr = tr
+        self.backbone = backbone if backbone is not None else space.build(arch)
+        self.vcfg = space.vae_config
+        self.channels = space.config.in_channels
+        q = self.vcfg.downsampling * 2 ** (space.config.levels - 1)
+        for name in ("hr_size", "eval_size"):
+            if getattr(self.p, name) % q:
+                raise ValueError(f"SR settings: {name} = {getattr(self.p, name)} must be a multiple "
+                                 f"of {q} (VAE x{self.vcfg.downsampling}, then "
+                                 f"{space.config.levels} U-Net levels)")
+
+    # -- data ------------------------------------------------------------------------
+    def train_pairs(self):
+        from nasframe_search_spaces.sd_unet import pretrain, srdata
+
+        if self.p.data is not None:
+            return srdata.folder_pairs(self.p.data, self.p.scale, self.p.data_limit)
+        return srdata.photo_pairs(pretrain.TRAIN_PHOTOS, self.p.scale)
+
+    def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out (LR, HR) crops, fixed by the seed."""
+        from nasframe_search_spaces.sd_unet import pretrain, srdata
+
+        pairs = (srdata.folder_pairs(self.p.eval_data, self.p.scale, self.p.data_limit)
+                 if self.p.eval_data
+                 else srdata.photo_pairs(pretrain.HELD_OUT_PHOTOS, self.p.scale))
+        return srdata.fixed_pair_crops(pairs, self.p.eval_images, self.p.eval_size, self.p.seed,
+                                       self.p.scale)
+
+    def _data_key(self) -> Any:
+        from nasframe_search_spaces.sd_unet import pretrain
+
+        if self.p.data is None:
+            return {"photos": list(pretrain.TRAIN_PHOTOS)}
+        files = sorted(Path(self.p.data).expanduser().rglob("*"))
+        return {"folder": str(Path(self.p.data).expanduser().resolve()), "limit": self.p.data_limit,
+                "files": [[str(f.relative_to(Path(self.p.data).expanduser())), f.stat().st_size]
+                          for f in files if f.is_file()]}
+
+    # -- the VAE ---------------------------------------------------------------------
+    def vae(self) -> dict[str, torch.Tensor]:
+        """The teacher's VAE, fine-tuned for ``vae_steps`` more steps when asked (cached)."""
+        if not self.p.vae_steps:
+            return self.tr["vae"]
+        if not hasattr(self, "_vae"):
+            from nasframe.distill import module_digest
+            from nasframe_search_spaces.sd_unet import pretrain
+
+            train = self.space.params.teacher.train
+            payload = {"version": VERSION, "vae": module_digest(self.tr["vae"]),
+                       "config": asdict(self.vcfg), "steps": self.p.vae_steps, "lr": self.p.vae_lr,
+                       "batch_size": train.batch_size, "crop": train.vae_crop,
+                       "kl_weight": train.kl_weight, "seed": self.p.seed}
+
+            def make(path: Path) -> None:
+                from safetensors.torch import save_file
+
+                with self.ctx.progress() as progress:
+                    state, r = pretrain.train_vae(self.vcfg, steps=self.p.vae_steps,
+                                                  batch_size=train.batch_size, crop=train.vae_crop,
+                                                  lr=self.p.vae_lr, kl_weight=train.kl_weight,
+                                                  seed=self.p.seed, init=self.tr["vae"],
+                                                  progress=progress)
+                r["latent_scale"] = self._rescaled(state)
+                save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+                          metadata={"report": json.dumps(r)})
+
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            path = self.ctx.cache.get_or_create("sd_unet/sr_vae", payload, make, suffix=".safetensors")
+            self._vae = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                self._vae_report = json.loads((f.metadata() or {}).get("report", "{}"))
+            if "latent_scale" not in self._vae_report:      # an entry saved without it
+                self._vae_report["latent_scale"] = self._rescaled(self._vae)
+        return self._vae
+
+    def _rescaled(self, state) -> float:
+        """The latent scale of a fine-tuned VAE ``state``: it keeps the latents' magnitude where
+        the U-Net learnt it (the teacher's scale times the old latent std / the new one, on
+        the same crops)."""
+        from nasframe_search_spaces.sd_unet import pretrain
+
+        crops = dict(n=64, image_size=self.p.hr_size, seed=self.p.seed)
+        ratio = float(pretrain.latent_pool(self.tr["vae"], self.vcfg, **crops).std()
+                      / pretrain.latent_pool(state, self.vcfg, **crops).std())
+        return self.tr["latent_scale"] * ratio
+
+    @property
+    def latent_scale(self) -> float:
+        """The factor that makes the VAE's latents the U-Net's (the teacher's, or, after
+        ``vae_steps`` of fine-tuning, rescaled by the change of the latents' std)."""
+        if not self.p.vae_steps:
+            return self.tr["latent_scale"]
+        self.vae()
+        return self._vae_report["latent_scale"]
+
+    def encoder(self) -> nn.Module:
+        from nasframe_search_spaces.sd_unet.vae import VAEEncoder, inherit_vae
+
+        enc = VAEEncoder(self.vcfg)
+        inherit_vae(enc, self.vae())
+        return enc.eval().requires_grad_(False)
+
+    def decoder(self) -> nn.Module:
+        from nasframe_search_spaces.sd_unet.vae import VAEDecoder, inherit_vae
+
+        dec = VAEDecoder(self.vcfg)
+        inherit_vae(dec, self.vae())
+        return dec.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, images01: torch.Tensor, batch: int = 16) -> torch.Tensor:
+        """Scaled latents (posterior means x latent_scale) of images in [0, 1]."""
+        enc = self.encoder()
+        return torch.cat([enc(images01[i:i + batch] * 2 - 1)[:, :self.channels]
+                          for i in range(0, len(images01), batch)]) * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch: int = 16) -> torch.Tensor:
+        dec = self.decoder()
+        return torch.cat([((dec(latents[i:i + batch] / self.latent_scale) + 1) / 2).clamp(0, 1)
+                          for i in range(0, len(latents), batch)])
+
+    def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled HR latents and LR latents (of the bicubic upsampling) of ``pool`` training crops."""
+        from nasframe_search_spaces.sd_unet import srdata
+
+        g = torch.Generator().manual_seed(94_000_013 + self.p.seed)
+        lr, hr = srdata.random_pair_crops(self.train_pairs(), self.p.pool, self.p.hr_size, g,
+                                          self.p.scale)
+        return self.encode(hr), self.encode(srdata.bicubic_up(lr, self.p.scale))
+
+    # -- the stages ------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        from nasframe.distill import module_digest
+
+        p = self.p.model_dump(exclude={"eval_images", "eval_size", "eval_data", "latency_repeats",
+                                       "threads", "distill_steps", "distill_targets", "distill_lr",
+                                       "data_limit"})
+        return {"version": VERSION, "backbone": module_digest(self.backbone),
+                "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
+                "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),
+                "settings": p, "data": self._data_key()}
+
+    def _new_model(self) -> SRUNet:
+        import copy
+
+        return SRUNet(copy.deepcopy(self.backbone), self.channels)
+
+    def sr_model(self) -> tuple[SRUNet, dict[str, Any]]:
+        """The SR model (trained or loaded) and its training report."""
+        if not hasattr(self, "_sr"):
+            model = self._new_model()
+            made: list[bool] = []
+
+            def make(path: Path) -> None:
+                made.append(True)
+                start = time.perf_counter()
+                hr, cond = self.pool()
+                with self.ctx.progress() as progress:
+                    r = train_sr(model, hr, cond, self.tr["ehs"], steps=self.p.steps,
+                                 batch_size=self.p.batch_size, lr=self.p.lr, seed=self.p.seed,
+                                 progress=progress)
+                _save(model, path, {**r, "seconds": time.perf_counter() - start})
+
+            path = self.ctx.cache.get_or_create("sd_unet/sr", self._payload(), make, suffix=".safetensors")
+            self._sr = (model, _load(model, path, made))
+        return self._sr
+
+    def student(self) -> tuple[SRUNet, dict[str, Any]]:
+        """The one-step student (trained or loaded) and its report."""
+        if not hasattr(self, "_student"):
+            from nasframe.distill import module_digest
+
+            teacher, _ = self.sr_model()
+            student = self._new_model()
+            student.load_state_dict(teacher.state_dict())
+            payload = {"version": VERSION, "sr": module_digest(teacher),
+                       "sample_steps": self.p.sample_steps, "steps": self.p.distill_steps,
+                       "targets": self.p.distill_targets, "lr": self.p.distill_lr,
+                       "batch_size": self.p.batch_size, "seed": self.p.seed,
+                       "pool": self._payload()["settings"], "data": self._data_key()}
+
+            made: list[bool] = []
+
+            def make(path: Path) -> None:
+                made.append(True)
+                start = time.perf_counter()
+                _, cond = self.pool()
+                with self.ctx.progress() as progress:
+                    z, c, target = teacher_targets(teacher, cond, self.tr["ehs"],
+                                                   n=self.p.distill_targets,
+                                                   steps=self.p.sample_steps, seed=self.p.seed,
+                                                   progress=progress)
+                    r = distill(student, z, c, target, self.tr["ehs"], steps=self.p.distill_steps,
+                                batch_size=self.p.batch_size, lr=self.p.distill_lr,
+                                seed=self.p.seed, progress=progress)
+                _save(student, path, {**r, "seconds": time.perf_counter() - start})
+
+            path = self.ctx.cache.get_or_create("sd_unet/sr_student", payload, make,
+                                                suffix=".safetensors")
+            self._student = (student, _load(student, path, made))
+        return self._student
+
+    def pipeline(self, steps: int | None) -> SRPipeline:
+        """The N-step pipeline (``steps``) or the one-step student's (None)."""
+        unet = self.sr_model()[0] if steps is not None else self.student()[0]
+        return SRPipeline(self.encoder(), unet, self.decoder(), self.tr["ehs"],
+                          self.latent_scale, self.p.scale, steps).eval()
+
+    # -- the report ------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """PSNR/SSIM on the held-out crops, GMACs per image, latency; everything trains first."""
+        from nasframe_search_spaces.sd_unet import srdata
+
+        p = self.p
+        sr_report = self.sr_model()[1]
+        st_report = self.student()[1]
+        lr, hr = self.eval_set()
+        side = p.eval_size // self.vcfg.downsampling
+        noise = torch.randn(len(hr), self.channels, side, side,
+                            generator=torch.Generator().manual_seed(95_000_017 + p.seed))
+        teacher, student = self.pipeline(p.sample_steps), self.pipeline(None)
+        out: dict[str, Any] = {}
+        with torch.inference_mode():
+            out["bicubic"] = image_metrics(srdata.bicubic_up(lr, p.scale), hr)
+            up = srdata.bicubic_up(lr, p.scale)
+            dec_hr, dec_up = self.decode(self.encode(hr)), self.decode(self.encode(up))
+            out["vae_reconstruction"] = image_metrics(dec_hr, hr)
+            out["vae_of_bicubic"] = image_metrics(dec_up, hr)
+            # what the true HR latent adds to bicubic through this decoder: bicubic plus the
+            # decoded difference between the HR latent and the LR latent (an oracle)
+            out["oracle_detail"] = image_metrics((up + dec_hr - dec_up).clamp(0, 1), hr)
+            preds = {}
+            for name, pipe in (("teacher", teacher), ("student", student)):
+                preds[name] = torch.cat([pipe(lr[i:i + 4], noise[i:i + 4]) for i in range(0, len(lr), 4)])
+                out[name] = image_metrics(preds[name], hr)
+            out["student_vs_teacher"] = image_metrics(preds["student"], preds["teacher"])
+        out["teacher"]["steps"], out["student"]["steps"] = p.sample_steps, 1
+
+        # cost per image (batch 1, the held-out size)
+        unet = teacher.unet
+        x = noise[:1]
+        img = hr[:1] * 2 - 1
+        t = torch.tensor([T_MAX])
+        g_unet = gmacs(unet, (x, x, t, self.tr["ehs"]))
+        g_enc = gmacs(teacher.encoder, (img,))
+        g_dec = gmacs(teacher.decoder, (x / self.latent_scale,))
+        cost = {"unet_step": g_unet, "vae_encoder": g_enc, "vae_decoder": g_dec,
+                "teacher_per_image": g_enc + p.sample_steps * g_unet + g_dec,
+                "student_per_image": g_enc + g_unet + g_dec,
+                "image": [p.eval_size, p.eval_size]}
+        cost["reduction"] = cost["teacher_per_image"] / cost["student_per_image"]
+        latency: dict[str, Any] = {}
+        if p.latency_repeats:
+            from nasframe_objectives.latency import TorchBackend
+
+            backend = TorchBackend({"threads": p.threads, "warmup": 1, "repeats": p.latency_repeats})
+            for name, pipe in (("teacher", teacher), ("student", student)):
+                v = backend.measure(pipe, (lr[:1], noise[:1]), self.ctx)
+                latency[f"{name}_ms"] = v.value
+            latency["speedup"] = latency["teacher_ms"] / latency["student_ms"]
+            latency["device"] = backend.device()
+        n_params = sum(q.numel() for q in unet.parameters())
+        return {"metrics": out, "gmacs": cost, "latency": latency,
+                "params_M": n_params / 1e6,
+                "training": {"sr": sr_report, "student": st_report},
+                "settings": p.model_dump(), "eval": {"images": len(hr), "hr_size": p.eval_size,
+                                                     "source": p.eval_data or "held-out photos"}}
+
+
+def _save(model: nn.Module, path: Path, report: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"report": json.dumps(report)})
+
+
+def _load(model: nn.Module, path: Path, made: list[bool]) -> dict[str, Any]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    with safe_open(str(path), "pt") as f:
+        report = json.loads((f.metadata() or {}).get("report", "{}"))
+    return {**report, "cached": not made, "path": str(path)}
+
+
+# ----------------------------------------------------------------------------- entry points
+def backbone(target: str | Path, arch: str | None = None, *, quiet: bool = False):
+    """``(space, arch, ctx, model, origin)`` from a run directory (its pick, or ``arch``: a
+    reference name or a trial number) or an experiment file (``arch``: a reference name,
+    default ``sd15``, the space's full model). The space is prepared with its teacher;
+    a run's distilled pairs (surrogates included) are loaded from its cache."""
+    from nasframe.capabilities import BlockAlignment, Teacher
+
+    target = Path(target)
+    run = None
+    if target.is_dir():
+        from nasframe.results import load_run
+
+        run = load_run(target)
+        exp, run_dir = run.experiment(), run.run_dir
+    elif target.is_file():
+        from nasframe import Experiment
+
+        exp = Experiment.from_yaml(target)
+        run_dir = Path(f"{exp.cfg.output or f'runs/{exp.cfg.name}'}-sr")   # not the search's run dir
+    else:
+        raise ValueError(f"{target}: neither a run directory nor an experiment file")
+    space = exp.space
+    if getattr(space, "name", None) != "sd_unet":
+        raise ValueError(f"{target}: the search space is {space.name!r}; SR adaptation needs sd_unet")
+    ctx = exp.context(run_dir, quiet=quiet)
+    space.prepare(ctx, frozenset({Teacher, BlockAlignment}))
+    refs = space.reference_architectures()
+    if arch is None and run is not None:
+        if run.pick_result is None:
+            raise ValueError(f"{target}: the run has no pick yet; give --arch NAME")
+        chosen, origin = run.pick_result.trial.arch, f"pick of {target} ({run.pick_result.rule})"
+    elif arch is None or arch in refs:
+        name = arch or "sd15"
+        chosen, origin = refs[name], f"reference {name}"
+    elif run is not None and arch.isdigit():
+        chosen, origin = run.architecture(int(arch)), f"trial {arch} of {target}"
+    else:
+        raise ValueError(f"--arch {arch!r}: not a reference of this space ({', '.join(refs)})"
+                         + (" or a trial number" if run is not None else ""))
+    model = space.build(chosen)
+    distill_steps = next((o.params.get("distill", {}).get("steps", 0) for o in exp.cfg.objectives
+                          if o.name == "fidelity" and not o.params.get("part")), 0)
+    if distill_steps and not space.plan(chosen).is_full():
+        d = next(o.params["distill"] for o in exp.cfg.objectives if o.name == "fidelity"
+                 and not o.params.get("part"))
+        space.align(model, chosen, ctx, steps=distill_steps, lr=d.get("lr", 1e-3),
+                    batch_size=d.get("batch_size", 4), seed=ctx.seed_for(d.get("seed")))
+    return space, chosen, ctx, model.eval(), origin
+
+
+def adapt(space: SDUNetSpace, arch: Architecture, ctx: Context, settings: SRParams | dict | None = None,
+          *, model: nn.Module | None = None, origin: str = "", out: str | Path | None = None) -> dict[str, Any]:
+    """SR adaptation + one-step distillation of ``arch`` (trained or loaded), measured;
+    the report (also written to ``out`` as JSON when given)."""
+    start = time.perf_counter()
+    ad = SRAdapter(space, arch, ctx, settings, backbone=model)
+    report = {"version": VERSION, "backbone": {"arch": dict(arch), "id": arch.id, "origin": origin,
+                                               "preset": space.preset},
+              **ad.evaluate(), "seconds": time.perf_counter() - start}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a table: PSNR/SSIM, GMACs and latency per image."""
+    m, g, lat = r["metrics"], r["gmacs"], r.get("latency", {})
+    n = r["settings"]["sample_steps"]
+    rows = [("bicubic", m["bicubic"], None, None, None),
+            ("VAE reconstruction of HR (ceiling)", m["vae_reconstruction"], None, None, None),
+            ("VAE of bicubic", m["vae_of_bicubic"], None, None, None),
+            ("bicubic + decoded true HR detail", m.get("oracle_detail"), None, None, None),
+            (f"SR model, {n} steps", m["teacher"], n * g["unet_step"], g["teacher_per_image"],
+             lat.get("teacher_ms")),
+            ("one-step student", m["student"], g["unet_step"], g["student_per_image"],
+             lat.get("student_ms"))]
+    lines = [f"{'':36s} {'PSNR dB':>8s} {'SSIM':>6s} {'U-Net GMACs':>11s} {'GMACs/image':>11s} "
+             f"{'ms/image':>9s}"]
+    for name, v, gu, gm, ms in rows:
+        if v is None:
+            continue
+        lines.append(f"{name:36s} {v['psnr']:8.2f} {v['ssim']:6.3f} "
+                     f"{'-' if gu is None else format(gu, '.3f'):>11s} "
+                     f"{'-' if gm is None else format(gm, '.3f'):>11s} "
+                     f"{'-' if ms is None else format(ms, '.1f'):>9s}")
+    e = r["eval"]
+    lines.append(f"({e['images']} held-out {e['hr_size']}x{e['hr_size']} crops of {e['source']}; "
+                 f"student vs the {n}-step samples: {m['student_vs_teacher']['psnr']:.2f} dB; "
+                 f"U-Net {r['params_M']:.2f} M parameters; GMACs per image x{g['reduction']:.1f}"
+                 + (f", latency x{lat['speedup']:.1f} ({lat['device']})" if lat else "") + ")")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    import yaml
+
+    from nasframe.errors import NasframeError
+    from nasframe.params import parse_params
+
+    ap = argparse.ArgumentParser(prog="python -m nasframe_search_spaces.sd_unet.sr",
+                                 description="SR adaptation and one-step distillation of an "
+                                             "sd_unet backbone (docs/tocsr.md)")
+    ap.add_argument("target", help="a run directory (its pick) or an experiment file")
+    ap.add_argument("--arch", default=None, help="a reference name (sd15, nanosd, ...) or a trial number")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an SR setting (repeatable), e.g. --set steps=400; see SRParams")
+    ap.add_argument("--settings", default=None, help="a YAML file of SR settings")
+    ap.add_argument("--out", default=None, help="the JSON report (default: RUN_DIR/sr.json; for an experiment file "
+                         "OUTPUT-sr/sr.json)")
+    args = ap.parse_args(argv)
+    try:
+        raw = yaml.safe_load(Path(args.settings).read_text()) or {} if args.settings else {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set {item!r}: give KEY=VALUE")
+            raw[key.strip()] = yaml.safe_load(value)
+        settings = parse_params(SRParams, raw, "SR settings")
+        space, arch, ctx, model, origin = backbone(args.target, args.arch)
+        out = Path(args.out) if args.out else ctx.run_dir / "sr.json"
+        report = adapt(space, arch, ctx, settings, model=model, origin=origin, out=out)
+    except (ValueError, OSError, KeyError, NasframeError) as err:   # settings, files, data
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

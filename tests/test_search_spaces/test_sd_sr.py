@@ -1,0 +1,169 @@
+"""sd_unet's super-resolution adaptation and one-step distillation (TOC-SR's second half):
+x4 pairs, the widened conv_in, conditional denoising training, the one-step student, the report."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from nasframe.capabilities import Teacher
+from nasframe.context import Context
+from nasframe_search_spaces.sd_unet import pretrain, sr, srdata
+from nasframe_search_spaces.sd_unet.network import PRESETS, SDUNet, UNetPlan
+from nasframe_search_spaces.sd_unet.space import SDUNetSpace
+
+#: the smallest teacher training that exercises every step (quality is not the point)
+TRAIN = {"steps": 3, "vae_steps": 2, "batch_size": 2, "vae_crop": 16, "latent_size": 8, "pool": 4}
+#: the smallest SR settings
+TINY = {"hr_size": 64, "pool": 8, "steps": 4, "batch_size": 4, "sample_steps": 2,
+        "distill_steps": 4, "distill_targets": 4, "eval_images": 2, "eval_size": 64,
+        "latency_repeats": 1, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    space = SDUNetSpace({"preset": "tiny", "latent_size": 8, "teacher": {"train": TRAIN},
+                         "fidelity": {"samples": 2, "batch_size": 2}})
+    ctx = Context(tmp_path_factory.mktemp("sr"), quiet=True)
+    space.prepare(ctx, frozenset({Teacher}))
+    return space, ctx, space.reference_architectures()["sd15"]
+
+
+def test_photo_pairs_are_x4_and_aligned():
+    pairs = srdata.photo_pairs(pretrain.TRAIN_PHOTOS[:2])
+    for lr, hr in pairs:
+        assert hr.shape[0] == 3 and tuple(hr.shape[1:]) == (lr.shape[1] * 4, lr.shape[2] * 4)
+        assert 0 <= float(lr.min()) and float(lr.max()) <= 1
+    lr, hr = srdata.random_pair_crops(pairs, 5, 64, torch.Generator().manual_seed(0))
+    assert lr.shape == (5, 3, 16, 16) and hr.shape == (5, 3, 64, 64)
+    # the LR crop is the degraded HR crop (away from the crop border)
+    err = (srdata.degrade(hr) - lr)[..., 2:-2, 2:-2].abs().mean()
+    assert float(err) < 0.01
+    # bicubic upsampling restores the size and is a reasonable baseline
+    up = srdata.bicubic_up(lr)
+    assert up.shape == hr.shape and sr.image_metrics(up, hr)["psnr"] > 18
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        srdata.random_pair_crops(pairs, 1, 62, torch.Generator())
+
+
+def test_paired_folders_in_div2k_layout(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "HR").mkdir()
+    (tmp_path / "LR_bicubic" / "X4").mkdir(parents=True)
+    hr = (rng.random((50, 66, 3)) * 255).astype(np.uint8)     # not a multiple of 4: cropped
+    Image.fromarray(hr).save(tmp_path / "HR" / "0001.png")
+    Image.fromarray(hr[::4, ::4][:12, :16]).save(tmp_path / "LR_bicubic" / "X4" / "0001x4.png")
+    (lr_t, hr_t), = srdata.folder_pairs(tmp_path)
+    assert lr_t.shape == (3, 12, 16) and hr_t.shape == (3, 48, 64)
+    assert torch.allclose(hr_t[:, 0, 0], torch.tensor(hr[0, 0] / 255.0, dtype=torch.float32))
+    Image.fromarray(hr).save(tmp_path / "HR" / "0002.png")
+    with pytest.raises(ValueError, match="no LR partner"):
+        srdata.folder_pairs(tmp_path)
+    Image.fromarray(hr[:8, :8]).save(tmp_path / "LR_bicubic" / "X4" / "0002x4.png")
+    with pytest.raises(ValueError, match="not an x4 pair"):
+        srdata.folder_pairs(tmp_path)
+    with pytest.raises(ValueError, match="LR_bicubic/X4"):
+        srdata.folder_pairs(tmp_path / "HR")
+
+
+def test_widened_conv_in_preserves_the_unconditional_function():
+    cfg = PRESETS["tiny16"]
+    torch.manual_seed(0)
+    backbone = SDUNet(UNetPlan.teacher(cfg)).eval()
+    model = sr.SRUNet(copy.deepcopy(backbone), cfg.in_channels).eval()
+    assert model.backbone.conv_in.in_channels == 2 * cfg.in_channels
+    assert float(model.backbone.conv_in.weight.detach()[:, cfg.in_channels:].abs().sum()) == 0
+    x = torch.randn(2, cfg.in_channels, 8, 8)
+    t, ehs = torch.tensor([10, 700]), torch.randn(2, cfg.context_length, cfg.cross_attention_dim)
+    with torch.no_grad():
+        want = backbone(x, t, ehs)
+        for cond in (torch.zeros_like(x), torch.randn_like(x) * 5):
+            torch.testing.assert_close(model(x, cond, t, ehs), want, rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_training_lowers_the_denoising_loss(prepared):
+    space, ctx, arch = prepared
+    ad = sr.SRAdapter(space, arch, ctx, {**TINY, "pool": 16})
+    hr, cond = ad.pool()
+    assert hr.shape == (16, 4, 8, 8) and cond.shape == hr.shape
+    ehs = ad.tr["ehs"]
+    g = torch.Generator().manual_seed(5)
+    noise, t = torch.randn(hr.shape, generator=g), torch.linspace(50, 950, 16).long()
+    xt = pretrain.scheduler().add_noise(hr, noise, t)
+
+    def loss(m):
+        with torch.no_grad():
+            return float((m(xt, cond, t, ehs.expand(16, -1, -1)) - noise).pow(2).mean())
+
+    model = ad._new_model()
+    before = loss(model)
+    r = sr.train_sr(model, hr, cond, ehs, steps=40, batch_size=8, lr=1e-3, seed=0)
+    assert loss(model) < before and r["final_loss"] < r["first_loss"]
+
+
+def test_one_step_student_approaches_the_teachers_samples(prepared):
+    space, ctx, arch = prepared
+    ad = sr.SRAdapter(space, arch, ctx, TINY)
+    _, cond = ad.pool()
+    teacher = ad._new_model().eval()
+    ehs = ad.tr["ehs"]
+    z, c, target = sr.teacher_targets(teacher, cond, ehs, n=8, steps=3, seed=0)
+    assert target.shape == z.shape == c.shape
+    student = ad._new_model()
+    student.load_state_dict(teacher.state_dict())
+
+    def gap():
+        with torch.no_grad():
+            return float((sr.one_step(student.eval(), z, c, ehs) - target).pow(2).mean())
+
+    before = gap()
+    sr.distill(student, z, c, target, ehs, steps=30, batch_size=8, lr=1e-3, seed=0)
+    assert gap() < 0.5 * before
+
+
+def test_adapt_reports_quality_cost_and_latency_and_caches(prepared, tmp_path):
+    space, ctx, arch = prepared
+    out = tmp_path / "sr.json"
+    r = sr.adapt(space, arch, ctx, TINY, origin="reference sd15", out=out)
+    m = r["metrics"]
+    for key in ("bicubic", "vae_reconstruction", "vae_of_bicubic", "teacher", "student"):
+        assert set(m[key]) >= {"psnr", "ssim"} and np.isfinite(m[key]["psnr"])
+    assert m["teacher"]["steps"] == 2 and m["student"]["steps"] == 1
+    g = r["gmacs"]
+    assert g["teacher_per_image"] == pytest.approx(g["vae_encoder"] + 2 * g["unet_step"] + g["vae_decoder"])
+    assert g["teacher_per_image"] > g["student_per_image"] > g["unet_step"] > 0
+    assert r["latency"]["teacher_ms"] > 0 and r["latency"]["student_ms"] > 0
+    assert r["backbone"]["origin"] == "reference sd15" and out.is_file()
+    files = sorted((ctx.run_dir / "cache" / "sd_unet").glob("sr*/*.safetensors"))
+    assert len(files) == 2
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = sr.adapt(space, arch, ctx, {**TINY, "latency_repeats": 0})
+    assert [f.stat().st_mtime_ns for f in files] == mtimes         # loaded, not retrained
+    assert again["metrics"]["student"] == pytest.approx(m["student"])
+    assert "SR model, 2 steps" in sr.format_report(r)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    assert sr.main([str(tmp_path / "missing.yaml")]) == 2
+    assert "neither a run directory nor an experiment file" in capsys.readouterr().err
+    assert sr.main([str(tmp_path), "--set", "steps=-1"]) == 2
+    assert "steps" in capsys.readouterr().err
+
+
+def test_a_fine_tuned_vae_keeps_the_latents_magnitude(prepared):
+    space, ctx, arch = prepared
+    base = sr.SRAdapter(space, arch, ctx, TINY)
+    tuned = sr.SRAdapter(space, arch, ctx, {**TINY, "vae_steps": 2})
+    assert tuned.latent_scale != base.latent_scale
+    assert any(not torch.equal(tuned.vae()[k], base.vae()[k]) for k in base.vae())
+    hr, _ = srdata.random_pair_crops(srdata.photo_pairs(pretrain.TRAIN_PHOTOS), 16, 64,
+                                     torch.Generator().manual_seed(1))
+    import math
+
+    scaled = float(tuned.encode(hr).std() / base.encode(hr).std())
+    unscaled = scaled * base.latent_scale / tuned.latent_scale     # with the teacher's scale
+    assert abs(math.log(scaled)) < abs(math.log(unscaled))
