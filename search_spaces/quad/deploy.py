@@ -25,15 +25,25 @@ from nasframe_search_spaces.quad.lora import Adapter, LoRANet
 from nasframe_search_spaces.quad.quant import ADAPTER_BITS, ENCODING_VERSION
 
 
-def feed(net: LoRANet, x: torch.Tensor, adapter: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-    """The ONNX Runtime feed of ``x`` and one adapter."""
-    return {"x": x.detach().numpy(), **{n: t.detach().numpy()
-                                       for n, t in zip(net.input_names(), adapter)}}
+def model_input_names(net: LoRANet) -> list[str]:
+    """Graph names of the model's own inputs: ``x``, or ``input_0..`` for several."""
+    return ["x"] if net.model_inputs == 1 else [f"input_{i}" for i in range(net.model_inputs)]
 
 
-def export_adapter_graph(net: LoRANet, example: torch.Tensor, adapters: dict[str, Adapter],
+def _as_tuple(x) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def feed(net: LoRANet, x, adapter: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """The ONNX Runtime feed of the model input(s) ``x`` and one adapter."""
+    return {**{n: t.detach().numpy() for n, t in zip(model_input_names(net), _as_tuple(x))},
+            **{n: t.detach().numpy() for n, t in zip(net.input_names(), adapter)}}
+
+
+def export_adapter_graph(net: LoRANet, example, adapters: dict[str, Adapter],
                          path: str | Path, threads: int | None = 1) -> dict[str, Any]:
-    """Export ``net`` once with every A/B tensor as a graph input and check it per task.
+    """Export ``net`` once with every A/B tensor as a graph input and check it per task
+    (``example``: the model input, or a tuple of them for a net of several ``model_inputs``).
 
     Returns (and writes to ``<path>.tasks.json``) the export's metadata plus
     ``per_task``: ``{task: {max_abs_error, max_rel_error}}`` of ONNX Runtime fed the
@@ -42,8 +52,10 @@ def export_adapter_graph(net: LoRANet, example: torch.Tensor, adapters: dict[str
     import onnx
 
     first = next(iter(adapters.values()))
-    result = export_module(net.eval(), (example, *first), "onnx", path,
-                           input_names=["x", *net.input_names()], threads=threads)
+    inputs = _as_tuple(example)
+    result = export_module(net.eval(), (*inputs, *first), "onnx", path,
+                           input_names=[*model_input_names(net), *net.input_names()],
+                           threads=threads)
     model = onnx.load(str(path), load_external_data=False)
     lora_inits = sum(i.name.startswith("lora.") for i in model.graph.initializer)
     lora_inputs = sum(i.name.startswith("lora.") for i in model.graph.input)
@@ -52,7 +64,7 @@ def export_adapter_graph(net: LoRANet, example: torch.Tensor, adapters: dict[str
     for task, adapter in adapters.items():
         got = sess.run(None, feed(net, example, adapter))[0]
         with torch.no_grad():
-            ref = net.merged(adapter)(example).numpy()
+            ref = net.merged(adapter)(*inputs).numpy()
         err = float(np.abs(got - ref).max())
         per_task[task] = {"max_abs_error": err,
                           "max_rel_error": err / max(float(np.abs(ref).max()), 1e-12)}

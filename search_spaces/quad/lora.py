@@ -132,15 +132,21 @@ Adapter = list[torch.Tensor]   # [A0, B0, A1, B1, ...] in slot order
 
 class LoRANet(nn.Module):
     """``base`` with every targeted layer wrapped; adapters are passed to ``forward``:
-    ``net(x, *adapter)`` runs base + adapter, ``net(x)`` the base alone.
+    ``net(x, *adapter)`` runs base + adapter, ``net(x)`` the base alone. A base that
+    takes several inputs (e.g. a diffusion U-Net's latent, timestep and text
+    embedding) sets ``model_inputs``: ``net(*inputs, *adapter)``.
 
     The base is changed in place (targeted children replaced by wrappers holding the
     original layer as ``.base``) and frozen. ``rank`` is an int or a callable
     ``rank(layer_name) -> int`` (0: the layer is not adapted)."""
 
     def __init__(self, base: nn.Module, rank: int | Callable[[str], int] = 4,
-                 target: Callable[[str, nn.Module], bool] = default_target):
+                 target: Callable[[str, nn.Module], bool] = default_target,
+                 model_inputs: int = 1):
         super().__init__()
+        if model_inputs < 1:
+            raise ValueError(f"model_inputs must be >= 1, got {model_inputs}")
+        self.model_inputs = model_inputs
         rank_of = rank if callable(rank) else (lambda _name, r=int(rank): r)
         self._feed = _Feed()
         found = [(n, m) for n, m in base.named_modules()
@@ -223,10 +229,11 @@ class LoRANet(nn.Module):
         return out
 
     # -- forward --------------------------------------------------------------
-    def forward(self, x: torch.Tensor, *adapter: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        inputs, adapter = args[:self.model_inputs], args[self.model_inputs:]
         self._feed.tensors = adapter if adapter else None
         try:
-            return self.net(x)
+            return self.net(*inputs)
         finally:
             self._feed.tensors = None
 

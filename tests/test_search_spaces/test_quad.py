@@ -297,3 +297,32 @@ def test_latency_of_the_quantised_graph_needs_no_training(tmp_path):
     assert len(names) == 1 + 2 * len(cand.model.slots)      # the image and every A/B tensor
     again = obj.evaluate(Candidate(space, arch, seed=0), ctx)     # cached export
     assert again.details["export"]["graph_hash"] == export["graph_hash"]
+
+
+def test_lora_inputs_on_an_sd_unet_unet_of_three_inputs(tmp_path):
+    """The design takes sd_unet: LoRA on the diffusion U-Net (latent, timestep, text
+    embedding as model inputs); one ONNX graph, adapters as inputs, each task's adapter
+    reproduces its merged U-Net."""
+    pytest.importorskip("diffusers")
+    import onnx
+
+    from nasframe_search_spaces.quad.deploy import export_adapter_graph
+    from nasframe_search_spaces.sd_unet.space import SDUNetSpace
+
+    space = SDUNetSpace(preset="tiny", latent_size=8)
+    cand = Candidate(space, space.reference_architectures()["nanosd"], seed=0)
+    inputs = cand.example_inputs()
+    torch.manual_seed(0)
+    net = LoRANet(cand.model.eval(), rank=2, model_inputs=len(inputs)).eval()
+    assert len(net.slots) > 50
+    adapters = {t: net.init_adapter(seed=i, b_std=0.05) for i, t in enumerate(("sr", "deblur"))}
+    with torch.no_grad():
+        base = net(*inputs)
+        tuned = net(*inputs, *adapters["sr"])
+    assert not torch.allclose(base, tuned)
+    report = export_adapter_graph(net, inputs, adapters, tmp_path / "unet.onnx")
+    assert report["lora_initializers"] == 0 and report["lora_inputs"] == 2 * len(net.slots)
+    for task, err in report["per_task"].items():
+        assert err["max_rel_error"] < 1e-4, (task, err)
+    names = [i.name for i in onnx.load(str(tmp_path / "unet.onnx"), load_external_data=False).graph.input]
+    assert names[:3] == ["input_0", "input_1", "input_2"] and names[3].startswith("lora.")
