@@ -106,7 +106,7 @@ def realign_vae(vae16: Mapping[str, torch.Tensor], vae4: Mapping[str, torch.Tens
     """Reconstruction + the old latent distilled into channels 0-3."""
     from diffusers import AutoencoderKL
 
-    from nasframe_search_spaces.sd_unet.pretrain import TRAIN_PHOTOS, _adam, _tail, random_crops
+    from nasframe_search_spaces.sd_unet.pretrain import TRAIN_PHOTOS, _tail, fit, random_crops
 
     vae = AutoencoderKL(**config16.to_diffusers())
     vae.load_state_dict(dict(vae16))
@@ -115,25 +115,19 @@ def realign_vae(vae16: Mapping[str, torch.Tensor], vae4: Mapping[str, torch.Tens
     old.eval().requires_grad_(False)
     vae.train()
     g = torch.Generator().manual_seed(41_000_003 + seed)
-    opt, sched = _adam(vae.parameters(), lr, steps)
     lo = config4.latent_channels
-    losses = []
-    task = progress.add_task("expanded VAE", total=steps, info="") if progress is not None else None
-    for _ in range(steps):
+
+    def loss_fn() -> torch.Tensor:
         x = random_crops(TRAIN_PHOTOS, batch_size, crop, g)
         post = vae.encode(x).latent_dist
         with torch.no_grad():
             target = old.encode(x).latent_dist.mean
         rec = vae.decode(post.sample(generator=g)).sample
-        loss = ((rec - x).abs().mean() + (post.mean[:, :lo] - target).pow(2).mean()
+        return ((rec - x).abs().mean() + (post.mean[:, :lo] - target).pow(2).mean()
                 + kl_weight * post.kl().mean() / post.mean[0].numel())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if task is not None:
-            progress.advance(task)
+
+    losses = fit(vae.parameters(), loss_fn, steps=steps, lr=lr, description="expanded VAE",
+                 progress=progress)
     return ({k: v.detach().clone() for k, v in vae.state_dict().items()},
             {"vae_realign_steps": steps, "vae_realign_loss": _tail(losses)})
 
@@ -144,7 +138,7 @@ def realign_unet(unet16: Mapping[str, torch.Tensor], unet4: Mapping[str, torch.T
                  crop: int | None = None, progress=None) -> tuple[dict, dict]:
     """Distillation from the 4-channel U-Net on channels 0-3, denoising on 4-15."""
     from nasframe_search_spaces.sd_unet.network import SDUNet, UNetPlan
-    from nasframe_search_spaces.sd_unet.pretrain import _adam, _tail, scheduler
+    from nasframe_search_spaces.sd_unet.pretrain import _tail, fit, noised_batch, scheduler
 
     torch.manual_seed(seed)
     model = SDUNet(UNetPlan.teacher(config16))
@@ -156,31 +150,17 @@ def realign_unet(unet16: Mapping[str, torch.Tensor], unet4: Mapping[str, torch.T
     lo = config4.in_channels
     sch = scheduler()
     g = torch.Generator().manual_seed(61_000_007 + seed)
-    opt, lrs = _adam(model.parameters(), lr, steps)
-    losses = []
-    task = progress.add_task("expanded U-Net", total=steps, info="") if progress is not None else None
-    for _ in range(steps):
-        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
-        x0 = latents[idx]
-        if crop is not None and crop < x0.shape[-1]:
-            top, left = (int(torch.randint(0, x0.shape[-1] - crop + 1, (1,), generator=g))
-                         for _ in range(2))
-            x0 = x0[..., top:top + crop, left:left + crop]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (batch_size,), generator=g)
-        xt = sch.add_noise(x0, noise, t)
+
+    def loss_fn() -> torch.Tensor:
+        xt, noise, t = noised_batch(latents, batch_size, crop, sch, g)
         e = ehs.expand(batch_size, -1, -1)
         with torch.no_grad():
             target = old(xt[:, :lo], t, e)
         pred = model(xt, t, e)
-        loss = (pred[:, :lo] - target).pow(2).mean() + (pred[:, lo:] - noise[:, lo:]).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.step()
-        losses.append(float(loss.detach()))
-        if task is not None:
-            progress.advance(task)
+        return (pred[:, :lo] - target).pow(2).mean() + (pred[:, lo:] - noise[:, lo:]).pow(2).mean()
+
+    losses = fit(model.parameters(), loss_fn, steps=steps, lr=lr, description="expanded U-Net",
+                 progress=progress)
     model.eval()
     return ({k: v.detach().clone() for k, v in model.state_dict().items()},
             {"realign_steps": steps, "realign_loss": _tail(losses)})

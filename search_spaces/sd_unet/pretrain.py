@@ -120,6 +120,25 @@ def _adam(params, lr: float, steps: int):
     return opt, sched
 
 
+def fit(params, loss_fn, *, steps: int, lr: float, description: str,
+        progress=None) -> list[float]:
+    """``steps`` Adam steps (warm-up, cosine decay) on ``loss_fn()``; the losses, one per
+    step. ``loss_fn`` draws its own batch, so the random draws keep their order."""
+    opt, sched = _adam(params, lr, steps)
+    losses: list[float] = []
+    task = progress.add_task(description, total=steps, info="") if progress is not None else None
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if task is not None:
+            progress.advance(task)
+    return losses
+
+
 def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, lr: float,
               kl_weight: float, seed: int, init: Mapping[str, torch.Tensor] | None = None,
               progress=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -132,22 +151,16 @@ def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, 
         vae.load_state_dict(dict(init))
     vae.train()
     g = torch.Generator().manual_seed(40_000_003 + seed)
-    opt, sched = _adam(vae.parameters(), lr, steps)
-    losses = []
-    task = progress.add_task("teacher VAE", total=steps, info="") if progress is not None else None
-    for _ in range(steps):
+
+    def loss_fn() -> torch.Tensor:
         x = random_crops(TRAIN_PHOTOS, batch_size, crop, g)
         post = vae.encode(x).latent_dist
         z = post.sample(generator=g)
         rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + kl_weight * post.kl().mean() / z[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if task is not None:
-            progress.advance(task)
+        return (rec - x).abs().mean() + kl_weight * post.kl().mean() / z[0].numel()
+
+    losses = fit(vae.parameters(), loss_fn, steps=steps, lr=lr, description="teacher VAE",
+                 progress=progress)
     state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     return state, {"vae_steps": steps, "vae_final_loss": _tail(losses)}
 
@@ -184,6 +197,21 @@ def latent_pool(vae_state, vae_config: VAEConfig, *, n: int, image_size: int, se
     return encode(vae_state, vae_config, random_crops(photos, n, image_size, g))
 
 
+def noised_batch(latents: torch.Tensor, batch_size: int, crop: int | None, sch,
+                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, noise, t)``: a random batch of ``latents`` (random ``crop`` x ``crop`` windows
+    when smaller than the latents), DDPM-noised at random timesteps, drawn from ``g``."""
+    idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
+    x0 = latents[idx]
+    if crop is not None and crop < x0.shape[-1]:
+        top, left = (int(torch.randint(0, x0.shape[-1] - crop + 1, (1,), generator=g))
+                     for _ in range(2))
+        x0 = x0[..., top:top + crop, left:left + crop]
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (batch_size,), generator=g)
+    return sch.add_noise(x0, noise, t), noise, t
+
+
 def train_unet(config: UNetConfig, latents: torch.Tensor, ehs: torch.Tensor, *, steps: int,
                batch_size: int, lr: float, seed: int, init: Mapping[str, torch.Tensor] | None = None,
                progress=None, model: torch.nn.Module | None = None, crop: int | None = None,
@@ -200,28 +228,14 @@ def train_unet(config: UNetConfig, latents: torch.Tensor, ehs: torch.Tensor, *, 
     model.train()
     sch = scheduler()
     g = torch.Generator().manual_seed(60_000_011 + seed)
-    opt, lrs = _adam([p for p in model.parameters() if p.requires_grad], lr, steps)
-    losses = []
-    task = progress.add_task(description, total=steps, info="") if progress is not None else None
-    for _ in range(steps):
-        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
-        x0 = latents[idx]
-        if crop is not None and crop < x0.shape[-1]:
-            top, left = (int(torch.randint(0, x0.shape[-1] - crop + 1, (1,), generator=g))
-                         for _ in range(2))
-            x0 = x0[..., top:top + crop, left:left + crop]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (batch_size,), generator=g)
-        xt = sch.add_noise(x0, noise, t)
+
+    def loss_fn() -> torch.Tensor:
+        xt, noise, t = noised_batch(latents, batch_size, crop, sch, g)
         pred = model(xt, t, ehs.expand(batch_size, -1, -1))
-        loss = (pred - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.step()
-        losses.append(float(loss.detach()))
-        if task is not None:
-            progress.advance(task)
+        return (pred - noise).pow(2).mean()
+
+    losses = fit([p for p in model.parameters() if p.requires_grad], loss_fn, steps=steps,
+                 lr=lr, description=description, progress=progress)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return state, {"steps": steps, "final_mse": _tail(losses)}

@@ -201,27 +201,21 @@ def train_sr(model: SRUNet, hr: torch.Tensor, cond: torch.Tensor, ehs: torch.Ten
              batch_size: int, lr: float, seed: int, progress=None) -> dict[str, Any]:
     """Conditional DDPM noise prediction on scaled HR latents ``hr`` given ``cond``
     (both (N, C, h, w)): ``MSE(model(x_t, c, t), eps)``, t uniform over [0, 1000)."""
-    from nasframe_search_spaces.sd_unet.pretrain import _adam, _tail, scheduler
+    from nasframe_search_spaces.sd_unet.pretrain import _tail, fit, scheduler
 
     sch = scheduler()
     g = torch.Generator().manual_seed(91_000_003 + seed)
-    opt, lrs = _adam(model.parameters(), lr, steps)
-    losses = []
     model.train()
-    task = progress.add_task("SR model", total=steps, info="") if progress is not None else None
-    for _ in range(steps):
+
+    def loss_fn() -> torch.Tensor:
         idx = _batches(hr.shape[0], batch_size, g)
         noise = torch.randn(hr[idx].shape, generator=g)
         t = torch.randint(0, 1000, (batch_size,), generator=g)
         pred = model(sch.add_noise(hr[idx], noise, t), cond[idx], t, ehs.expand(batch_size, -1, -1))
-        loss = (pred - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.step()
-        losses.append(float(loss.detach()))
-        if task is not None:
-            progress.advance(task)
+        return (pred - noise).pow(2).mean()
+
+    losses = fit(model.parameters(), loss_fn, steps=steps, lr=lr, description="SR model",
+                 progress=progress)
     model.eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
             "final_loss": _tail(losses)}
@@ -248,23 +242,17 @@ def distill(student: SRUNet, z: torch.Tensor, c: torch.Tensor, target: torch.Ten
             ehs: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
             progress=None) -> dict[str, Any]:
     """Regression of the one-step student to the N-step samples: ``MSE(one_step(z, c), target)``."""
-    from nasframe_search_spaces.sd_unet.pretrain import _adam, _tail
+    from nasframe_search_spaces.sd_unet.pretrain import _tail, fit
 
     g = torch.Generator().manual_seed(93_000_011 + seed)
-    opt, lrs = _adam(student.parameters(), lr, steps)
-    losses = []
     student.train()
-    task = progress.add_task("one-step student", total=steps, info="") if progress is not None else None
-    for _ in range(steps):
+
+    def loss_fn() -> torch.Tensor:
         idx = _batches(z.shape[0], batch_size, g)
-        loss = (one_step(student, z[idx], c[idx], ehs) - target[idx]).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.step()
-        losses.append(float(loss.detach()))
-        if task is not None:
-            progress.advance(task)
+        return (one_step(student, z[idx], c[idx], ehs) - target[idx]).pow(2).mean()
+
+    losses = fit(student.parameters(), loss_fn, steps=steps, lr=lr,
+                 description="one-step student", progress=progress)
     student.eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
             "final_loss": _tail(losses)}
