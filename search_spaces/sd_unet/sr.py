@@ -22,8 +22,18 @@ trained to minimise ``MSE(x0_student(z, c), DDIM_N(z, c))``: the N-step SR
 model's deterministic sample from the *same* noise and condition. At the start
 it is the SR model's own one-step estimate.
 
-Both are cached like the teacher (:mod:`.pretrain`): safetensors files in the
-run's artifact cache (``sd_unet/sr``, ``sd_unet/sr_student``) under a hash of
+**Fidelity decoder** (:class:`FidelityDecoder`; StableSR's controllable feature
+wrapping reduced to the output): every image made through a small VAE is bounded
+by its reconstruction PSNR, so the student's latent is decoded as
+``bicubic + R([h, bicubic])``, ``h`` the frozen VAE decoder's last feature map, ``R``
+a small convolutional path whose last layer starts at zero (so it starts as bicubic)
+trained by L1 to the HR crops on the student's latents of the training pairs. The same
+path trained on the LR latent itself (no SR model) is the ablation that tells what the
+SR model adds.
+
+All are cached like the teacher (:mod:`.pretrain`): safetensors files in the
+run's artifact cache (``sd_unet/sr``, ``sd_unet/sr_student``,
+``sd_unet/sr_fidelity_student``, ``sd_unet/sr_fidelity_lr``) under a hash of
 everything that determines them (backbone weights and plan, VAE, settings,
 data). :func:`adapt` runs both and measures PSNR/SSIM (scikit-image) of
 bicubic, the VAE's reconstruction of the HR image (the ceiling of any image
@@ -81,6 +91,14 @@ class SRParams(Params):
     """(noise, LR latent) pairs the N-step model samples for the student to regress to."""
     distill_lr: Float = Field(2e-4, gt=0, le=10)
     """Adam learning rate of the student."""
+    fidelity_steps: Int = Field(1500, ge=0, le=10_000_000)
+    """Training steps of the fidelity decoder (0: none; the student's images are the VAE's)."""
+    fidelity_lr: Float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the fidelity decoder."""
+    fidelity_width: Int = Field(32, ge=4, le=1024)
+    """Channels of the fidelity decoder's path."""
+    fidelity_blocks: Int = Field(3, ge=0, le=64)
+    """Residual blocks of the fidelity decoder's path."""
     vae_steps: Int = Field(0, ge=0, le=10_000_000)
     """Extra reconstruction fine-tuning of the teacher's VAE before SR training (0: as is)."""
     vae_lr: Float = Field(5e-4, gt=0, le=10)
@@ -133,6 +151,77 @@ class SRUNet(nn.Module):
         return self.backbone(torch.cat([sample, cond], dim=1), timestep, encoder_hidden_states)
 
 
+class _Residual(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(torch.nn.functional.silu(self.conv1(torch.nn.functional.silu(x))))
+
+
+class FidelityDecoder(nn.Module):
+    """The VAE decoder with a fidelity path to the LR image (StableSR's controllable feature
+    wrapping, reduced to the output): ``image = bicubic + R([h, bicubic])``.
+
+    ``h`` is the frozen VAE decoder's last feature map (full resolution, the input of its
+    ``conv_norm_out``) for the generated latent; ``R`` is a small convolutional path
+    (``conv 3x3 -> blocks x residual(SiLU, conv, SiLU, conv) -> conv 3x3``) whose last
+    convolution starts at **zero**, so at the start the image is exactly the bicubic
+    upsampling and training (L1 to the HR image, on the generated latents of training
+    pairs) only adds what the latent and the LR image tell about the detail. Without it
+    every image is the VAE's, bounded by its reconstruction PSNR.
+    ``forward(latent (unscaled), up (B, 3, H, W) in [0, 1])`` -> (B, 3, H, W) in [0, 1]."""
+
+    def __init__(self, decoder: nn.Module, width: int = 32, blocks: int = 3):
+        super().__init__()
+        self.decoder = decoder.eval().requires_grad_(False)
+        feat = decoder.decoder.conv_norm_out.num_channels
+        out = nn.Conv2d(width, 3, 3, padding=1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(nn.Conv2d(feat + 3, width, 3, padding=1),
+                                  *[_Residual(width) for _ in range(blocks)], nn.SiLU(), out)
+
+    @torch.no_grad()
+    def features(self, latent: torch.Tensor) -> torch.Tensor:
+        """The decoder's last feature map for an (unscaled) latent."""
+        seen: list[torch.Tensor] = []
+        hook = self.decoder.decoder.conv_norm_out.register_forward_pre_hook(
+            lambda _module, args: seen.append(args[0]))
+        try:
+            self.decoder(latent)
+        finally:
+            hook.remove()
+        return seen[0]
+
+    def refine(self, features: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return (up + self.head(torch.cat([features, up * 2 - 1], dim=1))).clamp(0, 1)
+
+    def forward(self, latent: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return self.refine(self.features(latent), up)
+
+
+def train_fidelity(fd: FidelityDecoder, features: torch.Tensor, up: torch.Tensor, hr: torch.Tensor,
+                   *, steps: int, batch_size: int, lr: float, seed: int, progress=None) -> dict[str, Any]:
+    """L1 of ``fd.refine(features, up)`` to ``hr`` (EDSR's loss) on precomputed decoder
+    features of the generated latents; only the fidelity path trains."""
+    from nasframe_search_spaces.sd_unet.pretrain import _tail, fit
+
+    g = torch.Generator().manual_seed(96_000_019 + seed)
+    fd.head.train()
+
+    def loss_fn() -> torch.Tensor:
+        idx = _batches(hr.shape[0], batch_size, g)
+        return (fd.refine(features[idx], up[idx]) - hr[idx]).abs().mean()
+
+    losses = fit(fd.head.parameters(), loss_fn, steps=steps, lr=lr, description="fidelity decoder",
+                 progress=progress)
+    fd.head.eval()
+    return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
+            "final_loss": _tail(losses)}
+
+
 def ddim(steps: int):
     """The sampler: diffusers ``DDIMScheduler`` on the teacher's schedule, ``trailing``
     spacing (the first step at t = 999), eta 0."""
@@ -169,26 +258,34 @@ def one_step(model: SRUNet, noise: torch.Tensor, cond: torch.Tensor, ehs: torch.
 
 class SRPipeline(nn.Module):
     """LR image -> HR image: bicubic x ``scale``, VAE encoder (LR latent), ``steps`` DDIM
-    steps of the SR model from ``noise`` (or the student's one call: ``steps=None``),
-    VAE decoder. ``forward(lr (B, 3, h, w) in [0, 1], noise (B, C, hs/8, ws/8))`` ->
+    steps of the SR model from ``noise`` (or the student's one call: ``steps=None``; or no
+    model, the LR latent itself: ``steps=0``), then the VAE decoder, or the
+    :class:`FidelityDecoder` ``fidelity`` when given.
+    ``forward(lr (B, 3, h, w) in [0, 1], noise (B, C, hs/8, ws/8))`` ->
     (B, 3, hs, ws) in [0, 1]. What is evaluated and timed."""
 
-    def __init__(self, encoder: nn.Module, unet: SRUNet, decoder: nn.Module, ehs: torch.Tensor,
-                 latent_scale: float, scale: int, steps: int | None):
+    def __init__(self, encoder: nn.Module, unet: SRUNet | None, decoder: nn.Module, ehs: torch.Tensor,
+                 latent_scale: float, scale: int, steps: int | None,
+                 fidelity: FidelityDecoder | None = None):
         super().__init__()
-        self.encoder, self.unet, self.decoder = encoder, unet, decoder
+        self.encoder, self.unet, self.decoder, self.fidelity = encoder, unet, decoder, fidelity
         self.register_buffer("ehs", ehs)
         self.latent_scale, self.scale, self.steps = latent_scale, scale, steps
+        self.channels = encoder.cfg.latent_channels
 
     def forward(self, lr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         from nasframe_search_spaces.sd_unet.srdata import bicubic_up
 
-        up = bicubic_up(lr, self.scale) * 2 - 1
-        cond = self.encoder(up)[:, :self.unet.cond_channels] * self.latent_scale
-        if self.steps is None:
+        up = bicubic_up(lr, self.scale)
+        cond = self.encoder(up * 2 - 1)[:, :self.channels] * self.latent_scale
+        if self.steps == 0:
+            x0 = cond
+        elif self.steps is None:
             x0 = one_step(self.unet, noise, cond, self.ehs)
         else:
             x0 = sample(self.unet, noise, cond, self.ehs, self.steps)
+        if self.fidelity is not None:
+            return self.fidelity(x0 / self.latent_scale, up)
         return ((self.decoder(x0 / self.latent_scale) + 1) / 2).clamp(0, 1)
 
 
@@ -415,13 +512,19 @@ class SRAdapter:
         return torch.cat([((dec(latents[i:i + batch] / self.latent_scale) + 1) / 2).clamp(0, 1)
                           for i in range(0, len(latents), batch)])
 
-    def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled HR latents and LR latents (of the bicubic upsampling) of ``pool`` training crops."""
+    def pool_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pool`` aligned (LR, HR) training crops, fixed by the seed."""
         from nasframe_search_spaces.sd_unet import srdata
 
         g = torch.Generator().manual_seed(94_000_013 + self.p.seed)
-        lr, hr = srdata.random_pair_crops(self.train_pairs(), self.p.pool, self.p.hr_size, g,
-                                          self.p.scale)
+        return srdata.random_pair_crops(self.train_pairs(), self.p.pool, self.p.hr_size, g,
+                                        self.p.scale)
+
+    def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled HR latents and LR latents (of the bicubic upsampling) of the pool's crops."""
+        from nasframe_search_spaces.sd_unet import srdata
+
+        lr, hr = self.pool_images()
         return self.encode(hr), self.encode(srdata.bicubic_up(lr, self.p.scale))
 
     # -- the stages ------------------------------------------------------------------
@@ -496,11 +599,65 @@ class SRAdapter:
             self._student = (student, _load(student, path, made))
         return self._student
 
-    def pipeline(self, steps: int | None) -> SRPipeline:
-        """The N-step pipeline (``steps``) or the one-step student's (None)."""
-        unet = self.sr_model()[0] if steps is not None else self.student()[0]
+    def fidelity(self, source: str = "student") -> tuple[FidelityDecoder, dict[str, Any]]:
+        """The fidelity decoder (trained or loaded) and its report. ``source``: the latents
+        it learns from: ``student`` (the one-step student's, one noise draw per training
+        crop) or ``lr`` (the LR latent itself, no SR model: the ablation that tells what the
+        SR model adds)."""
+        if source not in ("student", "lr"):
+            raise ValueError(f"fidelity source {source!r}: 'student' or 'lr'")
+        key = f"_fidelity_{source}"
+        if not hasattr(self, key):
+            from nasframe.distill import module_digest
+            from nasframe_search_spaces.sd_unet import srdata
+
+            p = self.p
+            fd = FidelityDecoder(self.decoder(), p.fidelity_width, p.fidelity_blocks)
+            student = self.student()[0] if source == "student" else None
+            payload = {"version": VERSION, "source": source,
+                       "student": module_digest(student) if student is not None else None,
+                       "decoder": module_digest(fd.decoder), "latent_scale": self.latent_scale,
+                       "steps": p.fidelity_steps, "lr": p.fidelity_lr, "width": p.fidelity_width,
+                       "blocks": p.fidelity_blocks, "batch_size": p.batch_size, "seed": p.seed,
+                       "pool": self._payload()["settings"], "data": self._data_key()}
+            made: list[bool] = []
+
+            def make(path: Path) -> None:
+                made.append(True)
+                start = time.perf_counter()
+                lr, hr = self.pool_images()
+                up = srdata.bicubic_up(lr, p.scale)
+                _, cond = self.pool()
+                with torch.no_grad():
+                    if student is None:
+                        latents = cond
+                    else:
+                        g = torch.Generator().manual_seed(97_000_021 + p.seed)
+                        z = torch.randn(cond.shape, generator=g)
+                        latents = torch.cat([one_step(student, z[i:i + 16], cond[i:i + 16], self.tr["ehs"])
+                                             for i in range(0, len(z), 16)])
+                    feats = torch.cat([fd.features(latents[i:i + 16] / self.latent_scale)
+                                       for i in range(0, len(latents), 16)])
+                with self.ctx.progress() as progress:
+                    r = train_fidelity(fd, feats, up, hr, steps=p.fidelity_steps,
+                                       batch_size=p.batch_size, lr=p.fidelity_lr, seed=p.seed,
+                                       progress=progress)
+                _save(fd.head, path, {**r, "seconds": time.perf_counter() - start})
+
+            path = self.ctx.cache.get_or_create(f"sd_unet/sr_fidelity_{source}", payload, make,
+                                                suffix=".safetensors")
+            setattr(self, key, (fd, _load(fd.head, path, made)))
+        return getattr(self, key)
+
+    def pipeline(self, steps: int | None, fidelity: str | None = None) -> SRPipeline:
+        """The N-step pipeline (``steps``), the one-step student's (None) or no SR model
+        (0: the LR latent); with the fidelity decoder trained on ``fidelity``'s latents
+        (``student`` or ``lr``) instead of the VAE decoder when given."""
+        unet = (None if steps == 0 else self.sr_model()[0] if steps is not None
+                else self.student()[0])
+        fd = self.fidelity(fidelity)[0] if fidelity is not None else None
         return SRPipeline(self.encoder(), unet, self.decoder(), self.tr["ehs"],
-                          self.latent_scale, self.p.scale, steps).eval()
+                          self.latent_scale, self.p.scale, steps, fd).eval()
 
     # -- the report ------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -515,6 +672,13 @@ class SRAdapter:
         noise = torch.randn(len(hr), self.channels, side, side,
                             generator=torch.Generator().manual_seed(95_000_017 + p.seed))
         teacher, student = self.pipeline(p.sample_steps), self.pipeline(None)
+        pipes = {"teacher": teacher, "student": student}
+        fid_reports = {}
+        if p.fidelity_steps:
+            pipes["student_fidelity"] = self.pipeline(None, "student")
+            pipes["lr_fidelity"] = self.pipeline(0, "lr")
+            fid_reports = {"fidelity_student": self.fidelity("student")[1],
+                           "fidelity_lr": self.fidelity("lr")[1]}
         out: dict[str, Any] = {}
         with torch.inference_mode():
             out["bicubic"] = image_metrics(srdata.bicubic_up(lr, p.scale), hr)
@@ -526,7 +690,7 @@ class SRAdapter:
             # decoded difference between the HR latent and the LR latent (an oracle)
             out["oracle_detail"] = image_metrics((up + dec_hr - dec_up).clamp(0, 1), hr)
             preds = {}
-            for name, pipe in (("teacher", teacher), ("student", student)):
+            for name, pipe in pipes.items():
                 preds[name] = torch.cat([pipe(lr[i:i + 4], noise[i:i + 4]) for i in range(0, len(lr), 4)])
                 out[name] = image_metrics(preds[name], hr)
             out["student_vs_teacher"] = image_metrics(preds["student"], preds["teacher"])
@@ -545,12 +709,18 @@ class SRAdapter:
                 "student_per_image": g_enc + g_unet + g_dec,
                 "image": [p.eval_size, p.eval_size]}
         cost["reduction"] = cost["teacher_per_image"] / cost["student_per_image"]
+        if "student_fidelity" in pipes:
+            fd = pipes["student_fidelity"].fidelity
+            g_fd = gmacs(fd, (x / self.latent_scale, hr[:1]))
+            cost["fidelity_decoder"] = g_fd
+            cost["student_fidelity_per_image"] = g_enc + g_unet + g_fd
+            cost["lr_fidelity_per_image"] = g_enc + g_fd
         latency: dict[str, Any] = {}
         if p.latency_repeats:
             from nasframe_objectives.latency import TorchBackend
 
             backend = TorchBackend({"threads": p.threads, "warmup": 1, "repeats": p.latency_repeats})
-            for name, pipe in (("teacher", teacher), ("student", student)):
+            for name, pipe in pipes.items():
                 v = backend.measure(pipe, (lr[:1], noise[:1]), self.ctx)
                 latency[f"{name}_ms"] = v.value
             latency["speedup"] = latency["teacher_ms"] / latency["student_ms"]
@@ -558,7 +728,7 @@ class SRAdapter:
         n_params = sum(q.numel() for q in unet.parameters())
         return {"metrics": out, "gmacs": cost, "latency": latency,
                 "params_M": n_params / 1e6,
-                "training": {"sr": sr_report, "student": st_report},
+                "training": {"sr": sr_report, "student": st_report, **fid_reports},
                 "settings": p.model_dump(), "eval": {"images": len(hr), "hr_size": p.eval_size,
                                                      "source": p.eval_data or "held-out photos"}}
 
@@ -658,7 +828,11 @@ def format_report(r: dict[str, Any]) -> str:
             (f"SR model, {n} steps", m["teacher"], n * g["unet_step"], g["teacher_per_image"],
              lat.get("teacher_ms")),
             ("one-step student", m["student"], g["unet_step"], g["student_per_image"],
-             lat.get("student_ms"))]
+             lat.get("student_ms")),
+            ("one-step student + fidelity decoder", m.get("student_fidelity"), g["unet_step"],
+             g.get("student_fidelity_per_image"), lat.get("student_fidelity_ms")),
+            ("fidelity decoder on the LR latent", m.get("lr_fidelity"), 0.0,
+             g.get("lr_fidelity_per_image"), lat.get("lr_fidelity_ms"))]
     lines = [f"{'':36s} {'PSNR dB':>8s} {'SSIM':>6s} {'U-Net GMACs':>11s} {'GMACs/image':>11s} "
              f"{'ms/image':>9s}"]
     for name, v, gu, gm, ms in rows:

@@ -19,6 +19,7 @@ TRAIN = {"steps": 3, "vae_steps": 2, "batch_size": 2, "vae_crop": 16, "latent_si
 #: the smallest SR settings
 TINY = {"hr_size": 64, "pool": 8, "steps": 4, "batch_size": 4, "sample_steps": 2,
         "distill_steps": 4, "distill_targets": 4, "eval_images": 2, "eval_size": 64,
+        "fidelity_steps": 3, "fidelity_width": 8, "fidelity_blocks": 1,
         "latency_repeats": 1, "threads": 1}
 
 
@@ -130,21 +131,52 @@ def test_adapt_reports_quality_cost_and_latency_and_caches(prepared, tmp_path):
     out = tmp_path / "sr.json"
     r = sr.adapt(space, arch, ctx, TINY, origin="reference sd15", out=out)
     m = r["metrics"]
-    for key in ("bicubic", "vae_reconstruction", "vae_of_bicubic", "teacher", "student"):
+    for key in ("bicubic", "vae_reconstruction", "vae_of_bicubic", "teacher", "student",
+                "student_fidelity", "lr_fidelity"):
         assert set(m[key]) >= {"psnr", "ssim"} and np.isfinite(m[key]["psnr"])
     assert m["teacher"]["steps"] == 2 and m["student"]["steps"] == 1
     g = r["gmacs"]
     assert g["teacher_per_image"] == pytest.approx(g["vae_encoder"] + 2 * g["unet_step"] + g["vae_decoder"])
     assert g["teacher_per_image"] > g["student_per_image"] > g["unet_step"] > 0
-    assert r["latency"]["teacher_ms"] > 0 and r["latency"]["student_ms"] > 0
+    # the fidelity decoder costs the VAE decoder plus its path
+    assert g["fidelity_decoder"] > g["vae_decoder"]
+    assert g["student_fidelity_per_image"] == pytest.approx(
+        g["vae_encoder"] + g["unet_step"] + g["fidelity_decoder"])
+    assert g["lr_fidelity_per_image"] < g["student_fidelity_per_image"]
+    for name in ("teacher", "student", "student_fidelity", "lr_fidelity"):
+        assert r["latency"][f"{name}_ms"] > 0
     assert r["backbone"]["origin"] == "reference sd15" and out.is_file()
     files = sorted((ctx.run_dir / "cache" / "sd_unet").glob("sr*/*.safetensors"))
-    assert len(files) == 2
+    assert [f.parent.name for f in files] == ["sr", "sr_fidelity_lr", "sr_fidelity_student",
+                                              "sr_student"]
     mtimes = [f.stat().st_mtime_ns for f in files]
     again = sr.adapt(space, arch, ctx, {**TINY, "latency_repeats": 0})
     assert [f.stat().st_mtime_ns for f in files] == mtimes         # loaded, not retrained
     assert again["metrics"]["student"] == pytest.approx(m["student"])
-    assert "SR model, 2 steps" in sr.format_report(r)
+    assert again["metrics"]["student_fidelity"] == pytest.approx(m["student_fidelity"])
+    text = sr.format_report(r)
+    assert "SR model, 2 steps" in text and "one-step student + fidelity decoder" in text
+
+
+def test_the_fidelity_decoder_starts_at_bicubic_and_learns_the_detail(prepared):
+    space, ctx, arch = prepared
+    ad = sr.SRAdapter(space, arch, ctx, TINY)
+    fd = sr.FidelityDecoder(ad.decoder(), width=8, blocks=1)
+    lr, hr = srdata.random_pair_crops(srdata.photo_pairs(pretrain.TRAIN_PHOTOS), 16, 64,
+                                      torch.Generator().manual_seed(2))
+    up = srdata.bicubic_up(lr)
+    latents = ad.encode(up) / ad.latent_scale
+    # zero last convolution: exactly the bicubic image, whatever the latent holds
+    assert torch.equal(fd(latents, up), up)
+    assert torch.equal(fd(torch.randn_like(latents), up), up)
+    # only the path trains (the VAE decoder stays frozen) and the L1 to HR falls below bicubic's
+    frozen = {k: v.clone() for k, v in fd.decoder.state_dict().items()}
+    feats = fd.features(latents)
+    r = sr.train_fidelity(fd, feats, up, hr, steps=60, batch_size=8, lr=2e-3, seed=0)
+    assert all(torch.equal(v, fd.decoder.state_dict()[k]) for k, v in frozen.items())
+    with torch.no_grad():
+        assert float((fd.refine(feats, up) - hr).abs().mean()) < float((up - hr).abs().mean())
+    assert r["steps"] == 60 and r["final_loss"] < r["first_loss"]
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
