@@ -25,7 +25,7 @@ it is the SR model's own one-step estimate.
 **Fidelity decoder** (:class:`FidelityDecoder`; StableSR's controllable feature
 wrapping reduced to the output): every image made through a small VAE is bounded
 by its reconstruction PSNR, so the student's latent is decoded as
-``bicubic + R([h, bicubic])``, ``h`` the frozen VAE decoder's last feature map, ``R``
+``bicubic + R([h, bicubic])``, ``h`` the frozen VAE decoder's last feature map (``conv_out``'s input), ``R``
 a small convolutional path whose last layer starts at zero (so it starts as bicubic)
 trained by L1 to the HR crops on the student's latents of the training pairs. The same
 path trained on the LR latent itself (no SR model) is the ablation that tells what the
@@ -91,7 +91,7 @@ class SRParams(Params):
     """(noise, LR latent) pairs the N-step model samples for the student to regress to."""
     distill_lr: Float = Field(2e-4, gt=0, le=10)
     """Adam learning rate of the student."""
-    fidelity_steps: Int = Field(1500, ge=0, le=10_000_000)
+    fidelity_steps: Int = Field(1000, ge=0, le=10_000_000)
     """Training steps of the fidelity decoder (0: none; the student's images are the VAE's)."""
     fidelity_lr: Float = Field(1e-3, gt=0, le=10)
     """Adam learning rate of the fidelity decoder."""
@@ -164,8 +164,8 @@ class FidelityDecoder(nn.Module):
     """The VAE decoder with a fidelity path to the LR image (StableSR's controllable feature
     wrapping, reduced to the output): ``image = bicubic + R([h, bicubic])``.
 
-    ``h`` is the frozen VAE decoder's last feature map (full resolution, the input of its
-    ``conv_norm_out``) for the generated latent; ``R`` is a small convolutional path
+    ``h`` is the frozen VAE decoder's last feature map (full resolution, normalised and
+    activated: the input of its ``conv_out``) for the generated latent; ``R`` is a small convolutional path
     (``conv 3x3 -> blocks x residual(SiLU, conv, SiLU, conv) -> conv 3x3``) whose last
     convolution starts at **zero**, so at the start the image is exactly the bicubic
     upsampling and training (L1 to the HR image, on the generated latents of training
@@ -176,7 +176,7 @@ class FidelityDecoder(nn.Module):
     def __init__(self, decoder: nn.Module, width: int = 32, blocks: int = 3):
         super().__init__()
         self.decoder = decoder.eval().requires_grad_(False)
-        feat = decoder.decoder.conv_norm_out.num_channels
+        feat = decoder.decoder.conv_out.in_channels
         out = nn.Conv2d(width, 3, 3, padding=1)
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
@@ -185,9 +185,9 @@ class FidelityDecoder(nn.Module):
 
     @torch.no_grad()
     def features(self, latent: torch.Tensor) -> torch.Tensor:
-        """The decoder's last feature map for an (unscaled) latent."""
+        """The decoder's last feature map for an (unscaled) latent (``conv_out``'s input)."""
         seen: list[torch.Tensor] = []
-        hook = self.decoder.decoder.conv_norm_out.register_forward_pre_hook(
+        hook = self.decoder.decoder.conv_out.register_forward_pre_hook(
             lambda _module, args: seen.append(args[0]))
         try:
             self.decoder(latent)
@@ -602,10 +602,11 @@ class SRAdapter:
     def fidelity(self, source: str = "student") -> tuple[FidelityDecoder, dict[str, Any]]:
         """The fidelity decoder (trained or loaded) and its report. ``source``: the latents
         it learns from: ``student`` (the one-step student's, one noise draw per training
-        crop) or ``lr`` (the LR latent itself, no SR model: the ablation that tells what the
-        SR model adds)."""
-        if source not in ("student", "lr"):
-            raise ValueError(f"fidelity source {source!r}: 'student' or 'lr'")
+        crop), ``lr`` (the LR latent itself, no SR model: the ablation that tells what the
+        SR model adds) or ``hr`` (the true HR latent: the oracle, what a perfect SR model
+        could add through this VAE)."""
+        if source not in ("student", "lr", "hr"):
+            raise ValueError(f"fidelity source {source!r}: 'student', 'lr' or 'hr'")
         key = f"_fidelity_{source}"
         if not hasattr(self, key):
             from nasframe.distill import module_digest
@@ -627,10 +628,10 @@ class SRAdapter:
                 start = time.perf_counter()
                 lr, hr = self.pool_images()
                 up = srdata.bicubic_up(lr, p.scale)
-                _, cond = self.pool()
+                hr_latents, cond = self.pool()
                 with torch.no_grad():
                     if student is None:
-                        latents = cond
+                        latents = cond if source == "lr" else hr_latents
                     else:
                         g = torch.Generator().manual_seed(97_000_021 + p.seed)
                         z = torch.randn(cond.shape, generator=g)
@@ -677,8 +678,7 @@ class SRAdapter:
         if p.fidelity_steps:
             pipes["student_fidelity"] = self.pipeline(None, "student")
             pipes["lr_fidelity"] = self.pipeline(0, "lr")
-            fid_reports = {"fidelity_student": self.fidelity("student")[1],
-                           "fidelity_lr": self.fidelity("lr")[1]}
+            fid_reports = {f"fidelity_{k}": self.fidelity(k)[1] for k in ("student", "lr", "hr")}
         out: dict[str, Any] = {}
         with torch.inference_mode():
             out["bicubic"] = image_metrics(srdata.bicubic_up(lr, p.scale), hr)
@@ -689,6 +689,9 @@ class SRAdapter:
             # what the true HR latent adds to bicubic through this decoder: bicubic plus the
             # decoded difference between the HR latent and the LR latent (an oracle)
             out["oracle_detail"] = image_metrics((up + dec_hr - dec_up).clamp(0, 1), hr)
+            if p.fidelity_steps:    # the fidelity path on the true HR latent: its ceiling
+                out["hr_fidelity"] = image_metrics(
+                    self.fidelity("hr")[0](self.encode(hr) / self.latent_scale, up), hr)
             preds = {}
             for name, pipe in pipes.items():
                 preds[name] = torch.cat([pipe(lr[i:i + 4], noise[i:i + 4]) for i in range(0, len(lr), 4)])
@@ -832,7 +835,8 @@ def format_report(r: dict[str, Any]) -> str:
             ("one-step student + fidelity decoder", m.get("student_fidelity"), g["unet_step"],
              g.get("student_fidelity_per_image"), lat.get("student_fidelity_ms")),
             ("fidelity decoder on the LR latent", m.get("lr_fidelity"), 0.0,
-             g.get("lr_fidelity_per_image"), lat.get("lr_fidelity_ms"))]
+             g.get("lr_fidelity_per_image"), lat.get("lr_fidelity_ms")),
+            ("fidelity decoder on the HR latent", m.get("hr_fidelity"), None, None, None)]
     lines = [f"{'':36s} {'PSNR dB':>8s} {'SSIM':>6s} {'U-Net GMACs':>11s} {'GMACs/image':>11s} "
              f"{'ms/image':>9s}"]
     for name, v, gu, gm, ms in rows:

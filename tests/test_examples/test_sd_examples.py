@@ -135,7 +135,8 @@ def test_tocsr_searches_the_expanded_model_with_surrogates(tmp_path):
     # SR adaptation + one-step distillation of the run's pick (surrogates loaded from the
     # run's cache), at the smallest settings; then the report shows the SR table
     tiny = {"pool": 8, "steps": 3, "batch_size": 4, "sample_steps": 2, "distill_steps": 3,
-            "distill_targets": 4, "eval_images": 2, "eval_size": 64, "latency_repeats": 1}
+            "distill_targets": 4, "eval_images": 2, "eval_size": 64, "latency_repeats": 1,
+            "fidelity_steps": 3, "fidelity_width": 8, "fidelity_blocks": 1}
     sr = subprocess.run([sys.executable, "-m", "nasframe_search_spaces.sd_unet.sr", str(run_dir),
                          *(a for k, v in tiny.items() for a in ("--set", f"{k}={v}"))],
                         capture_output=True, text=True, timeout=600)
@@ -148,3 +149,4 @@ def test_tocsr_searches_the_expanded_model_with_surrogates(tmp_path):
     assert rep.returncode == 0, rep.stderr
     assert "params" in rep.stdout and "x" in rep.stdout
     assert "one-step student" in rep.stdout and "SR model, 2 steps" in rep.stdout
+    assert "one-step student + fidelity decoder" in rep.stdout

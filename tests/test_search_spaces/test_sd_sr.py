@@ -132,7 +132,7 @@ def test_adapt_reports_quality_cost_and_latency_and_caches(prepared, tmp_path):
     r = sr.adapt(space, arch, ctx, TINY, origin="reference sd15", out=out)
     m = r["metrics"]
     for key in ("bicubic", "vae_reconstruction", "vae_of_bicubic", "teacher", "student",
-                "student_fidelity", "lr_fidelity"):
+                "student_fidelity", "lr_fidelity", "hr_fidelity"):
         assert set(m[key]) >= {"psnr", "ssim"} and np.isfinite(m[key]["psnr"])
     assert m["teacher"]["steps"] == 2 and m["student"]["steps"] == 1
     g = r["gmacs"]
@@ -147,8 +147,8 @@ def test_adapt_reports_quality_cost_and_latency_and_caches(prepared, tmp_path):
         assert r["latency"][f"{name}_ms"] > 0
     assert r["backbone"]["origin"] == "reference sd15" and out.is_file()
     files = sorted((ctx.run_dir / "cache" / "sd_unet").glob("sr*/*.safetensors"))
-    assert [f.parent.name for f in files] == ["sr", "sr_fidelity_lr", "sr_fidelity_student",
-                                              "sr_student"]
+    assert [f.parent.name for f in files] == ["sr", "sr_fidelity_hr", "sr_fidelity_lr",
+                                              "sr_fidelity_student", "sr_student"]
     mtimes = [f.stat().st_mtime_ns for f in files]
     again = sr.adapt(space, arch, ctx, {**TINY, "latency_repeats": 0})
     assert [f.stat().st_mtime_ns for f in files] == mtimes         # loaded, not retrained
