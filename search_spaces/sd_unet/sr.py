@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from nasframe.params import Field, Float, Int, Params
+from nasframe.params import Bool, Field, Float, Int, Params
 
 if TYPE_CHECKING:
     from nasframe.architecture import Architecture
@@ -91,8 +91,12 @@ class SRParams(Params):
     """(noise, LR latent) pairs the N-step model samples for the student to regress to."""
     distill_lr: Float = Field(2e-4, gt=0, le=10)
     """Adam learning rate of the student."""
-    fidelity_steps: Int = Field(1000, ge=0, le=10_000_000)
-    """Training steps of the fidelity decoder (0: none; the student's images are the VAE's)."""
+    fidelity_steps: Int = Field(800, ge=0, le=10_000_000)
+    """Training steps of the fidelity decoder, and of its ablation on the LR latent (0: none;
+    the student's images are the VAE's)."""
+    fidelity_oracle: Bool = False
+    """Also train the fidelity path on the true HR latent and report it (what a perfect SR
+    model could add through this VAE)."""
     fidelity_lr: Float = Field(1e-3, gt=0, le=10)
     """Adam learning rate of the fidelity decoder."""
     fidelity_width: Int = Field(32, ge=4, le=1024)
@@ -533,7 +537,8 @@ class SRAdapter:
 
         p = self.p.model_dump(exclude={"eval_images", "eval_size", "eval_data", "latency_repeats",
                                        "threads", "distill_steps", "distill_targets", "distill_lr",
-                                       "data_limit"})
+                                       "data_limit", "fidelity_steps", "fidelity_lr",
+                                       "fidelity_width", "fidelity_blocks", "fidelity_oracle"})
         return {"version": VERSION, "backbone": module_digest(self.backbone),
                 "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
                 "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),
@@ -678,7 +683,8 @@ class SRAdapter:
         if p.fidelity_steps:
             pipes["student_fidelity"] = self.pipeline(None, "student")
             pipes["lr_fidelity"] = self.pipeline(0, "lr")
-            fid_reports = {f"fidelity_{k}": self.fidelity(k)[1] for k in ("student", "lr", "hr")}
+            fid_reports = {f"fidelity_{k}": self.fidelity(k)[1]
+                           for k in ("student", "lr", "hr")[:3 if p.fidelity_oracle else 2]}
         out: dict[str, Any] = {}
         with torch.inference_mode():
             out["bicubic"] = image_metrics(srdata.bicubic_up(lr, p.scale), hr)
@@ -689,7 +695,7 @@ class SRAdapter:
             # what the true HR latent adds to bicubic through this decoder: bicubic plus the
             # decoded difference between the HR latent and the LR latent (an oracle)
             out["oracle_detail"] = image_metrics((up + dec_hr - dec_up).clamp(0, 1), hr)
-            if p.fidelity_steps:    # the fidelity path on the true HR latent: its ceiling
+            if p.fidelity_steps and p.fidelity_oracle:    # the path on the true HR latent
                 out["hr_fidelity"] = image_metrics(
                     self.fidelity("hr")[0](self.encode(hr) / self.latent_scale, up), hr)
             preds = {}

@@ -19,7 +19,7 @@ TRAIN = {"steps": 3, "vae_steps": 2, "batch_size": 2, "vae_crop": 16, "latent_si
 #: the smallest SR settings
 TINY = {"hr_size": 64, "pool": 8, "steps": 4, "batch_size": 4, "sample_steps": 2,
         "distill_steps": 4, "distill_targets": 4, "eval_images": 2, "eval_size": 64,
-        "fidelity_steps": 3, "fidelity_width": 8, "fidelity_blocks": 1,
+        "fidelity_steps": 3, "fidelity_width": 8, "fidelity_blocks": 1, "fidelity_oracle": True,
         "latency_repeats": 1, "threads": 1}
 
 
