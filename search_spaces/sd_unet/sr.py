@@ -52,7 +52,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -117,6 +117,10 @@ class SRParams(Params):
     """Held-out pairs from a DIV2K-layout folder (default: the held-out photos)."""
     data_limit: Int = Field(100, ge=1, le=1_000_000)
     """At most this many pairs read from each folder, by name (a DIV2K pair is ~35 MB in memory)."""
+    latency_backend: Literal["torch", "onnxruntime"] = "torch"
+    """``torch``: each pipeline timed whole; ``onnxruntime``: the VAE encoder, one U-Net call,
+    the VAE decoder and the fidelity decoder exported to ONNX, each timed in ONNX Runtime,
+    summed per pipeline (the DDIM update between calls is not timed; extra ``nasframe[onnx]``)."""
     latency_repeats: Int = Field(3, ge=0, le=10_000)
     """Timed runs of each pipeline (0: no latency)."""
     threads: Int | None = Field(None, ge=1, le=1024)
@@ -189,15 +193,14 @@ class FidelityDecoder(nn.Module):
 
     @torch.no_grad()
     def features(self, latent: torch.Tensor) -> torch.Tensor:
-        """The decoder's last feature map for an (unscaled) latent (``conv_out``'s input)."""
-        seen: list[torch.Tensor] = []
-        hook = self.decoder.decoder.conv_out.register_forward_pre_hook(
-            lambda _module, args: seen.append(args[0]))
-        try:
-            self.decoder(latent)
-        finally:
-            hook.remove()
-        return seen[0]
+        """The decoder's last feature map for an (unscaled) latent: diffusers ``Decoder``'s
+        forward up to its ``conv_out`` (whose input this is)."""
+        d = self.decoder.decoder
+        h = d.conv_in(self.decoder.post_quant_conv(latent))
+        h = d.mid_block(h, None)
+        for block in d.up_blocks:
+            h = block(h, None)
+        return d.conv_act(d.conv_norm_out(h))
 
     def refine(self, features: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return (up + self.head(torch.cat([features, up * 2 - 1], dim=1))).clamp(0, 1)
@@ -538,7 +541,8 @@ class SRAdapter:
         p = self.p.model_dump(exclude={"eval_images", "eval_size", "eval_data", "latency_repeats",
                                        "threads", "distill_steps", "distill_targets", "distill_lr",
                                        "data_limit", "fidelity_steps", "fidelity_lr",
-                                       "fidelity_width", "fidelity_blocks", "fidelity_oracle"})
+                                       "fidelity_width", "fidelity_blocks", "fidelity_oracle",
+                                       "latency_backend"})
         return {"version": VERSION, "backbone": module_digest(self.backbone),
                 "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
                 "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),
@@ -725,7 +729,9 @@ class SRAdapter:
             cost["student_fidelity_per_image"] = g_enc + g_unet + g_fd
             cost["lr_fidelity_per_image"] = g_enc + g_fd
         latency: dict[str, Any] = {}
-        if p.latency_repeats:
+        if p.latency_repeats and p.latency_backend == "onnxruntime":
+            latency = self._ort_latency(pipes, lr[:1], noise[:1])
+        elif p.latency_repeats:
             from nasframe_objectives.latency import TorchBackend
 
             backend = TorchBackend({"threads": p.threads, "warmup": 1, "repeats": p.latency_repeats})
@@ -734,12 +740,49 @@ class SRAdapter:
                 latency[f"{name}_ms"] = v.value
             latency["speedup"] = latency["teacher_ms"] / latency["student_ms"]
             latency["device"] = backend.device()
+        if latency:
+            latency["backend"] = p.latency_backend
         n_params = sum(q.numel() for q in unet.parameters())
         return {"metrics": out, "gmacs": cost, "latency": latency,
                 "params_M": n_params / 1e6,
                 "training": {"sr": sr_report, "student": st_report, **fid_reports},
                 "settings": p.model_dump(), "eval": {"images": len(hr), "hr_size": p.eval_size,
                                                      "source": p.eval_data or "held-out photos"}}
+
+
+    def _ort_latency(self, pipes: dict[str, SRPipeline], lr: torch.Tensor,
+                     noise: torch.Tensor) -> dict[str, Any]:
+        """Per-image latency in ONNX Runtime, summed over the exported parts (batch 1)."""
+        from nasframe.deploy import export_module
+        from nasframe_objectives.ort_backend import OnnxRuntimeBackend
+        from nasframe_search_spaces.sd_unet.srdata import bicubic_up
+
+        p, teacher = self.p, pipes["teacher"]
+        backend = OnnxRuntimeBackend({"threads": p.threads, "warmup": 1, "repeats": p.latency_repeats})
+        up = bicubic_up(lr, p.scale)
+        latent = noise / self.latent_scale
+        parts: dict[str, tuple[nn.Module, tuple[Any, ...]]] = {
+            "vae_encoder": (teacher.encoder, (up * 2 - 1,)),
+            "unet_step": (teacher.unet, (noise, noise, torch.tensor([T_MAX]), self.tr["ehs"])),
+            "vae_decoder": (teacher.decoder, (latent,))}
+        if "student_fidelity" in pipes:
+            parts["fidelity_decoder"] = (pipes["student_fidelity"].fidelity, (latent, up))
+        folder = self.ctx.run_dir / "sr_onnx"
+        ms: dict[str, float] = {}
+        for name, (module, inputs) in parts.items():
+            exported = export_module(module.eval(), inputs, "onnx", folder / f"{name}.onnx",
+                                     threads=p.threads)
+            ms[name] = backend.measure(module, inputs, self.ctx, exported=exported).value
+        enc, unet, dec = ms["vae_encoder"], ms["unet_step"], ms["vae_decoder"]
+        out: dict[str, Any] = {"teacher_ms": enc + p.sample_steps * unet + dec,
+                               "student_ms": enc + unet + dec}
+        if "fidelity_decoder" in ms:
+            out["student_fidelity_ms"] = enc + unet + ms["fidelity_decoder"]
+            out["lr_fidelity_ms"] = enc + ms["fidelity_decoder"]
+        out["speedup"] = out["teacher_ms"] / out["student_ms"]
+        out["device"] = f"{backend.device()}, onnxruntime, parts summed"
+        out["parts_ms"] = ms
+        return out
 
 
 def _save(model: nn.Module, path: Path, report: dict[str, Any]) -> None:

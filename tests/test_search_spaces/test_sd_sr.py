@@ -169,6 +169,10 @@ def test_the_fidelity_decoder_starts_at_bicubic_and_learns_the_detail(prepared):
     # zero last convolution: exactly the bicubic image, whatever the latent holds
     assert torch.equal(fd(latents, up), up)
     assert torch.equal(fd(torch.randn_like(latents), up), up)
+    # its features are the decoder's last feature map: conv_out of them is the decoder's image
+    with torch.no_grad():
+        torch.testing.assert_close(fd.decoder.decoder.conv_out(fd.features(latents)),
+                                   fd.decoder(latents))
     # only the path trains (the VAE decoder stays frozen) and the L1 to HR falls below bicubic's
     frozen = {k: v.clone() for k, v in fd.decoder.state_dict().items()}
     feats = fd.features(latents)
@@ -177,6 +181,22 @@ def test_the_fidelity_decoder_starts_at_bicubic_and_learns_the_detail(prepared):
     with torch.no_grad():
         assert float((fd.refine(feats, up) - hr).abs().mean()) < float((up - hr).abs().mean())
     assert r["steps"] == 60 and r["final_loss"] < r["first_loss"]
+
+
+def test_onnxruntime_latency_sums_the_exported_parts(prepared):
+    pytest.importorskip("onnxruntime")
+    space, ctx, arch = prepared
+    r = sr.adapt(space, arch, ctx, {**TINY, "latency_backend": "onnxruntime"})
+    lat, parts = r["latency"], r["latency"]["parts_ms"]
+    assert set(parts) == {"vae_encoder", "unet_step", "vae_decoder", "fidelity_decoder"}
+    assert all(v > 0 for v in parts.values()) and lat["backend"] == "onnxruntime"
+    assert lat["teacher_ms"] == pytest.approx(parts["vae_encoder"] + 2 * parts["unet_step"]
+                                              + parts["vae_decoder"])
+    assert lat["student_fidelity_ms"] == pytest.approx(
+        parts["vae_encoder"] + parts["unet_step"] + parts["fidelity_decoder"])
+    assert "onnxruntime" in lat["device"]
+    assert sorted(p.name for p in (ctx.run_dir / "sr_onnx").glob("*.onnx")) == [
+        "fidelity_decoder.onnx", "unet_step.onnx", "vae_decoder.onnx", "vae_encoder.onnx"]
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
