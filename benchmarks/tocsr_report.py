@@ -23,8 +23,10 @@ Usage::
 4. **Super-resolution** (when ``RUN_DIR/sr.json`` exists, written by
    ``python -m nasframe_search_spaces.sd_unet.sr RUN_DIR``, or with ``--sr
    PATH``): PSNR/SSIM on held-out images of bicubic, the VAE's reconstruction
-   of the HR image (the ceiling of anything decoded by it), the N-step SR model
-   and the one-step student, with GMACs and latency per image.
+   of the HR image (the ceiling of anything decoded by it), the N-step SR model,
+   the one-step student, the student with the fidelity decoder and that path on
+   the LR latent (the ablation; on the HR latent too when it was trained), with
+   GMACs and latency per image.
 
 It prints its tables and exits 0: a measurement, not an assertion.
 """
