@@ -65,6 +65,10 @@ if TYPE_CHECKING:
     from nasframe_search_spaces.sd_unet.space import SDUNetSpace
 
 VERSION = 1
+#: the settings that determine the SR model (and the pool every later stage draws from);
+#: the others (student, fidelity decoder, evaluation, latency) have their own keys or none
+SR_MODEL_SETTINGS = {"scale", "hr_size", "pool", "steps", "batch_size", "lr", "vae_steps", "vae_lr",
+                     "data", "seed"}
 T_MAX = 999
 
 
@@ -538,11 +542,7 @@ class SRAdapter:
     def _payload(self) -> dict[str, Any]:
         from nasframe.distill import module_digest
 
-        p = self.p.model_dump(exclude={"eval_images", "eval_size", "eval_data", "latency_repeats",
-                                       "threads", "distill_steps", "distill_targets", "distill_lr",
-                                       "data_limit", "fidelity_steps", "fidelity_lr",
-                                       "fidelity_width", "fidelity_blocks", "fidelity_oracle",
-                                       "latency_backend"})
+        p = self.p.model_dump(include=SR_MODEL_SETTINGS)
         return {"version": VERSION, "backbone": module_digest(self.backbone),
                 "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
                 "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),

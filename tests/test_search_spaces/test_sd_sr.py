@@ -219,3 +219,13 @@ def test_a_fine_tuned_vae_keeps_the_latents_magnitude(prepared):
     scaled = float(tuned.encode(hr).std() / base.encode(hr).std())
     unscaled = scaled * base.latent_scale / tuned.latent_scale     # with the teacher's scale
     assert abs(math.log(scaled)) < abs(math.log(unscaled))
+
+
+def test_only_what_trains_the_sr_model_enters_its_cache_key(prepared):
+    space, ctx, arch = prepared
+    key = sr.SRAdapter(space, arch, ctx, TINY)._payload()
+    others = {"fidelity_steps": 7, "fidelity_oracle": False, "latency_backend": "onnxruntime",
+              "eval_images": 3, "distill_steps": 9, "sample_steps": 5, "threads": 2}
+    assert sr.SRAdapter(space, arch, ctx, {**TINY, **others})._payload() == key
+    for name, value in (("steps", 5), ("lr", 1e-3), ("pool", 9), ("seed", 1)):
+        assert sr.SRAdapter(space, arch, ctx, {**TINY, name: value})._payload() != key, name
