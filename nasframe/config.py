@@ -85,6 +85,12 @@ RESERVED_KEYS = frozenset({
     "values", "provenance", "arch", "jobs"})
 
 
+_DIRECTIONS = {w: "min" for w in ("min", "minimize", "minimise", "minimum", "lower", "low",
+                                   "smaller", "decrease")}
+_DIRECTIONS.update({w: "max" for w in ("max", "maximize", "maximise", "maximum", "higher",
+                                        "high", "larger", "bigger", "increase")})
+
+
 class ObjectiveConfig(ComponentConfig):
     #: key in trial values and in constraints; defaults to ``name``
     id: str | None = None
@@ -93,6 +99,17 @@ class ObjectiveConfig(ComponentConfig):
     @property
     def key(self) -> str:
         return self.id or self.name
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction_words(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word in _DIRECTIONS:
+                return _DIRECTIONS[word]
+            raise ValueError(f"{v!r} is not a direction; write min or max (minimize, "
+                             "maximize, minimise, maximise, lower, higher are read too)")
+        return v
 
     @model_validator(mode="after")
     def _not_reserved(self) -> ObjectiveConfig:

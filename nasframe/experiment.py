@@ -265,6 +265,56 @@ class Experiment:
             started=started if started is not None else trial.started, finished=time.time())
 
 
+def checked_config(data: Any, source: str = "<config>",
+                   plugins: Plugins | None = None) -> ExperimentConfig:
+    """The experiment config of ``data``; when the schema finds problems, the components'
+    names and params are checked too, so that one error lists every problem at once."""
+    from nasframe.config import config_from_dict
+
+    try:
+        return config_from_dict(data, source)
+    except ConfigError as err:
+        more = component_problems(data, source, plugins) if isinstance(data, dict) else []
+        seen = set(err.problems)
+        raise ConfigError(*err.problems, *(m for m in more if m not in seen)) from None
+
+
+def component_problems(data: dict[str, Any], source: str,
+                       plugins: Plugins | None = None) -> list[str]:
+    """Unknown component names and bad params in a raw experiment mapping (best effort:
+    sections that are not even shaped like a component are left to the schema's errors)."""
+    try:
+        plugins = plugins or get_plugins()
+    except ConfigError:
+        return []
+    problems = _Problems(source)
+
+    def component(section: Any) -> tuple[str, Any] | None:
+        if isinstance(section, dict) and isinstance(section.get("name"), str):
+            params = section.get("params", {})
+            return section["name"], params if isinstance(params, dict) else {}
+        return None
+
+    space = component(data.get("search_space"))
+    if space:
+        problems.attempt(plugins.search_spaces.create, *space, where="search_space")
+    objectives = data.get("objectives")
+    for i, o in enumerate(objectives if isinstance(objectives, list) else []):
+        comp = component(o)
+        if comp:
+            problems.attempt(plugins.objectives.create, *comp, where=f"objectives[{i}]")
+    strategy = component(data.get("strategy"))
+    if strategy:
+        problems.attempt(plugins.strategies.parse, *strategy, "strategy")
+    executor = component(data.get("executor"))
+    if executor:
+        workers = data["executor"].get("workers", 1)
+        problems.attempt(plugins.executors.parse, executor[0],
+                         {**executor[1], **({"workers": workers} if isinstance(workers, int) else {})},
+                         "executor")
+    return problems.lines
+
+
 def _where(cfg: ExperimentConfig, key: str) -> str:
     for i, o in enumerate(cfg.objectives):
         if o.key == key:

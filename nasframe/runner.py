@@ -30,7 +30,9 @@ from nasframe.experiment import Experiment, trial_seed
 from nasframe.history import TrialHistory
 from nasframe.lock import RunLock
 from nasframe.objective import Value
+from nasframe.progress import plain as plain_progress
 from nasframe.progress import search_progress
+from nasframe.progress import status as progress_status
 from nasframe.store import Heartbeat, StoreLost, TrialStore
 from nasframe.strategy import Strategy
 from nasframe.trial import Trial
@@ -51,6 +53,8 @@ class RunSummary:
     front: int
     hypervolume: float
     stopped_because: str
+    #: reference architectures evaluated beside the search (outside the trial budget)
+    references: int = 0
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -208,8 +212,8 @@ class Runner:
         executor = None
         heartbeat = Heartbeat(self.store.path).start()
         try:
-            with self.console.status("preparing search space and objectives", spinner="dots") \
-                    if not self.quiet else _nullcontext():
+            with progress_status(self.console, "preparing search space and objectives",
+                                 disable=self.quiet):
                 self.exp.prepare(self.ctx)
             executor = self.exp.make_executor()
             config = self.cfg.to_dict()
@@ -296,10 +300,12 @@ class Runner:
                 self.store.set_jobs(t.number, jobs[t.number])
         waiting = {(n, k) for n, js in jobs.items() if n not in done
                    for k, e in js.items() if "request" in e and "value" not in e}
-        status = None if self.quiet else self.console.status(
+        status = None if self.quiet or plain_progress(self.console) else self.console.status(
             f"waiting for {len(waiting)} device job(s)", spinner="dots")
         if status is not None:
             status.start()
+        elif not self.quiet:
+            self.console.print(f"waiting for {len(waiting)} device job(s)", highlight=False)
         try:
             while waiting:
                 for n, key in sorted(waiting):
@@ -366,6 +372,7 @@ class Runner:
         self._evaluate(executor, again)
 
     def _loop(self, executor: Executor) -> RunSummary:
+        self.store.set_meta("finished", None)      # set again when this loop ends its budget
         # 1. trials that were running when the last process stopped
         self._rerun_stopped(executor)
         if self.retry_failed:
@@ -430,7 +437,9 @@ class Runner:
                            hv=f"{stats[1]:.4g}")
                 self._check_failures()
         front, hv = self._front_stats()
-        return RunSummary(self.run_dir, done, failed_total, front, hv, stopped)
+        self.store.set_meta("finished", {"at": time.time(), "because": stopped})
+        refs_done = sum(1 for t in self.history.trials() if t.is_reference)
+        return RunSummary(self.run_dir, done, failed_total, front, hv, stopped, refs_done)
 
     def _count(self, finished: Sequence[Trial]) -> None:
         self.started_done += len(finished)
@@ -480,14 +489,6 @@ def _lock(run_dir: Path) -> RunLock:
         raise ConfigError(f"{run_dir}: cannot create the run directory ({err.strerror}); "
                           "choose another with --out") from None
     return RunLock(run_dir).acquire()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = True,

@@ -62,6 +62,10 @@ class EnsStrategy(Strategy):
     """
 
     name = "ens"
+    known_as = {"nsga": "`ens` (NSGA-II, pymoo)", "nsga2": "`ens` (NSGA-II, pymoo)",
+                "nsgaii": "`ens` (NSGA-II, pymoo)", "evolution": "`ens` (NSGA-II, pymoo)",
+                "evolutionary": "`ens` (NSGA-II, pymoo)", "genetic": "`ens` (NSGA-II, pymoo)",
+                "moo": "`ens` (NSGA-II, pymoo)"}
 
     class Params(Params):
         population: Int = Field(16, ge=2, le=100_000)

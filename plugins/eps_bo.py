@@ -79,6 +79,9 @@ class EpsBO(Strategy):
     """
 
     name = "eps_bo"
+    known_as = {"bo": "`eps_bo` (botorch)", "bayesian": "`eps_bo` (botorch)",
+                "bayesopt": "`eps_bo` (botorch)", "gp": "`eps_bo` (botorch)",
+                "botorch": "`eps_bo` (botorch)", "tocsr": "`eps_bo` (botorch)"}
     dependencies = ("botorch", "gpytorch")
     install_hint = INSTALL_HINT
 
