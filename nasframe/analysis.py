@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nasframe.pareto import default_reference_point, hypervolume, hypervolume_history, pareto_ranks
-from nasframe.trial import Trial
+from nasframe.trial import EVALUATED, Trial
 
 if TYPE_CHECKING:
     from nasframe.strategy import Strategy
@@ -81,7 +81,7 @@ def analyse(trials: Sequence[Trial], keys: Sequence[str], directions: Sequence[s
 def front_stats(trials: Sequence[Trial], keys: Sequence[str], directions: Sequence[str],
                 reference_point: Mapping[str, float] | None = None) -> tuple[int, float]:
     """(front size, hypervolume) of the finished trials; cheaper than :func:`analyse`."""
-    done = [t for t in trials if t.status in ("complete", "pruned")]
+    done = [t for t in trials if t.status in EVALUATED]
     if not done:
         return 0, 0.0
     values = np.array([[t.values.get(k, math.nan) for k in keys] for t in done], dtype=float)

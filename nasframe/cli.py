@@ -564,7 +564,7 @@ def _status_cmd(args: argparse.Namespace) -> int:
         store.close()
     trials = run.trial_list()
     search = [t for t in trials if not t.is_reference]
-    counts = {s: sum(t.status == s for t in trials) for s in ("complete", "pruned", "failed", "running")}
+    counts = {s: sum(t.status == s for t in trials) for s in ("complete", "infeasible", "pruned", "failed", "running")}
     budget = run.config.budget
     lock = RunLock(args.run_dir)
     holder = lock.holder()
@@ -619,7 +619,8 @@ def _status_cmd(args: argparse.Namespace) -> int:
              else f"[green]finished[/green] ({doc['finished_because']})"
              if doc["state"] == "finished" else "[yellow]stopped[/yellow] (resume continues it)")
     out.print(f"{doc['run_dir']} ({doc['experiment']}): {state}")
-    out.print(f"search trials {t['search']}{of}; complete {t['complete']}, pruned {t['pruned']}, "
+    out.print(f"search trials {t['search']}{of}; complete {t['complete']}, infeasible "
+              f"{t['infeasible']}, pruned {t['pruned']}, "
               f"failed {t['failed']}, running {t['running']}; references {t['references']}",
               highlight=False)
     out.print(f"front {doc['front']}, hypervolume {doc['hypervolume']:.4g}; elapsed "

@@ -194,7 +194,7 @@ class Experiment:
 
     # -- evaluation --------------------------------------------------------
     def evaluate(self, trial: Trial, ctx: Context, skip_infeasible: bool | None = None) -> Trial:
-        """Evaluate a running trial and return it finished (complete, pruned or failed).
+        """Evaluate a running trial and return it finished (complete, infeasible, pruned or failed).
 
         An objective that returns a :class:`~nasframe.backends.Deferred` value (a device
         job) leaves the trial ``running``, with its values so far and the job request in
@@ -234,7 +234,7 @@ class Experiment:
                     if skip and any(c.key == key and c.violation(values[key]) > 0
                                     for c in self.constraints):
                         if len(values) < len(self.objectives):
-                            status = "pruned"
+                            status = "infeasible"
                         jobs = {}
                         break
             finally:

@@ -32,7 +32,7 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
     in 2-D, each point labelled with its id, the name of its
     ``front/<id>.yaml``), reference architectures (black stars, named), constraint bounds (dashed red),
     the strategy's pick ``(index into a.trials, rule)`` (an orange diamond, labelled with
-    its rule); the title counts the trials that cannot be placed (failed, or pruned
+    its rule); the title counts the trials that cannot be placed (failed, pruned, or
     before every objective was evaluated)."""
     plt = _plt()
     m = len(a.keys)
@@ -93,7 +93,7 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
         labels.append("reference architectures")
     axes.flat[0].legend(handles, labels, loc="best", fontsize=8, framealpha=0.8)
     unplaced = int((~ok).sum())
-    note = f"\n{unplaced} not shown: failed, or pruned before every objective ran" if unplaced else ""
+    note = f"\n{unplaced} not shown: failed, pruned, or infeasible before every objective ran" if unplaced else ""
     fig.suptitle(f"{title}: {int(a.pareto.sum())} on the front of {len(a.trials)} trials{note}",
                  fontsize=11)
     fig.tight_layout()

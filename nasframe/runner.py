@@ -34,7 +34,8 @@ from nasframe.progress import plain as plain_progress
 from nasframe.progress import search_progress
 from nasframe.progress import status as progress_status
 from nasframe.store import Heartbeat, StoreLost, TrialStore
-from nasframe.strategy import Strategy
+from nasframe.strategy import Strategy, state_entry
+from nasframe.strategy import restore as strategy_restore
 from nasframe.trial import Trial
 from nasframe.worker import remote_call, warm_call
 
@@ -169,9 +170,8 @@ class Runner:
             exp = Experiment.from_config(stored, source="config snapshot")
             history = TrialHistory(store.trials())
             strategy = exp.make_strategy(history)
-            state = store.strategy_state()
-            if state is not None:
-                strategy.load_state_dict(state)
+            snapshot, deltas = store.strategy_journal()
+            strategy_restore(strategy, snapshot, deltas)
         except BaseException:
             lock.release()
             raise
@@ -245,7 +245,7 @@ class Runner:
         if not trials:
             return []
         self.history.record(trials)
-        self.store.start(trials, self.strategy.state_dict())
+        self.store.start(trials, self._state())
         self._inflight = list(trials)
         finished = {t.number: t for t in self._with_jobs(executor.map(trials))}
         retry = [t for t in finished.values()
@@ -263,7 +263,7 @@ class Runner:
         self._inflight = []
         self.history.record(out)
         self.strategy.tell(out)
-        self.store.finish(out, self.strategy.state_dict(), self.elapsed)
+        self.store.finish(out, self._state(), self.elapsed)
         for t in out:
             if t.status != "failed":
                 self.done.setdefault(t.arch.id, t)
@@ -361,7 +361,7 @@ class Runner:
         if give_up:
             self.history.record(give_up)
             self.strategy.tell(give_up)
-            self.store.finish(give_up, self.strategy.state_dict(), self.elapsed)
+            self.store.finish(give_up, self._state(), self.elapsed)
         self._evaluate(executor, rerun)
 
     def _retry_failed(self, executor: Executor) -> None:
@@ -440,6 +440,10 @@ class Runner:
         self.store.set_meta("finished", {"at": time.time(), "because": stopped})
         refs_done = sum(1 for t in self.history.trials() if t.is_reference)
         return RunSummary(self.run_dir, done, failed_total, front, hv, stopped, refs_done)
+
+    def _state(self) -> tuple[str, dict[str, Any] | None]:
+        """The strategy's state to store now: a delta, or now and then the whole state."""
+        return state_entry(self.strategy, self.store.deltas_since_snapshot, len(self.history))
 
     def _count(self, finished: Sequence[Trial]) -> None:
         self.started_done += len(finished)

@@ -140,7 +140,7 @@ class EnsStrategy(Strategy):
             if not math.isfinite(violation) or violation > BAD:
                 violation = BAD
             G = float(violation)
-            if trial.status != "complete" and G == 0.0:  # pruned but not infeasible: incomplete
+            if trial.status != "complete" and G == 0.0:  # infeasible, values missing: incomplete
                 G = 1.0
         return {"id": trial.arch.id, "x": x, "F": F, "G": G}
 

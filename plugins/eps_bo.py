@@ -59,7 +59,7 @@ class EpsBO(Strategy):
     Categorical decisions) when there are any, else ``SingleTaskGP``; outcomes
     standardised, float64, hyper-parameters fitted with ``fit_gpytorch_mll``
     at every model-based ask under a torch seed drawn from ``self.rng``.
-    Only complete and pruned trials train a GP, each on the values it has;
+    Only complete, infeasible and pruned trials train a GP, each on the values it has;
     failed trials count as infeasible and are never proposed again.
 
     Acquisition: ``LogExpectedImprovement`` over the best feasible value so
