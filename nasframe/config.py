@@ -151,6 +151,9 @@ class ExperimentConfig(_Model):
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     constraints: list[ConstraintText] = Field(default_factory=list)
     strategy: ComponentConfig = ComponentConfig(name="random")
+    #: stops trials early on the intermediate values their objectives report (Optuna's
+    #: pruners: median, percentile, successive_halving, hyperband, threshold, patient, wilcoxon)
+    pruner: ComponentConfig | None = None
     budget: BudgetConfig
     executor: ExecutorConfig = ExecutorConfig()
     output: str | None = None

@@ -27,6 +27,7 @@ from nasframe.executor import Executor
 from nasframe.history import History
 from nasframe.objective import Objective
 from nasframe.plugins import Plugins, get_plugins
+from nasframe.pruning import Pruning, TrialPruned
 from nasframe.space import SearchSpace
 from nasframe.strategy import Strategy
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
@@ -140,6 +141,28 @@ class Experiment:
                                      f"available: {', '.join(refs) or 'none'}")
         problems.attempt(plugins.strategies.parse, cfg.strategy.name, cfg.strategy.params,
                          "strategy")
+        if cfg.pruner is not None:
+            from nasframe.pruning import make_pruner
+
+            problems.attempt(make_pruner, cfg.pruner.name, cfg.pruner.params)
+            within = cfg.pruner.params.get("no_worse_on") or []
+            if not isinstance(within, list) or not all(isinstance(k, str) for k in within):
+                problems.add(f"pruner.params.no_worse_on: give a list of objective keys, got "
+                             f"{within!r}")
+            else:
+                for k in within:
+                    if k not in [s.key for s in specs]:
+                        problems.add(f"pruner.params.no_worse_on: {k!r} is not an objective of "
+                                     f"this experiment{did_you_mean(k, [s.key for s in specs])} "
+                                     f"objectives: {', '.join(s.key for s in specs)}")
+            reporting = [k for k, o in objectives.items() if o.reports_intermediate]
+            if cfg.pruner.name != "none" and objectives and not reporting:
+                able = sorted(n for n in plugins.objectives.names()
+                              if plugins.objectives.entry(n).cls.reports_intermediate)
+                problems.add(f"pruner: no objective of this experiment reports intermediate "
+                             f"values, so '{cfg.pruner.name}' would never stop a trial; add one "
+                             f"that does ({', '.join(able) or 'none installed'}) or remove "
+                             "`pruner`")
         problems.attempt(plugins.executors.parse, cfg.executor.name,
                          {**cfg.executor.params, "workers": cfg.executor.workers}, "executor")
         problems.raise_if_any()
@@ -207,14 +230,33 @@ class Experiment:
         jobs: dict[str, Any] = {}
         status, error, failure = "complete", None, None
         reason = self.space.validate(trial.arch)
+        pruning = self.pruning_for(trial)
+        directions = {s.key: s.direction for s in self.specs}
         if reason is not None:
             status, error, failure = "failed", f"invalid architecture: {reason}", "invalid"
         else:
-            cand = Candidate(self.space, trial.arch, trial.seed)
+            cand = Candidate(self.space, trial.arch, trial.seed, pruning)
             try:
                 for key in self.evaluation_order():
+                    obj = self.objectives[key]
+                    if pruning is not None and obj.reports_intermediate:
+                        pruning.start(key, directions.get(key, obj.direction), values)
                     try:
-                        out = self.objectives[key](cand, ctx)
+                        out = obj(cand, ctx)
+                    except TrialPruned:
+                        last = pruning.last if pruning is not None else None
+                        if last is None:
+                            status, failure = "failed", "exception"
+                            error = (f"objective '{key}' raised TrialPruned without reporting "
+                                     "a value first (candidate.report(value, step))")
+                            break
+                        step, value = last
+                        status = "pruned"
+                        values[key] = value
+                        provenance[key] = obj.provenance(ctx, {"pruned_at_step": step})
+                        error = (f"pruned by '{self.cfg.pruner.name if self.cfg.pruner else '?'}' "
+                                 f"at step {step}: {key} = {value:.6g}")
+                        break
                     except (Exception, KeyboardInterrupt, SystemExit) as err:
                         if not isinstance(err, Exception) and not stopping.objective_error(err):
                             raise          # the user's Ctrl-C / SIGTERM: the run stops
@@ -239,6 +281,8 @@ class Experiment:
                         break
             finally:
                 cand.release()
+        if pruning is not None and pruning.record():
+            trial = dataclasses.replace(trial, intermediate=pruning.record())
         if jobs and status == "complete":
             merged = dict(trial.jobs)
             for key, entry in jobs.items():
@@ -249,6 +293,17 @@ class Experiment:
             return dataclasses.replace(trial, status="running", values=values,
                                        provenance=provenance, jobs=merged, started=started)
         return self.complete(trial, status, values, provenance, error, failure, started)
+
+    def pruning_for(self, trial: Trial) -> Pruning | None:
+        """The trial's :class:`~nasframe.pruning.Pruning` when an objective reports
+        intermediate values (with the experiment's pruner, if any)."""
+        if not any(o.reports_intermediate for o in self.objectives.values()):
+            return None
+        p = self.cfg.pruner
+        directions = {s.key: s.direction for s in self.specs}
+        return Pruning(p.name if p else None, p.params if p else {}, trial.number,
+                       trial.peers, study_name=f"nasframe-{self.cfg.name}",
+                       directions=directions)
 
     def complete(self, trial: Trial, status: str, values: dict[str, float], provenance: dict,
                  error: str | None = None, failure: str | None = None,
@@ -261,7 +316,7 @@ class Experiment:
             feasible = violation == 0.0 and all(c.key in values for c in self.constraints)
         return dataclasses.replace(
             trial, status=status, values=values, provenance=provenance, feasible=feasible,
-            violation=violation, error=error, failure=failure,
+            violation=violation, error=error, failure=failure, peers=(),
             started=started if started is not None else trial.started, finished=time.time())
 
 

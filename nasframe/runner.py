@@ -31,6 +31,7 @@ from nasframe.history import TrialHistory
 from nasframe.lock import RunLock
 from nasframe.objective import Value
 from nasframe.progress import plain as plain_progress
+from nasframe.pruning import peer_record
 from nasframe.progress import search_progress
 from nasframe.progress import status as progress_status
 from nasframe.store import Heartbeat, StoreLost, TrialStore
@@ -112,9 +113,13 @@ class Runner:
         self.notices: list[str] = [n for n in (lock.notice(),) if n]
         # id -> finished trial, to answer duplicates from the store
         self.done: dict[str, Trial] = {}
+        #: trial number -> what a pruner of later trials sees of it (:mod:`nasframe.pruning`)
+        self._peers: dict[int, dict] = {}
+        self._reports = any(o.reports_intermediate for o in exp.objectives.values())
         for t in self.history.trials():
             if t.status not in ("running", "failed"):
                 self.done.setdefault(t.arch.id, t)
+            self._note_peer(t)
 
     # -- construction ----------------------------------------------------
     @classmethod
@@ -247,6 +252,9 @@ class Runner:
         self.history.record(trials)
         self.store.start(trials, self._state())
         self._inflight = list(trials)
+        if self._reports:            # what the pruner compares them with, wherever they run
+            peers = tuple(self._peers.values())
+            trials = [replace(t, peers=peers) for t in trials]
         finished = {t.number: t for t in self._with_jobs(executor.map(trials))}
         retry = [t for t in finished.values()
                  if t.failure == "died" and t.attempt < self.cfg.max_attempts]
@@ -267,7 +275,14 @@ class Runner:
         for t in out:
             if t.status != "failed":
                 self.done.setdefault(t.arch.id, t)
+            self._note_peer(t)
         return out
+
+    def _note_peer(self, t: Trial) -> None:
+        if self._reports and t.intermediate:
+            record = peer_record(t)
+            if record is not None:
+                self._peers[t.number] = record
 
     def _with_jobs(self, trials: list[Trial]) -> list[Trial]:
         """Finish the trials an executor returned still running, waiting on device jobs:

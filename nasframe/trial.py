@@ -111,6 +111,9 @@ class Trial:
     #: intermediate values an objective reported for pruning: ``{"key": objective key,
     #: "values": {step: value}, "attrs": {pruner bookkeeping}, "steps": work done}``
     intermediate: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: the finished trials' intermediate values when this trial was handed to its worker
+    #: (what a pruner compares it with; not stored)
+    peers: tuple = field(default=(), compare=False, repr=False)
 
     @property
     def duration(self) -> float | None:
