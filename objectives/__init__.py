@@ -1,5 +1,5 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
-``psnr``, ``ssim``, ``transformer_count``, ``fidelity``, ``multitask_psnr`` and
+``psnr``, ``ssim``, ``finetuned_psnr``, ``transformer_count``, ``fidelity``, ``multitask_psnr`` and
 ``deploy_memory``; and the ``torch``, ``onnxruntime`` and ``qai_hub`` latency backends.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
@@ -19,10 +19,10 @@ def register_objectives(registry):
     from nasframe_objectives.latency_lut import LatencyLUT
     from nasframe_objectives.multitask import DeployMemory, MultitaskPSNR
     from nasframe_objectives.quick_psnr import QuickPSNR
-    from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
+    from nasframe_objectives.restoration import PSNR, SSIM, FinetunedPSNR, TransformerCount
 
     for cls in (Params, GMACs, Latency, LatencyLUT, QuickPSNR, PSNR, SSIM, TransformerCount,
-                Fidelity, MultitaskPSNR, DeployMemory):
+                Fidelity, MultitaskPSNR, DeployMemory, FinetunedPSNR):
         registry.add(cls)
 
 

@@ -76,9 +76,11 @@ def evaluate_psnr(model: torch.nn.Module, pairs, max_images: int | None = None) 
 
 def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, batch_size: int,
                 lr: float, progress=None, description: str = "training",
-                step_offset: int = 0, warmup: int = 0) -> list[float]:
+                step_offset: int = 0, warmup: int = 0, on_step=None) -> list[float]:
     """Train ``model`` to restore ``data``'s training crops (L1 loss, AdamW, ``warmup``
-    steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve."""
+    steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve.
+    ``on_step(k)`` runs after step ``k`` (1-based; the model in eval mode meanwhile) and
+    may raise to stop the training."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.999))
 
     def factor(step: int) -> float:
@@ -103,6 +105,12 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
         if progress is not None:
             recent = sum(losses[-20:]) / len(losses[-20:])
             progress.update(task, advance=1, info=f"L1 {recent:.4f}")
+        if on_step is not None:
+            model.eval()
+            try:
+                on_step(step + 1)
+            finally:
+                model.train()
     model.eval()
     return losses
 
