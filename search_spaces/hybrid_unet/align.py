@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nasframe.distill import distill_cached, module_digest
+from nasframe import checkpoint
 from nasframe.errors import ConfigError
 from nasframe_search_spaces.hybrid_unet.data import RestorationData, psnr
 from nasframe_search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
@@ -92,8 +93,16 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     losses = []
-    task = progress.add_task(description, total=steps, info="") if progress is not None else None
-    for step in range(steps):
+    # inside a cached artifact's make: checkpoint, and resume after a stop (nasframe.checkpoint)
+    ckpt = checkpoint.loop()
+    tensors = list(model.parameters()) + list(model.buffers())
+    start = 0
+    if ckpt is not None:
+        start, extra = ckpt.restore(tensors, opt, sched)
+        losses = list(extra.get("losses", []))
+    task = progress.add_task(description, total=steps, completed=start, info="") \
+        if progress is not None else None
+    for step in range(start, steps):
         inp, target = data.train_batch(batch_size, step_offset + step)
         loss = F.l1_loss(model(inp), target)
         opt.zero_grad(set_to_none=True)
@@ -105,6 +114,8 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
         if progress is not None:
             recent = sum(losses[-20:]) / len(losses[-20:])
             progress.update(task, advance=1, info=f"L1 {recent:.4f}")
+        if ckpt is not None and ckpt.due(force=step + 1 == steps):
+            ckpt.save(step + 1, tensors, opt, sched, extra={"losses": losses})
         if on_step is not None:
             model.eval()
             try:
