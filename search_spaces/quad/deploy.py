@@ -122,12 +122,22 @@ def map_profile(sim, path: str | Path, x: torch.Tensor, adapter: Sequence[torch.
     shape and value against every tensor of the graph run by ONNX Runtime on the same
     input ``x`` and ``adapter`` (use an adapter with non-zero B, so that no branch is zero and
     two points cannot hold equal values); of equal tensors (a Reshape to the same shape,
-    an Identity) the earliest, its producer's, is taken. A point with no match is an error:
+    an Identity) the earliest, its producer's, is taken, and a tensor made by moving values
+    (a transpose, a reshape) gives its encoding to the tensor it moves when nothing else
+    reads that (:func:`_hoist`). A point with no match is an error:
     the graph would not carry the trained profile. Several points may share a tensor (a
     layer's input is its producer's output): :func:`profile_encodings` resolves them."""
+    import onnx
+
     net = sim.net
     seen = sim.record(x, *adapter)
     tensors = graph_tensors(path, feed(net, x, adapter))
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
     order = {name: i for i, name in enumerate(tensors)}
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for name, value in tensors.items():
@@ -141,8 +151,29 @@ def map_profile(sim, path: str | Path, x: torch.Tensor, adapter: Sequence[torch.
         if not hits:
             raise ValueError(f"quantisation point {key!r} (shape {tuple(ref.shape)}) has no "
                              f"tensor of equal value in {path}")
-        out.append((key, min(hits, key=order.__getitem__)))
+        out.append((key, _hoist(min(hits, key=order.__getitem__), producer, readers)))
     return out
+
+
+#: ops that only move values: per-tensor quantisation commutes with them
+DATA_MOVEMENT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                 "DepthToSpace", "SpaceToDepth")
+
+
+def _hoist(name: str, producer: dict, readers: dict) -> str:
+    """The tensor a point's encoding goes on: ``name``, or -- when ``name`` is made by a
+    data-movement op (a LayerNorm2d's transpose back, a reshape) from a tensor nothing else
+    reads -- that op's input, recursively. Per-tensor quantisation commutes with moving
+    values, so the graph computes the same; the encoding sits on the compute op's output,
+    where AIMET and QNN put their quantizers."""
+    while True:
+        node = producer.get(name)
+        if node is None or node.op_type not in DATA_MOVEMENT:
+            return name
+        src = node.input[0]
+        if len(readers.get(src, ())) != 1:
+            return name
+        name = src
 
 
 def _weight_axis(node) -> int:
@@ -378,6 +409,88 @@ def export_qdq(path: str | Path, out_path: str | Path, encodings: dict[str, Any]
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return out_path
+
+
+def ship_profile(sim, profile, float_path: str | Path, out_path: str | Path,
+                 encodings_path: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """The deployable QDQ graph of ``sim``'s network with ``profile`` (the one QUAD trained
+    against): map the simulation's points onto ``float_path`` (its export), write the
+    encodings under the graph's tensor names (``encodings_path``) and the QDQ graph
+    (``out_path``). Returns the encodings."""
+    net = sim.net
+    g = torch.Generator().manual_seed(seed)
+    shape = _graph_input_shape(float_path)
+    x = torch.rand(shape, generator=g)
+    mapping = map_profile(sim, float_path, x, net.init_adapter(seed + 1, b_std=0.1))
+    enc = profile_encodings(profile, mapping, float_path, encodings_path)
+    export_qdq(float_path, out_path, enc)
+    return enc
+
+
+def _graph_input_shape(path: str | Path) -> list[int]:
+    import onnx
+
+    first = onnx.load(str(path), load_external_data=False).graph.input[0]
+    return [d.dim_value or 1 for d in first.type.tensor_type.shape.dim]
+
+
+def aimet_sim(path: str | Path, encodings: dict[str, Any] | str | Path):
+    """An ``aimet_onnx`` ``QuantizationSimModel`` of the float graph ``path`` with the
+    bundle's ``encodings`` loaded by AIMET's own ``load_encodings_to_sim(..., strict=True)``:
+    the quantizers of the tensors the encodings name are enabled (each its own, as in
+    AIMET's ``from_onnx_qdq``) at their bit widths, symmetry and granularity, the others
+    disabled (they stay float in the deployed graph);
+    strict loading then checks every name against the graph and every setting against its
+    quantizer. Needs aimet-onnx (``pip install --no-deps aimet-onnx==2.42.0``, see
+    docs/quad.md). Requantised layer inputs (``requantised_inputs``) have no per-tensor
+    form in AIMET's file and are not in this sim."""
+    import onnx
+    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
+
+    if not isinstance(encodings, dict):
+        encodings = json.loads(Path(encodings).read_text())
+    sim = QuantizationSimModel(onnx.load(str(path)), param_type="int8", activation_type="int8")
+    wanted = {e["name"]: e for e in (*encodings["activation_encodings"],
+                                     *encodings["param_encodings"])}
+    # one quantizer per named tensor (AIMET ties a Concat's output to an input; the
+    # deployed graph gives each its own encoding), as AIMET's from_onnx_qdq does
+    sim.set_quantizers({name: q._copy() if name in wanted else q      # noqa: SLF001
+                        for name, q in sim.qc_quantize_op_dict.items()})
+    for name, q in sim.qc_quantize_op_dict.items():
+        e = wanted.get(name)
+        q.enabled = e is not None
+        if e is None:
+            continue
+        q.set_bitwidth(int(e["bw"]))
+        q.use_symmetric_encodings = bool(e["is_sym"])
+        if e["enc_type"] == "PER_CHANNEL" and q._encoding_type().name != "PER_CHANNEL":   # noqa: SLF001
+            q.enable_per_channel_quantization()
+    load_encodings_to_sim(sim, {k: encodings[k] for k in ("version", "activation_encodings",
+                                                          "param_encodings")}, strict=True)
+    return sim
+
+
+#: the Snapdragon 8 Elite's HTP (QNN ``soc_model`` 69, ``htp_arch`` 79)
+HTP_SOC = {"soc_model": "69", "htp_arch": "79"}
+
+
+def htp_session(path: str | Path, fp16: bool = True):
+    """An ONNX Runtime session of ``path`` on onnxruntime-qnn's HTP backend (the Hexagon NPU,
+    emulated on x86), CPU fallback off: it opens only if every node compiles for the NPU.
+    (A stop-gap until nasframe's own NPU check lands.)"""
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    name = onnxruntime_qnn.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library(name, onnxruntime_qnn.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+                                            **HTP_SOC,
+                                            "enable_htp_fp16_precision": "1" if fp16 else "0"})
+    return ort.InferenceSession(str(path), sess_options=opts)
 
 
 # -- bytes on the device ------------------------------------------------------------------
