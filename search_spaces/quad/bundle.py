@@ -78,11 +78,52 @@ def psnr_np(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return 100.0 if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
 
 
+def aimet_check(out: Path, model, val, adapters, ort_out: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Qualcomm's AIMET on the bundle in ``out``: ``graph.encodings`` loaded onto
+    ``graph.onnx`` with ``strict=True`` (:func:`.deploy.aimet_sim`), and ``graph_qdq.onnx``
+    imported by ``QuantizationSimModel.from_onnx_qdq``; per task, the PSNR (dB) of each
+    AIMET simulation against ONNX Runtime's output of the QDQ graph (``ort_out``)."""
+    import logging
+
+    import onnx
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    from nasframe_search_spaces.quad.deploy import aimet_sim
+
+    enc = json.loads((out / "graph.encodings").read_text())
+    loaded = aimet_sim(out / "graph.onnx", enc)
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+    handler = _Keep(level=logging.INFO)
+    logging.getLogger("Quant").addHandler(handler)
+    try:
+        imported = QuantizationSimModel.from_onnx_qdq(onnx.load(str(out / "graph_qdq.onnx")))
+    finally:
+        logging.getLogger("Quant").removeHandler(handler)
+    import aimet_onnx
+
+    result: dict[str, Any] = {
+        "aimet_onnx": getattr(aimet_onnx, "__version__", "?"),
+        "strict_load": "ok", "enabled_quantizers": sum(q.enabled for q in
+                                                       loaded.qc_quantize_op_dict.values()),
+        "encodings": len(enc["activation_encodings"]) + len(enc["param_encodings"]),
+        "from_onnx_qdq": next((m for m in records if m.startswith("Loaded")), "imported"),
+        "from_onnx_qdq_ignored": next((m for m in records if "ignored" in m), None)}
+    for name, sim in (("strict_load_vs_ort_db", loaded), ("from_onnx_qdq_vs_ort_db", imported)):
+        got = run_tiles(sim.session, model, val, adapters)
+        result[name] = {t: psnr_np(got[t], ort_out[t]) for t in got}
+    return result
+
+
 def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
-                  qdq: bool = True, npu: bool = False) -> dict[str, Any]:
+                  qdq: bool = True, npu: bool = False, aimet: bool = False) -> dict[str, Any]:
     """Export ``model`` (built by ``space`` for ``arch``, space prepared) to ``out``; with
     ``npu`` also compile the QDQ graph for the emulated Hexagon NPU (onnxruntime-qnn)
-    and score every task as it computes them."""
+    and score every task as it computes them; with ``aimet`` check the encodings and the
+    QDQ graph with Qualcomm's AIMET (:func:`aimet_check`)."""
     from nasframe.deploy import ort_session
     from nasframe_search_spaces.hybrid_unet.data import psnr
     from nasframe_search_spaces.quad.deploy import export_adapter_graph, ship_profile
@@ -128,6 +169,7 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
                            out / "graph.encodings")
         qpath = out / "graph_qdq.onnx"
         outputs = {"qdq_ort": run_tiles(ort_session(qpath, threads=1), model, val, adapters)}
+        float_out = run_tiles(ort_session(out / "graph.onnx", threads=1), model, val, adapters)
         report["qdq"] = {"path": str(qpath), "encodings": str(out / "graph.encodings"),
                          "activation_encodings": len(enc["activation_encodings"]),
                          "param_encodings": len(enc["param_encodings"]),
@@ -136,7 +178,12 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
                                                for e in enc["activation_encodings"]),
                          "weight_bits": dict(sorted(Counter(
                              e["bw"] for e in enc["param_encodings"]).items())),
-                         "seconds": time.time() - start_q}
+                         "seconds": time.time() - start_q,
+                         # what quantising costs: the QDQ graph's output against the float graph's
+                         "vs_float_db": {t: psnr_np(outputs["qdq_ort"][t], float_out[t])
+                                         for t in space.tasks()}}
+        if aimet:
+            report["aimet"] = aimet_check(out, model, val, adapters, outputs["qdq_ort"])
         if npu:
             from nasframe_search_spaces.quad.deploy import htp_session
 
@@ -175,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--npu", action="store_true",
                     help="also compile the QDQ graph for the emulated Hexagon NPU "
                          "(onnxruntime-qnn) and score each task on it")
+    ap.add_argument("--aimet", action="store_true",
+                    help="also load the encodings and import the QDQ graph with aimet-onnx "
+                         "(strict), and compare its simulation with ONNX Runtime")
     args = ap.parse_args(argv)
     run = load_run(args.run_dir)
     exp = run.experiment()
@@ -184,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = exp.context(args.run_dir)
     space.prepare(ctx, frozenset({TrainedWeights, MultiTask}))
     seed = 0
+    if (args.npu or args.aimet) and args.no_qdq:
+        ap.error("--npu and --aimet check the QDQ graph; drop --no-qdq")
     if args.arch == "pick":
         pick = run.pick_result
         if pick is None:
@@ -196,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         arch = refs[args.arch]
     model = Candidate(space, arch, seed=seed).model
     report = export_bundle(space, arch, model, Path(args.out or Path(args.run_dir) / "deploy"), ctx,
-                           qdq=not args.no_qdq, npu=args.npu)
-    print(json.dumps({k: report[k] for k in ("graph", "qdq", "npu", "psnr") if k in report},
+                           qdq=not args.no_qdq, npu=args.npu, aimet=args.aimet)
+    print(json.dumps({k: report[k] for k in ("graph", "qdq", "aimet", "npu", "psnr") if k in report},
                      indent=1, default=str))
     return 0
 

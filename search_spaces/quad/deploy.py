@@ -257,6 +257,15 @@ def _qtype(bits: int, signed: bool) -> int:
     return types[bits, signed]
 
 
+def _np_qtype(bits: int):
+    """The numpy type of a signed ``bits``-bit weight (ml_dtypes' int4 for 4 bits)."""
+    if bits == 4:
+        import ml_dtypes
+
+        return ml_dtypes.int4
+    return {8: np.int8, 16: np.int16}[bits]
+
+
 def _qparams(entry: dict[str, Any]) -> tuple[float, int, int]:
     """(scale, zero point, ONNX type) of a per-tensor AIMET-layout encoding."""
     sym, bits = bool(entry["is_sym"]), int(entry["bw"])
@@ -389,12 +398,12 @@ def export_qdq(path: str | Path, out_path: str | Path, encodings: dict[str, Any]
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         shape = [1] * value.ndim
         shape[axis] = -1
-        q = np.clip(np.round(value / scale.reshape(shape)), lo, hi).astype(np.int64)
-        qt = _qtype(bits, True)
+        q = np.clip(np.round(value / scale.reshape(shape)), lo, hi)
+        dtype = _np_qtype(bits)           # packed raw data: int4 two to a byte
         g.initializer.extend([
-            helper.make_tensor(f"{w}_quantized", qt, list(value.shape), q.flatten().tolist()),
+            numpy_helper.from_array(q.astype(dtype), f"{w}_quantized"),
             numpy_helper.from_array(scale, f"{w}_scale"),
-            helper.make_tensor(f"{w}_zero_point", qt, [len(scale)], [0] * len(scale))])
+            numpy_helper.from_array(np.zeros(len(scale), dtype), f"{w}_zero_point")])
         g.initializer.remove(inits[w])
         rewire(w, f"{w}_DequantizeLinear_Output")
         new_nodes.append((None, [helper.make_node(
@@ -474,10 +483,11 @@ def aimet_sim(path: str | Path, encodings: dict[str, Any] | str | Path):
 HTP_SOC = {"soc_model": "69", "htp_arch": "79"}
 
 
-def htp_session(path: str | Path, fp16: bool = True):
+def htp_session(path: str | Path, fp16: bool = True, verbose: bool = False):
     """An ONNX Runtime session of ``path`` on onnxruntime-qnn's HTP backend (the Hexagon NPU,
-    emulated on x86), CPU fallback off: it opens only if every node compiles for the NPU.
-    (A stop-gap until nasframe's own NPU check lands.)"""
+    emulated on x86), CPU fallback off: it opens only if every node compiles for the NPU
+    (``verbose``: the EP's log, e.g. the unsupported nodes). Float ops left in a QDQ graph
+    run in fp16 (``fp16``). A stop-gap until nasframe's own NPU check lands."""
     import onnxruntime as ort
     import onnxruntime_qnn
 
@@ -486,6 +496,9 @@ def htp_session(path: str | Path, fp16: bool = True):
         ort.register_execution_provider_library(name, onnxruntime_qnn.get_library_path())
     devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
     opts = ort.SessionOptions()
+    # quiet: the EP logs its first partitioning pass (before ORT's layout transformation)
+    # as errors even when the final graph compiles; a graph that does not raises below
+    opts.log_severity_level = 1 if verbose else 4
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
                                             **HTP_SOC,

@@ -171,6 +171,7 @@ class QuantSim:
     def __init__(self, net: LoRANet, bits: Callable[[str], tuple[int, int]] | None = None,
                  observe_types: Sequence[type[nn.Module]] = ()):
         self.net, self.mode, self.profile = net, "float", None
+        self.observe_types = tuple(observe_types)
         self.bits = bits or (lambda name: BIT_WIDTHS["w8a8"])
         self._ranges: dict[str, tuple[float, float]] = {}
         self._float_state = copy.deepcopy(net.net.state_dict())

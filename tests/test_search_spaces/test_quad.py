@@ -250,7 +250,7 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(tmp_pat
     from onnx import numpy_helper
 
     from nasframe.deploy import ort_session
-    from nasframe_search_spaces.quad.deploy import feed, layer_of
+    from nasframe_search_spaces.quad.deploy import feed, layer_of, map_profile
     from nasframe_search_spaces.quad.quant import INPUT_KEY
 
     space, arch, net, sim, profile, enc, x = _mixed_bits_model(tmp_path)
@@ -294,7 +294,20 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(tmp_pat
             assert scale.shape == () and zp.shape == (), node.name
             checked[16] += types[node.input[2]] == T.UINT16
     assert all(checked.values()), checked
-    # no re-calibration: ONNX Runtime runs the simulation's quantisation
+    # no re-calibration: every Q/DQ pair holds the profile's scale and zero point ...
+    by_name = {e["name"]: e for e in acts}
+    for e in by_name.values():
+        scale, zp = inits[f"{e['name']}_scale"], inits[f"{e['name']}_zero_point"]
+        assert float(scale) == np.float32(e["scale"][0]) and int(zp) == (0 if e["is_sym"] else -e["offset"][0])
+    # ... every point of the simulation at its tensor with the profile's encoding (a layer
+    # input at other bits than its producer's: a requantisation on that layer's edge)
+    requant = {(r["name"], r["layer"]): r for r in enc["requantised_inputs"]}
+    for key, name in map_profile(sim, tmp_path / "g.onnx", x, net.init_adapter(7, b_std=0.1)):
+        want = profile.encodings[key].to_aimet(name)
+        assert by_name[name] == want or requant[name, key[:-len(".in")]] == \
+            {**want, "layer": key[:-len(".in")]}, key
+    # ... and ONNX Runtime runs the simulation's quantisation: closer to it than the
+    # simulation is to the float model (what remains are rounding flips, amplified by norms)
     sess = ort_session(tmp_path / "q.onnx", threads=1)
     for task, adapter in net.task_adapters.items():
         got = sess.run(None, feed(net, x, adapter))[0]
@@ -304,7 +317,7 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(tmp_pat
             sim.set_mode("float")
             fp = net(x, *adapter).numpy()
         noise = _psnr(want, fp)            # what quantising costs
-        assert _psnr(got, want) > noise + 3, (task, _psnr(got, want), noise)
+        assert _psnr(got, want) > noise, (task, _psnr(got, want), noise)
 
 
 def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(tmp_path):
