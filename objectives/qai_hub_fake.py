@@ -8,9 +8,11 @@ backend uses — ``Client().config``, ``Device(name)``,
 ``submit_compile_job(model, device, name=, input_specs=, options=)`` returning a
 compile job with ``job_id``, ``url``, ``get_status()`` (a status with ``code``,
 ``message``, ``success``, ``failure``, ``finished``) and ``get_target_model()``;
-``submit_profile_job(model, device, name=, options=)`` returning an inference job
-whose ``download_profile()`` is ``{"execution_summary": {"estimated_inference_time":
-microseconds, ...}, "execution_detail": [layers]}``; ``get_job(job_id)``; the errors
+``submit_inference_job(model, device, name=, options=, profile=True)`` (and the
+deprecated ``submit_profile_job``) returning an inference job whose
+``download_profile()`` is ``{"execution_summary": {"estimated_inference_time":
+microseconds, ...}, "execution_detail": [layers]}``; ``get_job(job_id)``;
+``get_devices()``; a model given as a directory (one ``.onnx`` and its ``.data``); the errors
 ``UserError``, ``InternalError``, ``RateLimitedError`` — and keeps its state in
 ``DIR`` so that several processes (a run killed with SIGKILL, then its resume) see
 the same jobs:

@@ -83,6 +83,7 @@ def test_tiny_run_and_bundle(tiny_run):
         assert p["qdq_ort"] > 5 and p["qdq_ort"] == pytest.approx(p["quad_sim"], abs=0.05), (t, p)
 
 
+@pytest.mark.slow
 def test_trained_bundle_compiles_for_the_npu_and_loads_in_aimet(tiny_run, tmp_path):
     """A trained QUAD bundle's QDQ graph on onnxruntime-qnn's emulated Hexagon NPU (CPU
     fallback off) within its quantisation noise of ONNX Runtime's CPU, and its encodings
