@@ -204,6 +204,8 @@ class QaiHubBackend(LatencyBackend):
 
     #: how long the cached device list is trusted
     DEVICE_LIST_TTL = 24 * 3600.0
+    #: how long validate waits for the device list before it warns and goes on
+    DEVICE_CHECK_SECONDS = 8.0
 
     def device_names(self) -> list[str]:
         """The names of AI Hub's devices (``Client.get_devices()``), cached in ``cache_dir``
@@ -228,15 +230,31 @@ class QaiHubBackend(LatencyBackend):
         trial after its export; offline (the service unreachable) it only warns."""
         import difflib
 
+        import threading
+
         hub = hub_module()
-        try:
-            names = self.device_names()
-        except (*_transient_errors(hub), OSError, hub.Error) as err:
+        box: dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                box["names"] = self.device_names()
+            except BaseException as err:   # noqa: BLE001 - handed to the caller below
+                box["error"] = err
+        # qai-hub's own session retries an unreachable service for about 30 s: wait less
+        worker = threading.Thread(target=fetch, daemon=True, name="qai_hub-devices")
+        worker.start()
+        worker.join(self.DEVICE_CHECK_SECONDS)
+        err = box.get("error")
+        if "names" not in box:
+            why = (f"{type(err).__name__}: {' '.join(str(err).split())[:160]}" if err is not None
+                   else f"no answer in {self.DEVICE_CHECK_SECONDS:.0f} s")
+            if err is not None and not isinstance(err, (*_transient_errors(hub), OSError, hub.Error)):
+                raise err
             warnings.warn(f"qai_hub: could not check device {self.params.device!r} against AI "
-                          f"Hub's device list ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:200]}); checked when the jobs run",
+                          f"Hub's device list ({why}); checked when the jobs run",
                           UserWarning, stacklevel=3)
             return
+        names = box["names"]
         if self.params.device not in names:
             close = difflib.get_close_matches(self.params.device, names, n=3, cutoff=0.4)
             raise ParamError("device", f"{self.params.device!r} is not a Qualcomm AI Hub device"
