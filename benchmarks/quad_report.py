@@ -124,6 +124,7 @@ def main(argv=None) -> dict:
     bundle = export_bundle(space, arch, model, work / "bundle", ctx)
     out["bundle_s"] = time.time() - t0
     out["export_check"] = bundle["graph"]["per_task"]
+    out["qdq_vs_float_db"] = bundle["qdq"]["vs_float_db"]
     for t in tasks:
         psnr.setdefault("qdq_ort_tiles", {})[t] = bundle["psnr"][t]["qdq_ort"]
         psnr.setdefault("quad_sim_tiles", {})[t] = bundle["psnr"][t]["quad_sim"]
@@ -277,6 +278,8 @@ def report(out: dict, tasks) -> None:
         print(f"| ORT CPU: QUAD (same tiles) | {' | '.join(f'{x:.2f}' for x in v)} | {min(v):.2f} | "
               f"{sum(v) / len(v):.2f} | |")
         print("compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in npu["compile_s"].items()))
+        print("quantisation noise, QUAD's QDQ graph vs the float graph in ORT (dB, all tiles): "
+              + ", ".join(f"{t} {v:.1f}" for t, v in out["qdq_vs_float_db"].items()))
     print("\nONNX graph fed each task's adapter vs merged PyTorch, max abs error: "
           + ", ".join(f"{t} {c['max_abs_error']:.1e}" for t, c in out["export_check"].items()))
     print("\n2. Memory (MB): N separate models vs one graph + N adapters")
