@@ -64,12 +64,25 @@ def calibration_input(data, size: int, step: int) -> torch.Tensor:
     return torch.cat(rows, dim=-2)[None, :, :size, :size].contiguous()
 
 
-def run_tiles(sess, model, val, adapters) -> dict[str, np.ndarray]:
-    """Every task's validation tiles through an ONNX Runtime session of the adapter graph."""
+def run_tiles(sess, model, val, adapters, ctx=None, description: str = "") -> dict[str, np.ndarray]:
+    """Every task's validation tiles through an ONNX Runtime session of the adapter graph
+    (a progress bar on ``ctx`` when given: the emulated NPU takes seconds a tile)."""
+    import contextlib
+
     from nasframe_search_spaces.quad.deploy import feed
 
-    return {t: np.concatenate([sess.run(None, feed(model, x[i:i + 1], adapters[t]))[0]
-                               for i in range(len(x))]) for t, (x, _) in val.items()}
+    out: dict[str, np.ndarray] = {}
+    with (ctx.progress() if ctx is not None else contextlib.nullcontext()) as bar:
+        task = bar.add_task(description, total=sum(len(x) for x, _ in val.values()), info="") \
+            if bar is not None else None
+        for t, (x, _) in val.items():
+            rows = []
+            for i in range(len(x)):
+                rows.append(sess.run(None, feed(model, x[i:i + 1], adapters[t]))[0])
+                if bar is not None:
+                    bar.update(task, advance=1, info=t)
+            out[t] = np.concatenate(rows)
+    return out
 
 
 def psnr_np(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -78,7 +91,8 @@ def psnr_np(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return 100.0 if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
 
 
-def aimet_check(out: Path, model, val, adapters, ort_out: dict[str, np.ndarray]) -> dict[str, Any]:
+def aimet_check(out: Path, model, val, adapters, ort_out: dict[str, np.ndarray],
+                ctx=None) -> dict[str, Any]:
     """Qualcomm's AIMET on the bundle in ``out``: ``graph.encodings`` loaded onto
     ``graph.onnx`` with ``strict=True`` (:func:`.deploy.aimet_sim`), and ``graph_qdq.onnx``
     imported by ``QuantizationSimModel.from_onnx_qdq``; per task, the PSNR (dB) of each
@@ -113,7 +127,8 @@ def aimet_check(out: Path, model, val, adapters, ort_out: dict[str, np.ndarray])
         "from_onnx_qdq": next((m for m in records if m.startswith("Loaded")), "imported"),
         "from_onnx_qdq_ignored": next((m for m in records if "ignored" in m), None)}
     for name, sim in (("strict_load_vs_ort_db", loaded), ("from_onnx_qdq_vs_ort_db", imported)):
-        got = run_tiles(sim.session, model, val, adapters)
+        got = run_tiles(sim.session, model, val, adapters, ctx,
+                        f"tiles in AIMET ({name.removesuffix('_vs_ort_db')})")
         result[name] = {t: psnr_np(got[t], ort_out[t]) for t in got}
     return result
 
@@ -183,7 +198,7 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
                          "vs_float_db": {t: psnr_np(outputs["qdq_ort"][t], float_out[t])
                                          for t in space.tasks()}}
         if aimet:
-            report["aimet"] = aimet_check(out, model, val, adapters, outputs["qdq_ort"])
+            report["aimet"] = aimet_check(out, model, val, adapters, outputs["qdq_ort"], ctx)
         if npu:
             from nasframe_search_spaces.quad.deploy import htp_session
 
@@ -192,7 +207,7 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
             report["npu"] = {"compile_s": time.time() - t0, "device": "onnxruntime-qnn HTP "
                              "(emulated Snapdragon 8 Elite, soc 69, htp_arch 79), CPU fallback off"}
             t0 = time.time()
-            outputs["qdq_npu"] = run_tiles(sess, model, val, adapters)
+            outputs["qdq_npu"] = run_tiles(sess, model, val, adapters, ctx, "tiles on the emulated NPU")
             report["npu"]["run_s"] = time.time() - t0
             report["npu"]["vs_ort_cpu_db"] = {
                 t: psnr_np(outputs["qdq_npu"][t], outputs["qdq_ort"][t]) for t in space.tasks()}
