@@ -216,10 +216,19 @@ def test_calibration_inputs_fill_the_graph_input_from_smaller_crops():
 pytest.importorskip("onnxruntime")
 
 
-def _mixed_bits_model(tmp_path):
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
     """A tiny quad model at w4a16 / w8a16 / w8a8 per stage, its float graph, its shared
-    profile (every task's adapter in the calibration) and the shipped QDQ graph."""
+    profile (every task's adapter in the calibration) and the shipped QDQ graph (shared by
+    the tests below: the export dominates their time)."""
+    tmp_path = tmp_path_factory.mktemp("mixed")
+    return (tmp_path, *_mixed_bits_model(tmp_path))
+
+
+def _mixed_bits_model(tmp_path):
     from nasframe_search_spaces.quad.deploy import export_adapter_graph, ship_profile
+
+    torch.set_num_threads(1)
 
     space = QuadSpace(preset="tiny", granularity="stage", ranks=[2], input_size=16)
     arch = space.reference_architectures()["largest"].replace(bits_enc1="w4a16", bits_latent="w8a16",
@@ -240,7 +249,7 @@ def _psnr(a, b) -> float:
     return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
 
 
-def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(tmp_path):
+def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(mixed):
     """The QDQ graph holds exactly the simulation's encodings under the graph's tensor names
     (no re-calibration: ONNX Runtime reproduces the simulation far below its quantisation
     noise), each block's widths (int4/int8 weights, uint16/uint8 activations, int8
@@ -253,7 +262,7 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(tmp_pat
     from nasframe_search_spaces.quad.deploy import feed, layer_of, map_profile
     from nasframe_search_spaces.quad.quant import INPUT_KEY
 
-    space, arch, net, sim, profile, enc, x = _mixed_bits_model(tmp_path)
+    tmp_path, space, arch, net, sim, profile, enc, x = mixed
     float_graph = onnx.load(str(tmp_path / "g.onnx"))
     names = ({i.name for i in float_graph.graph.input} | {o for n in float_graph.graph.node for o in n.output}
              | {i.name for i in float_graph.graph.initializer})
@@ -320,7 +329,7 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(tmp_pat
         assert _psnr(got, want) > noise, (task, _psnr(got, want), noise)
 
 
-def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(tmp_path):
+def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(mixed):
     """onnxruntime-qnn's HTP backend (Snapdragon 8 Elite, emulated on x86) compiles the QDQ
     graph with CPU fallback off, and computes what ONNX Runtime's CPU computes from it
     within the quantisation noise."""
@@ -328,7 +337,7 @@ def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(tmp_pa
     from nasframe.deploy import ort_session
     from nasframe_search_spaces.quad.deploy import feed, htp_session
 
-    space, arch, net, sim, profile, enc, x = _mixed_bits_model(tmp_path)
+    tmp_path, space, arch, net, sim, profile, enc, x = mixed
     npu = htp_session(tmp_path / "q.onnx")
     cpu = ort_session(tmp_path / "q.onnx", threads=1)
     for adapter in net.task_adapters.values():
@@ -339,7 +348,7 @@ def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(tmp_pa
         assert _psnr(got, want) >= _psnr(want, fp) - 3, (_psnr(got, want), _psnr(want, fp))
 
 
-def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(tmp_path):
+def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(mixed):
     """aimet-onnx (Qualcomm's quantisation toolkit) loads graph.encodings onto the float
     graph with strict=True and imports the QDQ graph with from_onnx_qdq; both simulate what
     ONNX Runtime runs from the QDQ graph."""
@@ -351,7 +360,7 @@ def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(tmp_path):
     from nasframe.deploy import ort_session
     from nasframe_search_spaces.quad.deploy import aimet_sim, feed
 
-    space, arch, net, sim, profile, enc, x = _mixed_bits_model(tmp_path)
+    tmp_path, space, arch, net, sim, profile, enc, x = mixed
     loaded = aimet_sim(tmp_path / "g.onnx", tmp_path / "g.encodings")
     on = {n for n, q in loaded.qc_quantize_op_dict.items() if q.enabled}
     assert on == {e["name"] for e in enc["activation_encodings"] + enc["param_encodings"]}
