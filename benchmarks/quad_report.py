@@ -9,7 +9,12 @@ denoise / deblur / derain; trained base and full-precision adapters cached in
    profile without QAT (``shared_ptq``), separate per-task profiles (the
    one-binary-per-task practice) and the naive shared profile (calibrated on
    the first task only) -- torch fake-quant simulation -- plus the QDQ graph
-   (quantised by ONNX Runtime with every task in the calibration) run in ORT.
+   (the shared profile QUAD trained against, on the graph's tensors) run in ORT.
+   **NPU (emulated)**: each quantised method's deployable QDQ graph(s) (QUAD and the
+   baselines: shared profile without QAT, separate per-task profiles, naive shared)
+   compiled by onnxruntime-qnn for the Hexagon NPU (Snapdragon 8 Elite HTP, emulated on
+   x86, CPU fallback off) and run there: PSNR per task as the NPU computes it, and
+   the NPU's output against ONNX Runtime's CPU output of the same graph (dB).
 2. **Memory**: bytes of N = 3 and 10 tasks: N merged models vs one graph + N
    adapter files, on disk (fp32 ONNX files; int8 QDQ files, adapters int8 with a
    scale per tensor) and as the ``deploy_memory`` model (quantised bytes); ratios.
@@ -24,7 +29,7 @@ Usage::
 
     python benchmarks/quad_report.py [--preset small] [--base-steps 240] [--adapter-steps 60]
         [--qat-steps 60] [--rank 4] [--bits w8a8] [--size 64] [--threads 1] [--rounds 30]
-        [--cache benchmarks/.cache/quad] [--json PATH]
+        [--cache benchmarks/.cache/quad] [--json PATH] [--no-npu] [--npu-tiles N]
 
 It prints its tables and exits 0: a measurement, not an assertion.
 """
@@ -49,8 +54,11 @@ from nasframe.candidate import Candidate  # noqa: E402
 from nasframe.capabilities import MultiTask, TrainedWeights  # noqa: E402
 from nasframe.context import Context  # noqa: E402
 from nasframe.deploy import export_module, ort_session  # noqa: E402
-from nasframe_search_spaces.quad.bundle import calibration_input, export_bundle  # noqa: E402
-from nasframe_search_spaces.quad.deploy import export_qdq, feed  # noqa: E402
+from nasframe_search_spaces.quad.bundle import (calibration_input, export_bundle, psnr_np,  # noqa: E402
+                                               run_tiles, tiles)
+from nasframe_search_spaces.quad.deploy import feed, ship_profile  # noqa: E402
+from nasframe_search_spaces.quad.lora import LoRANet  # noqa: E402
+from nasframe_search_spaces.quad.quant import QuantSim  # noqa: E402
 from nasframe_search_spaces.quad.space import METHODS, QuadSpace  # noqa: E402
 
 
@@ -92,6 +100,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "quad"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-npu", action="store_true", help="skip the emulated-NPU rows")
+    ap.add_argument("--npu-tiles", type=int, default=0,
+                    help="validation tiles per task on the emulated NPU (0: all; it is slow)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out: dict = {"args": vars(args), "load_avg_start": os.getloadavg()}
@@ -113,23 +124,34 @@ def main(argv=None) -> dict:
     bundle = export_bundle(space, arch, model, work / "bundle", ctx)
     out["bundle_s"] = time.time() - t0
     out["export_check"] = bundle["graph"]["per_task"]
+    out["qdq_vs_float_db"] = bundle["qdq"]["vs_float_db"]
     for t in tasks:
         psnr.setdefault("qdq_ort_tiles", {})[t] = bundle["psnr"][t]["qdq_ort"]
         psnr.setdefault("quad_sim_tiles", {})[t] = bundle["psnr"][t]["quad_sim"]
     out["psnr"] = psnr
     adapters = space.profiles(arch, model, ctx)["adapters"]
+    if not args.no_npu:
+        t0 = time.time()
+        out["npu"] = npu_rows(space, arch, model, ctx, work, args)
+        out["npu_s"] = time.time() - t0
 
     # 2. memory: one merged model per task (fp32 and its own QDQ) vs the shared graph + adapters
     x = torch.rand(1, *space.input_shape, generator=torch.Generator().manual_seed(1))
     merged = {}
+    nets = {}
     for t in tasks[:2]:   # two merged models: the files of every task have the same size
         p = work / f"merged_{t}.onnx"
-        export_module(model.merged(adapters[t]), (x,), "onnx", p, input_names=["x"], threads=1)
+        nets[t] = LoRANet(model.merged(adapters[t]), rank=0)     # no adapter: a plain model
+        export_module(nets[t], (x,), "onnx", p, input_names=["x"], threads=1)
         merged[t] = p
     first = tasks[0]
-    calib = [{"x": calibration_input(space.task_data(first), args.size, 60_000 + k).numpy()}
-             for k in range(args.calib_batches)]
-    mq = export_qdq(merged[first], work / f"merged_{first}_qdq.onnx", calib)
+    # the merged model's own QDQ graph: its own profile (the torch simulation, w8a8)
+    msim = QuantSim(nets[first], bits=lambda layer: space.bits_of(arch, layer),
+                    observe_types=space._sim(arch, model).observe_types)
+    mprofile = msim.calibrate([(calibration_input(space.task_data(first), args.size, 60_000 + k), [])
+                               for k in range(args.calib_batches)])
+    mq = work / f"merged_{first}_qdq.onnx"
+    ship_profile(msim, mprofile, merged[first], mq)
     graph, qdq = work / "bundle" / "graph.onnx", work / "bundle" / "graph_qdq.onnx"
     ad_file = work / "bundle" / "adapters" / f"{first}.pt"
     size = {k: os.path.getsize(v) for k, v in {"merged_fp32": merged[first], "merged_int8": mq,
@@ -184,6 +206,49 @@ def main(argv=None) -> dict:
     return out
 
 
+def npu_rows(space, arch, model, ctx, work: Path, args) -> dict:
+    """Every quantised method's deployable QDQ graph(s) on the emulated Hexagon NPU
+    (onnxruntime-qnn HTP, CPU fallback off) and in ONNX Runtime on the CPU: PSNR per task
+    of each, and the NPU's output against the CPU's (dB)."""
+    from nasframe_search_spaces.quad.deploy import htp_session
+
+    tasks = space.tasks()
+    prof = space.profiles(arch, model, ctx, baselines=True)
+    sim = space._sim(arch, model)
+    graph = work / "bundle" / "graph.onnx"
+    val = {}
+    for t in tasks:
+        x, y = tiles(space.task_data(t).validation(), args.size)
+        n = args.npu_tiles or len(x)
+        val[t] = (x[:n], y[:n])
+    profiles = {"shared": prof["shared"], "naive": prof["naive"],
+                **{f"separate_{t}": prof["separate"][t] for t in tasks}}
+    plans = {"quad": {t: ("shared", prof["adapters"][t]) for t in tasks},
+             "shared_ptq": {t: ("shared", model.task_adapters[t]) for t in tasks},
+             "separate": {t: (f"separate_{t}", model.task_adapters[t]) for t in tasks},
+             "naive": {t: ("naive", model.task_adapters[t]) for t in tasks}}
+    sessions, compile_s = {}, {}
+    for name, p in profiles.items():
+        path = work / f"npu_{name}_qdq.onnx"
+        ship_profile(sim, p, graph, path)
+        t0 = time.time()
+        sessions[name] = (htp_session(path), ort_session(path, threads=args.threads))
+        compile_s[name] = time.time() - t0
+    rows: dict = {"compile_s": compile_s, "tiles": {t: len(v[0]) for t, v in val.items()}}
+    for method, plan in plans.items():
+        for t, (name, adapter) in plan.items():
+            npu, cpu = sessions[name]
+            one = {t: val[t]}
+            got_npu = run_tiles(npu, model, one, {t: adapter})[t]
+            got_cpu = run_tiles(cpu, model, one, {t: adapter})[t]
+            y = val[t][1].numpy()
+            rows.setdefault(method, {})[t] = {
+                "npu": float(np.mean([psnr_np(np.clip(g, 0, 1), yy) for g, yy in zip(got_npu, y)])),
+                "cpu": float(np.mean([psnr_np(np.clip(g, 0, 1), yy) for g, yy in zip(got_cpu, y)])),
+                "npu_vs_cpu": psnr_np(got_npu, got_cpu)}
+    return rows
+
+
 def report(out: dict, tasks) -> None:
     a = out["args"]
     print(f"\nQUAD report: preset {a['preset']}, rank {a['rank']}, {a['bits']}, input {a['size']}px, "
@@ -197,6 +262,24 @@ def report(out: dict, tasks) -> None:
     for key, label in rows:
         v = [out["psnr"][key][t] for t in tasks]
         print(f"| {label} | {' | '.join(f'{x:.2f}' for x in v)} | {min(v):.2f} | {sum(v) / len(v):.2f} |")
+    if "npu" in out:
+        npu = out["npu"]
+        print(f"\n1b. NPU (emulated Snapdragon 8 Elite HTP, onnxruntime-qnn, CPU fallback off): "
+              f"PSNR (dB) per task of each method's QDQ graph; {npu['tiles'][tasks[0]]} tiles per task")
+        print(f"| method | {' | '.join(tasks)} | min | mean | NPU vs ORT CPU (dB, min) |\n"
+              f"|---|{'---|' * (len(tasks) + 3)}")
+        for key, label in (("quad", "NPU: QUAD shared profile"), ("shared_ptq", "NPU: shared profile, no QAT"),
+                           ("separate", "NPU: separate profiles"), ("naive", "NPU: naive shared")):
+            v = [npu[key][t]["npu"] for t in tasks]
+            gap = min(npu[key][t]["npu_vs_cpu"] for t in tasks)
+            print(f"| {label} | {' | '.join(f'{x:.2f}' for x in v)} | {min(v):.2f} | "
+                  f"{sum(v) / len(v):.2f} | {gap:.1f} |")
+        v = [npu["quad"][t]["cpu"] for t in tasks]
+        print(f"| ORT CPU: QUAD (same tiles) | {' | '.join(f'{x:.2f}' for x in v)} | {min(v):.2f} | "
+              f"{sum(v) / len(v):.2f} | |")
+        print("compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in npu["compile_s"].items()))
+        print("quantisation noise, QUAD's QDQ graph vs the float graph in ORT (dB, all tiles): "
+              + ", ".join(f"{t} {v:.1f}" for t, v in out["qdq_vs_float_db"].items()))
     print("\nONNX graph fed each task's adapter vs merged PyTorch, max abs error: "
           + ", ".join(f"{t} {c['max_abs_error']:.1e}" for t, c in out["export_check"].items()))
     print("\n2. Memory (MB): N separate models vs one graph + N adapters")

@@ -11,6 +11,13 @@ the moment it is submitted, the profile job's as soon as the compile finished
 and it was submitted, so a run killed with SIGKILL and resumed re-attaches to
 them (``get_job``) instead of paying again.
 
+A model whose weights are external (``<model>.onnx.data``, past the export's size
+threshold) is uploaded as a directory holding the ``.onnx`` and its ``.data``, the
+form AI Hub takes. The profile job is an inference job with ``profile=True``
+(``submit_profile_job`` is deprecated in qai-hub 0.56). The device name is checked
+against AI Hub's device list when the backend is built (cached a day; offline, a
+warning). A poll is one API call per job: the client's job objects are kept.
+
 Results are cached across runs in a user cache directory (``cache_dir``;
 default ``$NASFRAME_CACHE_DIR/qai_hub``, else ``~/.cache/nasframe/qai_hub``),
 one JSON file per (graph hash, device, runtime, options); a job in flight is
@@ -29,7 +36,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -145,6 +154,9 @@ class QaiHubBackend(LatencyBackend):
         """Tries again after a transient error (service down, rate limit)."""
         backoff: Float = Field(2.0, ge=0, le=600)
         """Seconds before the first retry; doubled each time (at most 300 s)."""
+        check_device: bool = True
+        """Check `device` against AI Hub's device list when the backend is built (the list
+        is cached for a day in cache_dir; offline, a warning instead)."""
 
     @classmethod
     def missing_dependencies(cls) -> list[str]:
@@ -155,7 +167,10 @@ class QaiHubBackend(LatencyBackend):
         self.poll_every = self.params.poll_every
         self.cache = JobCache(self.params.cache_dir or default_cache_dir())
         self._client_obj = None
+        self._jobs: dict[str, Any] = {}      # job id -> the client's Job (one API call a poll)
         self._check_token()
+        if self.params.check_device:
+            self._check_device()
 
     # -- the client ------------------------------------------------------
     def _client(self) -> Any:
@@ -186,6 +201,66 @@ class QaiHubBackend(LatencyBackend):
                              f"run `qai-hub configure --api_token YOUR_TOKEN` once (the token is "
                              f"on your AI Hub account page), or set {self.params.token_env}"
                              ) from None
+
+    #: how long the cached device list is trusted
+    DEVICE_LIST_TTL = 24 * 3600.0
+    #: how long validate waits for the device list before it warns and goes on
+    DEVICE_CHECK_SECONDS = 8.0
+
+    def device_names(self) -> list[str]:
+        """The names of AI Hub's devices (``Client.get_devices()``), cached in ``cache_dir``
+        for :attr:`DEVICE_LIST_TTL` seconds."""
+        path = self.cache.root / "devices.json"
+        try:
+            doc = json.loads(path.read_text())
+            if time.time() - float(doc["time"]) < self.DEVICE_LIST_TTL:
+                return list(doc["names"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        devices = self._client().get_devices()
+        names = sorted({d.name for d in devices})
+        self.cache.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"time": time.time(), "names": names}))
+        os.replace(tmp, path)
+        return names
+
+    def _check_device(self) -> None:
+        """A device AI Hub does not have fails now (exit 2 at `nasframe validate`), not each
+        trial after its export; offline (the service unreachable) it only warns."""
+        import difflib
+
+        import threading
+
+        hub = hub_module()
+        box: dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                box["names"] = self.device_names()
+            except BaseException as err:   # noqa: BLE001 - handed to the caller below
+                box["error"] = err
+        # qai-hub's own session retries an unreachable service for about 30 s: wait less
+        worker = threading.Thread(target=fetch, daemon=True, name="qai_hub-devices")
+        worker.start()
+        worker.join(self.DEVICE_CHECK_SECONDS)
+        err = box.get("error")
+        if "names" not in box:
+            why = (f"{type(err).__name__}: {' '.join(str(err).split())[:160]}" if err is not None
+                   else f"no answer in {self.DEVICE_CHECK_SECONDS:.0f} s")
+            if err is not None and not isinstance(err, (*_transient_errors(hub), OSError, hub.Error)):
+                raise err
+            warnings.warn(f"qai_hub: could not check device {self.params.device!r} against AI "
+                          f"Hub's device list ({why}); checked when the jobs run",
+                          UserWarning, stacklevel=3)
+            return
+        names = box["names"]
+        if self.params.device not in names:
+            close = difflib.get_close_matches(self.params.device, names, n=3, cutoff=0.4)
+            raise ParamError("device", f"{self.params.device!r} is not a Qualcomm AI Hub device"
+                             + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+                                else f"; {len(names)} devices, e.g. {', '.join(names[:3])}")
+                             + " (`qai-hub list-devices` lists them)")
 
     def _call(self, what: str, fn, *args, **kwargs):
         """``fn(*args, **kwargs)``, retried with exponential backoff on transient errors."""
@@ -237,11 +312,12 @@ class QaiHubBackend(LatencyBackend):
         hub, client = hub_module(), self._client()
         compile_options = f"--target_runtime {request['runtime']} {request['compile_options']}"
         job = self._call("submit_compile_job", client.submit_compile_job,
-                         request["model"], device=hub.Device(request["device"]),
+                         upload_path(request["model"]), device=hub.Device(request["device"]),
                          name=f"nasframe-{Path(request['model']).stem}",
                          input_specs={n: (tuple(s), d) for n, (s, d)
                                       in request["input_specs"].items()},
                          options=compile_options.strip())
+        self._jobs[job.job_id] = job
         ref = {"id": job.job_id, "key": key, "compile_job": job.job_id, "compile_url": job.url}
         self.cache.write(key, {**_meta(request), "compile_job": job.job_id,
                                "compile_url": job.url, "submitted": time.time()})
@@ -269,10 +345,13 @@ class QaiHubBackend(LatencyBackend):
                                      compiled.url)
             target = self._call("get_target_model", compiled.get_target_model)
             hub = hub_module()
-            profiled = self._call("submit_profile_job", client.submit_profile_job, target,
+            # submit_profile_job is deprecated in qai-hub 0.56: an inference job with profile=True
+            profiled = self._call("submit_inference_job", client.submit_inference_job, target,
                                   device=hub.Device(self.params.device),
                                   name=compiled.name or None,
-                                  options=self.params.profile_options)
+                                  options=self.params.profile_options, profile=True)
+            self._jobs[profiled.job_id] = profiled
+            self._jobs.pop(compiled.job_id, None)
             job["profile_job"], job["profile_url"] = profiled.job_id, profiled.url
             self.cache.write(key, {**entry, "compile_job": job["compile_job"],
                                    "compile_url": job.get("compile_url", compiled.url),
@@ -291,6 +370,7 @@ class QaiHubBackend(LatencyBackend):
         if "estimated_inference_time" not in summary:
             raise DeviceJobError(f"profile job {profiled.job_id} returned no "
                                  "estimated_inference_time", profiled.url)
+        self._jobs.pop(profiled.job_id, None)
         units: dict[str, int] = {}
         for layer in profile.get("execution_detail", []):
             unit = layer.get("compute_unit", "?")
@@ -308,8 +388,13 @@ class QaiHubBackend(LatencyBackend):
         return self._value(done, cached=False)
 
     def _get_job(self, client: Any, job_id: str, key: str) -> Any:
+        """The job's client object: kept from its submission (or the first poll after a
+        resume), so that a poll is one API call (its status)."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]
         try:
-            return self._call("get_job", client.get_job, job_id)
+            job = self._jobs[job_id] = self._call("get_job", client.get_job, job_id)
+            return job
         except hub_module().UserError as err:     # gone (expired, another account)
             self.cache.drop(key)
             raise DeviceJobError(f"job {job_id}: {' '.join(str(err).split())}") from err
@@ -323,6 +408,30 @@ class QaiHubBackend(LatencyBackend):
             "first_load_ms": entry.get("first_load_ms"),
             "compute_units": entry.get("compute_units", {}), "cached": cached,
             "qai_hub": getattr(hub_module(), "__version__", "?")})
+
+
+def upload_path(model: str | Path) -> str:
+    """What to upload for the ONNX file ``model``: the file itself, or -- when its weights are
+    external (``<model>.data``, written past the export's size threshold) -- a directory
+    holding exactly the ``.onnx`` and its ``.data`` (``<model>.hub/``, hard links where the
+    file system allows), the form AI Hub takes for external data."""
+    model = Path(model)
+    data = Path(str(model) + ".data")
+    if model.suffix != ".onnx" or not data.is_file():
+        return str(model)
+    folder = model.with_name(model.name + ".hub")
+    folder.mkdir(exist_ok=True)
+    for src in (model, data):
+        dst = folder / src.name
+        if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns \
+                and dst.stat().st_size == src.stat().st_size:
+            continue
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    return str(folder)
 
 
 def _meta(request: dict[str, Any]) -> dict[str, Any]:

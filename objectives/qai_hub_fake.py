@@ -8,9 +8,11 @@ backend uses — ``Client().config``, ``Device(name)``,
 ``submit_compile_job(model, device, name=, input_specs=, options=)`` returning a
 compile job with ``job_id``, ``url``, ``get_status()`` (a status with ``code``,
 ``message``, ``success``, ``failure``, ``finished``) and ``get_target_model()``;
-``submit_profile_job(model, device, name=, options=)`` returning an inference job
-whose ``download_profile()`` is ``{"execution_summary": {"estimated_inference_time":
-microseconds, ...}, "execution_detail": [layers]}``; ``get_job(job_id)``; the errors
+``submit_inference_job(model, device, name=, options=, profile=True)`` (and the
+deprecated ``submit_profile_job``) returning an inference job whose
+``download_profile()`` is ``{"execution_summary": {"estimated_inference_time":
+microseconds, ...}, "execution_detail": [layers]}``; ``get_job(job_id)``;
+``get_devices()``; a model given as a directory (one ``.onnx`` and its ``.data``); the errors
 ``UserError``, ``InternalError``, ``RateLimitedError`` — and keeps its state in
 ``DIR`` so that several processes (a run killed with SIGKILL, then its resume) see
 the same jobs:
@@ -21,7 +23,9 @@ the same jobs:
     compile fails; ``transient``: that many API calls raise ``InternalError``
     first; ``token``: false to behave as if no token were configured;
     ``us_per_byte``: the fake's latency model (microseconds per byte of the
-    uploaded model, plus 500 us).
+    uploaded model, plus 500 us); ``devices``: the device list (default
+    :data:`DEVICES`); ``offline``: true to fail ``get_devices`` as an unreachable
+    service does.
 ``DIR/submissions.jsonl``
     one line per job submitted (what a real account would be billed for).
 ``DIR/jobs/ID.json``
@@ -41,6 +45,7 @@ from typing import Any
 ENV = "NASFRAME_QAI_HUB_FAKE"
 WEB_URL = "https://workbench.aihub.qualcomm.com/"
 __version__ = "0.56.0-fake"
+DEVICES = ("Samsung Galaxy S25 (Family)", "Samsung Galaxy S24 (Family)", "Snapdragon 8 Elite QRD")
 
 
 class Error(Exception):
@@ -268,9 +273,15 @@ class Client:
         _ = self.config
         self._state.call()
         path = Path(model)
-        if not path.is_file():
+        if path.is_dir():       # AI Hub's directory form: one .onnx (+ its .data)
+            onnx_files = sorted(path.glob("*.onnx"))
+            if len(onnx_files) != 1:
+                raise UserError(f"Model directory '{model}' must contain exactly one .onnx file.")
+            data = b"".join(f.read_bytes() for f in sorted(path.iterdir()) if f.is_file())
+        elif not path.is_file():
             raise UserError(f"Model file {model} does not exist.")
-        data = path.read_bytes()
+        else:
+            data = path.read_bytes()
         cfg = self._state.config()
         rec = self._state.new_job("compile", {
             "name": name or path.stem, "device": device.name, "options": options,
@@ -295,6 +306,15 @@ class Client:
                              name: str | None = None, options: str = "", profile: bool = True,
                              **_: Any) -> InferenceJob:
         return self.submit_profile_job(model, device, name=name, options=options)
+
+    def get_devices(self, name: str = "", os: str = "", attributes: Any = None) -> list[Device]:
+        _ = self.config
+        cfg = self._state.config()
+        if cfg.get("offline"):
+            raise ConnectionError("Failed to establish a new connection (fake offline)")
+        self._state.call()
+        names = cfg.get("devices", list(DEVICES))
+        return [Device(n) for n in names if not name or n == name]
 
     def get_job(self, job_id: str) -> Job:
         _ = self.config

@@ -3,17 +3,20 @@
 * :func:`export_adapter_graph` -- the float graph through :func:`nasframe.deploy.export_module`;
   then, for every task, ONNX Runtime fed that task's adapter vs the PyTorch model with
   the adapter merged into its weights (max abs error per task).
-* :func:`export_qdq` -- the QDQ (QuantizeLinear/DequantizeLinear) graph, calibrated with
-  every task's adapter (the shared profile), adapter inputs 8-bit symmetric; runs in
-  ONNX Runtime as integer kernels.
-* :func:`qdq_encodings` -- that graph's profile as an AIMET-layout encodings file.
+* :func:`map_profile` -- where each quantisation point of the torch simulation is in the
+  exported graph (matched by value on one input);
+* :func:`profile_encodings` -- the trained profile under the graph's tensor names, as an
+  AIMET-layout encodings file (what AIMET, QNN and AI Hub read);
+* :func:`export_qdq` -- the QDQ (QuantizeLinear/DequantizeLinear) graph carrying exactly
+  those encodings: the profile QUAD trained against, each block at its bit widths, no
+  re-calibration.
 * :func:`deploy_bytes` -- bytes on the device: one graph + N adapters vs N merged models.
 """
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +77,6 @@ def export_adapter_graph(net: LoRANet, example, adapters: dict[str, Adapter],
     return report
 
 
-#: ops whose output ONNX Runtime's quantiser quantises like their input
-PASS_THROUGH = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
-
-
 def layer_of(initializer: str) -> str | None:
     """The model layer an exported weight or adapter tensor belongs to:
     ``net.<layer>[.base].weight`` and ``lora.<layer>.A|B`` -> ``<layer>``."""
@@ -88,120 +87,423 @@ def layer_of(initializer: str) -> str | None:
     return None
 
 
-def qdq_overrides(model, bits: Callable[[str], tuple[int, int]] | None) -> dict[str, list[dict]]:
-    """ONNX Runtime ``TensorQuantOverrides`` for an exported adapter graph ``model``
-    (an ``onnx.ModelProto``): adapter inputs int8 symmetric per tensor; and, with
-    ``bits(layer) -> (weight_bits, activation_bits)``, each Conv/Gemm/MatMul's weight at
-    its layer's weight bits (int4 or int8, symmetric) and its input activation at its
-    layer's activation bits (uint8 or uint16; a tensor read by layers of different
-    widths takes the widest)."""
-    from onnxruntime.quantization import QuantType
+# -- the trained profile on the ONNX graph ---------------------------------------------------
+def graph_tensors(path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every float tensor of an ONNX graph (its inputs and every node output) for one feed,
+    computed by ONNX Runtime with graph optimisations off (the tensors keep their names)."""
+    import onnx
+    import onnxruntime as ort
 
-    names = [i.name for i in model.graph.input]
-    out: dict[str, list[dict]] = {n: [{"quant_type": QuantType.QInt8, "symmetric": True}]
-                                  for n in names if n.startswith("lora.")}
-    if bits is None:
-        return out
-    inits = {i.name for i in model.graph.initializer}
-    act_bits: dict[str, int] = {}
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    known = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
+    outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        layer = layer_of(node.input[1])
-        if layer is None:
-            continue
-        w, a = bits(layer)
-        if node.input[1] in inits:
-            out[node.input[1]] = [{"quant_type": QuantType.QInt4 if w == 4 else QuantType.QInt8,
-                                   "symmetric": True, "axis": 0}]
-        act = node.input[0]
-        if act not in inits and not act.startswith("lora."):
-            act_bits[act] = max(act_bits.get(act, 8), a)
-    # ops that pass their input's quantisation through (ORT's quantiser gives their output
-    # the input's parameters): the width must be set where the tensor is made
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for act, a in list(act_bits.items()):
-        node = producer.get(act)
-        while node is not None and node.op_type in PASS_THROUGH and node.input[0] not in inits:
-            up = node.input[0]
-            act_bits[up] = max(act_bits.get(up, 8), a)
-            node = producer.get(up)
-    for act, a in act_bits.items():
-        if a == 16:
-            out[act] = [{"quant_type": QuantType.QUInt16}]
+        for name in node.output:
+            info = known.get(name)
+            if (name and name not in outputs and info is not None
+                    and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT):
+                model.graph.output.append(info)
+                outputs.add(name)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(names, feeds)))
+    return {**{k: v for k, v in feeds.items() if v.dtype == np.float32}, **got}
+
+
+def map_profile(sim, path: str | Path, x: torch.Tensor, adapter: Sequence[torch.Tensor],
+                rtol: float = 1e-4) -> list[tuple[str, str]]:
+    """Where the simulation's quantisation points are in the exported graph ``path``:
+    ``[(sim key, ONNX tensor name), ...]`` in the order the simulation quantises them.
+
+    The float model's tensor at every point (:meth:`.quant.QuantSim.record`) is matched by
+    shape and value against every tensor of the graph run by ONNX Runtime on the same
+    input ``x`` and ``adapter`` (use an adapter with non-zero B, so that no branch is zero and
+    two points cannot hold equal values); of equal tensors (a Reshape to the same shape,
+    an Identity) the earliest, its producer's, is taken, and a tensor made by moving values
+    (a transpose, a reshape) gives its encoding to the tensor it moves when nothing else
+    reads that (:func:`_hoist`). A point with no match is an error:
+    the graph would not carry the trained profile. Several points may share a tensor (a
+    layer's input is its producer's output): :func:`profile_encodings` resolves them."""
+    import onnx
+
+    net = sim.net
+    seen = sim.record(x, *adapter)
+    tensors = graph_tensors(path, feed(net, x, adapter))
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    order = {name: i for i, name in enumerate(tensors)}
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, value in tensors.items():
+        by_shape.setdefault(tuple(value.shape), []).append(name)
+    out: list[tuple[str, str]] = []
+    for key, t in seen:
+        ref = t.numpy()
+        tol = rtol * max(float(np.abs(ref).max()), 1e-6) + 1e-7
+        hits = [n for n in by_shape.get(tuple(ref.shape), ())
+                if float(np.abs(tensors[n] - ref).max()) <= tol]
+        if not hits:
+            raise ValueError(f"quantisation point {key!r} (shape {tuple(ref.shape)}) has no "
+                             f"tensor of equal value in {path}")
+        out.append((key, _hoist(min(hits, key=order.__getitem__), producer, readers)))
     return out
 
 
-def export_qdq(float_path: str | Path, out_path: str | Path,
-               feeds: Sequence[dict[str, np.ndarray]], activation_bits: int = 8,
-               bits: Callable[[str], tuple[int, int]] | None = None) -> Path:
-    """Quantise the adapter graph to QDQ with ONNX Runtime's static quantiser.
-
-    ``feeds`` must hold every task's adapter (with inputs): min/max calibration over
-    all of them gives ONE shared profile. Weights: per-channel symmetric int8;
-    activations: asymmetric ``activation_bits`` (8 or 16); adapter inputs: int8
-    symmetric, per tensor (they fill the weight slot of a convolution). With ``bits``
-    (``layer -> (weight_bits, activation_bits)``, e.g. a ``quad`` architecture's
-    per-block w8a8/w8a16/w4a16), each layer takes its own widths (:func:`qdq_overrides`)."""
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
-
-    overrides = qdq_overrides(onnx.load(str(float_path), load_external_data=False), bits)
-    act = {8: QuantType.QUInt8, 16: QuantType.QUInt16}[activation_bits]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                    extra_options={"TensorQuantOverrides": overrides})
-    return out_path
+#: ops that only move values: per-tensor quantisation commutes with them
+DATA_MOVEMENT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                 "DepthToSpace", "SpaceToDepth")
 
 
-def qdq_encodings(qdq_path: str | Path, out: str | Path) -> dict[str, Any]:
-    """The profile of a QDQ graph as an AIMET-layout (1.0.0) encodings file: one entry
-    per quantised tensor (graph-input adapters among the activations, as AIMET has them)."""
+def _hoist(name: str, producer: dict, readers: dict) -> str:
+    """The tensor a point's encoding goes on: ``name``, or -- when ``name`` is made by a
+    data-movement op (a LayerNorm2d's transpose back, a reshape) from a tensor nothing else
+    reads -- that op's input, recursively. Per-tensor quantisation commutes with moving
+    values, so the graph computes the same; the encoding sits on the compute op's output,
+    where AIMET and QNN put their quantizers."""
+    while True:
+        node = producer.get(name)
+        if node is None or node.op_type not in DATA_MOVEMENT:
+            return name
+        src = node.input[0]
+        if len(readers.get(src, ())) != 1:
+            return name
+        name = src
+
+
+def _weight_axis(node) -> int:
+    """The output-channel axis of a Conv / Gemm / MatMul weight (input 1)."""
+    if node.op_type == "MatMul":
+        return 1
+    if node.op_type == "Gemm":
+        trans = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans else 1
+    return 0
+
+
+def profile_encodings(profile, mapping: Sequence[tuple[str, str]], path: str | Path,
+                      out: str | Path | None = None) -> dict[str, Any]:
+    """The trained ``profile`` on the exported graph ``path``, as an AIMET-layout (1.0.0)
+    encodings file (written to ``out`` when given): every activation and adapter encoding
+    under the ONNX tensor name ``mapping`` gives it (:func:`map_profile`), and every
+    Conv/Gemm/MatMul weight of a quantised layer per output channel, symmetric, at the
+    layer's weight bits with the scales the simulation used (``max |w| / (2^(b-1) - 1)``
+    per channel). Weights of rank < 2 (norms) stay float, as in the simulation.
+
+    A layer that reads a tensor made at other bits (a block at w8a16 feeding a w8a8
+    down-sampler) requantises it on the way in: such an input is listed under
+    ``requantised_inputs`` (``name`` the tensor, ``layer`` the reader), a key AIMET's
+    loader ignores; on the NPU it is a convert op."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(qdq_path))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    P = onnx.TensorProto
-    widths = {P.INT4: (4, True), P.UINT4: (4, False), P.INT8: (8, True), P.UINT8: (8, False),
-              P.INT16: (16, True), P.UINT16: (16, False), P.INT32: (32, True)}
-    zp_type = {i.name: widths.get(i.data_type) for i in model.graph.initializer}
-    acts, params = [], []
-    seen = set()
+    from nasframe_search_spaces.quad.quant import _channel_scales
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    acts: dict[str, dict[str, Any]] = {}
+    requant: list[dict[str, Any]] = []
+    for key, name in mapping:
+        entry = profile.encodings[key].to_aimet(name)
+        first = acts.setdefault(name, entry)
+        if first is entry or first == entry:
+            continue          # a layer's input at its producer's encoding: nothing to add
+        if not key.endswith(".in"):
+            raise ValueError(f"quantisation point {key!r} is tensor {name!r} of {path}, which "
+                             f"already has another encoding; one encoding per tensor")
+        requant.append({**entry, "layer": key[:-len(".in")]})
+    params, done = [], set()
     for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
-        name, scale, zp = node.input[0], inits.get(node.input[1]), inits.get(node.input[2])
-        if scale is None or zp is None or name in seen:
+        w = node.input[1]
+        layer = layer_of(w)
+        if w in done or w not in inits or layer not in profile.weight_bits:
             continue
-        if node.op_type == "DequantizeLinear":
-            if name not in inits:      # the Q->DQ pair of an activation: counted at its Q
-                continue
-            name = name.removesuffix("_quantized")   # a pre-quantised weight
-        seen.add(name)
-        bits, signed = zp_type.get(node.input[2]) or (zp.dtype.itemsize * 8, zp.dtype.kind == "i")
-        zps = np.atleast_1d(zp).astype(np.int64)
-        entry = {"name": name, "bw": int(bits), "dtype": "INT",
-                 "enc_type": "PER_CHANNEL" if np.size(scale) > 1 else "PER_TENSOR",
-                 "is_sym": bool(signed and not zps.any()),
-                 "scale": [float(s) for s in np.atleast_1d(scale)],
-                 # AIMET's offset: on an unsigned grid, -zero_point
-                 "offset": [int(z) - 2 ** (bits - 1) if signed else -int(z) for z in zps]}
-        (params if node.op_type == "DequantizeLinear" else acts).append(entry)
-    doc = {"version": ENCODING_VERSION, "producer": "nasframe quad (onnxruntime QDQ)",
-           "activation_encodings": acts, "param_encodings": params}
-    Path(out).write_text(json.dumps(doc, indent=1))
+        value = numpy_helper.to_array(inits[w])
+        if value.ndim < 2:
+            continue
+        bits, axis = profile.weight_bits[layer], _weight_axis(node)
+        scales = _channel_scales(torch.from_numpy(np.moveaxis(value, axis, 0).copy()), bits)
+        params.append({"name": w, "bw": bits, "dtype": "INT", "enc_type": "PER_CHANNEL",
+                       "is_sym": True, "scale": [float(s) for s in scales],
+                       "offset": [-(2 ** (bits - 1))] * len(scales)})
+        done.add(w)
+    doc = {"version": ENCODING_VERSION, "producer": "nasframe quad (trained shared profile)",
+           "activation_encodings": list(acts.values()), "param_encodings": params,
+           "requantised_inputs": requant,
+           "quantizer_args": {"per_channel_quantization": True, "param_type": "int",
+                              "activation_type": "int"}}
+    if out is not None:
+        Path(out).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+#: (bits, signed) -> ONNX element type of a quantised tensor
+def _qtype(bits: int, signed: bool) -> int:
+    import onnx
+
+    P = onnx.TensorProto
+    types = {(4, True): P.INT4, (4, False): P.UINT4, (8, True): P.INT8, (8, False): P.UINT8,
+             (16, True): P.INT16, (16, False): P.UINT16}
+    if (bits, signed) not in types:
+        raise ValueError(f"{bits}-bit {'signed' if signed else 'unsigned'} tensors have no "
+                         "ONNX QuantizeLinear type; use 4, 8 or 16 bits")
+    return types[bits, signed]
+
+
+def _np_qtype(bits: int):
+    """The numpy type of a signed ``bits``-bit weight (ml_dtypes' int4 for 4 bits)."""
+    if bits == 4:
+        import ml_dtypes
+
+        return ml_dtypes.int4
+    return {8: np.int8, 16: np.int16}[bits]
+
+
+def _qparams(entry: dict[str, Any]) -> tuple[float, int, int]:
+    """(scale, zero point, ONNX type) of a per-tensor AIMET-layout encoding."""
+    sym, bits = bool(entry["is_sym"]), int(entry["bw"])
+    zp = 0 if sym else -int(entry["offset"][0])
+    return float(entry["scale"][0]), zp, _qtype(bits, sym)
+
+
+def _topological(nodes: list) -> list:
+    """``nodes`` in an order where each node follows the producers of its inputs (depth
+    first from the graph's nodes in their order: a Q/DQ pair lands next to its tensor)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    state = [0] * len(nodes)          # 0 new, 1 on the stack, 2 placed
+    out: list = []
+    for root in range(len(nodes)):
+        stack = [(root, 0)]
+        while stack:
+            i, k = stack.pop()
+            if k == 0:
+                if state[i]:
+                    continue
+                state[i] = 1
+            inputs = [producer[x] for x in nodes[i].input if x in producer]
+            if k < len(inputs):
+                stack.append((i, k + 1))
+                if not state[inputs[k]]:
+                    stack.append((inputs[k], 0))
+                continue
+            state[i] = 2
+            out.append(nodes[i])
+    return out
+
+
+#: QuantizeLinear/DequantizeLinear take 4- and 16-bit types from this opset on
+QDQ_OPSET = 21
+
+
+def export_qdq(path: str | Path, out_path: str | Path, encodings: dict[str, Any]) -> Path:
+    """The QDQ graph of the float graph ``path`` with exactly the given ``encodings``
+    (:func:`profile_encodings`): no calibration, nothing else quantised.
+
+    * each activation (and adapter input) ``t``: ``QuantizeLinear -> DequantizeLinear``
+      with a scalar scale and zero point (uint8/uint16 asymmetric, int8/int16
+      symmetric), every reader of ``t`` reading the dequantised tensor; a graph output
+      keeps its name (its producer writes ``t_QuantizeLinear_Input``);
+    * each weight: stored quantised (int8 or int4) with a per-channel scale and a zero
+      point of the same shape, ``DequantizeLinear`` along its output-channel axis.
+
+    The tensors of the simulation that are not quantised (attention internals, the
+    GELU gate, norms' parameters) stay float: on an NPU they run in fp16, as they ran in
+    float when QUAD trained against the profile. Opset raised to 21 (4/16-bit Q/DQ)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < QDQ_OPSET:
+            imp.version = QDQ_OPSET
+    inits = {i.name: i for i in g.initializer}
+    readers: dict[str, list[tuple[Any, int]]] = {}
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    outputs = {o.name for o in g.output}
+    producer_of = {o: n for n in g.node for o in n.output}
+    new_nodes: list[tuple[str | None, Any]] = []       # (insert after tensor, node)
+    quantised: set[str] = set()
+
+    def rewire(name: str, new: str) -> None:
+        for node, i in readers.get(name, []):
+            node.input[i] = new
+
+    for e in encodings["activation_encodings"]:
+        t = e["name"]
+        scale, zp, qt = _qparams(e)
+        quantised.add(t)
+        g.initializer.extend([
+            numpy_helper.from_array(np.array(scale, np.float32), f"{t}_scale"),
+            helper.make_tensor(f"{t}_zero_point", qt, [], [zp])])
+        src, dq_out = t, f"{t}_DequantizeLinear_Output"
+        rewire(t, dq_out)
+        if t in outputs:        # the graph output keeps its name: it is the DQ's output
+            src = f"{t}_QuantizeLinear_Input"
+            producer = producer_of[t]
+            producer.output[list(producer.output).index(t)] = src
+            rewire(src, dq_out)
+            dq_out = t
+        q = helper.make_node("QuantizeLinear", [src, f"{t}_scale", f"{t}_zero_point"],
+                             [f"{t}_QuantizeLinear_Output"], name=f"{t}_QuantizeLinear")
+        dq = helper.make_node("DequantizeLinear", [f"{t}_QuantizeLinear_Output", f"{t}_scale",
+                                                   f"{t}_zero_point"], [dq_out],
+                              name=f"{t}_DequantizeLinear")
+        new_nodes.append((src, [q, dq]))
+    layer_nodes: dict[str, list] = {}
+    for node in g.node:
+        for name in node.input[1:2]:
+            if layer_of(name) is not None:
+                layer_nodes.setdefault(layer_of(name), []).append(node)
+    for e in encodings.get("requantised_inputs", []):
+        t, layer = e["name"], e["layer"]
+        src = f"{t}_DequantizeLinear_Output" if t in quantised else t
+        tag = f"{t}_{layer}"
+        scale, zp, qt = _qparams(e)
+        g.initializer.extend([
+            numpy_helper.from_array(np.array(scale, np.float32), f"{tag}_scale"),
+            helper.make_tensor(f"{tag}_zero_point", qt, [], [zp])])
+        hit = 0
+        for node in layer_nodes.get(layer, []):
+            for i, name in enumerate(node.input):
+                if name == src:
+                    node.input[i] = f"{tag}_DequantizeLinear_Output"
+                    hit += 1
+        if not hit:
+            raise ValueError(f"requantised input {t!r} of layer {layer!r}: no node of that "
+                             f"layer reads it in {path}")
+        new_nodes.append((src if t not in quantised else f"{t}_DequantizeLinear_Output", [
+            helper.make_node("QuantizeLinear", [src, f"{tag}_scale", f"{tag}_zero_point"],
+                             [f"{tag}_QuantizeLinear_Output"], name=f"{tag}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{tag}_QuantizeLinear_Output", f"{tag}_scale",
+                                                  f"{tag}_zero_point"],
+                             [f"{tag}_DequantizeLinear_Output"], name=f"{tag}_DequantizeLinear")]))
+    for e in encodings["param_encodings"]:
+        w, bits = e["name"], int(e["bw"])
+        if w not in inits:
+            raise ValueError(f"param encoding {w!r}: no such initialiser in {path}")
+        value = numpy_helper.to_array(inits[w])
+        node = readers[w][0][0]
+        axis = _weight_axis(node)
+        scale = np.asarray(e["scale"], np.float32)
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        shape = [1] * value.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(value / scale.reshape(shape)), lo, hi)
+        dtype = _np_qtype(bits)           # packed raw data: int4 two to a byte
+        g.initializer.extend([
+            numpy_helper.from_array(q.astype(dtype), f"{w}_quantized"),
+            numpy_helper.from_array(scale, f"{w}_scale"),
+            numpy_helper.from_array(np.zeros(len(scale), dtype), f"{w}_zero_point")])
+        g.initializer.remove(inits[w])
+        rewire(w, f"{w}_DequantizeLinear_Output")
+        new_nodes.append((None, [helper.make_node(
+            "DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"],
+            [f"{w}_DequantizeLinear_Output"], name=f"{w}_DequantizeLinear", axis=axis)]))
+    # keep the node list topologically sorted: each Q/DQ pair right after its tensor's producer
+    nodes = [*g.node, *(n for _, pair in new_nodes for n in pair)]
+    del g.node[:]
+    g.node.extend(_topological(nodes))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def ship_profile(sim, profile, float_path: str | Path, out_path: str | Path,
+                 encodings_path: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """The deployable QDQ graph of ``sim``'s network with ``profile`` (the one QUAD trained
+    against): map the simulation's points onto ``float_path`` (its export), write the
+    encodings under the graph's tensor names (``encodings_path``) and the QDQ graph
+    (``out_path``). Returns the encodings."""
+    net = sim.net
+    g = torch.Generator().manual_seed(seed)
+    shape = _graph_input_shape(float_path)
+    x = torch.rand(shape, generator=g)
+    mapping = map_profile(sim, float_path, x, net.init_adapter(seed + 1, b_std=0.1))
+    enc = profile_encodings(profile, mapping, float_path, encodings_path)
+    export_qdq(float_path, out_path, enc)
+    return enc
+
+
+def _graph_input_shape(path: str | Path) -> list[int]:
+    import onnx
+
+    first = onnx.load(str(path), load_external_data=False).graph.input[0]
+    return [d.dim_value or 1 for d in first.type.tensor_type.shape.dim]
+
+
+def aimet_sim(path: str | Path, encodings: dict[str, Any] | str | Path):
+    """An ``aimet_onnx`` ``QuantizationSimModel`` of the float graph ``path`` with the
+    bundle's ``encodings`` loaded by AIMET's own ``load_encodings_to_sim(..., strict=True)``:
+    the quantizers of the tensors the encodings name are enabled (each its own, as in
+    AIMET's ``from_onnx_qdq``) at their bit widths, symmetry and granularity, the others
+    disabled (they stay float in the deployed graph);
+    strict loading then checks every name against the graph and every setting against its
+    quantizer. Needs aimet-onnx (``pip install --no-deps aimet-onnx==2.42.0``, see
+    docs/quad.md). Requantised layer inputs (``requantised_inputs``) have no per-tensor
+    form in AIMET's file and are not in this sim."""
+    import onnx
+    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
+
+    if not isinstance(encodings, dict):
+        encodings = json.loads(Path(encodings).read_text())
+    sim = QuantizationSimModel(onnx.load(str(path)), param_type="int8", activation_type="int8")
+    wanted = {e["name"]: e for e in (*encodings["activation_encodings"],
+                                     *encodings["param_encodings"])}
+    # one quantizer per named tensor (AIMET ties a Concat's output to an input; the
+    # deployed graph gives each its own encoding), as AIMET's from_onnx_qdq does
+    sim.set_quantizers({name: q._copy() if name in wanted else q      # noqa: SLF001
+                        for name, q in sim.qc_quantize_op_dict.items()})
+    for name, q in sim.qc_quantize_op_dict.items():
+        e = wanted.get(name)
+        q.enabled = e is not None
+        if e is None:
+            continue
+        q.set_bitwidth(int(e["bw"]))
+        q.use_symmetric_encodings = bool(e["is_sym"])
+        if e["enc_type"] == "PER_CHANNEL" and q._encoding_type().name != "PER_CHANNEL":   # noqa: SLF001
+            q.enable_per_channel_quantization()
+    load_encodings_to_sim(sim, {k: encodings[k] for k in ("version", "activation_encodings",
+                                                          "param_encodings")}, strict=True)
+    return sim
+
+
+#: the Snapdragon 8 Elite's HTP (QNN ``soc_model`` 69, ``htp_arch`` 79)
+HTP_SOC = {"soc_model": "69", "htp_arch": "79"}
+
+
+def htp_session(path: str | Path, fp16: bool = True, verbose: bool = False):
+    """An ONNX Runtime session of ``path`` on onnxruntime-qnn's HTP backend (the Hexagon NPU,
+    emulated on x86), CPU fallback off: it opens only if every node compiles for the NPU
+    (``verbose``: the EP's log, e.g. the unsupported nodes). Float ops left in a QDQ graph
+    run in fp16 (``fp16``). A stop-gap until nasframe's own NPU check lands."""
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    name = onnxruntime_qnn.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library(name, onnxruntime_qnn.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
+    opts = ort.SessionOptions()
+    # quiet: the EP logs its first partitioning pass (before ORT's layout transformation)
+    # as errors even when the final graph compiles; a graph that does not raises below
+    opts.log_severity_level = 1 if verbose else 4
+    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+                                            **HTP_SOC,
+                                            "enable_htp_fp16_precision": "1" if fp16 else "0"})
+    return ort.InferenceSession(str(path), sess_options=opts)
 
 
 # -- bytes on the device ------------------------------------------------------------------

@@ -8,10 +8,13 @@ encodings of the activations and of the adapter tensors A/B (graph inputs).
 QUAD fixes ONE profile for every task and trains the adapters to it.
 
 Quantised tensors of the torch simulation: the input and output, every
-Conv2d/Linear output, the outputs of the extra module types a space names
-(hybrid_unet: its LayerNorm2d and transformer blocks) and, in each adapted
+Conv2d/Linear input and output, the outputs of the extra module types a space
+names (hybrid_unet: its LayerNorm2d and transformer blocks) and, in each adapted
 layer, A and B (symmetric, 8-bit: they fill a weight slot), x*A, the branch and
-base + branch. Attention internals stay float. Bit widths may differ per
+base + branch. So every convolution reads and writes integers at its layer's
+activation bits (a tensor made at other bits is requantised on the way in);
+attention internals, the GELU gate, norms and residual sums stay float (fp16 on
+an NPU). Bit widths may differ per
 layer (``bits(name) -> (weight_bits, activation_bits)``).
 
 Fake-quant is ``torch.fake_quantize_per_tensor_affine`` (straight-through
@@ -41,6 +44,8 @@ BIT_WIDTHS: dict[str, tuple[int, int]] = {"w8a8": (8, 8), "w8a16": (8, 16), "w4a
 #: adapter tensors fill a weight slot of the compiled graph: 8-bit symmetric
 ADAPTER_BITS = 8
 ENCODING_VERSION = "1.0.0"
+#: the keys of the network's input and output (no module name holds an "@")
+INPUT_KEY, OUTPUT_KEY = "@input", "@output"
 
 
 @dataclass
@@ -159,13 +164,14 @@ def _is_adapter_key(key: str) -> bool:
 class QuantSim:
     """A fake-quant view of a :class:`LoRANet` (changes it in place: hooks, weights).
 
-    ``mode`` is ``float``, ``observe`` (record min/max) or ``quant`` (fake-quantise with
-    ``profile``). ``bits(layer_name) -> (weight_bits, activation_bits)`` gives each layer's
+    ``mode`` is ``float``, ``observe`` (record min/max), ``quant`` (fake-quantise with
+    ``profile``) or ``record`` (keep every quantisation point's float tensor: :meth:`record`). ``bits(layer_name) -> (weight_bits, activation_bits)`` gives each layer's
     widths (default w8a8); tensors outside any named layer use ``default`` bits."""
 
     def __init__(self, net: LoRANet, bits: Callable[[str], tuple[int, int]] | None = None,
                  observe_types: Sequence[type[nn.Module]] = ()):
         self.net, self.mode, self.profile = net, "float", None
+        self.observe_types = tuple(observe_types)
         self.bits = bits or (lambda name: BIT_WIDTHS["w8a8"])
         self._ranges: dict[str, tuple[float, float]] = {}
         self._float_state = copy.deepcopy(net.net.state_dict())
@@ -182,6 +188,15 @@ class QuantSim:
         types = (nn.Conv2d, nn.Linear, *observe_types)
         self._hooks = [m.register_forward_hook(self._out_hook(name.removesuffix(".base")))
                        for name, m in net.net.named_modules() if isinstance(m, types)]
+        # every layer's input at its activation bits (on the LoRA wrapper, so that the base
+        # and the branch read the same quantised input): a float input (attention output,
+        # gate, concatenation) becomes an integer one; a producer's output at other bits is
+        # requantised (a convert on the NPU); at the same bits the encoding is the producer's
+        wrapped = {layer.name for layer in net.layers}
+        self._hooks += [m.register_forward_pre_hook(self._in_hook(name))
+                        for name, m in net.net.named_modules()
+                        if (name in wrapped or (isinstance(m, (nn.Conv2d, nn.Linear))
+                                                and name.removesuffix(".base") not in wrapped))]
         net._feed.quant = None
 
     def close(self) -> None:
@@ -194,11 +209,14 @@ class QuantSim:
     def _key_bits(self, key: str) -> tuple[int, bool]:
         if _is_adapter_key(key):
             return ADAPTER_BITS, True
-        layer = key.rsplit(".", 1)[0] if key.endswith((".mid", ".delta", ".out")) else key
+        layer = key.rsplit(".", 1)[0] if key.endswith((".in", ".mid", ".delta", ".out")) else key
         return self.bits(layer)[1], False
 
     def _apply(self, key: str, t: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
+            return t
+        if self.mode == "record":
+            self._seen.append((key, t.detach().clone()))
             return t
         if self.mode == "observe":
             d = t.detach()
@@ -217,6 +235,11 @@ class QuantSim:
             return self._apply(name, output) if isinstance(output, torch.Tensor) else output
         return hook
 
+    def _in_hook(self, name: str):
+        def hook(module, inputs):
+            return (self._apply(name + ".in", inputs[0]), *inputs[1:])
+        return hook
+
     def set_mode(self, mode: str, profile: Profile | None = None) -> None:
         if mode == "quant" and profile is None:
             raise ValueError("quant mode needs a profile")
@@ -224,9 +247,22 @@ class QuantSim:
         self.net.net.load_state_dict(self._quant_state if mode == "quant" else self._float_state)
         self.net._feed.quant = None if mode == "float" else self._apply
 
+    @torch.no_grad()
+    def record(self, x: torch.Tensor, *adapter: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """The float model's tensor at every quantisation point of one call, in the order the
+        simulation quantises them: ``[(key, tensor), ...]`` (what :func:`.deploy.map_profile`
+        matches against the exported graph)."""
+        self._seen: list[tuple[str, torch.Tensor]] = []
+        self.set_mode("record")
+        try:
+            self(x, *adapter)
+        finally:
+            self.set_mode("float")
+        return self._seen
+
     def __call__(self, x: torch.Tensor, *adapter: torch.Tensor) -> torch.Tensor:
-        x = self._apply("input", x)
-        return self._apply("output", self.net(x, *adapter))
+        x = self._apply(INPUT_KEY, x)
+        return self._apply(OUTPUT_KEY, self.net(x, *adapter))
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[tuple[torch.Tensor, Adapter]]) -> Profile:

@@ -438,11 +438,13 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
 
     def export_quantised(self, arch: Architecture, model, inputs, path):
         """The QDQ graph QUAD deploys: the float graph with the adapters as inputs (checked
-        per task against the merged PyTorch model), quantised by ONNX Runtime with every
-        task's adapter in the calibration (one shared profile) and each block at its
-        architecture's bit widths (int4/int8 weights, uint8/uint16 activations). The
-        recorded error is the float graph's; the QDQ graph's deviation from the float
-        model (quantisation, not export) is in ``note``."""
+        per task against the merged PyTorch model) carrying the shared profile of the torch
+        simulation, calibrated on every task's adapter, each block at its architecture's
+        bit widths (int4/int8 weights, uint8/uint16 activations) -- the profile QUAD trains
+        against, mapped onto the graph's tensors (:func:`.deploy.ship_profile`). Nothing is
+        trained: a cost-only experiment prepares nothing. The recorded error is the float
+        graph's; the QDQ graph's deviation from the float model (quantisation, not export)
+        is in ``note``."""
         import dataclasses
         import json
         from pathlib import Path
@@ -452,18 +454,20 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
 
         from nasframe.deploy import ExportResult, _hash_file, ort_session
         from nasframe_search_spaces.quad.bundle import calibration_input
-        from nasframe_search_spaces.quad.deploy import export_adapter_graph, export_qdq, feed
+        from nasframe_search_spaces.quad.deploy import export_adapter_graph, ship_profile
 
         path = Path(path)
         x = inputs[0]
         float_path = path.with_name(path.stem + "-float.onnx")
         report = export_adapter_graph(model, x, model.task_adapters, float_path)
         size = x.shape[-1]
-        calib = [feed(model, calibration_input(self.task_data(t), size, 50_000 + k).expand_as(x)
-                      .contiguous(), model.task_adapters[t])
-                 for t in self.task_names for k in range(self.params.qat.calib_batches)]
+        sim = self._sim(arch, model)
         start = time.perf_counter()
-        export_qdq(float_path, path, calib, bits=lambda layer: self.bits_of(arch, layer))
+        shared = sim.calibrate([(calibration_input(self.task_data(t), size, 50_000 + k)
+                                 .expand_as(x).contiguous(), model.task_adapters[t])
+                                for t in self.task_names
+                                for k in range(self.params.qat.calib_batches)])
+        ship_profile(sim, shared, float_path, path, path.with_suffix(".encodings"))
         seconds = report["seconds"] + time.perf_counter() - start
         sess = ort_session(path, threads=1)
         names = [i.name for i in sess.get_inputs()]
@@ -483,8 +487,8 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
             graph_hash=_hash_file(path),
             ops=dict(sorted(Counter(n.op_type for n in graph.graph.node).items())),
             versions={**floated.versions, "opset": str(graph.opset_import[0].version)},
-            note=(f"QDQ by onnxruntime's static quantiser, {len(self.task_names)} tasks' "
-                  f"adapters in the calibration (one shared profile); layers by "
+            note=(f"QDQ with the torch simulation's shared profile, {len(self.task_names)} "
+                  f"tasks' adapters in the calibration, no QAT; layers by "
                   f"(weight, activation) bits: "
                   + ", ".join(f"w{w}a{a} {n}" for (w, a), n in sorted(widths.items()))
                   + f"; QDQ vs float model: max abs error {q_abs:.3g} "

@@ -216,58 +216,164 @@ def test_calibration_inputs_fill_the_graph_input_from_smaller_crops():
 pytest.importorskip("onnxruntime")
 
 
-def _dq_types(path) -> dict[str, int]:
-    """{quantised tensor: ONNX element type of its zero point} of a QDQ graph."""
-    import onnx
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A tiny quad model at w4a16 / w8a16 / w8a8 per stage, its float graph, its shared
+    profile (every task's adapter in the calibration) and the shipped QDQ graph (shared by
+    the tests below: the export dominates their time)."""
+    tmp_path = tmp_path_factory.mktemp("mixed")
+    return (tmp_path, *_mixed_bits_model(tmp_path))
 
-    model = onnx.load(str(path))
-    inits = {i.name: i.data_type for i in model.graph.initializer}
-    return {n.input[0].removesuffix("_quantized"): inits[n.input[2]] for n in model.graph.node
-            if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[2] in inits}
 
+def _mixed_bits_model(tmp_path):
+    from nasframe_search_spaces.quad.deploy import export_adapter_graph, ship_profile
 
-def test_qdq_graph_takes_each_blocks_bit_widths(tmp_path):
-    """Per-block w4a16 / w8a16 / w8a8 reach the QDQ graph: int4 or int8 weights, uint16 or
-    uint8 inputs, int8 adapters; the encodings file says the same widths."""
-    import onnx
-
-    from nasframe_search_spaces.quad.deploy import (export_adapter_graph, export_qdq, feed,
-                                                    layer_of, qdq_encodings)
+    torch.set_num_threads(1)
 
     space = QuadSpace(preset="tiny", granularity="stage", ranks=[2], input_size=16)
     arch = space.reference_architectures()["largest"].replace(bits_enc1="w4a16", bits_latent="w8a16",
                                                                bits_dec1="w8a8")
     net = space.build(arch).eval()
-    x = torch.rand(1, 3, 16, 16)
+    net.task_adapters = {f"t{i}": net.init_adapter(30 + i, b_std=0.05) for i in range(2)}
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     export_adapter_graph(net, x, net.task_adapters, tmp_path / "g.onnx")
-    q = export_qdq(tmp_path / "g.onnx", tmp_path / "q.onnx",
-                   [feed(net, x, a) for a in net.task_adapters.values()],
-                   bits=lambda layer: space.bits_of(arch, layer))
+    sim = space._sim(arch, net)
+    g = torch.Generator().manual_seed(4)
+    profile = sim.calibrate([(torch.rand(2, 3, 16, 16, generator=g), a)
+                             for a in net.task_adapters.values()])
+    enc = ship_profile(sim, profile, tmp_path / "g.onnx", tmp_path / "q.onnx", tmp_path / "g.encodings")
+    return space, arch, net, sim, profile, enc, x
+
+
+def _psnr(a, b) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(mixed):
+    """The QDQ graph holds exactly the simulation's encodings under the graph's tensor names
+    (no re-calibration: ONNX Runtime reproduces the simulation far below its quantisation
+    noise), each block's widths (int4/int8 weights, uint16/uint8 activations, int8
+    adapters), per-channel scales only on weights of rank >= 2 with zero points of the
+    scale's shape, scalar scale and zero point elsewhere."""
+    import onnx
+    from onnx import numpy_helper
+
+    from nasframe.deploy import ort_session
+    from nasframe_search_spaces.quad.deploy import feed, layer_of, map_profile
+    from nasframe_search_spaces.quad.quant import INPUT_KEY
+
+    tmp_path, space, arch, net, sim, profile, enc, x = mixed
+    float_graph = onnx.load(str(tmp_path / "g.onnx"))
+    names = ({i.name for i in float_graph.graph.input} | {o for n in float_graph.graph.node for o in n.output}
+             | {i.name for i in float_graph.graph.initializer})
+    acts, params = enc["activation_encodings"], enc["param_encodings"]
+    assert {e["name"] for e in acts + params} <= names            # names of graph.onnx
+    assert {e["name"] for e in acts} >= {"x", *net.input_names()}
+    # every point of the simulation is in the file (a layer input at its producer's encoding once)
+    assert len(acts) + len(enc["requantised_inputs"]) >= len([k for k in profile.encodings
+                                                              if not k.endswith(".in")])
+    # the encodings are the profile's: the input's scale, and every adapter tensor int8 symmetric
+    x_enc = next(e for e in acts if e["name"] == "x")
+    assert x_enc["scale"] == [profile.encodings[INPUT_KEY].scale]
+    assert all(e["bw"] == 8 and e["is_sym"] for e in acts if e["name"].startswith("lora."))
+    assert {e["bw"] for e in params} == {4, 8} and {e["bw"] for e in acts} == {8, 16}
+    # a w8a16 block feeding a w8a8 layer: that layer requantises its input
+    assert any(r["bw"] == 8 for r in enc["requantised_inputs"])
+
+    qdq = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(qdq, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     T = onnx.TensorProto
-    types = _dq_types(q)
-    graph = onnx.load(str(q))
-    convs = [(n.input[0], n.input[1]) for n in graph.graph.node if n.op_type == "Conv"]
-    # a Conv of the QDQ graph reads DequantizeLinear outputs: map them back to what they dequantise
-    producer = {o: n.input[0].removesuffix("_quantized") for n in graph.graph.node
-                if n.op_type == "DequantizeLinear" for o in n.output}
+    types = {i.name: i.data_type for i in qdq.graph.initializer}
     checked = {4: 0, 8: 0, 16: 0}
-    for act, weight in convs:
-        w_name, a_name = producer.get(weight), producer.get(act)
-        layer = layer_of(w_name or "")
-        if layer is None or not w_name.startswith("net."):
+    for node in qdq.graph.node:
+        if node.op_type != "DequantizeLinear":
             continue
-        w, a = space.bits_of(arch, layer)
-        assert types[w_name] == (T.INT4 if w == 4 else T.INT8), w_name
-        # the activation producer's type: uint16 where any reader is a16, else uint8
-        if a == 16:
-            assert types[a_name] == T.UINT16, (layer, a_name)
-        checked[w] += 1
-        checked[16] += a == 16
-    assert checked[4] and checked[8] and checked[16]
-    assert all(v == T.INT8 for k, v in types.items() if k.startswith("lora."))
-    enc = qdq_encodings(q, tmp_path / "q.encodings")
-    assert {e["bw"] for e in enc["param_encodings"]} >= {4, 8}
-    assert {e["bw"] for e in enc["activation_encodings"]} == {8, 16}
+        scale, zp = inits[node.input[1]], inits[node.input[2]]
+        assert zp.shape == scale.shape, node.name
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        if scale.ndim:        # per channel: a weight of rank >= 2, one scale per output channel
+            w = inits[node.input[0]]
+            assert w.ndim >= 2 and scale.shape == (w.shape[axis],), node.name
+            layer = layer_of(node.input[0].removesuffix("_quantized"))
+            wb = space.bits_of(arch, layer)[0]
+            assert types[node.input[0]] == (T.INT4 if wb == 4 else T.INT8), node.name
+            checked[wb] += 1
+        else:
+            assert scale.shape == () and zp.shape == (), node.name
+            checked[16] += types[node.input[2]] == T.UINT16
+    assert all(checked.values()), checked
+    # no re-calibration: every Q/DQ pair holds the profile's scale and zero point ...
+    by_name = {e["name"]: e for e in acts}
+    for e in by_name.values():
+        scale, zp = inits[f"{e['name']}_scale"], inits[f"{e['name']}_zero_point"]
+        assert float(scale) == np.float32(e["scale"][0]) and int(zp) == (0 if e["is_sym"] else -e["offset"][0])
+    # ... every point of the simulation at its tensor with the profile's encoding (a layer
+    # input at other bits than its producer's: a requantisation on that layer's edge)
+    requant = {(r["name"], r["layer"]): r for r in enc["requantised_inputs"]}
+    for key, name in map_profile(sim, tmp_path / "g.onnx", x, net.init_adapter(7, b_std=0.1)):
+        want = profile.encodings[key].to_aimet(name)
+        assert by_name[name] == want or requant[name, key[:-len(".in")]] == \
+            {**want, "layer": key[:-len(".in")]}, key
+    # ... and ONNX Runtime runs the simulation's quantisation: closer to it than the
+    # simulation is to the float model (what remains are rounding flips, amplified by norms)
+    sess = ort_session(tmp_path / "q.onnx", threads=1)
+    for task, adapter in net.task_adapters.items():
+        got = sess.run(None, feed(net, x, adapter))[0]
+        with torch.no_grad():
+            sim.set_mode("quant", profile)
+            want = sim(x, *adapter).numpy()
+            sim.set_mode("float")
+            fp = net(x, *adapter).numpy()
+        noise = _psnr(want, fp)            # what quantising costs
+        assert _psnr(got, want) > noise, (task, _psnr(got, want), noise)
+
+
+def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(mixed):
+    """onnxruntime-qnn's HTP backend (Snapdragon 8 Elite, emulated on x86) compiles the QDQ
+    graph with CPU fallback off, and computes what ONNX Runtime's CPU computes from it
+    within the quantisation noise."""
+    pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn (the NPU compiler) is not installed")
+    from nasframe.deploy import ort_session
+    from nasframe_search_spaces.quad.deploy import feed, htp_session
+
+    tmp_path, space, arch, net, sim, profile, enc, x = mixed
+    npu = htp_session(tmp_path / "q.onnx")
+    cpu = ort_session(tmp_path / "q.onnx", threads=1)
+    for adapter in net.task_adapters.values():
+        f = feed(net, x, adapter)
+        got, want = npu.run(None, f)[0], cpu.run(None, f)[0]
+        with torch.no_grad():
+            fp = net(x, *adapter).numpy()
+        assert _psnr(got, want) >= _psnr(want, fp) - 3, (_psnr(got, want), _psnr(want, fp))
+
+
+def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(mixed):
+    """aimet-onnx (Qualcomm's quantisation toolkit) loads graph.encodings onto the float
+    graph with strict=True and imports the QDQ graph with from_onnx_qdq; both simulate what
+    ONNX Runtime runs from the QDQ graph."""
+    pytest.importorskip("aimet_onnx", reason="aimet-onnx is not installed "
+                        "(pip install --no-deps aimet-onnx==2.42.0, see docs/quad.md)")
+    import onnx
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    from nasframe.deploy import ort_session
+    from nasframe_search_spaces.quad.deploy import aimet_sim, feed
+
+    tmp_path, space, arch, net, sim, profile, enc, x = mixed
+    loaded = aimet_sim(tmp_path / "g.onnx", tmp_path / "g.encodings")
+    on = {n for n, q in loaded.qc_quantize_op_dict.items() if q.enabled}
+    assert on == {e["name"] for e in enc["activation_encodings"] + enc["param_encodings"]}
+    imported = QuantizationSimModel.from_onnx_qdq(onnx.load(str(tmp_path / "q.onnx")))
+    cpu = ort_session(tmp_path / "q.onnx", threads=1)
+    for adapter in net.task_adapters.values():
+        f = feed(net, x, adapter)
+        want = cpu.run(None, f)[0]
+        with torch.no_grad():
+            fp = net(x, *adapter).numpy()
+        for aimet in (loaded, imported):
+            got = aimet.session.run(None, f)[0]
+            assert _psnr(got, want) >= _psnr(want, fp) - 3
 
 
 def test_latency_of_the_quantised_graph_needs_no_training(tmp_path):
