@@ -89,7 +89,7 @@ def test_a_builtin_whose_extra_is_missing_is_listed_with_the_fix():
         for comp in components:
             line = next(x for x in lines if x.startswith(comp + "\t"))
             assert f"unavailable: needs {module}" in line and f"nasframe[{extra}]" in line, line
-    ok = [x for x in lines if x.endswith("\tok")]
+    ok = [x for x in lines if x.split("\t")[4] == "ok"]
     assert any(x.startswith("objective\tparams\t") for x in ok)
     assert any(x.startswith("strategy\trandom\t") for x in ok)
 
@@ -144,3 +144,16 @@ def test_the_core_has_no_import_cycles():
                 g.add_edge(name, dep)
     cycles = list(nx.simple_cycles(g))
     assert cycles == [], cycles
+
+
+def test_the_core_quickstart_runs_without_any_extra(tmp_path):
+    """examples/quickstart_core.yaml is the README's first run for a bare install."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart_core.yaml").read_text())
+    doc["budget"] = {"trials": 3}
+    exp = tmp_path / "core.yaml"
+    exp.write_text(yaml.safe_dump(doc))
+    res = _cli_without(list(EXTRAS), "run", str(exp), "--out", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "done" in res.stderr and (tmp_path / "run" / "pareto.json").exists()
