@@ -76,6 +76,14 @@ def test_export_writes_values_directions_constraints_params_and_provenance(toy_r
         assert ot.user_attrs["feasible"] == (t.values["toy_cost"] <= 6)
         assert ot.datetime_start is not None and ot.datetime_complete >= ot.datetime_start
     assert failed >= 1
+    # the front and the pick, marked by id: per trial (user attrs) and in the study's attrs
+    front = set(run.front()["number"])
+    assert front and [ot.user_attrs["front"] for ot in study.trials] == [
+        t.number in front for t in trials]
+    assert not any(ot.user_attrs["pick"] for ot in study.trials)
+    assert study.user_attrs["front"] == [f"trial {i} ({t.arch.id})" for i, t in enumerate(trials)
+                                         if t.number in front]
+    assert study.user_attrs["pick"].startswith("none (")     # `random` has no pick rule
     # a study of that name is there now: an error naming the fix, unless --overwrite
     from nasframe.errors import ConfigError
 
@@ -96,7 +104,124 @@ def test_export_cli_writes_a_study_without_the_runs_plugins(toy_run, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stdout + r.stderr
 
 
+def test_an_exported_study_makes_optuna_visualization_figures(toy_run, tmp_path):
+    """plotly is in the extra: optuna.visualization draws the exported run, constraints
+    included (the infeasible trials apart from the front)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    r = run_cli("export", str(toy_run), "--optuna", url)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="toy-study", storage=url)
+    fig = optuna.visualization.plot_pareto_front(study)
+    traces = [set(zip(tr.x, tr.y)) for tr in fig.data]
+    trials = [t for t in load_run(toy_run).trial_list() if t.status == "complete"]
+    point = {t.number: (t.values["toy_cost"], t.values["toy_quality"]) for t in trials}
+    assert set().union(*traces) == set(point.values())
+    front = set(load_run(toy_run).front()["number"])
+    assert {point[n] for n in front} in traces                      # the front, drawn apart
+    assert {p for n, p in point.items() if p[0] > 6} in traces     # the infeasible ones too
+    assert optuna.visualization.plot_optimization_history(
+        study, target=lambda t: t.values[0], target_name="toy_cost").data
+
+
 # ------------------------------------------------------------------ the dashboard
+def _digest(run_dir: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir())}
+
+
+def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
+    """The dashboard's storage reads the run as it grows: more trials, a running trial
+    later complete, the front as the run's; writes are refused, and the run's files are
+    never touched."""
+    import threading
+
+    from conftest import _ensure_registered
+
+    from nasframe.optuna_study import live_storage, write_study
+
+    _ensure_registered()
+    cfg = {"name": "live", "seed": 0, "search_space": {"name": "toy"},
+           "objectives": [{"name": "toy_cost"},
+                          {"name": "toy_quality", "params": {"sleep": 0.25}}],
+           "strategy": {"name": "random"}, "budget": {"trials": 16}}
+    run_dir = tmp_path / "live"
+    runner = threading.Thread(target=run_experiment, args=(config_from_dict(cfg), run_dir))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "trials.db").exists() or not load_run(run_dir).trial_list():
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+        storage = live_storage(run_dir, refresh=0)
+        seen, running = [], {}
+        while runner.is_alive():
+            trials = storage.get_all_trials(0, deepcopy=False)
+            seen.append(len(trials))
+            for t in trials:
+                running.setdefault(t.number, t.state.name == "RUNNING")
+            time.sleep(0.1)
+    finally:
+        runner.join()
+    assert seen[0] < 16 and len(set(seen)) >= 3          # trials appeared while it ran
+    trials = storage.get_all_trials(0)
+    assert len(trials) == 16
+    was_running = [n for n, r in running.items() if r]
+    assert was_running and all(trials[n].state.name == "COMPLETE" for n in was_running)
+    # the last read is the finished run: as `export --optuna` writes it
+    exported = write_study(run_dir, optuna.storages.InMemoryStorage())
+    assert [(t.values, t.params, t.user_attrs) for t in trials] == [
+        (t.values, t.params, t.user_attrs) for t in exported.trials]
+    front = set(load_run(run_dir).front()["number"])
+    assert {t.number for t in trials if t.user_attrs["front"]} == front
+    # read-only: writes are refused, and reading changes no file of the run
+    with pytest.raises(PermissionError, match="read-only"):
+        storage.set_study_user_attr(0, "x", 1)
+    with pytest.raises(PermissionError, match="read-only"):
+        storage.set_trial_state_values(trials[0]._trial_id, optuna.trial.TrialState.FAIL)
+    before = _digest(run_dir)
+    for _ in range(3):
+        again = live_storage(run_dir, refresh=0)
+        assert len(again.get_all_trials(0)) == 16
+    assert _digest(run_dir) == before
+
+
+def test_the_dashboard_server_logs_requests_only_when_verbose(capfd):
+    from nasframe.optuna_study import _server
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    for verbose in (False, True):
+        server = _server("127.0.0.1", 0, verbose)
+        server.set_app(app)
+        import threading
+
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            port = server.server_port
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/some/page", timeout=10) as r:
+                assert r.read() == b"ok"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+        err = capfd.readouterr().err
+        assert ("GET /some/page" in err) == verbose, err
+
+
+def test_a_port_in_use_is_exit_2_before_any_url(toy_run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli("dashboard", str(toy_run), "--port", str(port))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Address already in use" in r.stderr and f"--port {port}" in r.stderr
+    assert "--port 0" in r.stderr and "Traceback" not in r.stderr
+    assert "http://" not in r.stdout + r.stderr
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
