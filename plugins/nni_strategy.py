@@ -5,9 +5,8 @@ NNI tuners optimise one number, so the experiment's objectives are scalarised (o
 objective, or a weighted sum) and its constraints become a penalty. Invalid and already
 seen architectures never reach an evaluation (see :mod:`nasframe_plugins.tuner_bridge`).
 
-Install: ``pip install 'nasframe[nni]' && pip install --no-deps nni==3.0`` (nni 3.0's own
-requirements pin ``filelock<3.12`` and ``typeguard<4.1.3``, which would downgrade packages
-torch and others use; the tuners need only the light dependencies the extra lists).
+Install: ``pip install 'nasframe[nni]'`` (NNI 3.0 with its own dependencies; its pins
+``filelock<3.12`` and ``typeguard<4.1.3`` resolve beside torch 2.13, see docs/bridges.md).
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.space import Integer
 from nasframe.trial import Problem
 
-INSTALL_HINT = "pip install 'nasframe[nni]' && pip install --no-deps nni==3.0"
+INSTALL_HINT = "pip install 'nasframe[nni]'"
 #: tuners whose constructor has no optimize_mode (they ignore results)
 _NO_MODE = {"gridsearch", "random", "batch"}
 

@@ -130,6 +130,16 @@ def _digest(run_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir())}
 
 
+def _count(run_dir: Path) -> int:
+    """The trials of a run that may still be starting (0 until its store is there)."""
+    from nasframe.errors import ConfigError
+
+    try:
+        return len(load_run(run_dir).trial_list())
+    except ConfigError:
+        return 0
+
+
 def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
     """The dashboard's storage reads the run as it grows: more trials, a running trial
     later complete, the front as the run's; writes are refused, and the run's files are
@@ -150,7 +160,7 @@ def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
     runner.start()
     try:
         deadline = time.monotonic() + 120
-        while not (run_dir / "trials.db").exists() or not load_run(run_dir).trial_list():
+        while _count(run_dir) < 1:
             assert time.monotonic() < deadline and runner.is_alive()
             time.sleep(0.05)
         storage = live_storage(run_dir, refresh=0)
@@ -252,7 +262,12 @@ def _js(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no {CHROMIUM} (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"no {CHROMIUM} (apt-get install chromium)")
+
+
+@pytest.mark.slow
+@needs_chromium
 def test_dashboard_shows_the_runs_trials_in_a_real_browser(toy_run):
     pytest.importorskip("optuna_dashboard")
     port = _free_port()
@@ -294,3 +309,126 @@ def test_dashboard_shows_the_runs_trials_in_a_real_browser(toy_run):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+LIVE_EXPERIMENT = """\
+name: live
+seed: 0
+search_space: {name: fault_space, params: {size: 500}}
+objectives:
+  - {name: faulty, direction: max, params: {mode: ok, seconds: 0.5}}
+  - {name: fault_cost}
+constraints: ["fault_cost <= 80"]
+strategy: {name: ens, params: {population: 6}}
+budget: {trials: 100000}
+"""
+
+
+def _lines(proc: subprocess.Popen) -> "queue.Queue[str]":
+    """The process's output lines, as they come (a reader thread)."""
+    import queue
+    import threading
+
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _shown_trials(text: str) -> int:
+    found = re.search(r"(\d+) Trials", text)
+    assert found, text[:2000]
+    return int(found.group(1))
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_dashboard_shows_trials_appear_while_a_run_goes(tmp_path):
+    """A live `nasframe run` (trials of 0.5 s) and `nasframe dashboard --port 0` beside it:
+    the page shows N trials, later more; once the run stops, the note names the run's
+    pick and front by id. The dashboard prints its two lines and no request log."""
+    pytest.importorskip("optuna_dashboard")
+    import queue
+
+    exp = tmp_path / "live.yaml"
+    exp.write_text(LIVE_EXPERIMENT)
+    run_dir = tmp_path / "run"
+    tests = str(ROOT / "tests")
+    env = dict(os.environ, NASFRAME_PLUGIN_MODULES="fault_plugin", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    log = tmp_path / "run.log"
+    run = subprocess.Popen([sys.executable, "-m", "nasframe", "run", str(exp), "--out",
+                            str(run_dir), "--quiet"], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    dash = None
+    try:
+        deadline = time.monotonic() + 240
+
+        while _count(run_dir) < 2:
+            assert run.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the run made no trials"
+            time.sleep(0.5)
+        dash = subprocess.Popen([sys.executable, "-m", "nasframe", "dashboard", str(run_dir),
+                                 "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines, said = _lines(dash), []
+        while not (said and said[-1].startswith("dashboard: ")):
+            try:
+                said.append(lines.get(timeout=max(1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail(f"the dashboard did not start: {said}")
+        assert len(said) == 2 and "(live:" in said[0], said
+        url = re.match(r"dashboard: (http://127\.0\.0\.1:\d+/dashboard/studies/\d+) ", said[1])
+        assert url, said
+        page = url.group(1)
+        first = _shown_trials(_page_text(f"{page}/trials"))
+        assert first >= 2 and run.poll() is None
+        while _count(run_dir) < first + 3:              # the run goes on
+            assert run.poll() is None, log.read_text()
+            time.sleep(0.5)
+        later = _shown_trials(_page_text(f"{page}/trials"))
+        assert later > first, (first, later)
+        # stop the run; the dashboard reads the stopped run, its pick and its front
+        run.send_signal(2)
+        run.wait(timeout=120)
+        import fault_plugin
+
+        from nasframe.plugins import get_plugins
+
+        if "fault_space" not in get_plugins().search_spaces:   # the run's pick, made here too
+            get_plugins().register(fault_plugin, "fault_plugin", "0")
+        final = load_run(run_dir)
+        trials = final.trial_list()
+        number = {t.number: i for i, t in enumerate(trials)}
+        pick = final.pick()
+        front = final.front()
+        assert pick is not None and len(front) >= 2
+        base = page.rsplit("/dashboard/", 1)[0]
+        while True:                                      # the study's note caught up
+            note = _get(f"{base}/api/studies/0?after={len(trials)}")["note"]["body"]
+            if f": {len(trials)} trials" in note:
+                break
+            assert time.monotonic() < deadline + 120, note
+            time.sleep(1)
+        text = _page_text(f"{page}/note")
+        assert f"Pick : trial {number[pick['number']]}, arch {pick['id']} " in text, text[:3000]
+        for n, arch_id in zip(front["number"], front["id"]):
+            assert f"trial {number[n]} {arch_id} " in text.split("Front", 1)[1]
+        shown = _page_text(f"{page}/trials?numbers={number[pick['number']]}")
+        assert re.search(r"pick True", shown) and re.search(r"front True", shown)
+        # quiet: nothing but the two lines, after four pages and their API calls
+        assert lines.empty(), list(lines.queue)
+    finally:
+        for proc in (dash, run):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
