@@ -2,10 +2,10 @@
 
 Every trial of the run becomes a trial of the study, numbered in run order:
 
-* state: ``complete`` with every objective value -> COMPLETE (values in the experiment's
-  objective order, directions ``minimize``/``maximize``, names via ``set_metric_names``);
-  a complete trial missing a value (objectives skipped after a broken constraint) and
-  ``pruned`` -> PRUNED; ``failed`` -> FAIL; ``running`` -> RUNNING;
+* state (:data:`STATUS_MAP`): ``complete`` with every objective value -> COMPLETE (values
+  in the experiment's objective order, directions ``minimize``/``maximize``, names via
+  ``set_metric_names``); a complete trial missing a value (objectives skipped after a
+  broken constraint) and ``pruned`` -> PRUNED; ``failed`` -> FAIL; ``running`` -> RUNNING;
 * params: the architecture's decisions, with the space's distributions (``Integer`` ->
   ``IntDistribution``, ``Categorical``/``Boolean`` -> ``CategoricalDistribution`` of
   the values, or of their ``repr`` when a value is not a JSON scalar); when the run's
@@ -16,12 +16,19 @@ Every trial of the run becomes a trial of the study, numbered in run order:
   constraints) and Optuna 5 reads too (named "0", "1", ...). The study user attr
   ``constraints`` names them;
 * user attrs: ``nasframe_number``, ``arch_id``, ``origin``, ``status``, ``feasible``,
-  ``violation``, ``seed``, ``attempt``, ``failure``, ``error`` (first line) and
+  ``violation``, ``seed``, ``attempt``, ``front`` (on the run's Pareto front), ``pick``
+  (the strategy's pick), ``rank``, ``failure``, ``error`` (first line) and
   ``provenance.<key>`` (``kind:backend@device``) for every value;
 * start and end times are the trial's.
 
-The study's user attrs: the run directory, experiment name, space, strategy, objectives
-(with direction) and the nasframe version.
+The study's user attrs: the pick and the front by trial number and architecture id, the
+run directory, experiment name, space, strategy, objectives (with direction),
+constraints and the nasframe version.
+
+``nasframe dashboard`` serves :func:`live_storage`: a read-only Optuna storage that
+reads the run again whenever its store changed, so a running search's new trials appear
+in optuna-dashboard; the study's note (optuna-dashboard's "Note" page) names the pick and
+the front.
 """
 from __future__ import annotations
 
@@ -114,8 +121,9 @@ def _time(ts: float | None) -> datetime.datetime | None:
 #: (Optuna's COMPLETE needs every value); an unknown status becomes FAIL.
 STATUS_MAP: dict[str, tuple[str, bool]] = {
     "complete": ("COMPLETE", True),
-    "pruned": ("PRUNED", True),        # a constraint broken: the other objectives skipped
-    "infeasible": ("PRUNED", True),    # the same, under its coming name
+    "pruned": ("PRUNED", True),        # today a constraint broken (objectives skipped)
+    "infeasible": ("PRUNED", True),    # the same, under its coming name ("pruned" then
+                                       # means stopped early: PRUNED too)
     "failed": ("FAIL", False),
     "running": ("RUNNING", False),
 }
