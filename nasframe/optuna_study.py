@@ -433,11 +433,14 @@ def _server(host: str, port: int, verbose: bool):
     try:
         return Server((host, port), Handler)
     except OSError as err:
+        import errno
+
         what = err.strerror or str(err)
-        fix = ("pass another --port, or --port 0 for a free one" if port else
-               "give an address of this machine with --host")
-        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({what}); "
-                          f"{fix}") from None
+        if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"--host {host}: cannot listen on {host}:{port} ({what}); give "
+                              "an address of this machine, e.g. 127.0.0.1") from None
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({what}); pass "
+                          "another --port, or --port 0 for a free one") from None
 
 
 def serve_dashboard(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080,

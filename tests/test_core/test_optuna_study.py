@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -421,6 +422,14 @@ def test_the_dashboard_shows_trials_appear_while_a_run_goes(tmp_path):
             assert f"trial {number[n]} {arch_id} " in text.split("Front", 1)[1]
         shown = _page_text(f"{page}/trials?numbers={number[pick['number']]}")
         assert re.search(r"pick True", shown) and re.search(r"front True", shown)
+        # read-only: saving the note in the page is refused, with the reason
+        put = urllib.request.Request(f"{base}/api/studies/0/note", method="PUT",
+                                     data=json.dumps({"version": 2, "body": "x"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(put, timeout=30)
+        assert refused.value.code == 403
+        assert "read-only" in json.loads(refused.value.read())["reason"]
         # quiet: nothing but the two lines, after four pages and their API calls
         assert lines.empty(), list(lines.queue)
     finally:
