@@ -143,8 +143,8 @@ def _count(run_dir: Path) -> int:
 
 def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
     """The dashboard's storage reads the run as it grows: more trials, a running trial
-    later complete, the front as the run's; writes are refused, and the run's files are
-    never touched."""
+    later complete, the front and the pick as the run's (trial attrs and the study's
+    note); writes are refused, and the run's files are never touched."""
     import threading
 
     from conftest import _ensure_registered
@@ -155,7 +155,7 @@ def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
     cfg = {"name": "live", "seed": 0, "search_space": {"name": "toy"},
            "objectives": [{"name": "toy_cost"},
                           {"name": "toy_quality", "params": {"sleep": 0.25}}],
-           "strategy": {"name": "random"}, "budget": {"trials": 16}}
+           "strategy": {"name": "ens", "params": {"population": 4}}, "budget": {"trials": 16}}
     run_dir = tmp_path / "live"
     runner = threading.Thread(target=run_experiment, args=(config_from_dict(cfg), run_dir))
     runner.start()
@@ -164,7 +164,8 @@ def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
         while _count(run_dir) < 1:
             assert time.monotonic() < deadline and runner.is_alive()
             time.sleep(0.05)
-        storage = live_storage(run_dir, refresh=0)
+        notes: list[str] = []
+        storage = live_storage(run_dir, refresh=0, note=lambda study, text: notes.append(text))
         seen, running = [], {}
         while runner.is_alive():
             trials = storage.get_all_trials(0, deepcopy=False)
@@ -183,8 +184,16 @@ def test_the_live_storage_follows_a_running_run_and_never_writes(tmp_path):
     exported = write_study(run_dir, optuna.storages.InMemoryStorage())
     assert [(t.values, t.params, t.user_attrs) for t in trials] == [
         (t.values, t.params, t.user_attrs) for t in exported.trials]
-    front = set(load_run(run_dir).front()["number"])
+    run = load_run(run_dir)
+    front, pick = set(run.front()["number"]), run.pick()
     assert {t.number for t in trials if t.user_attrs["front"]} == front
+    assert [t.number for t in trials if t.user_attrs["pick"]] == [pick["number"]]
+    assert storage.get_study_user_attrs(0)["pick"].startswith(
+        f"trial {pick['number']} ({pick['id']}): {pick['rule']}")
+    assert f"**Pick**: trial {pick['number']}, arch `{pick['id']}` ({pick['rule']})" in notes[-1]
+    assert ": 16 trials, read" in notes[-1] and len(notes) >= len(set(seen)) >= 3
+    for n in front:
+        assert f"trial {n} `{trials[n].user_attrs['arch_id']}`" in notes[-1].split("**Front**")[1]
     # read-only: writes are refused, and reading changes no file of the run
     with pytest.raises(PermissionError, match="read-only"):
         storage.set_study_user_attr(0, "x", 1)
