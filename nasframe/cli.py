@@ -85,7 +85,7 @@ def _plugins_cmd(args: argparse.Namespace) -> int:
     elif out.is_terminal:
         table = Table(*cols, title="nasframe components (`nasframe plugins NAME` shows params)")
         for row in rows:
-            table.add_row(*row.values())
+            table.add_row(*(escape(str(v)) for v in row.values()))  # [nni] is not markup
         out.print(table)
     else:  # piped: one tab-separated line per component
         print("\t".join(cols))
