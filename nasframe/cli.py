@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nasframe import __version__
@@ -70,9 +71,8 @@ def _plugins_cmd(args: argparse.Namespace) -> int:
         for e in getattr(plugins, attr).entries():
             if pattern and not fnmatch.fnmatchcase(e.name, pattern):
                 continue
-            missing = e.missing()
-            status = f"unavailable: needs {', '.join(missing)} ({e.install_hint()})" if missing \
-                else "ok"
+            why = e.unavailable()
+            status = f"unavailable: {why}" if why else "ok"
             rows.append(dict(zip(cols, (kind, e.name, e.plugin, e.version, status,
                                         _one_line(e.cls)))))
     if pattern and not rows:
@@ -85,7 +85,7 @@ def _plugins_cmd(args: argparse.Namespace) -> int:
     elif out.is_terminal:
         table = Table(*cols, title="nasframe components (`nasframe plugins NAME` shows params)")
         for row in rows:
-            table.add_row(*row.values())
+            table.add_row(*(escape(str(v)) for v in row.values()))  # [nni] is not markup
         out.print(table)
     else:  # piped: one tab-separated line per component
         print("\t".join(cols))
@@ -118,10 +118,9 @@ def _describe_component(plugins, name: str) -> int:
                   f"{cls.__module__}.{cls.__qualname__})", highlight=False)
         if doc:
             out.print(doc, markup=False, highlight=False)
-        missing = e.missing()
-        if missing:
-            out.print(f"[red]unavailable[/red]: needs {', '.join(missing)}; install with: "
-                      f"{e.install_hint()}", highlight=False)
+        why = e.unavailable()
+        if why:
+            out.print("[red]unavailable[/red]: " + escape(why), highlight=False)
         if kind == "search space":
             out.print(f"provides: {capabilities.names(capabilities.provided_by_class(cls))}",
                       highlight=False)
@@ -351,7 +350,8 @@ def _dashboard_cmd(args: argparse.Namespace) -> int:
     from nasframe.optuna_study import serve_dashboard
 
     serve_dashboard(args.run_dir, args.host, args.port,
-                    echo=lambda m: out.print(m, markup=False, highlight=False))
+                    echo=lambda m: out.print(m, markup=False, highlight=False),
+                    verbose=args.verbose, refresh=args.refresh)
     return 0
 
 
@@ -872,14 +872,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --optuna: replace a study of the same name")
     p.set_defaults(fn=_export_cmd)
 
-    p = _sub(sub, common, "dashboard", "browse a run in optuna-dashboard (on localhost)",
+    p = _sub(sub, common, "dashboard", "browse a run in optuna-dashboard, live (on localhost)",
              "Serves a run in optuna-dashboard on localhost: every trial with its values, the "
-             "front and the pick.",
+             "front and the pick (user attrs `front` and `pick`, and the study's note). It "
+             "follows the run: a running search's new trials appear in the page. It only "
+             "reads the run.",
              "  nasframe dashboard runs/quickstart\n  nasframe dashboard runs/quickstart --port 0")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--port", type=int, default=8080,
                    help="port to listen on (default: %(default)s; 0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    p.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS",
+                   help="read the run again at most this often, when it changed "
+                        "(default: %(default)s)")
+    p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(fn=_dashboard_cmd)
     _add_analyse(sub, common)
     _add_export_parsers(sub, common)

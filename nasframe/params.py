@@ -248,18 +248,44 @@ class Component:
 
     @classmethod
     def missing_dependencies(cls) -> list[str]:
-        """The modules in :attr:`dependencies` that cannot be imported here."""
-        import importlib.util
+        """The modules in :attr:`dependencies` that cannot be imported here: not installed,
+        or installed but their import fails (:func:`import_problem` says why)."""
+        return [mod for mod in cls.dependencies if import_problem(mod)]
 
-        missing = []
-        for mod in cls.dependencies:
-            try:
-                found = importlib.util.find_spec(mod) is not None
-            except (ImportError, ValueError):  # a parent missing, or sys.modules[mod] = None
-                found = False
-            if not found:
-                missing.append(mod)
-        return missing
+
+_IMPORT_FAILURES: dict[str, str] = {}
+
+
+def import_problem(module: str) -> str | None:
+    """Why ``module`` cannot be imported here: ``"not installed"``, or ``"its import fails
+    (Error: message)"`` when it is installed but importing it raises (e.g. a dependency of
+    its own is missing); None when it imports. It is imported to find out (once a process)."""
+    import importlib
+    import importlib.util
+    import sys
+    import warnings
+
+    if sys.modules.get(module) is not None:
+        return None
+    if module in _IMPORT_FAILURES:
+        return _IMPORT_FAILURES[module]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent missing, or sys.modules[mod] = None
+        found = False
+    problem = None
+    if not found:
+        problem = "not installed"
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - whatever the import raises is the reason
+            first = (str(err).splitlines() or [""])[0][:200]
+            problem = f"its import fails ({type(err).__name__}: {first})"
+            _IMPORT_FAILURES[module] = problem
+    return problem
 
 
 # ------------------------------------------------------------- descriptions

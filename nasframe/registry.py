@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from nasframe.errors import ConfigError, InvalidParams, PluginError, unknown_name
-from nasframe.params import ParamError, Params, parse_params
+from nasframe.params import ParamError, Params, import_problem, parse_params
 
 T = TypeVar("T")
 
@@ -22,8 +22,20 @@ class Entry(Generic[T]):
     version: str
 
     def missing(self) -> list[str]:
-        """Modules the component needs that are not installed (empty: available)."""
+        """Modules the component needs that cannot be imported (empty: available)."""
         return self.cls.missing_dependencies()  # type: ignore[attr-defined]
+
+    def unavailable(self) -> str | None:
+        """Why the component cannot be used here, with the fix; None when it can."""
+        missing = self.missing()
+        if not missing:
+            return None
+        absent = [m for m in missing if import_problem(m) in (None, "not installed")]
+        why = ([f"needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not "
+                "installed"] if absent else [])
+        why += [f"needs {m}, which is installed but {import_problem(m)}"
+                for m in missing if m not in absent]
+        return f"{'; '.join(why)}; install with: {self.install_hint()}"
 
     def install_hint(self) -> str:
         hint = getattr(self.cls, "install_hint", None)
@@ -95,12 +107,10 @@ class Registry(Generic[T]):
             raise ConfigError(unknown_name(self.kind, name, self._entries,
                                            f"{where}.name" if where else None,
                                            self.known_as(name))) from None
-        missing = entry.missing()
-        if missing:
+        why = entry.unavailable()
+        if why:
             loc = f"{where}: " if where else ""
-            raise ConfigError(f"{loc}{self.kind} '{name}' needs {', '.join(missing)}, which "
-                              f"{'is' if len(missing) == 1 else 'are'} not installed; install "
-                              f"with: {entry.install_hint()}")
+            raise ConfigError(f"{loc}{self.kind} '{name}' {why}")
         return entry.cls
 
     def known_as(self, name: str) -> list[str]:

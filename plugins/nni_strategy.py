@@ -5,9 +5,8 @@ NNI tuners optimise one number, so the experiment's objectives are scalarised (o
 objective, or a weighted sum) and its constraints become a penalty. Invalid and already
 seen architectures never reach an evaluation (see :mod:`nasframe_plugins.tuner_bridge`).
 
-Install: ``pip install 'nasframe[nni]' && pip install --no-deps nni==3.0`` (nni 3.0's own
-requirements pin ``filelock<3.12`` and ``typeguard<4.1.3``, which would downgrade packages
-torch and others use; the tuners need only the light dependencies the extra lists).
+Install: ``pip install 'nasframe[nni]'`` (NNI 3.0 with its own dependencies; its pins
+``filelock<3.12`` and ``typeguard<4.1.3`` resolve beside torch 2.13, see docs/bridges.md).
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ import json
 import logging
 import math
 import random
+import sys
 from collections import deque
 from typing import Annotated, Any
 
@@ -28,9 +28,10 @@ from pydantic import JsonValue, model_validator
 from nasframe import trust
 from nasframe.errors import did_you_mean
 from nasframe.params import Field, Float, Int, ParamError, Params
+from nasframe.space import Integer
 from nasframe.trial import Problem
 
-INSTALL_HINT = "pip install 'nasframe[nni]' && pip install --no-deps nni==3.0"
+INSTALL_HINT = "pip install 'nasframe[nni]'"
 #: tuners whose constructor has no optimize_mode (they ignore results)
 _NO_MODE = {"gridsearch", "random", "batch"}
 
@@ -141,13 +142,34 @@ def tuner_class(spec: str) -> tuple[type, dict[str, Any], Any] | None:
                      "('package.module.Class')")
 
 
+def nni_search_space(decisions) -> dict[str, Any]:
+    """NNI's search space of the decisions, over their value numbers: an ordered decision
+    (:class:`~nasframe.space.Integer`: depths, widths) is ``quniform`` over
+    ``[0, count - 1]`` with ``q = 1``, so the tuners model it as a number (TPE's and
+    Anneal's densities see 3 between 2 and 4); a :class:`~nasframe.space.Categorical` or
+    :class:`~nasframe.space.Boolean` is an unordered ``choice``. Every value NNI makes of
+    a ``quniform`` is one of the value numbers (0.0, 1.0, ...), so NNI's own
+    de-duplication still knows when the space is exhausted (a wider interval would give
+    -0.0 beside 0.0, two "different" parameters for one value). As in NNI's own
+    ``quniform``, a uniform draw gives the two end values half the share of the others."""
+    space = {}
+    for d in decisions:
+        if isinstance(d, Integer) and d.count > 1:
+            space[d.name] = {"_type": "quniform", "_value": [0, d.count - 1, 1]}
+        else:
+            space[d.name] = {"_type": "choice", "_value": list(range(d.count))}
+    return space
+
+
 class NNIStrategy(TunerBridge):
     """An NNI tuner driven through its Tuner API (``update_search_space``,
     ``generate_multiple_parameters``, ``receive_trial_result``, ``trial_end``,
     ``import_data``), in-process.
 
-    * Decisions: each becomes a ``choice`` over its value numbers; proposals are
-      canonicalised and validated by the space.
+    * Decisions: an ordered one (``Integer``: depths, widths) becomes a ``quniform`` over
+      its value numbers, so the tuner sees its order; a ``Categorical``/``Boolean`` a
+      ``choice`` (:func:`nni_search_space`). Proposals are canonicalised and validated by
+      the space.
     * Objectives: NNI tuners minimise one number (``optimize_mode: minimize`` is always
       set): ``objective`` (default: the first objective) in its direction, or with
       ``weights`` the weighted sum of the objectives, each in minimisation form (a
@@ -266,19 +288,19 @@ class NNIStrategy(TunerBridge):
         self._tuner = self._make_tuner()
         if self._tuner is None:
             return
-        space = {d.name: {"_type": "choice", "_value": list(range(d.count))}
-                 for d in self._decisions}
         with self._sandbox():
-            self._tuner.update_search_space(space)
+            self._tuner.update_search_space(nni_search_space(self._decisions))
 
     def _late_trial(self, parameter_id, params) -> None:
         """Evolution hands out parameters it owed when an earlier call had none."""
         self._late.append((int(parameter_id), params))
 
     def _indices(self, params: dict) -> list[int]:
-        def one(v):
-            return int(v["_idx"] if isinstance(v, dict) else v)
-        return [one(params[d.name]) for d in self._decisions]
+        def one(d, v):
+            v = v["_idx"] if isinstance(v, dict) else v
+            # an ordered decision's value is a float (2.0): its value number
+            return min(max(int(round(float(v))), 0), d.count - 1)
+        return [one(d, params[d.name]) for d in self._decisions]
 
     def _backend_ask(self):
         if self._late:
@@ -299,8 +321,20 @@ class NNIStrategy(TunerBridge):
             if not got:
                 return None
             params = got[0]
+            self._plain_hyperopt_record(pid)
         params = json.loads(json.dumps(params, default=_plain))
         return (pid, params), self._indices(params)
+
+    def _plain_hyperopt_record(self, pid: int) -> None:
+        """NNI 3.0's hyperopt tuners (Anneal) keep each proposal's numbers as numpy
+        scalars and, told its result, test ``value == []``: with numpy 2 that raises for a
+        ``quniform`` (an ordered decision). Their record of the proposal is made plain
+        Python numbers (the same values), as NNI's own ``import_data`` records are."""
+        module = sys.modules.get("nni.algorithms.hpo.hyperopt_tuner")
+        if module is not None and isinstance(self._tuner, module.HyperoptTuner):
+            record = self._tuner.total_data.get(pid)
+            if record is not None:
+                self._tuner.total_data[pid] = json.loads(json.dumps(record, default=_plain))
 
     def _backend_inject(self, indices: list[int]):
         return None      # NNI tuners cannot be handed a proposal: told through import_data

@@ -89,7 +89,7 @@ def test_a_builtin_whose_extra_is_missing_is_listed_with_the_fix():
         for comp in components:
             line = next(x for x in lines if x.startswith(comp + "\t"))
             assert f"unavailable: needs {module}" in line and f"nasframe[{extra}]" in line, line
-    ok = [x for x in lines if x.split("\t")[4] == "ok"]
+    ok = [x for x in lines if x.split("\t")[4:5] == ["ok"]]      # the status column
     assert any(x.startswith("objective\tparams\t") for x in ok)
     assert any(x.startswith("strategy\trandom\t") for x in ok)
 
@@ -103,6 +103,26 @@ def test_an_experiment_naming_an_unavailable_component_is_exit_2(tmp_path):
     assert "Traceback" not in res.stderr
     assert ("search_space: search space 'hybrid_unet' needs skimage, which is not installed; "
             "install with: pip install 'nasframe[restoration]'") in res.stderr
+
+
+def test_nni_whose_own_dependency_is_missing_is_unavailable_with_the_reason(tmp_path):
+    """`import nni` fails without colorama (nni is installed): `plugins` says so with the
+    fix, and validate is exit 2 with the same words (not a raw ModuleNotFoundError)."""
+    pytest.importorskip("nni")
+    res = _cli_without(["colorama"], "plugins", "strategy")
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("strategy\tnni\t"))
+    why = ("needs nni, which is installed but its import fails (ModuleNotFoundError: import of "
+           "colorama halted; None in sys.modules); install with: pip install 'nasframe[nni]'")
+    assert f"unavailable: {why}" in line, line
+    assert any(x.startswith("strategy\trandom\t") and x.split("\t")[4] == "ok"
+               for x in res.stdout.splitlines())
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("search_space: {name: conv_denoiser}\nobjectives: [{name: params}]\n"
+                   "strategy: {name: nni, params: {tuner: TPE}}\nbudget: {trials: 2}\n")
+    res = _cli_without(["colorama"], "validate", str(exp))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"strategy: strategy 'nni' {why}" in res.stderr
 
 
 def _runtime_imports(path: Path) -> set[str]:

@@ -134,6 +134,32 @@ def test_a_component_whose_dependency_is_missing_is_listed_unavailable(monkeypat
     assert reg.entry("needs_it").missing() == ["json"]
 
 
+def test_a_component_whose_dependency_fails_to_import_is_unavailable_with_the_reason(
+        tmp_path, monkeypatch):
+    """Installed (find_spec finds it) but its import raises, e.g. a package installed
+    without one of its own dependencies: unavailable, with the error and the fix."""
+    (tmp_path / "nasframe_half_installed.py").write_text(
+        "import nasframe_its_own_dependency_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class NeedsHalf(Good):
+        name = "needs_half"
+        dependencies = ("json", "nasframe_half_installed")
+        install_hint = "pip install 'nasframe[half]'"
+
+    reg = _reg()
+    reg.add(NeedsHalf)
+    entry = reg.entry("needs_half")
+    assert entry.missing() == ["nasframe_half_installed"]
+    why = ("needs nasframe_half_installed, which is installed but its import fails "
+           "(ModuleNotFoundError: No module named 'nasframe_its_own_dependency_is_missing'); "
+           "install with: pip install 'nasframe[half]'")
+    assert entry.unavailable() == why
+    with pytest.raises(ConfigError) as err:
+        reg.create("needs_half", {}, where="strategy")
+    assert str(err.value) == f"strategy: objective 'needs_half' {why}"
+
+
 def test_bases_are_real_abcs():
     for base in (SearchSpace, Objective):
         assert isinstance(base, abc.ABCMeta)
