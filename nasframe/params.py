@@ -247,19 +247,66 @@ class Component:
         self.params = parse_params(cls.Params, params, f"{cls.__name__} params")
 
     @classmethod
-    def missing_dependencies(cls) -> list[str]:
-        """The modules in :attr:`dependencies` that cannot be imported here: not installed,
-        or installed but their import fails (:func:`import_problem` says why)."""
-        return [mod for mod in cls.dependencies if import_problem(mod)]
+    def missing_dependencies(cls, deep: bool = False) -> list[str]:
+        """The modules in :attr:`dependencies` that cannot be used here: not installed, or
+        installed without a library they require (read from the package metadata: cheap);
+        with ``deep``, also those whose import fails (each is imported to find out).
+        :func:`import_problem` says why."""
+        return [mod for mod in cls.dependencies if import_problem(mod, deep)]
 
 
 _IMPORT_FAILURES: dict[str, str] = {}
 
 
-def import_problem(module: str) -> str | None:
-    """Why ``module`` cannot be imported here: ``"not installed"``, or ``"its import fails
-    (Error: message)"`` when it is installed but importing it raises (e.g. a dependency of
-    its own is missing); None when it imports. It is imported to find out (once a process)."""
+def _requirement_problem(module: str) -> str | None:
+    """A required distribution of ``module``'s package that is not installed (its metadata's
+    Requires-Dist, extras and environment markers applied), e.g. NNI installed with
+    ``--no-deps`` without colorama; None when every one is there (or nothing is known)."""
+    import importlib.metadata as md
+
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:
+        return None
+    top = module.split(".")[0]
+    dists = _packages_distributions().get(top, [])
+    for dist_name in dists[:1]:
+        try:
+            reqs = md.requires(dist_name) or []
+        except md.PackageNotFoundError:
+            return None
+        for text in reqs:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            try:
+                md.version(req.name)
+            except md.PackageNotFoundError:
+                return (f"installed without {req.name}, which {dist_name} requires (installed "
+                        "with --no-deps?)")
+    return None
+
+
+_DISTS: dict[str, list[str]] | None = None
+
+
+def _packages_distributions() -> dict[str, list[str]]:
+    global _DISTS
+    if _DISTS is None:
+        import importlib.metadata as md
+
+        _DISTS = md.packages_distributions()
+    return _DISTS
+
+
+def import_problem(module: str, deep: bool = True) -> str | None:
+    """Why ``module`` cannot be used here: ``"not installed"``; ``"installed without X, which
+    ... requires"`` (from its package metadata); with ``deep``, ``"its import fails (Error:
+    message)"`` when importing it raises (it is imported to find out, once a process);
+    None when it is usable."""
     import importlib
     import importlib.util
     import sys
@@ -276,7 +323,9 @@ def import_problem(module: str) -> str | None:
     problem = None
     if not found:
         problem = "not installed"
-    else:
+    elif (problem := _requirement_problem(module)) is not None:
+        pass
+    elif deep:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

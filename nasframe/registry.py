@@ -21,19 +21,24 @@ class Entry(Generic[T]):
     plugin: str
     version: str
 
-    def missing(self) -> list[str]:
-        """Modules the component needs that cannot be imported (empty: available)."""
-        return self.cls.missing_dependencies()  # type: ignore[attr-defined]
+    def missing(self, deep: bool = False) -> list[str]:
+        """Modules the component needs that cannot be used (empty: available); ``deep``
+        also imports them to find out (see :func:`nasframe.params.import_problem`)."""
+        return self.cls.missing_dependencies(deep)  # type: ignore[attr-defined]
 
-    def unavailable(self) -> str | None:
-        """Why the component cannot be used here, with the fix; None when it can."""
-        missing = self.missing()
+    def unavailable(self, deep: bool = False) -> str | None:
+        """Why the component cannot be used here, with the fix; None when it can. Listing
+        components checks what is installed (cheap); making one (``deep``) also imports
+        what it needs."""
+        missing = self.missing(deep)
         if not missing:
             return None
-        absent = [m for m in missing if import_problem(m) in (None, "not installed")]
+        absent = [m for m in missing if import_problem(m, deep) in (None, "not installed")]
         why = ([f"needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not "
                 "installed"] if absent else [])
-        why += [f"needs {m}, which is installed but {import_problem(m)}"
+        why += [f"needs {m}, which is {import_problem(m, deep)}" if "installed without"
+                in (import_problem(m, deep) or "") else
+                f"needs {m}, which is installed but {import_problem(m, deep)}"
                 for m in missing if m not in absent]
         return f"{'; '.join(why)}; install with: {self.install_hint()}"
 
@@ -107,7 +112,7 @@ class Registry(Generic[T]):
             raise ConfigError(unknown_name(self.kind, name, self._entries,
                                            f"{where}.name" if where else None,
                                            self.known_as(name))) from None
-        why = entry.unavailable()
+        why = entry.unavailable(deep=True)
         if why:
             loc = f"{where}: " if where else ""
             raise ConfigError(f"{loc}{self.kind} '{name}' {why}")

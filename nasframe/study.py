@@ -272,7 +272,7 @@ class Study:
 
     # -- results -------------------------------------------------------------------
     def _run(self):
-        from nasframe.api import Run
+        from nasframe.results import Run
 
         return Run(self.run_dir)
 

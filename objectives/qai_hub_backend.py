@@ -159,8 +159,8 @@ class QaiHubBackend(LatencyBackend):
         is cached for a day in cache_dir; offline, a warning instead)."""
 
     @classmethod
-    def missing_dependencies(cls) -> list[str]:
-        return [] if os.environ.get(FAKE_ENV) else super().missing_dependencies()
+    def missing_dependencies(cls, deep: bool = False) -> list[str]:
+        return [] if os.environ.get(FAKE_ENV) else super().missing_dependencies(deep)
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
