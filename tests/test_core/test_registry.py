@@ -150,11 +150,12 @@ def test_a_component_whose_dependency_fails_to_import_is_unavailable_with_the_re
     reg = _reg()
     reg.add(NeedsHalf)
     entry = reg.entry("needs_half")
-    assert entry.missing() == ["nasframe_half_installed"]
+    assert entry.missing() == []              # listing: installed (no metadata says otherwise)
+    assert entry.missing(deep=True) == ["nasframe_half_installed"]   # making it: imported
     why = ("needs nasframe_half_installed, which is installed but its import fails "
            "(ModuleNotFoundError: No module named 'nasframe_its_own_dependency_is_missing'); "
            "install with: pip install 'nasframe[half]'")
-    assert entry.unavailable() == why
+    assert entry.unavailable(deep=True) == why
     with pytest.raises(ConfigError) as err:
         reg.create("needs_half", {}, where="strategy")
     assert str(err.value) == f"strategy: objective 'needs_half' {why}"
