@@ -27,7 +27,7 @@ out = Console(soft_wrap=True)
 
 _KINDS = (("search space", "search_spaces"), ("objective", "objectives"),
           ("strategy", "strategies"), ("executor", "executors"),
-          ("latency backend", "latency_backends"))
+          ("latency backend", "latency_backends"), ("deploy check", "deploy_checks"))
 
 
 def _plugins_cmd(args: argparse.Namespace) -> int:
@@ -267,12 +267,13 @@ def _export_cmd(args: argparse.Namespace) -> int:
                   markup=False, highlight=False)
         out.print(f"view it with: optuna-dashboard {args.optuna}", markup=False, highlight=False)
         return 0
+    checks = _deploy_checks(args, args.models or ())
     paths = export_run(args.run_dir, args.out, models=args.models or (), part=args.part,
-                       console=console)
+                       console=console, checks=checks)
     for name, p in paths.items():
         out.print(f"{name}: {p}")
     _print_pick(paths, out)
-    return 0
+    return _checks_failed(paths) if checks else 0
 
 
 def _dashboard_cmd(args: argparse.Namespace) -> int:
@@ -323,18 +324,90 @@ def _export_model_cmd(args: argparse.Namespace) -> int:
     if not args.fresh:   # the weights the objectives see (teacher, distilled blocks: cached)
         ctx = exp.context(Path(args.out or cfg.output or f"runs/{cfg.name}"), console=console)
         exp.space.prepare(ctx, exp.needs())
-    with console.status(f"exporting {arch.id} ({args.format})", spinner="dots"):
-        r = export_architecture(exp, arch, args.format, path, part=args.part, input_shape=shape)
+    checks = _deploy_checks(args, (args.format,))
+    with console.status(f"exporting {arch.id} ({args.format})"
+                        + (f", then {', '.join(args.check)}" if checks else ""), spinner="dots"):
+        r = export_architecture(exp, arch, args.format, path, part=args.part, input_shape=shape,
+                                checks=checks)
     out.print(f"{r.path}: {args.format} ({r.note or 'exported'}) in {r.seconds:.1f} s", markup=False)
     for n, s_, d in zip(r.input_names, r.input_shapes, r.input_dtypes):
         out.print(f"  input {n}: {s_} {d}", markup=False)
     out.print(f"  check vs PyTorch: max abs error {r.max_abs_error:.3g}, max rel error "
               f"{r.max_rel_error:.3g}; details in {r.path}.json", markup=False)
+    failed = _print_checks(r.checks)
     if not r.max_rel_error <= args.tolerance:
         console.print(f"error: the exported model differs from PyTorch by {r.max_rel_error:.3g} "
                       f"relative (--tolerance {args.tolerance:g})", style="red", markup=False)
         return 1
-    return 0
+    return 1 if failed else 0
+
+
+# -- deploy checks: `--check NAME` on export-model and export --models ----------------------
+def _add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="append", default=[], metavar="NAME",
+                   help="a deploy check on each exported file, e.g. npu (compile for the "
+                        "Hexagon NPU, fp32 vs NPU output); repeatable; its report goes into "
+                        "the file's .json; exit 1 when it does not pass")
+    p.add_argument("--check-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a param of the deploy check (`nasframe plugins NAME`), e.g. "
+                        "soc='Snapdragon 8 Gen 3'; repeatable")
+
+
+def _deploy_checks(args: argparse.Namespace, formats) -> list[Any]:
+    """The deploy checks named by ``--check`` with ``--check-option`` params (ConfigError
+    naming the option when one is wrong)."""
+    import yaml
+
+    from nasframe.plugins import get_plugins
+
+    params: dict[str, Any] = {}
+    for item in args.check_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--check-option {item!r}: give KEY=VALUE, e.g. soc=SM8650")
+        try:
+            params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            params[key.strip()] = value
+    if params and not args.check:
+        raise ConfigError("--check-option sets a deploy check's param; name the check with "
+                          "--check NAME")
+    checks = []
+    for name in dict.fromkeys(args.check):
+        check = get_plugins().deploy_checks.create(name, params, where=f"--check {name}")
+        wrong = [f for f in formats if f not in check.formats]
+        if wrong:
+            raise ConfigError(f"--check {name}: checks {', '.join(check.formats)} files, not "
+                              f"{', '.join(wrong)}; export {check.formats[0]}")
+        checks.append(check)
+    return checks
+
+
+def _print_checks(reports: dict[str, Any]) -> bool:
+    """Print each check's summary; True when one did not pass."""
+    failed = False
+    for name, r in reports.items():
+        if r.get("passed"):
+            out.print(f"  {name} check: {r.get('summary', '')}", markup=False, highlight=False)
+        else:
+            failed = True
+            console.print(f"error: {name} check did not pass: {r.get('summary', '')}",
+                          style="red", markup=False, highlight=False)
+    return failed
+
+
+def _checks_failed(paths: dict[str, Path]) -> int:
+    """``export --models --check``: 1 when a deploy check did not pass on an exported file."""
+    failed = []
+    for name, p in paths.items():
+        meta = Path(str(p) + ".json")
+        if name.startswith("front/") and meta.is_file():
+            checks = json.loads(meta.read_text()).get("checks", {})
+            failed += [f"{Path(p).name} ({c})" for c, r in checks.items() if not r.get("passed")]
+    if failed:
+        console.print(f"error: {len(failed)} model(s) did not pass their deploy check: "
+                      + ", ".join(failed), style="red", markup=False, highlight=False)
+    return 1 if failed else 0
 
 
 def _add_export_parsers(sub, common) -> None:
@@ -354,6 +427,7 @@ def _add_export_parsers(sub, common) -> None:
     p.add_argument("--out", help="directory for prepared artifacts (default: the experiment's `output`)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest relative difference from PyTorch accepted (exit 1 above)")
+    _add_check_args(p)
     p.set_defaults(fn=_export_model_cmd)
 
 
@@ -649,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export every front member and the pick: onnx, torchscript, "
                         "exported_program (front/<id>.onnx, checked against PyTorch)")
     p.add_argument("--part", metavar="PART", help="with --models: this model part of the space")
+    _add_check_args(p)
     p.add_argument("--optuna", metavar="STORAGE_URL",
                    help="write the run as an Optuna study instead (e.g. sqlite:///study.db)")
     p.add_argument("--study-name", help="with --optuna: the study's name (default: the experiment's)")
