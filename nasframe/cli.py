@@ -612,12 +612,17 @@ def _status_cmd(args: argparse.Namespace) -> int:
 
 # -- `nasframe analyse RUN_DIR`: proxies checked against measured latency --------------
 def _analyse_cmd(args: argparse.Namespace) -> int:
-    from nasframe.proxy_check import proxy_check, write_proxy_check
+    from nasframe.proxy_check import deploy_check_summary, proxy_check, write_proxy_check
     from nasframe.results import load_run
 
-    check = proxy_check(load_run(args.run_dir), args.proxies, args.measured)
+    run = load_run(args.run_dir)
+    check = proxy_check(run, args.proxies, args.measured)
+    deployed = deploy_check_summary(run)
     if args.format == "json":
-        out.print_json(json.dumps(check.to_dict()))
+        doc = check.to_dict()
+        if deployed:
+            doc["deploy_checks"] = [d.to_dict() for d in deployed]
+        out.print_json(json.dumps(doc, default=str))
     else:
         table = Table(title=f"{args.run_dir}: Kendall tau, proxy vs measured "
                       f"(complete trials)")
@@ -631,10 +636,28 @@ def _analyse_cmd(args: argparse.Namespace) -> int:
             out.print("no proxy/measured-latency pair in this run (proxies: "
                       f"{', '.join(check.proxies) or 'none'}; measured latencies: "
                       f"{', '.join(check.measured) or 'none'})", highlight=False)
+        _print_deploy_checks(deployed)
     if not args.no_plot:
         js, png = write_proxy_check(check, args.out or args.run_dir)
         console.print(f"wrote {png} and {js}", highlight=False)
     return 0
+
+
+def _print_deploy_checks(summaries) -> None:
+    """``analyse``: the deploy checks its objectives recorded (e.g. the NPU check)."""
+    if not summaries:
+        return
+    table = Table(title="deploy checks recorded by the objectives (finished trials)")
+    for col in ("check", "target", "trials", "passed", "refused op types (trials)",
+                "compile s (median)", "values: min / median / max"):
+        table.add_column(col)
+    for d in summaries:
+        table.add_row(d.check, d.target, str(d.trials), str(d.passed),
+                      ", ".join(f"{op} ({n})" for op, n in d.refused_ops.items()) or "none",
+                      f"{d.compile_s:.1f}",
+                      "; ".join(f"{k} {a:.4g} / {b:.4g} / {c:.4g}" for k, (a, b, c) in
+                                d.values.items()))
+    Console(soft_wrap=False, width=max(out.width, 160) if not out.is_terminal else None).print(table)
 
 
 def _add_analyse(sub, common) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from nasframe import Value
 from nasframe.backends import CheckReport, DeployCheck
-from nasframe.params import Bool, Field, Float, Int, ParamError, Params, Shape
+from nasframe.params import Field, Float, Int, ParamError, Params, Shape
 from nasframe_objectives._common import PartObjective, PartParams, input_shapes
 
 if TYPE_CHECKING:
@@ -213,8 +213,6 @@ class NpuCheck(DeployCheck):
     class Params(TargetParams):
         min_psnr_db: Float = Field(40.0, ge=0.0, le=200.0)
         """The check passes when the graph compiles and its NPU output is this close to fp32."""
-        profile: Bool = False
-        """Also record the HTP's per-op cycle profile (emulator cycles: see docs/device.md)."""
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
@@ -231,8 +229,7 @@ class NpuCheck(DeployCheck):
         from nasframe_objectives.qnn_htp import check_graph
 
         context = Path(self.artefacts(exported.path)[0])
-        report = check_graph(exported.path, self._target, inputs=inputs, context=context,
-                             profile=self.params.profile)
+        report = check_graph(exported.path, self._target, inputs=inputs, context=context)
         bound = self.params.min_psnr_db
         passed = report.compiles and report.psnr_db is not None and report.psnr_db >= bound
         summary = report.summary()
