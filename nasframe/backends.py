@@ -125,8 +125,8 @@ class CheckReport:
     files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "target": self.target, "passed": self.passed,
-                "summary": self.summary, "files": list(self.files), **self.details}
+        return {**self.details, "check": self.check, "target": self.target,
+                "passed": self.passed, "summary": self.summary, "files": list(self.files)}
 
 
 class DeployCheck(Component, abc.ABC):

@@ -237,5 +237,6 @@ class NpuCheck(DeployCheck):
             summary += f"; below the {bound:g} dB bound (min_psnr_db)"
         files = tuple(f for f in (report.context_model, report.context_binary) if f)
         return CheckReport(self.name, self.target(), passed, summary,
-                           {**report.to_dict(), "min_psnr_db": bound, "runtime": runtime()},
+                           {**report.to_dict(), "soc": report.target, "min_psnr_db": bound,
+                            "runtime": runtime()},
                            files)

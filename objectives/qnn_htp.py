@@ -356,7 +356,7 @@ def check_graph(path: str | Path, target: HtpTarget | None = None, *,
         ctx_path = Path(context) if context else Path(tmp) / "graph_ctx.onnx"
         ctx_path.parent.mkdir(parents=True, exist_ok=True)
         for stale in (ctx_path, ctx_path.with_name(ctx_path.stem + "_qnn.bin")):
-            stale.unlink(missing_ok=True)   # ORT will not overwrite an EP-context model
+            stale.unlink(missing_ok=True)   # ORT does not overwrite an EP-context model
         trace_dir = Path(tmp) / "trace"
         start = time.perf_counter()
         try:
@@ -369,7 +369,9 @@ def check_graph(path: str | Path, target: HtpTarget | None = None, *,
                                "reason": u.get("reason", "")}
                               for u in trace.get("unsupported_nodes", [])]
         report.qnn_ops = trace.get("summary", {}).get("total_qnn_ops")
-        if session is None:
+        if session is None:   # a partial EP-context model (nodes left to a CPU) is no artefact
+            for partial in (ctx_path, ctx_path.with_name(ctx_path.stem + "_qnn.bin")):
+                partial.unlink(missing_ok=True)
             return report
         report.compiles = True
         if context:
