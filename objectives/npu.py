@@ -132,19 +132,19 @@ class _NpuObjective(PartObjective):
 
         p = self.params
         quantised = p.graph == "quantised"
-        memo = ("npu", self.target, p.graph, self.part, p.input_shape, p.batch_size)
-        if memo in candidate.cache:
-            return candidate.cache[memo]
         model = candidate.module(self.part)
         if quantised:
             with torch_seed(candidate.seed):
                 inputs = candidate.space.quantised_inputs(candidate.arch, model, p.input_shape,
                                                           p.batch_size)
-            exported = cached_export_quantised(candidate, model, inputs, ctx)
         else:
             inputs = candidate.example_inputs(p.input_shape, batch_size=p.batch_size,
                                               part=self.part)
-            exported = cached_export(candidate, model, inputs, ctx, "onnx", self.part)
+        memo = ("npu", self.target, p.graph, self.part, str(input_shapes(inputs)))
+        if memo in candidate.cache:        # the trial's other NPU objective compiled it
+            return candidate.cache[memo]
+        exported = (cached_export_quantised(candidate, model, inputs, ctx) if quantised else
+                    cached_export(candidate, model, inputs, ctx, "onnx", self.part))
         key = content_hash({"graph": exported.graph_hash, "target": self.target.__dict__,
                             "shapes": input_shapes(inputs), "seed": candidate.seed})
         folder = Path(ctx.cache.root) / "npu" / f"{candidate.arch.id}-{key}"
