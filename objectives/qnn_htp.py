@@ -26,13 +26,16 @@ time it: see docs/device.md for what its profiling cycles are worth.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,7 +268,27 @@ def htp_session(path: str | Path, target: HtpTarget, *, strict: bool = True,
 
     so = _session_options(strict, context)
     so.add_provider_for_devices(qnn_devices(), provider_options(target, trace_dir, profile_csv))
-    return ort.InferenceSession(str(path), so)
+    with _native_stdout_to_stderr():
+        return ort.InferenceSession(str(path), so)
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """The HTP emulator's native library prints notices on the process's stdout (file
+    descriptor 1), which would corrupt JSON a command prints there: send them to stderr."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:          # no real stdout (embedded interpreters): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _first_line(err: BaseException) -> str:
@@ -379,7 +402,8 @@ def check_graph(path: str | Path, target: HtpTarget | None = None, *,
             binary = context_binary(ctx_path) if ctx_path.is_file() else None
             report.context_binary = str(binary) if binary else None
         start = time.perf_counter()
-        npu_out = session.run(None, feed)
+        with _native_stdout_to_stderr():
+            npu_out = session.run(None, feed)
         report.run_s = time.perf_counter() - start
         del session
         report.cpu_psnr_db, report.cpu_max_abs_error = compare(cpu_out, npu_out)
@@ -400,6 +424,7 @@ def profile_context(context_model: Path, target: HtpTarget, feed: dict[str, Any]
     """Run a compiled EP-context model once more with the HTP's detailed profiling; the
     cycles it reports (:func:`read_profile`)."""
     session = htp_session(context_model, target, profile_csv=csv_path)
-    session.run(None, feed)
+    with _native_stdout_to_stderr():
+        session.run(None, feed)
     del session
     return read_profile(csv_path)

@@ -125,3 +125,19 @@ def _stdout(capsys, argv):
     capsys.readouterr()
     assert main(argv) == 0
     return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_evaluate_prints_clean_json_with_the_npu_objective(tmp_path):
+    """The emulator's native library prints on file descriptor 1; stdout stays JSON."""
+    import subprocess
+    import sys
+
+    exp = _exp(tmp_path, objectives=[{"name": "npu_fidelity"}], output=str(tmp_path / "run"))
+    res = subprocess.run([sys.executable, "-m", "nasframe", "evaluate", str(exp), "--arch",
+                          "smallest", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    value = doc["values"]["npu_fidelity"]
+    assert value["value"] >= 40 and value["unit"] == "dB"
+    assert value["provenance"]["backend"] == "qnn_htp"
