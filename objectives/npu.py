@@ -196,7 +196,7 @@ class NpuFidelity(_NpuObjective):
         from nasframe_objectives.qnn_htp import NpuError
 
         report, details = self.report(candidate, ctx)
-        if not report.compiles:
+        if report.psnr_db is None:     # refused, or compiled but failed to run
             raise NpuError(report.summary())
         return Value(float(report.psnr_db), {**details, "max_abs_error": report.max_abs_error})
 

@@ -127,6 +127,8 @@ class NpuReport:
 
     def summary(self) -> str:
         soc = self.target.get("soc", "?")
+        if self.compiles and self.psnr_db is None:
+            return f"compiles for {soc} in {self.compile_s:.1f} s, but {self.error}"
         if not self.compiles:
             ops = ", ".join(f"{k} x{v}" for k, v in self.unsupported_ops.items())
             return (f"does not compile for {soc}: "
@@ -402,10 +404,15 @@ def check_graph(path: str | Path, target: HtpTarget | None = None, *,
             binary = context_binary(ctx_path) if ctx_path.is_file() else None
             report.context_binary = str(binary) if binary else None
         start = time.perf_counter()
-        with _native_stdout_to_stderr():
-            npu_out = session.run(None, feed)
+        try:
+            with _native_stdout_to_stderr():
+                npu_out = session.run(None, feed)
+        except Exception as err:  # noqa: BLE001 - compiled, but the HTP could not run it
+            report.error = f"the compiled graph failed on the emulated HTP: {_first_line(err)}"
+            return report
+        finally:
+            del session
         report.run_s = time.perf_counter() - start
-        del session
         report.cpu_psnr_db, report.cpu_max_abs_error = compare(cpu_out, npu_out)
         if reference is not None:
             ref = [r.detach().cpu().numpy() if hasattr(r, "detach") else r for r in reference]
