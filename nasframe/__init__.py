@@ -24,6 +24,7 @@ from nasframe.objective import Objective, Provenance, Value
 from nasframe.params import Field, ParamError, Params
 from nasframe.space import Boolean, Categorical, Decision, Integer, SearchSpace
 from nasframe.strategy import Strategy
+from nasframe.trust import allow_code
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "Constraint", "Context", "Decision", "EvaluationError", "Executor", "ExecutorParams",
     "Experiment", "Field", "History", "Integer", "Job", "NasframeError", "Objective",
     "ObjectiveSpec", "ParamError", "Params", "PluginError", "Problem", "Provenance", "Run",
-    "RunError", "SearchSpace", "Strategy", "Trial", "Value", "capabilities", "content_hash",
+    "RunError", "SearchSpace", "Strategy", "Trial", "Value", "allow_code", "capabilities",
+    "content_hash",
     "hookimpl", "load_run", "objective", "register",
 ]

@@ -60,7 +60,7 @@ class Experiment(_experiment.Experiment):
         ``export=True`` also writes the CSV/JSON/plots and front files, as ``nasframe run``
         does. Ctrl-C stops it with every finished trial stored: ``load_run(out).resume()``
         continues."""
-        run_dir = Path(out or self.cfg.output or f"runs/{self.cfg.name}")
+        run_dir = self.cfg.run_dir(out)
         runner = Runner.start(self.cfg, run_dir, self.text, quiet=quiet, experiment=self)
         runner.run()
         if export:

@@ -112,8 +112,11 @@ def _validate_cmd(args: argparse.Namespace) -> int:
     from nasframe.experiment import Experiment
     from nasframe.plugins import get_plugins
 
+    from nasframe import trust
+
     cfg, _ = _load(args.experiment)
-    exp = Experiment.from_config(cfg, get_plugins(), source=args.experiment)
+    with trust.check_only():     # names of code are checked, never imported, by validate
+        exp = Experiment.from_config(cfg, get_plugins(), source=args.experiment)
     space = exp.space
     n_refs = len(space.reference_architectures())
     out.print(f"[green]ok[/green] {args.experiment}: search space '{space.name}' "
@@ -129,7 +132,7 @@ def _run_cmd(args: argparse.Namespace) -> int:
     from nasframe.runner import Runner
 
     cfg, text = _load(args.experiment)
-    run_dir = Path(args.out or cfg.output or f"runs/{cfg.name}")
+    run_dir = cfg.run_dir(args.out)
     runner = Runner.start(cfg, run_dir, text, quiet=args.quiet, source=args.experiment, console=console)
     console.print(f"run directory: {run_dir}")
     return _drive(runner, args)
@@ -188,26 +191,39 @@ def _drive(runner, args: argparse.Namespace) -> int:
     return 0
 
 
-def _arch_file(path: str):
-    """An architecture from a YAML file: a mapping of decisions, or a front/<id>.yaml."""
+def _arch_file(path: str, space=None):
+    """An architecture from a YAML file: a mapping of decisions, or a front/<id>.yaml.
+
+    Nothing of the file's content is quoted back unless it is one of ``space``'s decision
+    names (a wrong file given by mistake may hold anything, secrets included)."""
     from nasframe.architecture import Architecture
     from nasframe.safeyaml import load_yaml_file
 
     doc = load_yaml_file(path, "architecture file")
     if isinstance(doc, dict) and isinstance(doc.get("architecture"), dict):
         doc = doc["architecture"]
+    hint = "is it an architecture file, such as RUN_DIR/front/<id>.yaml?"
     if not isinstance(doc, dict) or not doc:
         raise ConfigError(f"--arch {path}: expected a mapping of decision -> value (or an "
-                          "`architecture:` mapping, as in front/<id>.yaml)")
-    for key, value in doc.items():
+                          f"`architecture:` mapping, as in front/<id>.yaml); {hint}")
+    if space is not None:
+        names = [d.name for d in space.decisions()]
+        unknown = sum(1 for k in doc if k not in names)
+        if unknown:
+            raise ConfigError(f"--arch {path}: {unknown} of its {len(doc)} keys are not decisions "
+                              f"of '{space.name}' (its decisions: {', '.join(names)}); {hint}")
+    for i, (key, value) in enumerate(doc.items()):
         if not isinstance(key, str) or isinstance(value, dict) or value is None:
-            what = "a mapping" if isinstance(value, dict) else repr(value)[:30]
-            raise ConfigError(f"--arch {path}: decision {str(key)[:40]!r} holds {what}; a "
-                              "decision's value is a number, a string, true/false or a list")
+            what = "a mapping" if isinstance(value, dict) else "no value" if value is None \
+                else "a key that is not text"
+            name = f"'{key}'" if space is not None and isinstance(key, str) else f"number {i + 1}"
+            raise ConfigError(f"--arch {path}: decision {name} holds {what}; a decision's value "
+                              "is a number, a string, true/false or a list")
     try:
         return Architecture(doc)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"--arch {path}: {err}") from None
+    except (TypeError, ValueError):
+        raise ConfigError(f"--arch {path}: not a valid architecture (values must be numbers, "
+                          f"strings, true/false or lists); {hint}") from None
 
 
 def _evaluate_cmd(args: argparse.Namespace) -> int:
@@ -220,19 +236,21 @@ def _evaluate_cmd(args: argparse.Namespace) -> int:
     if args.arch in refs:
         arch, origin = refs[args.arch], f"reference:{args.arch}"
     elif Path(args.arch).exists():
-        arch, origin = _arch_file(args.arch), f"file:{args.arch}"
+        arch, origin = _arch_file(args.arch, exp.space), f"file:{args.arch}"
     else:
         raise ConfigError(f"--arch {args.arch!r}: neither a reference architecture of "
                           f"'{exp.space.name}' (available: {', '.join(refs) or 'none'}) nor a file")
     reason = exp.space.validate(arch)
     if reason:
         raise ConfigError(f"--arch {args.arch}: not an architecture of '{exp.space.name}': {reason}")
-    run_dir = Path(args.out or cfg.output or f"runs/{cfg.name}")
+    run_dir = cfg.run_dir(args.out)
     ctx = exp.context(run_dir, quiet=args.quiet, console=console)
     with console.status("preparing", spinner="dots"):
         exp.prepare(ctx)
     trial = Trial(0, arch, "running", seed=trial_seed(cfg.seed, arch), origin=origin)
-    with console.status(f"evaluating {arch.id}", spinner="dots"):
+    from nasframe import stopping
+
+    with console.status(f"evaluating {arch.id}", spinner="dots"), stopping.watch():
         result = exp.evaluate(trial, ctx, skip_infeasible=False)
     doc: dict[str, Any] = {
         "id": arch.id, "origin": origin, "architecture": arch.to_dict(), "status": result.status,
@@ -306,7 +324,7 @@ def _export_model_cmd(args: argparse.Namespace) -> int:
     if args.arch in refs:
         arch = refs[args.arch]
     elif Path(args.arch).exists():
-        arch = _arch_file(args.arch)
+        arch = _arch_file(args.arch, exp.space)
     else:
         raise ConfigError(f"--arch {args.arch!r}: neither a reference architecture of "
                           f"'{exp.space.name}' (available: {', '.join(refs) or 'none'}) nor a file")
@@ -322,7 +340,7 @@ def _export_model_cmd(args: argparse.Namespace) -> int:
                               "e.g. 1,3,256,256") from None
     path = Path(args.output or f"{arch.id}{'-' + args.part if args.part else ''}{SUFFIX[args.format]}")
     if not args.fresh:   # the weights the objectives see (teacher, distilled blocks: cached)
-        ctx = exp.context(Path(args.out or cfg.output or f"runs/{cfg.name}"), console=console)
+        ctx = exp.context(cfg.run_dir(args.out), console=console)
         exp.space.prepare(ctx, exp.needs())
     checks = _deploy_checks(args, (args.format,))
     with console.status(f"exporting {arch.id} ({args.format})"
@@ -564,7 +582,12 @@ def _status_cmd(args: argparse.Namespace) -> int:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
         except BlockingIOError:
-            live = True
+            # locked; by the run itself, unless the process it names is gone (then what
+            # holds the lock was left behind by it: the run is not running)
+            from nasframe.lock import _alive
+
+            pid = holder.get("pid")
+            live = not (isinstance(pid, int) and not _alive(pid))
         finally:
             os.close(fd)
     now = time.time()
@@ -682,6 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks")
+    common.add_argument("--allow-code", action="append", metavar="PATTERN", default=None,
+                        help="let the experiment name code to import: an Optuna sampler or NNI "
+                             "tuner class path, an OptunaHub package ('optunahub:*'); shell-style "
+                             "pattern, repeatable (also NASFRAME_ALLOW_CODE)")
     parser = argparse.ArgumentParser(prog="nasframe", parents=[top],
                                      description="Plugin-based neural architecture search.")
     parser.add_argument("--version", action="version", version=f"nasframe {__version__}")
@@ -773,10 +800,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    from nasframe import trust
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
         warnings.showwarning = _show_warning
+    if getattr(args, "allow_code", None):
+        trust.allow_code(*args.allow_code)
     try:
         with _terminate_on_sigterm():
             return args.fn(args)

@@ -19,6 +19,7 @@ Every problem is reported with its field path, the bad value and the fix.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -77,6 +78,13 @@ class ComponentConfig(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+#: columns of trials.csv / ``nasframe trials`` / ``Run.trials()`` that an objective key would shadow
+RESERVED_KEYS = frozenset({
+    "number", "id", "origin", "status", "failure", "feasible", "violation", "is_pareto", "rank",
+    "pick", "duration_s", "attempt", "seed", "error", "started", "finished", "heartbeat",
+    "values", "provenance", "arch", "jobs"})
+
+
 class ObjectiveConfig(ComponentConfig):
     #: key in trial values and in constraints; defaults to ``name``
     id: str | None = None
@@ -85,6 +93,15 @@ class ObjectiveConfig(ComponentConfig):
     @property
     def key(self) -> str:
         return self.id or self.name
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> ObjectiveConfig:
+        key = self.key
+        if key in RESERVED_KEYS or key.startswith("arch.") or key.endswith(".provenance"):
+            field = "id" if self.id else "name"
+            raise ValueError(f"{field} {key!r} is a column of the results (trials.csv, `nasframe "
+                             f"trials`); give the objective another `id`, e.g. id: {key}_value")
+        return self
 
 
 class BudgetConfig(_Model):
@@ -111,7 +128,8 @@ class ExecutorConfig(_Model):
 
 class ExperimentConfig(_Model):
     name: str = "experiment"
-    seed: int = 0
+    #: the search's seed: the same file and seed give the same sequence of trials
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True)
     search_space: ComponentConfig
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     constraints: list[ConstraintText] = Field(default_factory=list)
@@ -151,6 +169,35 @@ class ExperimentConfig(_Model):
                 raise ValueError(f"objective key '{o.key}' appears twice; give one an `id`")
             seen.add(o.key)
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        bad = (not v.strip() or v.strip(".") == "" or any(c in v for c in "/\\\0")
+               or any(ord(c) < 32 for c in v))
+        if bad:
+            raise ValueError(f"{v!r} cannot name a run: without `output` it becomes the folder "
+                             "runs/<name>; use letters, digits, '-', '_' or '.', no '/' (e.g. "
+                             "name: denoise_small), and put a path in `output:`")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output_path(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("an empty path; give a run directory, e.g. runs/my_search, or "
+                             "leave `output` out (runs/<name>)")
+        if "$" in v or "%" in v:
+            raise ValueError(f"{v!r}: environment variables are not expanded in `output`; write "
+                             "the path out (a leading ~ is your home folder), or pass --out")
+        return v
+
+    def run_dir(self, out: str | Path | None = None) -> Path:
+        """The run directory: ``out`` (``--out``), else ``output``, else ``runs/<name>``;
+        a leading ``~`` is the user's home folder."""
+        return Path(os.path.expanduser(str(out or self.output or f"runs/{self.name}")))
 
     @property
     def parsed_constraints(self) -> list[Constraint]:

@@ -47,10 +47,35 @@ class EvaluationError(NasframeError):
     """An objective could not evaluate a candidate."""
 
 
+def visible(text: str) -> str:
+    """``text`` with every character that would not show as itself escaped (invisible,
+    control and non-ASCII look-alike characters: ``tri\\u200bals``, ``\\u0430``)."""
+    text = str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if (c.isascii() and c.isprintable()) else c.encode("unicode_escape").decode()
+                   for c in text)
+
+
+def _odd_chars(text: str) -> str:
+    import unicodedata
+
+    odd = [c for c in dict.fromkeys(str(text)) if not (c.isascii() and c.isprintable())]
+    return ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd[:3])
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """Return ``"; did you mean 'x'?"`` when a close choice exists, else ``""``."""
+    """Return ``"; did you mean 'x'?"`` when a close choice exists, else ``""``. A value
+    with invisible or look-alike characters is shown escaped, naming them."""
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    if not close:
+        odd = _odd_chars(value)
+        return f"; '{visible(value)}' holds {odd}" if odd else ""
+    odd = _odd_chars(value)
+    if odd:
+        return (f"; '{visible(value)}' holds {odd}; did you mean '{close[0]}' (plain "
+                "characters)?")
+    return f"; did you mean '{close[0]}'?"
 
 
 def unknown_name(kind: str, value: str, choices: Iterable[str], where: str | None = None) -> str:
@@ -58,4 +83,4 @@ def unknown_name(kind: str, value: str, choices: Iterable[str], where: str | Non
     choices = sorted(choices)
     loc = f"{where}: " if where else ""
     avail = ", ".join(choices) if choices else "none (is the plugin installed?)"
-    return f"{loc}unknown {kind} '{value}'{did_you_mean(value, choices)} available: {avail}"
+    return f"{loc}unknown {kind} '{visible(value)}'{did_you_mean(value, choices)} available: {avail}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasframe import capabilities
+from nasframe import capabilities, stopping
 from nasframe.architecture import Architecture
 from nasframe.backends import Deferred
 from nasframe.candidate import Candidate
@@ -215,10 +215,16 @@ class Experiment:
                 for key in self.evaluation_order():
                     try:
                         out = self.objectives[key](cand, ctx)
-                    except Exception as err:
+                    except (Exception, KeyboardInterrupt, SystemExit) as err:
+                        if not isinstance(err, Exception) and not stopping.objective_error(err):
+                            raise          # the user's Ctrl-C / SIGTERM: the run stops
                         status, failure = "failed", "exception"
                         tb = traceback.format_exception(err, limit=-3)
-                        error = f"objective '{key}': {type(err).__name__}: {err}\n{''.join(tb)}"
+                        what = f"{type(err).__name__}: {err}"
+                        if not isinstance(err, Exception):
+                            what = (f"raised {type(err).__name__}({err!s}) itself (not a Ctrl-C "
+                                    "or SIGTERM of the run: the trial fails, the run goes on)")
+                        error = f"objective '{key}': {what}\n{''.join(tb)}"
                         break
                     if isinstance(out, Deferred):
                         jobs[key] = {"request": out.request, "request_key": out.key,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ class _Writer:
                 "already exist(s) and were not written by `nasframe export`; move them away or "
                 "export elsewhere with --out DIR")
 
+    def begin(self, names: Sequence[str]) -> None:
+        """Record every file this export may write before writing any: an export stopped at
+        any point (Ctrl-C, SIGTERM, kill -9, a full disk) leaves a manifest that lets the
+        next export replace what it left."""
+        self._write_manifest(sorted(self.previous | set(names)))
+
+    def _write_manifest(self, files: list[str]) -> None:
+        tmp = self.out / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps({"files": files}, indent=1))
+        os.replace(tmp, self.out / MANIFEST)
+
     def path(self, name: str) -> Path:
         p = self.out / name
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +81,46 @@ class _Writer:
             p = self.out / stale
             if p.is_file() and p.resolve().is_relative_to(self.out.resolve()):
                 p.unlink()
-        (self.out / MANIFEST).write_text(json.dumps({"files": sorted(self.written)}, indent=1))
+        self._write_manifest(sorted(self.written))
+
+
+#: what marks a folder as nasframe's (a run directory, or one nasframe prepared a cache in)
+RUN_MARKERS = ("trials.db", ".nasframe.lock", "cache", MANIFEST)
+#: the files an export writes into a run directory
+EXPORT_NAMES = ("trials.csv", "pareto.json", "pareto.png", "hypervolume.png", "front")
+
+
+def check_run_dir(run_dir: str | Path, field: str = "--out / output") -> None:
+    """Refuse, before a search starts, a run directory holding files that are not nasframe's:
+    a non-empty folder without any nasframe marker, or export names that nasframe did not
+    write (the search would run, then its export would be refused)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    try:
+        entries = sorted(p.name for p in run_dir.iterdir())
+    except OSError:
+        return
+    if not entries:
+        return
+    if not any(m in entries for m in RUN_MARKERS):
+        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise ConfigError(f"{field}: {run_dir} holds files nasframe did not write ({shown}); "
+                          "a run directory must be new or empty: choose another with --out DIR "
+                          "(or `output:` in the experiment file)")
+    previous = _Writer(run_dir).previous
+    foreign = [n for n in EXPORT_NAMES if n in entries and n not in previous
+               and not (n == "front" and _only_listed(run_dir / "front", previous, run_dir))]
+    if foreign:
+        raise ConfigError(f"{field}: {run_dir} already holds {', '.join(foreign)}, which "
+                          "`nasframe export` did not write and would have to replace at the end "
+                          "of the run; move them away or choose another directory with --out DIR")
+
+
+def _only_listed(folder: Path, listed: set[str], root: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    return all(str(p.relative_to(root)) in listed for p in folder.rglob("*") if p.is_file())
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
@@ -112,7 +163,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
             if f in c.formats:
                 model_names[f] += [f"front/{Path(a).name}" for n in front
                                    for a in c.artefacts(str(out / "front" / f"{n}{SUFFIX[f]}"))]
-    writer.check(names + [n for f in model_names for n in model_names[f]])
+    planned = names + [n for f in model_names for n in model_names[f]]
+    writer.check(planned)
+    writer.begin(planned)
     paths = {
         "trials.csv": _write_csv(a, writer.path("trials.csv"), pick),
         "pareto.json": _write_json(a, cfg, writer.path("pareto.json"), pick),

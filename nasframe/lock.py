@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nasframe import lifeline
 from nasframe.errors import ConfigError
 
 LOCK_NAME = ".nasframe.lock"
@@ -31,6 +32,52 @@ def _describe(holder: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
     return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
             f"({holder.get('command', '?')}, since {when})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [w.decode(errors="replace") for w in raw if w]
+    return " ".join(words[:4])[:80] or "?"
+
+
+def open_by(path: Path) -> list[int]:
+    """Process ids that have ``path`` open (Linux, from /proc; [] elsewhere)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    try:
+        target = os.stat(path)
+    except OSError:
+        return []
+    pids = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                try:
+                    st = os.stat(fd)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    pids.append(int(entry.name))
+                    break
+        except OSError:
+            continue
+    return sorted(pids)
 
 
 class RunLock:
@@ -61,6 +108,14 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             holder = self.holder() or {}
+            pid = holder.get("pid")
+            others = [p for p in open_by(self.path) if p != os.getpid()]
+            if isinstance(pid, int) and not _alive(pid) and others:
+                # the recorded holder is gone; a process it left behind holds the lock
+                who = ", ".join(f"pid {p} ({_cmdline(p)})" for p in others[:3])
+                raise RunLocked(
+                    f"{self.path.parent} is locked by {who}, left running by {_describe(holder)}, "
+                    f"which is no longer running; stop it (kill {others[0]}), then resume") from None
             raise RunLocked(
                 f"{self.path.parent} is in use by {_describe(holder)}; wait for that run to "
                 f"finish or stop it (kill -TERM {holder.get('pid', 'PID')}), then resume") from None
@@ -73,6 +128,7 @@ class RunLock:
         os.write(fd, json.dumps(info).encode())
         os.fsync(fd)
         self._fd = fd
+        lifeline.hold_lock_fd(fd)       # a child forked by an objective never holds the run
         return self
 
     def release(self) -> None:
@@ -84,6 +140,7 @@ class RunLock:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
+            lifeline.release_lock_fd(self._fd)
             os.close(self._fd)
             self._fd = None
 

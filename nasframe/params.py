@@ -35,7 +35,7 @@ from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
-from nasframe.errors import InvalidParams, did_you_mean
+from nasframe.errors import InvalidParams, did_you_mean, visible
 
 __all__ = ["Bool", "Component", "Field", "Float", "Int", "MAX_SHAPE_ELEMENTS", "NonNegativeInt",
            "ParamDoc", "ParamError", "Params", "PositiveInt", "Shape", "describe_params",
@@ -109,6 +109,7 @@ class ParamError(ValueError):
 def _loc(loc: Sequence[Any]) -> str:
     out = ""
     for part in loc:
+        part = part if isinstance(part, int) else visible(str(part))
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

@@ -12,7 +12,8 @@ spawned processes, each with its own pipe, and watches them:
 * an exception raised by the task is returned as ``error`` with its
   traceback text (the worker lives on);
 * :meth:`shutdown` kills every worker at once (Ctrl-C, SIGTERM), so no process
-  outlives the pool;
+  outlives the pool; a worker (and what its tasks fork) is killed by the kernel when
+  the driver dies, ``kill -9`` included (:mod:`nasframe.lifeline`);
 * an ``initializer`` (e.g. building the experiment) runs in each new worker
   before it takes a task, so a worker's start-up never counts against a
   task's time limit; a worker whose initializer fails or dies fails the next
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
@@ -50,14 +52,19 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _worker_main(conn: Connection, initializer: Callable[[], Any] | None) -> None:  # pragma: no cover
+def _worker_main(conn: Connection, initializer: Callable[[], Any] | None,
+                 parent: int | None = None) -> None:  # pragma: no cover
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from nasframe import lifeline
+
+    lifeline.die_with_parent(parent)    # killed with the driver (kill -9 included)
+    lifeline.tie_children()             # and so are the processes its objectives fork
     try:
         if initializer is not None:
             initializer()
         conn.send(("ready", None))
     except BaseException as err:  # noqa: BLE001 - reported to the driver
-        conn.send(("init-error", "".join(traceback.format_exception(err))))
+        conn.send(("init-error", describe_error(err)))
         return
     while True:
         try:
@@ -70,18 +77,24 @@ def _worker_main(conn: Connection, initializer: Callable[[], Any] | None) -> Non
         try:
             result = ("ok", fn(arg))
         except BaseException as err:  # noqa: BLE001 - everything goes back to the driver
-            result = ("error", "".join(traceback.format_exception(err)))
+            result = ("error", describe_error(err))
         try:
             conn.send(result)
         except Exception as err:  # noqa: BLE001 - e.g. an unpicklable result
             conn.send(("error", f"the result could not be sent back: {type(err).__name__}: {err}"))
 
 
+def describe_error(err: BaseException) -> str:
+    """The exception's own line first (what a table or CSV shows), then its traceback."""
+    return f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exception(err))
+
+
 class _Worker:
     def __init__(self, ctx: mp.context.BaseContext, initializer: Callable[[], Any] | None):
         parent, child = ctx.Pipe(duplex=True)
         self.conn = parent
-        self.process = ctx.Process(target=_worker_main, args=(child, initializer), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, initializer, os.getpid()),
+                                   daemon=True)
         with _bare_main():
             self.process.start()
         child.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from nasframe import lifeline, stopping
 from nasframe.analysis import front_stats
 from nasframe.architecture import Architecture
 from nasframe.config import ExperimentConfig, config_from_dict
@@ -30,7 +31,7 @@ from nasframe.history import TrialHistory
 from nasframe.lock import RunLock
 from nasframe.objective import Value
 from nasframe.progress import search_progress
-from nasframe.store import Heartbeat, TrialStore
+from nasframe.store import Heartbeat, StoreLost, TrialStore
 from nasframe.strategy import Strategy
 from nasframe.trial import Trial
 from nasframe.worker import remote_call, warm_call
@@ -120,6 +121,10 @@ class Runner:
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: exists and is not a directory; choose a run directory "
                               "with --out DIR")
+        if not (run_dir / "trials.db").exists():
+            from nasframe.export import check_run_dir
+
+            check_run_dir(run_dir)       # user files there: refuse now, not after the search
         lock = _lock(run_dir)          # a live run there: exit 2 naming its process
         try:
             store = TrialStore.create(run_dir, cfg.to_dict(), config_text)
@@ -195,6 +200,11 @@ class Runner:
 
     # -- the loop --------------------------------------------------------
     def run(self) -> RunSummary:
+        with stopping.watch():     # a Ctrl-C stops the run; an objective's own interrupt fails its trial
+            return self._run()
+
+    def _run(self) -> RunSummary:
+        lifeline.tie_children()    # what objectives fork dies with the driver
         executor = None
         heartbeat = Heartbeat(self.store.path).start()
         try:
@@ -209,16 +219,21 @@ class Runner:
                                warm_call(config, self.run_dir, blob)))
             return self._loop(executor)
         except (KeyboardInterrupt, Terminated):
-            if self._inflight:
+            if self._inflight and self.store.lost is None:
                 self.store.mark([t.number for t in self._inflight], "interrupted")
             raise
         finally:
             heartbeat.stop()
             if executor is not None:
                 executor.shutdown()
-            self.store.set_meta("elapsed", self.elapsed)
-            self.store.close()          # the last writer checkpoints the WAL into trials.db
-            self.lock.release()
+            try:
+                if self.store.lost is None:
+                    self.store.set_meta("elapsed", self.elapsed)
+            except StoreLost:
+                pass                    # the error that stops the run says what happened
+            finally:
+                self.store.close()      # the last writer checkpoints the WAL into trials.db
+                self.lock.release()
 
     def _evaluate(self, executor: Executor, trials: list[Trial]) -> list[Trial]:
         """Record, evaluate (re-running trials whose worker died, up to max_attempts),

@@ -13,10 +13,12 @@ anything is written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,11 +96,18 @@ class TrialStore:
         if read_only:
             self._db = _connect_read_only(self.path)
         else:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            try:
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            except sqlite3.OperationalError as err:
+                raise _explain(err, self.path) from None
         self._db.row_factory = sqlite3.Row
+        #: the file this store writes (device, inode) and its run id: checked before each write
+        self._identity: tuple[int, int] | None = None
+        self._run_id: str | None = None
+        self.lost: str | None = None
 
     # -- lifecycle -------------------------------------------------------
     @classmethod
@@ -124,12 +133,15 @@ class TrialStore:
         if not os.access(run_dir, os.W_OK):
             raise ConfigError(f"{run_dir}: not writable; choose another directory with --out")
         store = cls(path)
-        with store._tx():
+        store._run_id = uuid.uuid4().hex
+        with store._tx(check=False):
+            store._set_meta("run_id", store._run_id)
             store._set_meta("schema_version", SCHEMA_VERSION)
             store._set_meta("config", config)
             store._set_meta("config_text", config_text)
             store._set_meta("created", time.time())
             store._set_meta("elapsed", 0.0)
+        store._watch()
         return store
 
     @classmethod
@@ -166,11 +178,16 @@ class TrialStore:
         store = cls(path)
         if version == 1:
             store._migrate_v1()
+        store._run_id = store.get_meta("run_id")
+        if store._run_id is None:          # a store written before run ids
+            store._run_id = uuid.uuid4().hex
+            store.set_meta("run_id", store._run_id)
+        store._watch()
         return store
 
     def _migrate_v1(self) -> None:
         have = {r["name"] for r in self._db.execute("PRAGMA table_info(trials)")}
-        with self._tx():
+        with self._tx(check=False):
             for name, kind in _V2_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
@@ -179,8 +196,83 @@ class TrialStore:
     def close(self) -> None:
         self._db.close()
 
-    def _tx(self):
-        return _Transaction(self._db)
+    # -- the file is still ours --------------------------------------------
+    def _watch(self) -> None:
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def check_identity(self) -> None:
+        """Raise :class:`StoreLost` when the file at the store's path is no longer the one
+        this store writes (deleted, or replaced by another file or another run's store).
+        What this store holds is first saved next to it (``trials.recovered-*.db``)."""
+        if self.lost is not None:
+            raise StoreLost(self.lost)
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+            what = None if (st.st_dev, st.st_ino) == self._identity else "replaced by another file"
+        except FileNotFoundError:
+            what = "deleted"
+        if what is None:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'run_id'").fetchone()
+            if row is None or json.loads(row[0]) != self._run_id:
+                what = "overwritten by another run's store"
+        if what is None:
+            return
+        saved = self._recover()
+        self._disown_wal()
+        self.lost = (f"the trial store {self.path} was {what} while this run was writing it; "
+                     "nothing more is written there. "
+                     + (f"Every trial of this run so far is saved in {saved}: move it back to "
+                        f"{self.path} (after moving away what is there now), then "
+                        f"`nasframe resume {self.path.parent}`" if saved else
+                        "Its trials could not be saved elsewhere"))
+        raise StoreLost(self.lost)
+
+    def _disown_wal(self) -> None:
+        """Remove this connection's ``-wal``/``-shm`` files from the store's path: left
+        there, SQLite would apply this run's write-ahead log to whatever file now sits at
+        the path (another run's store) the next time anyone opens it. Only files this
+        process has open are removed (Linux: /proc/self/fd)."""
+        mine = set()
+        fds = Path("/proc/self/fd")
+        if not fds.is_dir():
+            return
+        for fd in fds.iterdir():
+            try:
+                st = os.stat(fd)
+            except OSError:
+                continue
+            mine.add((st.st_dev, st.st_ino))
+        for suffix in ("-wal", "-shm"):
+            p = self.path.with_name(self.path.name + suffix)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in mine:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _recover(self) -> Path | None:
+        """Copy what this connection sees (the file it opened, even if deleted) to a new file."""
+        target = self.path.with_name(f"trials.recovered-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                     f"{os.getpid()}.db")
+        try:
+            dest = sqlite3.connect(target)
+            try:
+                self._db.backup(dest)
+            finally:
+                dest.close()
+            return target
+        except (sqlite3.Error, OSError):
+            return None
+
+    def _tx(self, check: bool = True):
+        if check:
+            self.check_identity()
+        return _Transaction(self._db, self.path)
 
     # -- meta ------------------------------------------------------------
     def _set_meta(self, key: str, value: Any) -> None:
@@ -316,15 +408,50 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
 
+class StoreLost(RunError):
+    """The run's trial store file was deleted or replaced while the run was writing it."""
+
+
+def _explain(err: sqlite3.OperationalError, path: Path) -> RunError:
+    """SQLite's "database is locked" / "readonly database" with the file and the fix."""
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        from nasframe.lock import open_by
+
+        others = [p for p in open_by(path) if p != os.getpid()]
+        who = (f"; processes with it open: {', '.join(map(str, others[:5]))}" if others else "")
+        return RunError(f"{path}: the trial store stayed locked by another process for 30 s "
+                        f"({text}){who}; stop that process (or wait for it), then resume")
+    if "readonly" in text or "read-only" in text:
+        return RunError(f"{path}: cannot write the trial store ({text}): the file or its folder "
+                        f"{path.parent} is read-only (or owned by another user); make it writable, "
+                        "or copy the run directory somewhere writable and resume there")
+    if "disk" in text and "full" in text:
+        return RunError(f"{path}: the disk is full ({text}); free space, then resume")
+    return RunError(f"{path}: {text}")
+
+
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, path: Path | None = None):
         self.db = db
+        self.path = path
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise _explain(err, self.path or Path("trials.db")) from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise _explain(err, self.path or Path("trials.db")) from None
+        else:
+            self.db.execute("ROLLBACK")
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

@@ -52,8 +52,11 @@ def prepare_in_worker(key: str, config: dict[str, Any], run_dir: str,
 def evaluate_in_worker(key: str, config: dict[str, Any], run_dir: str, plugins: bytes | None,
                        trial: Trial) -> Trial:
     """Evaluate one trial in this process, building the experiment on first use."""
+    from nasframe import stopping
+
     exp, ctx = prepare_in_worker(key, config, run_dir, plugins)
-    return exp.evaluate(trial, ctx)
+    with stopping.watch(install=False):   # no user signal reaches a worker: an interrupt is the objective's
+        return exp.evaluate(trial, ctx)
 
 
 def warm_worker(key: str, config: dict[str, Any], run_dir: str, plugins: bytes | None = None) -> None:

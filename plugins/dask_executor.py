@@ -51,6 +51,7 @@ class DaskExecutor(Executor):
         self._client: Any = None
         self._cluster: Any = None
         self._job: Job | None = None
+        self._pids: dict[str, int] = {}
 
     def start(self, job: Job) -> None:
         import dask
@@ -68,6 +69,18 @@ class DaskExecutor(Executor):
             self._client = Client(self.address)
         if job.warm is not None:        # build the experiment in every worker before timing trials
             self._client.run(job.warm)
+        if self._cluster is not None:   # local workers: their process ids, to stop a hung one
+            import os
+
+            self._pids = dict(self._client.run(os.getpid))
+
+    def _workers(self) -> list[str]:
+        try:
+            return sorted(self._client.scheduler_info(n_workers=-1)["workers"])
+        except TypeError:             # older distributed: no n_workers
+            return sorted(self._client.scheduler_info()["workers"])
+        except Exception:  # noqa: BLE001 - best effort
+            return []
 
     def map(self, trials: Sequence[Trial]) -> list[Trial]:
         if self._client is None or self._job is None:
@@ -96,10 +109,10 @@ class DaskExecutor(Executor):
                                         else f"worker error: {kind}: {err}")
                 elif limit is not None and now - since > limit:
                     del running[i]
-                    self._abandon(fut)
                     where = "its worker was restarted" if self._cluster is not None \
                         else "the task was abandoned"
                     out[i] = failed(t, "timeout", f"timed out after {limit:g} s ({where})")
+                    self._abandon(fut)
         return out  # type: ignore[return-value]
 
     def _abandon(self, fut: Any) -> None:
@@ -111,12 +124,38 @@ class DaskExecutor(Executor):
         except Exception:  # noqa: BLE001 - best effort
             pass
         fut.cancel()
-        if self._cluster is not None and workers:
+        if self._cluster is None or not workers:
+            return
+        # The worker's thread is stuck in the trial: a graceful restart would wait seconds for
+        # it; kill its process instead (a local cluster: same machine) and let its nanny
+        # start a new one, then warm the new worker (it has a new address; calling the old
+        # one would wait for a 30 s connect timeout).
+        import os
+        import signal
+
+        before = set(self._workers())
+        for w in workers:
+            pid = self._pids.get(w)
+            if pid is None:
+                continue
             try:
-                self._client.restart_workers(workers, timeout=30)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = set(self._workers())
+            if len(current) >= self.workers and not (set(workers) & current):
+                break
+            time.sleep(0.1)
+        current = set(self._workers())
+        fresh = sorted(current - before)
+        if fresh:
+            try:
+                self._pids.update(self._client.run(os.getpid, workers=fresh))
                 if self._job is not None and self._job.warm is not None:
-                    self._client.run(self._job.warm, workers=workers)
-            except Exception:  # noqa: BLE001 - the task is failed either way
+                    self._client.run(self._job.warm, workers=fresh)
+            except Exception:  # noqa: BLE001 - it builds the experiment on its first trial
                 pass
 
     def shutdown(self) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from nasframe_plugins.tuner_bridge import Outcome, TunerBridge
 from pydantic import JsonValue, model_validator
 
+from nasframe import trust
 from nasframe.errors import did_you_mean
 from nasframe.params import Field, Float, Int, ParamError, Params
 from nasframe.trial import Problem
@@ -97,10 +98,12 @@ def builtin_tuners() -> dict[str, Any]:
     return out
 
 
-def tuner_class(spec: str) -> tuple[type, dict[str, Any], Any]:
+def tuner_class(spec: str) -> tuple[type, dict[str, Any], Any] | None:
     """``(class, built-in class args, args validator or None)`` of a built-in tuner name
     (any case: TPE, Evolution, Anneal, Random, GridSearch, ...) or a class path
-    ('package.module.Class'). A ParamError otherwise."""
+    ('package.module.Class'). A ParamError otherwise. A class path loads code: it must be
+    allowed outside the experiment file (:mod:`nasframe.trust`), and under
+    :func:`nasframe.trust.check_only` it is checked but not imported (None)."""
     name = spec.strip()
     builtins = builtin_tuners()
     meta = builtins.get(name.lower())
@@ -118,6 +121,9 @@ def tuner_class(spec: str) -> tuple[type, dict[str, Any], Any]:
             validator = getattr(importlib.import_module(vmod), vname)()
         return cls, dict(meta.class_args or {}), validator
     if "." in name:
+        trust.require(spec, "tuner", "a class path (importing it runs that module's code)")
+        if trust.checking_only():
+            return None
         module, _, cls_name = name.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), cls_name)
@@ -219,6 +225,8 @@ class NNIStrategy(TunerBridge):
         if self._tuner_cls is None:
             _import_nni()
             self._tuner_cls = tuner_class(p.tuner)
+        if self._tuner_cls is None:      # validate: a class path checked, not imported
+            return None
         cls, defaults, validator = self._tuner_cls
         kwargs = {**defaults, **p.tuner_kwargs}
         for bad, why in (("optimize_mode", "nasframe always minimises (maximised objectives are "
@@ -253,6 +261,8 @@ class NNIStrategy(TunerBridge):
         self._late: deque[tuple[int, dict]] = deque()
         self._next_id = 0
         self._tuner = self._make_tuner()
+        if self._tuner is None:
+            return
         space = {d.name: {"_type": "choice", "_value": list(range(d.count))}
                  for d in self._decisions}
         with self._sandbox():

@@ -18,6 +18,7 @@ from typing import Any
 from nasframe_plugins.tuner_bridge import Outcome, TunerBridge
 from pydantic import JsonValue
 
+from nasframe import trust
 from nasframe.errors import ConfigError, did_you_mean
 from nasframe.params import Field, Int, ParamError, Params
 from nasframe.space import Integer
@@ -47,20 +48,39 @@ def _quiet():
         optuna.logging.set_verbosity(level)
 
 
-def sampler_class(spec: str, registry: str | None = None) -> type:
+def sampler_class(spec: str, registry: str | None = None) -> type | None:
     """The sampler class named by ``spec``: a short name (``tpe``, ``nsga2``, ``nsga3``,
     ``gp``, ``random``, ``qmc``, ``cmaes``), a class of ``optuna.samplers`` (``TPESampler``),
     a class path (``package.module.Class`` or ``package.module:Class``) or an OptunaHub
-    module (``optunahub:PACKAGE`` or ``optunahub:PACKAGE:Class``). A ParamError otherwise."""
+    module (``optunahub:PACKAGE`` or ``optunahub:PACKAGE:Class``). A ParamError otherwise.
+
+    A class path or an OptunaHub module loads code, so it must be allowed outside the
+    experiment file (:mod:`nasframe.trust`); under :func:`nasframe.trust.check_only`
+    (``nasframe validate``) it is checked but not imported, and None is returned."""
     import optuna
 
     low = spec.strip().lower()
     names = {n.lower(): n for n in dir(optuna.samplers) if n.endswith("Sampler")}
     if low in SAMPLERS or low in names:
         return getattr(optuna.samplers, SAMPLERS.get(low) or names[low])
+    for prefix in ("optuna.samplers.", "optuna.samplers:"):   # optuna's own: nothing imported
+        if spec.strip().startswith(prefix):
+            name = spec.strip()[len(prefix):]
+            if name.lower() in names:
+                return getattr(optuna.samplers, names[name.lower()])
+            raise ParamError("sampler", f"optuna.samplers has no sampler {name!r}"
+                             f"{did_you_mean(name, names.values())}; its samplers: "
+                             f"{', '.join(sorted(names.values()))}")
     if low.startswith("optunahub:"):
+        trust.require(spec, "sampler", "an OptunaHub package (its code is downloaded or read "
+                      "from the registry folder, then run)")
+        if trust.checking_only():
+            return None
         return _hub_class(spec.strip()[len("optunahub:"):], registry)
     if "." in spec or ":" in spec:
+        trust.require(spec, "sampler", "a class path (importing it runs that module's code)")
+        if trust.checking_only():
+            return None
         module, _, name = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), name)
@@ -172,6 +192,8 @@ class OptunaStrategy(TunerBridge):
         if self._cls is None:
             self._cls = sampler_class(p.sampler, p.optunahub_registry)
         cls = self._cls
+        if cls is None:
+            return None
         kwargs = dict(p.sampler_kwargs)
         for bad, why in (("seed", "the sampler's seed is the experiment's `seed`"),
                          ("constraints_func", "the experiment's constraints are passed to the "
@@ -211,6 +233,9 @@ class OptunaStrategy(TunerBridge):
         self._worst: dict[str, float] = {}
         self._worst_con: dict[int, float] = {}
         sampler = self._make_sampler(seed)
+        if sampler is None:          # validate: named code checked, not imported
+            self._study = None
+            return
         with _quiet():
             self._study = optuna.create_study(
                 directions=["minimize" if o.direction == "min" else "maximize"

@@ -7,7 +7,9 @@ Loaded by name (``NASFRAME_PLUGIN_MODULES=fault_plugin`` with this folder on
 * objective ``faulty``: a deterministic value of ``x``; for the architectures
   it *hits* (a seeded ``fraction`` of them, or those whose ``x`` is listed in
   ``xs``) it ``crash``-es the process (``os._exit(exit_code)``), ``hang``-s,
-  ``raise``-s, returns ``inf`` or ``nan``; every evaluation first sleeps
+  ``raise``-s, returns ``inf`` or ``nan``, raises ``KeyboardInterrupt``
+  (``interrupt``) or ``SystemExit(0)`` (``exit``) itself, or ``fork``-s a child
+  that sleeps 10 minutes (its pid as ``child-PID`` in ``pid_dir``); every evaluation first sleeps
   ``seconds`` and writes its process id into ``pid_dir``;
 * objective ``fault_cost``: ``x mod 97``, always well behaved.
 
@@ -57,7 +59,8 @@ class Faulty(Objective):
     cost = 1.0
 
     class Params(nasframe.Params):
-        mode: Literal["ok", "crash", "hang", "raise", "inf", "nan"] = "ok"
+        mode: Literal["ok", "crash", "hang", "raise", "inf", "nan", "interrupt", "exit",
+                      "fork"] = "ok"
         fraction: float = Field(1.0, ge=0, le=1)
         xs: list[int] | None = None
         exit_code: int = Field(3, ge=0, le=255, strict=True)
@@ -86,6 +89,17 @@ class Faulty(Objective):
             return math.inf
         if hits and p.mode == "nan":
             return math.nan
+        if hits and p.mode == "interrupt":      # a library's own signal handling does this
+            raise KeyboardInterrupt()
+        if hits and p.mode == "exit":           # sys.exit(0) deep in third-party code
+            raise SystemExit(0)
+        if hits and p.mode == "fork":           # a forked helper that outlives the trial
+            child = os.fork()
+            if child == 0:
+                if p.pid_dir:
+                    (Path(p.pid_dir) / f"child-{os.getpid()}").touch()
+                time.sleep(600)
+                os._exit(0)
         return float((x * 7919) % 1009)
 
 

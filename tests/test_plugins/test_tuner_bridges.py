@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+import nasframe
 from nasframe.architecture import Architecture
 from nasframe.params import ParamError
 from nasframe.simulate import finished_trial, simulate
@@ -249,11 +250,21 @@ def test_optuna_constrained_tpe_finds_the_feasible_optimum():
 @needs_optuna
 @pytest.mark.parametrize("spec, match", [
     ("tpee", "did you mean"),
-    ("optuna.samplers.NoSuchSampler", "cannot import"),
+    ("optuna.samplers.NoSuchSampler", "has no sampler"),
+    ("no_such_module.Sampler", "cannot import"),
     ("json.JSONDecoder", "not a subclass"),
 ])
 def test_optuna_bad_sampler_is_a_param_error(spec, match):
-    with pytest.raises(ParamError, match=match) as err:
+    with pytest.raises(ParamError, match=match) as err, nasframe.allow_code("*"):
+        make("optuna", sampler=spec)
+    assert err.value.field == "sampler"
+
+
+@needs_optuna
+@pytest.mark.parametrize("spec", ["json.JSONDecoder", "optunahub:samplers/x", "os:system"])
+def test_optuna_code_from_the_experiment_needs_an_opt_in(spec):
+    """A class path or an OptunaHub package is code: refused unless allowed outside the file."""
+    with pytest.raises(ParamError, match="--allow-code") as err:
         make("optuna", sampler=spec)
     assert err.value.field == "sampler"
 
@@ -308,8 +319,9 @@ class RecordingTuner(_TunerBase):
 
 def nni_recorded(problem: Problem, **params) -> list[tuple[Architecture | None, float]]:
     RecordingTuner.told = []
-    drive(make("nni", problem, tuner=f"{__name__}.RecordingTuner", **params), 100, batch=1,
-          problem=problem)
+    with nasframe.allow_code(f"{__name__}.RecordingTuner"):
+        d = make("nni", problem, tuner=f"{__name__}.RecordingTuner", **params)
+    drive(d, 100, batch=1, problem=problem)
     return [(SPACE.from_indices([p[x.name] for x in SPACE.decisions()]), v)
             for p, v in RecordingTuner.told]
 
@@ -357,9 +369,16 @@ def test_nni_one_objective_in_its_direction():
     ({"tuner_kwargs": {"optimize_mode": "maximize"}}, "tuner_kwargs.optimize_mode", "remove it"),
 ])
 def test_nni_bad_params_are_param_errors(params, field, match):
-    with pytest.raises(ParamError, match=match) as err:
+    with pytest.raises(ParamError, match=match) as err, nasframe.allow_code("nasframe.*"):
         make("nni", **params)
     assert err.value.field == field
+
+
+@needs_nni
+def test_nni_tuner_class_path_needs_an_opt_in():
+    with pytest.raises(ParamError, match="--allow-code") as err:
+        make("nni", tuner="nasframe.trial.Trial")
+    assert err.value.field == "tuner"
 
 
 @needs_nni
@@ -398,13 +417,15 @@ def test_optuna_sampler_from_a_local_optunahub_registry(tmp_path):
     pkg = tmp_path / "samplers" / "every_other"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(HUB_SAMPLER)
-    d = make("optuna", sampler="optunahub:samplers/every_other",
-             optunahub_registry=str(tmp_path))
+    with nasframe.allow_code("optunahub:samplers/*"):
+        d = make("optuna", sampler="optunahub:samplers/every_other",
+                 optunahub_registry=str(tmp_path))
     sampler = d.strategy.study.sampler
     assert type(sampler).__name__ == "EveryOtherSampler"
     assert len(drive(d, 6, batch=2)) == 6
     assert type(sampler).calls > 0
-    with pytest.raises(ParamError, match="cannot load OptunaHub package 'samplers/nothing'"):
+    with pytest.raises(ParamError, match="cannot load OptunaHub package 'samplers/nothing'"), \
+            nasframe.allow_code("optunahub:samplers/*"):
         make("optuna", sampler="optunahub:samplers/nothing", optunahub_registry=str(tmp_path))
 
 
