@@ -156,3 +156,30 @@ def test_the_deploy_check_passes_and_names_its_files(tmp_path):
     assert saved["target"].startswith("Snapdragon 8 Elite")
     strict = NpuCheck(min_psnr_db=199.0).check(result, inputs)
     assert not strict.passed and "below the 199 dB bound" in strict.summary
+
+
+def test_a_qdq_graph_is_compiled_as_quantised(tmp_path):
+    """ONNX Runtime's static quantiser's QDQ graph: compiled as quantised; psnr_db against the
+    float model's output, cpu_psnr_db against the same QDQ graph on ORT's CPU EP."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    path, inputs, model = _export(tmp_path, 8)
+    name = __import__("onnx").load(str(path)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.data = iter([{name: torch.randn(1, 3, 16, 16).numpy()} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    qdq = tmp_path / "m_qdq.onnx"
+    quantize_static(str(path), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+    with torch.no_grad():
+        reference = [model(*inputs)]
+    report = check_graph(qdq, inputs=inputs, reference=reference)
+    assert report.compiles and report.quantised and report.precision == "qdq"
+    assert report.reference == "given fp32 reference"
+    assert report.psnr_db > 20 and report.cpu_psnr_db > 20   # 8-bit noise, not wrong
