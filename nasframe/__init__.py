@@ -22,6 +22,7 @@ from nasframe.hookspecs import hookimpl
 from nasframe.inprocess import objective, register
 from nasframe.objective import Objective, Provenance, Value
 from nasframe.params import Field, ParamError, Params
+from nasframe.pruning import TrialPruned
 from nasframe.space import Boolean, Categorical, Decision, Integer, SearchSpace
 from nasframe.strategy import Strategy
 from nasframe.trust import allow_code
@@ -34,7 +35,8 @@ __all__ = [
     "Constraint", "Context", "Decision", "EvaluationError", "Executor", "ExecutorParams",
     "Experiment", "Field", "History", "Integer", "Job", "NasframeError", "Objective",
     "ObjectiveSpec", "ParamError", "Params", "PluginError", "Problem", "Provenance", "Run",
-    "RunError", "SearchSpace", "Strategy", "Trial", "Value", "allow_code", "capabilities",
+    "RunError", "SearchSpace", "Strategy", "Trial", "TrialPruned", "Value", "allow_code",
+    "capabilities",
     "content_hash",
     "hookimpl", "load_run", "objective", "register",
 ]

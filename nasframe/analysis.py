@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nasframe.pareto import default_reference_point, hypervolume, hypervolume_history, pareto_ranks
-from nasframe.trial import Trial
+from nasframe.trial import EVALUATED, Trial
 
 if TYPE_CHECKING:
     from nasframe.strategy import Strategy
@@ -68,10 +68,12 @@ def analyse(trials: Sequence[Trial], keys: Sequence[str], directions: Sequence[s
     done = [t for t in trials if t.status != "running"]
     values = np.array([[t.values.get(k, math.nan) for k in keys] for t in done],
                       dtype=float).reshape(-1, len(keys))
-    feasible = np.array([bool(t.feasible) and t.status != "failed" for t in done], dtype=bool)
+    # failed trials have no values and pruned ones partial values: neither is ranked
+    placed = np.array([t.status in EVALUATED for t in done], dtype=bool)
+    feasible = np.array([bool(t.feasible) for t in done], dtype=bool) & placed
     violation = np.array([t.violation if t.feasible is False else 0.0 for t in done])
     ranks = pareto_ranks(values, directions, feasible, violation)
-    ranks[np.array([t.status == "failed" for t in done], dtype=bool)] = -1
+    ranks[~placed] = -1
     ok = feasible & ~np.isnan(values).any(axis=1)
     ref = _ref_point(keys, directions, reference_point, values, ok)
     hv = hypervolume_history(values, directions, ref, feasible)
@@ -81,7 +83,7 @@ def analyse(trials: Sequence[Trial], keys: Sequence[str], directions: Sequence[s
 def front_stats(trials: Sequence[Trial], keys: Sequence[str], directions: Sequence[str],
                 reference_point: Mapping[str, float] | None = None) -> tuple[int, float]:
     """(front size, hypervolume) of the finished trials; cheaper than :func:`analyse`."""
-    done = [t for t in trials if t.status in ("complete", "pruned")]
+    done = [t for t in trials if t.status in EVALUATED]
     if not done:
         return 0, 0.0
     values = np.array([[t.values.get(k, math.nan) for k in keys] for t in done], dtype=float)

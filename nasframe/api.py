@@ -32,9 +32,10 @@ class Experiment(_experiment.Experiment):
     def from_yaml(cls, path: str | Path) -> Experiment:
         """Read, resolve and check an experiment file (what ``nasframe validate`` does);
         a ConfigError lists every problem, with the field and the fix."""
-        from nasframe.config import load_config
+        from nasframe.experiment import checked_config
+        from nasframe.safeyaml import load_yaml_file
 
-        cfg = load_config(path)
+        cfg = checked_config(load_yaml_file(path, "experiment file"), str(path))
         exp = cls.from_config(cfg, source=str(path))
         exp.text = Path(path).read_text(encoding="utf-8")
         return exp
@@ -44,9 +45,9 @@ class Experiment(_experiment.Experiment):
         """The same from a mapping with the fields of an experiment file."""
         import yaml
 
-        from nasframe.config import config_from_dict
+        from nasframe.experiment import checked_config
 
-        exp = cls.from_config(config_from_dict(data, source), source=source)
+        exp = cls.from_config(checked_config(data, source), source=source)
         try:
             exp.text = yaml.safe_dump(data, sort_keys=False)
         except yaml.YAMLError:

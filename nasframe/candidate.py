@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import networkx as nx
     import torch
 
+    from nasframe.pruning import Pruning
     from nasframe.space import SearchSpace
 
 
@@ -18,10 +19,13 @@ class Candidate:
     (seeded by the trial's seed) and shared by every objective of the trial;
     so are the space's extra model parts (:meth:`part`)."""
 
-    def __init__(self, space: SearchSpace, arch: Architecture, seed: int = 0):
+    def __init__(self, space: SearchSpace, arch: Architecture, seed: int = 0,
+                 pruning: Pruning | None = None):
         self.space = space
         self.arch = arch
         self.seed = seed
+        #: this trial's intermediate values and pruner (:mod:`nasframe.pruning`)
+        self.pruning = pruning
         self._model: torch.nn.Module | None = None
         self._graph: nx.DiGraph | None = None
         self._parts: dict[str, torch.nn.Module] = {}
@@ -77,6 +81,18 @@ class Candidate:
                                      f"(asked for {part!r})")
                 return self.space.part_example_inputs(self.arch, part, input_shape, batch_size)
             return self.space.example_inputs(self.arch, input_shape, batch_size)
+
+    # -- multi-fidelity --------------------------------------------------------
+    def report(self, value: float, step: int) -> None:
+        """An intermediate value of the objective being evaluated after ``step`` units of
+        work (e.g. PSNR after ``step`` fine-tuning steps)."""
+        if self.pruning is not None:
+            self.pruning.report(value, step)
+
+    def should_prune(self) -> bool:
+        """True when the experiment's pruner says this trial should stop now: raise
+        :class:`nasframe.TrialPruned` (the trial keeps its last reported value)."""
+        return self.pruning is not None and self.pruning.should_prune()
 
     def release(self) -> None:
         self._model = None

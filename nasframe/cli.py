@@ -30,29 +30,67 @@ _KINDS = (("search space", "search_spaces"), ("objective", "objectives"),
           ("latency backend", "latency_backends"), ("deploy check", "deploy_checks"))
 
 
+_KIND_WORDS = {"searchspace": "search space", "searchspaces": "search space", "space": "search space",
+               "spaces": "search space", "objective": "objective", "objectives": "objective",
+               "strategy": "strategy", "strategies": "strategy", "executor": "executor",
+               "executors": "executor", "latencybackend": "latency backend",
+               "latencybackends": "latency backend", "backend": "latency backend",
+               "backends": "latency backend"}
+
+
+def _one_line(cls) -> str:
+    import inspect
+
+    doc = (inspect.getdoc(cls) or "").strip().split("\n\n")[0].replace("\n", " ")
+    first = doc.split(". ")[0].rstrip(".")
+    return first[:100] + ("..." if len(first) > 100 else "")
+
+
 def _plugins_cmd(args: argparse.Namespace) -> int:
+    import fnmatch
+
     from nasframe.plugins import get_plugins
 
     plugins = get_plugins()
-    if args.name:
-        return _describe_component(plugins, args.name)
-    cols = ("kind", "name", "plugin", "version", "status")
+    query = args.name
+    kind_filter = pattern = None
+    if query:
+        word = query.lower().replace(" ", "").replace("_", "").replace("-", "")
+        if word in _KIND_WORDS:
+            kind_filter = _KIND_WORDS[word]
+        elif any(c in query for c in "*?["):
+            pattern = query
+        else:
+            return _describe_component(plugins, query)
+    cols = ("kind", "name", "plugin", "version", "status", "what")
     rows = []
     for kind, attr in _KINDS:
+        if kind_filter and kind != kind_filter:
+            continue
         for e in getattr(plugins, attr).entries():
+            if pattern and not fnmatch.fnmatchcase(e.name, pattern):
+                continue
             missing = e.missing()
             status = f"unavailable: needs {', '.join(missing)} ({e.install_hint()})" if missing \
                 else "ok"
-            rows.append((kind, e.name, e.plugin, e.version, status))
-    if out.is_terminal:
+            rows.append(dict(zip(cols, (kind, e.name, e.plugin, e.version, status,
+                                        _one_line(e.cls)))))
+    if pattern and not rows:
+        every = [n for _, attr in _KINDS for n in getattr(plugins, attr).names()]
+        raise ConfigError(f"no component matches {query!r}; components: {', '.join(sorted(every))}")
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif args.format == "csv":
+        _csv_out(rows, list(cols))
+    elif out.is_terminal:
         table = Table(*cols, title="nasframe components (`nasframe plugins NAME` shows params)")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*row.values())
         out.print(table)
     else:  # piped: one tab-separated line per component
         print("\t".join(cols))
         for row in rows:
-            print("\t".join(row))
+            print("\t".join(row.values()))
     for f in plugins.failures:
         console.print(f"[red]plugin '{f.plugin}' failed to load:[/red] {f.error}")
         if args.debug:
@@ -102,9 +140,11 @@ def _describe_component(plugins, name: str) -> int:
 
 
 def _load(path: str):
-    from nasframe.config import load_config
+    from nasframe.experiment import checked_config
+    from nasframe.safeyaml import load_yaml_file
 
-    cfg = load_config(path)          # checks size, encoding, nesting, aliases, duplicate keys
+    data = load_yaml_file(path, "experiment file")   # size, encoding, nesting, aliases, duplicates
+    cfg = checked_config(data, path)                  # every problem at once
     return cfg, Path(path).read_text(encoding="utf-8")
 
 
@@ -177,8 +217,10 @@ def _drive(runner, args: argparse.Namespace) -> int:
                       f"trials in flight will run again. Continue with: nasframe resume "
                       f"{runner.run_dir}")
         return 143
-    console.print(f"[green]done[/green] ({summary.stopped_because}): {summary.trials} trials, "
-                  f"{summary.failed} failed, {summary.front} on the front, "
+    refs = (f" + {summary.references} reference architecture"
+            f"{'s' if summary.references != 1 else ''}" if summary.references else "")
+    console.print(f"[green]done[/green] ({summary.stopped_because}): {summary.trials} trials"
+                  f"{refs}, {summary.failed} failed, {summary.front} on the front, "
                   f"hypervolume {summary.hypervolume:.4g}")
     if not args.no_export:
         from nasframe.export import export_run
@@ -286,12 +328,24 @@ def _export_cmd(args: argparse.Namespace) -> int:
         out.print(f"view it with: optuna-dashboard {args.optuna}", markup=False, highlight=False)
         return 0
     checks = _deploy_checks(args, args.models or ())
-    paths = export_run(args.run_dir, args.out, models=args.models or (), part=args.part,
+    paths = export_run(args.run_dir, _output(args), models=args.models or (), part=args.part,
                        console=console, checks=checks)
     for name, p in paths.items():
         out.print(f"{name}: {p}")
     _print_pick(paths, out)
     return _checks_failed(paths) if checks else 0
+
+
+def _output(args: argparse.Namespace) -> str | None:
+    """``-o/--output``; the old ``--out`` of export/analyse still works, with a warning."""
+    if getattr(args, "old_out", None):
+        if args.output:
+            raise ConfigError("give -o/--output only (--out is its old name)")
+        console.print(f"warning: --out here is now -o/--output (--out names a run directory "
+                      f"in every command); writing to {args.old_out}", style="yellow",
+                      markup=False, highlight=False)
+        return args.old_out
+    return args.output
 
 
 def _dashboard_cmd(args: argparse.Namespace) -> int:
@@ -339,9 +393,22 @@ def _export_model_cmd(args: argparse.Namespace) -> int:
             raise ConfigError(f"--input-shape {args.input_shape!r}: give integers, batch first, "
                               "e.g. 1,3,256,256") from None
     path = Path(args.output or f"{arch.id}{'-' + args.part if args.part else ''}{SUFFIX[args.format]}")
-    if not args.fresh:   # the weights the objectives see (teacher, distilled blocks: cached)
+    from nasframe import capabilities
+
+    provides = capabilities.TrainedWeights in capabilities.provided_by(exp.space)
+    needed = capabilities.TrainedWeights in exp.needs()
+    if not args.fresh:   # the weights the search used (teacher, distilled blocks: cached)
         ctx = exp.context(cfg.run_dir(args.out), console=console)
         exp.space.prepare(ctx, exp.needs())
+    if args.fresh or not provides or not needed:
+        why = ("--fresh" if args.fresh else
+               f"search space '{exp.space.name}' trains no weights before a search (its quality "
+               "objectives train a throwaway copy per trial)" if not provides else
+               "this experiment's objectives need no trained weights, so none were prepared; "
+               "add a quality objective such as psnr to export the trained model")
+        console.print(f"note: the exported model has freshly initialised, untrained weights "
+                      f"({why}); train it before you deploy it", style="yellow", markup=False,
+                      highlight=False)
     checks = _deploy_checks(args, (args.format,))
     with console.status(f"exporting {arch.id} ({args.format})"
                         + (f", then {', '.join(args.check)}" if checks else ""), spinner="dots"):
@@ -431,8 +498,14 @@ def _checks_failed(paths: dict[str, Path]) -> int:
 def _add_export_parsers(sub, common) -> None:
     from nasframe.deploy import FORMATS
 
-    p = sub.add_parser("export-model", parents=[common],
-                       help="export one architecture's model (ONNX, TorchScript, ExportedProgram)")
+    p = _sub(sub, common, "export-model", "export one architecture's deployable model",
+             "Exports one architecture (a reference by name, or a YAML file such as "
+             "RUN_DIR/front/<id>.yaml) as ONNX, TorchScript or an ExportedProgram, with the "
+             "weights the search used (trained and cached in the run directory), and checks it "
+             "against PyTorch on the spot (max abs/rel error in <file>.json).",
+             "  nasframe export-model examples/ens_device.yaml --arch teacher -o teacher.onnx\n"
+             "  nasframe export-model examples/quickstart.yaml --arch runs/quickstart/front/pick.yaml"
+             " -o pick.onnx")
     p.add_argument("experiment", metavar="EXP.yaml")
     p.add_argument("--arch", required=True, metavar="NAME|FILE",
                    help="a reference architecture name or a YAML file (e.g. front/<id>.yaml)")
@@ -442,9 +515,11 @@ def _add_export_parsers(sub, common) -> None:
     p.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape, batch first")
     p.add_argument("--fresh", action="store_true",
                    help="freshly initialised weights: skip training/loading the space's weights")
-    p.add_argument("--out", help="directory for prepared artifacts (default: the experiment's `output`)")
+    p.add_argument("--out", metavar="DIR", help="the run directory whose prepared weights are "
+                   "used (default: the experiment's `output`, else runs/<name>)")
     p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest relative difference from PyTorch accepted (exit 1 above)")
+                   help="largest relative difference from PyTorch accepted (exit 1 above; "
+                        "default: %(default)g)")
     _add_check_args(p)
     p.set_defaults(fn=_export_model_cmd)
 
@@ -479,13 +554,7 @@ def _rows_out(rows: list[dict[str, Any]], fmt: str, keys: list[str], title: str)
         print(json.dumps(rows, indent=1, default=str))
         return
     if fmt == "csv":
-        import csv
-
-        cols = list(rows[0]) if rows else list(_TABLE_COLUMNS)
-        w = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
+        _csv_out(rows, list(rows[0]) if rows else list(_TABLE_COLUMNS))
         return
     cols = [*_TABLE_COLUMNS, *keys, "is_pareto", "pick", "failure", "error"]
     table = Table(*cols, title=title, show_lines=False)
@@ -564,11 +633,12 @@ def _status_cmd(args: argparse.Namespace) -> int:
     try:
         elapsed = float(store.get_meta("elapsed", 0.0))
         beat = store.get_meta("heartbeat")
+        finished = store.get_meta("finished")
     finally:
         store.close()
     trials = run.trial_list()
     search = [t for t in trials if not t.is_reference]
-    counts = {s: sum(t.status == s for t in trials) for s in ("complete", "pruned", "failed", "running")}
+    counts = {s: sum(t.status == s for t in trials) for s in ("complete", "infeasible", "pruned", "failed", "running")}
     budget = run.config.budget
     lock = RunLock(args.run_dir)
     holder = lock.holder()
@@ -594,7 +664,9 @@ def _status_cmd(args: argparse.Namespace) -> int:
     a = run.analysis
     doc = {
         "run_dir": str(run.run_dir), "experiment": run.config.name,
-        "state": "running" if live else "stopped",
+        "state": "running" if live else ("finished" if finished and not counts["running"]
+                                         else "stopped"),
+        "finished_because": finished.get("because") if finished and not live else None,
         "holder": holder if live else None,
         "trials": {"search": sum(t.status != "running" for t in search),
                    "budget": budget.trials, "references": len(trials) - len(search), **counts},
@@ -609,12 +681,20 @@ def _status_cmd(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(doc, indent=1, default=str))
         return 0
+    if args.format == "csv":
+        flat = {k: v for k, v in doc.items() if k not in ("trials", "running", "holder")}
+        flat.update({f"trials_{k}": v for k, v in doc["trials"].items()})
+        flat["holder_pid"] = (doc["holder"] or {}).get("pid")
+        _csv_out([flat])
+        return 0
     t = doc["trials"]
     of = f" of {t['budget']}" if t["budget"] else ""
     state = (f"[green]running[/green] (pid {holder.get('pid')} on {holder.get('host')})" if live
-             else "[yellow]stopped[/yellow]")
+             else f"[green]finished[/green] ({doc['finished_because']})"
+             if doc["state"] == "finished" else "[yellow]stopped[/yellow] (resume continues it)")
     out.print(f"{doc['run_dir']} ({doc['experiment']}): {state}")
-    out.print(f"search trials {t['search']}{of}; complete {t['complete']}, pruned {t['pruned']}, "
+    out.print(f"search trials {t['search']}{of}; complete {t['complete']}, infeasible "
+              f"{t['infeasible']}, pruned {t['pruned']}, "
               f"failed {t['failed']}, running {t['running']}; references {t['references']}",
               highlight=False)
     out.print(f"front {doc['front']}, hypervolume {doc['hypervolume']:.4g}; elapsed "
@@ -641,27 +721,39 @@ def _analyse_cmd(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     check = proxy_check(run, args.proxies, args.measured)
     deployed = deploy_check_summary(run)
+    if not check.correlations and not deployed:
+        what = []
+        if not check.measured:
+            what.append("no measured latency: add an objective with a measured latency to the "
+                        "experiment, e.g. `- {name: latency, params: {backend: onnxruntime}}` "
+                        "(searched) or as a constraint, and run again (`nasframe plugins latency`)")
+        if not check.proxies:
+            what.append("no proxy objective: add one, e.g. `- {name: gmacs}` or `- {name: params}`")
+        if not what:
+            what.append("no complete trial has both a proxy and a measured latency")
+        raise ConfigError(*(f"{args.run_dir}: nothing to analyse: {w}" for w in what))
+    rows = [{"proxy": c.proxy, "measured": c.measured, "n": c.n, "tau": c.tau,
+             "p_value": c.p_value, "measured_on": c.measured_device} for c in check.correlations]
     if args.format == "json":
         doc = check.to_dict()
         if deployed:
             doc["deploy_checks"] = [d.to_dict() for d in deployed]
-        out.print_json(json.dumps(doc, default=str))
+        print(json.dumps(doc, indent=1, default=str))
+    elif args.format == "csv":
+        _csv_out(rows)
     else:
-        table = Table(title=f"{args.run_dir}: Kendall tau, proxy vs measured "
-                      f"(complete trials)")
-        for col in ("proxy", "measured", "n", "tau", "p-value", "measured on"):
-            table.add_column(col)
-        for c in check.correlations:
-            table.add_row(c.proxy, c.measured, str(c.n), f"{c.tau:.3f}", f"{c.p_value:.2g}",
-                          c.measured_device)
-        out.print(table)
-        if not check.correlations:
-            out.print("no proxy/measured-latency pair in this run (proxies: "
-                      f"{', '.join(check.proxies) or 'none'}; measured latencies: "
-                      f"{', '.join(check.measured) or 'none'})", highlight=False)
+        if check.correlations:
+            table = Table(title=f"{args.run_dir}: Kendall tau, proxy vs measured "
+                          f"(complete trials)")
+            for col in ("proxy", "measured", "n", "tau", "p-value", "measured on"):
+                table.add_column(col)
+            for c in check.correlations:
+                table.add_row(c.proxy, c.measured, str(c.n), f"{c.tau:.3f}", f"{c.p_value:.2g}",
+                              c.measured_device)
+            out.print(table)
         _print_deploy_checks(deployed)
-    if not args.no_plot:
-        js, png = write_proxy_check(check, args.out or args.run_dir)
+    if not args.no_plot and check.correlations:
+        js, png = write_proxy_check(check, _output(args) or args.run_dir)
         console.print(f"wrote {png} and {js}", highlight=False)
     return 0
 
@@ -683,19 +775,58 @@ def _print_deploy_checks(summaries) -> None:
     Console(soft_wrap=False, width=max(out.width, 160) if not out.is_terminal else None).print(table)
 
 
+def _csv_out(rows: list[dict[str, Any]], cols: list[str] | None = None) -> None:
+    import csv
+
+    cols = cols or (list(rows[0]) if rows else [])
+    w = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if v is None else v for k, v in r.items()})
+
+
+FORMATS_OUT = ("table", "json", "csv")
+_EPILOG = "exit codes: 0 ok, 2 a usage or configuration error, 1 a failure while running"
+
+
+def _sub(sub, common, name: str, help_: str, description: str, examples: str, **kw):
+    """A subcommand with a description and examples in its --help."""
+    return sub.add_parser(name, parents=[common], help=help_, description=description,
+                          epilog=f"examples:\n{examples}\n\n{_EPILOG}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
+def _add_format(p, default: str = "table") -> None:
+    p.add_argument("-f", "--format", choices=FORMATS_OUT, default=default,
+                   type=lambda v: {"text": "table"}.get(v, v),
+                   help="table (for people), json or csv (for programs); default: %(default)s")
+
+
+def _add_old_out(p) -> None:
+    """``--out`` where the command's product now goes to ``-o/--output`` (kept, hidden)."""
+    p.add_argument("--out", dest="old_out", help=argparse.SUPPRESS)
+
+
 def _add_analyse(sub, common) -> None:
-    p = sub.add_parser("analyse", parents=[common],
-                       help="Kendall tau of each proxy objective vs each measured latency, "
-                            "with scatter plots")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--proxies", nargs="+", metavar="KEY", help="proxy objectives (default: "
-                   "those whose provenance is proxy)")
-    p.add_argument("--measured", nargs="+", metavar="KEY", help="measured objectives (default: "
-                   "the measured latencies)")
-    p.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    p.add_argument("--out", help="write proxy_check.png/.json here instead of RUN_DIR")
-    p.add_argument("--no-plot", action="store_true", help="print only")
-    p.set_defaults(fn=_analyse_cmd)
+    for name in ("analyse",):
+        p = _sub(sub, common, name, "proxies (params, GMACs, ...) vs measured latency: Kendall tau",
+                 "How well each proxy objective of a run (provenance: proxy) ranks each measured "
+                 "latency (provenance: measured): Kendall tau and its p-value per pair, with one "
+                 "scatter plot per pair in proxy_check.png.",
+                 "  nasframe analyse runs/ens_device\n"
+                 "  nasframe analyse runs/ens_device --proxies gmacs params -f json",
+                 aliases=["analyze"])
+        p.add_argument("run_dir", metavar="RUN_DIR")
+        p.add_argument("--proxies", nargs="+", metavar="KEY", help="proxy objectives (default: "
+                       "those whose provenance is proxy)")
+        p.add_argument("--measured", nargs="+", metavar="KEY", help="measured objectives "
+                       "(default: the measured latencies)")
+        _add_format(p)
+        p.add_argument("-o", "--output", metavar="DIR",
+                       help="write proxy_check.png/.json here (default: RUN_DIR)")
+        _add_old_out(p)
+        p.add_argument("--no-plot", action="store_true", help="print only")
+        p.set_defaults(fn=_analyse_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -709,66 +840,125 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let the experiment name code to import: an Optuna sampler or NNI "
                              "tuner class path, an OptunaHub package ('optunahub:*'); shell-style "
                              "pattern, repeatable (also NASFRAME_ALLOW_CODE)")
-    parser = argparse.ArgumentParser(prog="nasframe", parents=[top],
-                                     description="Plugin-based neural architecture search.")
+    parser = argparse.ArgumentParser(
+        prog="nasframe", parents=[top], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Plugin-based neural architecture search for models that must run on a "
+                    "phone.\n\nConventions: RUN_DIR / --out DIR is a run directory; -o/--output "
+                    "is where a command writes its product; -f/--format is table, json or csv.",
+        epilog="start with: nasframe run examples/quickstart.yaml   (`nasframe COMMAND -h` for "
+               "each command)\n" + _EPILOG)
     parser.add_argument("--version", action="version", version=f"nasframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("plugins", parents=[common],
-                       help="components by kind, with plugin and version; NAME: one component's params")
-    p.add_argument("name", nargs="?", metavar="NAME", help="a component to describe")
+    p = _sub(sub, common, "plugins", "components by kind; NAME: one component's params",
+             "The installed components (search spaces, objectives, strategies, executors, "
+             "latency backends), each with its plugin, version, status (ok, or the pip command "
+             "that adds what it needs) and what it is. Filter by kind or by a name pattern; "
+             "NAME alone describes one component and its params.",
+             "  nasframe plugins\n  nasframe plugins objective\n  nasframe plugins 'sd*'\n"
+             "  nasframe plugins latency            # one component: params, capabilities\n"
+             "  nasframe plugins -f json")
+    p.add_argument("name", nargs="?", metavar="NAME|KIND|PATTERN",
+                   help="a component to describe, a kind (search_space, objective, strategy, "
+                        "executor, latency_backend) or a pattern such as 'sd*'")
+    _add_format(p)
     p.set_defaults(fn=_plugins_cmd)
 
-    p = sub.add_parser("validate", parents=[common], help="check an experiment file")
+    p = _sub(sub, common, "validate", "check an experiment file",
+             "Checks an experiment file against the installed plugins: every problem at once, "
+             "with its field path, the bad value and the fix (exit 2), or one line saying what "
+             "would run (exit 0). Nothing is trained, evaluated or imported.",
+             "  nasframe validate examples/quickstart.yaml")
     p.add_argument("experiment", metavar="EXP.yaml")
     p.set_defaults(fn=_validate_cmd)
 
-    for name, help_, arg in (("run", "run a search", "experiment"),
-                             ("resume", "continue a stopped or killed run", "run_dir")):
-        p = sub.add_parser(name, parents=[common], help=help_)
-        p.add_argument(arg, metavar="EXP.yaml" if arg == "experiment" else "RUN_DIR")
-        if name == "run":
-            p.add_argument("--out", help="run directory (default: the experiment's `output`)")
-        else:
-            p.add_argument("experiment", nargs="?", metavar="EXP.yaml",
-                           help="the experiment file, edited: its budget, time, executor, "
-                                "trial_timeout, max_attempts and max_failure_fraction apply; "
-                                "other changes are refused")
-            p.add_argument("--retry-failed", action="store_true",
-                           help="run every failed trial once more")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        p.add_argument("--no-export", action="store_true", help="do not export when done")
-        p.set_defaults(fn=_run_cmd if name == "run" else _resume_cmd)
+    p = _sub(sub, common, "run", "run a search, then export",
+             "Runs the search to the end of its budget with a progress bar, then exports "
+             "trials.csv, pareto.json, the plots and front/<id>.yaml into the run directory. "
+             "Ctrl-C or SIGTERM stop it with every finished trial stored; `nasframe resume` "
+             "continues it.",
+             "  nasframe run examples/quickstart.yaml\n"
+             "  nasframe run examples/quickstart.yaml --out runs/try2 --quiet")
+    p.add_argument("experiment", metavar="EXP.yaml")
+    p.add_argument("--out", metavar="DIR",
+                   help="the run directory (default: the experiment's `output`, else runs/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-export", action="store_true", help="do not export when done")
+    p.set_defaults(fn=_run_cmd)
 
-    p = sub.add_parser("evaluate", parents=[common], help="evaluate one architecture, print JSON")
+    p = _sub(sub, common, "resume", "continue a stopped or killed run",
+             "Continues a run stopped by Ctrl-C, SIGTERM, kill -9 or its time budget, with the "
+             "same strategy state. Given the edited experiment file, its budget, executor, "
+             "trial_timeout, max_attempts and max_failure_fraction apply; other changes are "
+             "refused.",
+             "  nasframe resume runs/quickstart\n"
+             "  nasframe resume runs/quickstart examples/quickstart.yaml   # with a larger budget\n"
+             "  nasframe resume runs/quickstart --retry-failed")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("experiment", nargs="?", metavar="EXP.yaml",
+                   help="the experiment file, edited: its budget, time, executor, "
+                        "trial_timeout, max_attempts and max_failure_fraction apply; "
+                        "other changes are refused")
+    p.add_argument("--retry-failed", action="store_true", help="run every failed trial once more")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-export", action="store_true", help="do not export when done")
+    p.set_defaults(fn=_resume_cmd)
+
+    p = _sub(sub, common, "evaluate", "evaluate one architecture, print JSON",
+             "Prepares what the objectives need (cached in the run directory) and evaluates one "
+             "architecture: a reference architecture of the space by name, or a YAML file such "
+             "as RUN_DIR/front/<id>.yaml. Prints its values with their provenance as JSON.",
+             "  nasframe evaluate examples/ens_denoise.yaml --arch teacher\n"
+             "  nasframe evaluate examples/quickstart.yaml --arch runs/quickstart/front/pick.yaml")
     p.add_argument("experiment", metavar="EXP.yaml")
     p.add_argument("--arch", required=True, metavar="NAME|FILE",
                    help="a reference architecture name or a YAML file (e.g. front/<id>.yaml)")
-    p.add_argument("--out", help="directory for prepared artifacts (default: the experiment's `output`)")
+    p.add_argument("--out", metavar="DIR", help="the run directory whose prepared weights are "
+                   "used and cached (default: the experiment's `output`, else runs/<name>)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=_evaluate_cmd)
 
     for name, help_, fn in (("trials", "print a run's trials", _trials_cmd),
                             ("front", "print a run's Pareto front (and pick)", _front_cmd)):
-        p = sub.add_parser(name, parents=[common], help=help_)
+        p = _sub(sub, common, name, help_,
+                 "Every trial of a run (live or stopped): number, status, origin, id, values "
+                 "with their provenance, feasibility, errors and decisions." if name == "trials"
+                 else "The run's Pareto front and the strategy's pick.",
+                 f"  nasframe {name} runs/quickstart\n"
+                 f"  nasframe {name} runs/quickstart --sort quick_psnr --reverse"
+                 + ("\n  nasframe trials runs/quickstart --status failed -f csv"
+                    if name == "trials" else "\n  nasframe front runs/quickstart -f json"))
         p.add_argument("run_dir", metavar="RUN_DIR")
-        p.add_argument("-f", "--format", choices=("table", "json", "csv"), default="table")
+        _add_format(p)
         p.add_argument("--sort", metavar="COLUMN", help="sort by a column (e.g. an objective)")
         p.add_argument("--reverse", action="store_true", help="sort descending")
         if name == "trials":
             p.add_argument("--status", nargs="+", metavar="STATUS",
-                           help="only trials with these statuses (complete, pruned, failed, running)")
+                           help="only trials with these statuses (complete, infeasible, "
+                                "pruned, failed, running)")
             p.add_argument("--limit", type=int, metavar="N", help="at most N rows")
         p.set_defaults(fn=fn)
 
-    p = sub.add_parser("status", parents=[common], help="progress of a run (live or stopped)")
+    p = _sub(sub, common, "status", "progress of a run (live, stopped or finished)",
+             "Whether a run is running (and which process holds it), stopped (resume continues "
+             "it) or finished; trials by status, running trials and their heartbeat, the "
+             "budget, the front.",
+             "  nasframe status runs/quickstart\n  nasframe status runs/quickstart -f json")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("-f", "--format", choices=("text", "json"), default="text")
+    _add_format(p)
     p.set_defaults(fn=_status_cmd)
 
-    p = sub.add_parser("export", parents=[common], help="write trials.csv, pareto.json, plots, front/")
+    p = _sub(sub, common, "export", "write trials.csv, pareto.json, plots, front/",
+             "Writes a run's results: trials.csv, pareto.json, pareto.png, hypervolume.png and "
+             "front/<id>.yaml per front member (and pick.yaml), into the run directory or "
+             "-o DIR. Only files a previous export wrote are ever replaced. --models also "
+             "exports each front member as a deployable model, checked against PyTorch.",
+             "  nasframe export runs/quickstart\n  nasframe export runs/quickstart -o report/\n"
+             "  nasframe export runs/ens_device --models onnx\n"
+             "  nasframe export runs/quickstart --optuna sqlite:///study.db")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", help="write here instead of RUN_DIR")
+    p.add_argument("-o", "--output", metavar="DIR", help="write here instead of RUN_DIR")
+    _add_old_out(p)
     p.add_argument("--models", nargs="+", metavar="FORMAT",
                    help="also export every front member and the pick: onnx, torchscript, "
                         "exported_program (front/<id>.onnx, checked against PyTorch)")
@@ -781,11 +971,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --optuna: replace a study of the same name")
     p.set_defaults(fn=_export_cmd)
 
-    p = sub.add_parser("dashboard", parents=[common],
-                       help="browse a run in optuna-dashboard (on localhost)")
+    p = _sub(sub, common, "dashboard", "browse a run in optuna-dashboard (on localhost)",
+             "Serves a run in optuna-dashboard on localhost: every trial with its values, the "
+             "front and the pick.",
+             "  nasframe dashboard runs/quickstart\n  nasframe dashboard runs/quickstart --port 0")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: localhost)")
+    p.add_argument("--port", type=int, default=8080,
+                   help="port to listen on (default: %(default)s; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     p.set_defaults(fn=_dashboard_cmd)
     _add_analyse(sub, common)
     _add_export_parsers(sub, common)
@@ -811,6 +1004,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _terminate_on_sigterm():
             return args.fn(args)
+    except BrokenPipeError:
+        # the reader went away (`nasframe trials RUN | head`): stop quietly
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except ConfigError as err:
         if args.debug:
             traceback.print_exc()

@@ -85,6 +85,12 @@ RESERVED_KEYS = frozenset({
     "values", "provenance", "arch", "jobs"})
 
 
+_DIRECTIONS = {w: "min" for w in ("min", "minimize", "minimise", "minimum", "lower", "low",
+                                   "smaller", "decrease")}
+_DIRECTIONS.update({w: "max" for w in ("max", "maximize", "maximise", "maximum", "higher",
+                                        "high", "larger", "bigger", "increase")})
+
+
 class ObjectiveConfig(ComponentConfig):
     #: key in trial values and in constraints; defaults to ``name``
     id: str | None = None
@@ -93,6 +99,17 @@ class ObjectiveConfig(ComponentConfig):
     @property
     def key(self) -> str:
         return self.id or self.name
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction_words(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word in _DIRECTIONS:
+                return _DIRECTIONS[word]
+            raise ValueError(f"{v!r} is not a direction; write min or max (minimize, "
+                             "maximize, minimise, maximise, lower, higher are read too)")
+        return v
 
     @model_validator(mode="after")
     def _not_reserved(self) -> ObjectiveConfig:
@@ -134,6 +151,9 @@ class ExperimentConfig(_Model):
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     constraints: list[ConstraintText] = Field(default_factory=list)
     strategy: ComponentConfig = ComponentConfig(name="random")
+    #: stops trials early on the intermediate values their objectives report (Optuna's
+    #: pruners: median, percentile, successive_halving, hyperband, threshold, patient, wilcoxon)
+    pruner: ComponentConfig | None = None
     budget: BudgetConfig
     executor: ExecutorConfig = ExecutorConfig()
     output: str | None = None

@@ -67,7 +67,12 @@ def _odd_chars(text: str) -> str:
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` when a close choice exists, else ``""``. A value
     with invisible or look-alike characters is shown escaped, naming them."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+    if not close and len(str(value)) >= 3:   # a part of a name: psnr -> quick_psnr
+        low = str(value).lower()
+        parts = sorted((c for c in choices if low in str(c).lower()), key=lambda c: len(str(c)))
+        close = parts[:1]
     if not close:
         odd = _odd_chars(value)
         return f"; '{visible(value)}' holds {odd}" if odd else ""
@@ -78,9 +83,15 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?"
 
 
-def unknown_name(kind: str, value: str, choices: Iterable[str], where: str | None = None) -> str:
-    """A message for an unknown component name, listing what is available."""
+def unknown_name(kind: str, value: str, choices: Iterable[str], where: str | None = None,
+                 hints: Iterable[str] = ()) -> str:
+    """A message for an unknown component name, listing what is available (``hints``: how
+    to say a name from another tool here)."""
     choices = sorted(choices)
     loc = f"{where}: " if where else ""
     avail = ", ".join(choices) if choices else "none (is the plugin installed?)"
+    hints = list(hints)
+    if hints:
+        return (f"{loc}unknown {kind} '{visible(value)}'; here that is {' or '.join(hints)}; "
+                f"available: {avail}")
     return f"{loc}unknown {kind} '{visible(value)}'{did_you_mean(value, choices)} available: {avail}"

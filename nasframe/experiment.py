@@ -27,6 +27,7 @@ from nasframe.executor import Executor
 from nasframe.history import History
 from nasframe.objective import Objective
 from nasframe.plugins import Plugins, get_plugins
+from nasframe.pruning import Pruning, TrialPruned
 from nasframe.space import SearchSpace
 from nasframe.strategy import Strategy
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
@@ -140,6 +141,28 @@ class Experiment:
                                      f"available: {', '.join(refs) or 'none'}")
         problems.attempt(plugins.strategies.parse, cfg.strategy.name, cfg.strategy.params,
                          "strategy")
+        if cfg.pruner is not None:
+            from nasframe.pruning import make_pruner
+
+            problems.attempt(make_pruner, cfg.pruner.name, cfg.pruner.params)
+            within = cfg.pruner.params.get("no_worse_on") or []
+            if not isinstance(within, list) or not all(isinstance(k, str) for k in within):
+                problems.add(f"pruner.params.no_worse_on: give a list of objective keys, got "
+                             f"{within!r}")
+            else:
+                for k in within:
+                    if k not in [s.key for s in specs]:
+                        problems.add(f"pruner.params.no_worse_on: {k!r} is not an objective of "
+                                     f"this experiment{did_you_mean(k, [s.key for s in specs])} "
+                                     f"objectives: {', '.join(s.key for s in specs)}")
+            reporting = [k for k, o in objectives.items() if o.reports_intermediate]
+            if cfg.pruner.name != "none" and objectives and not reporting:
+                able = sorted(n for n in plugins.objectives.names()
+                              if plugins.objectives.entry(n).cls.reports_intermediate)
+                problems.add(f"pruner: no objective of this experiment reports intermediate "
+                             f"values, so '{cfg.pruner.name}' would never stop a trial; add one "
+                             f"that does ({', '.join(able) or 'none installed'}) or remove "
+                             "`pruner`")
         problems.attempt(plugins.executors.parse, cfg.executor.name,
                          {**cfg.executor.params, "workers": cfg.executor.workers}, "executor")
         problems.raise_if_any()
@@ -194,7 +217,7 @@ class Experiment:
 
     # -- evaluation --------------------------------------------------------
     def evaluate(self, trial: Trial, ctx: Context, skip_infeasible: bool | None = None) -> Trial:
-        """Evaluate a running trial and return it finished (complete, pruned or failed).
+        """Evaluate a running trial and return it finished (complete, infeasible, pruned or failed).
 
         An objective that returns a :class:`~nasframe.backends.Deferred` value (a device
         job) leaves the trial ``running``, with its values so far and the job request in
@@ -207,14 +230,33 @@ class Experiment:
         jobs: dict[str, Any] = {}
         status, error, failure = "complete", None, None
         reason = self.space.validate(trial.arch)
+        pruning = self.pruning_for(trial)
+        directions = {s.key: s.direction for s in self.specs}
         if reason is not None:
             status, error, failure = "failed", f"invalid architecture: {reason}", "invalid"
         else:
-            cand = Candidate(self.space, trial.arch, trial.seed)
+            cand = Candidate(self.space, trial.arch, trial.seed, pruning)
             try:
                 for key in self.evaluation_order():
+                    obj = self.objectives[key]
+                    if pruning is not None and obj.reports_intermediate:
+                        pruning.start(key, directions.get(key, obj.direction), values)
                     try:
-                        out = self.objectives[key](cand, ctx)
+                        out = obj(cand, ctx)
+                    except TrialPruned:
+                        last = pruning.last if pruning is not None else None
+                        if last is None:
+                            status, failure = "failed", "exception"
+                            error = (f"objective '{key}' raised TrialPruned without reporting "
+                                     "a value first (candidate.report(value, step))")
+                            break
+                        step, value = last
+                        status = "pruned"
+                        values[key] = value
+                        provenance[key] = obj.provenance(ctx, {"pruned_at_step": step})
+                        error = (f"pruned by '{self.cfg.pruner.name if self.cfg.pruner else '?'}' "
+                                 f"at step {step}: {key} = {value:.6g}")
+                        break
                     except (Exception, KeyboardInterrupt, SystemExit) as err:
                         if not isinstance(err, Exception) and not stopping.objective_error(err):
                             raise          # the user's Ctrl-C / SIGTERM: the run stops
@@ -234,11 +276,13 @@ class Experiment:
                     if skip and any(c.key == key and c.violation(values[key]) > 0
                                     for c in self.constraints):
                         if len(values) < len(self.objectives):
-                            status = "pruned"
+                            status = "infeasible"
                         jobs = {}
                         break
             finally:
                 cand.release()
+        if pruning is not None and pruning.record():
+            trial = dataclasses.replace(trial, intermediate=pruning.record())
         if jobs and status == "complete":
             merged = dict(trial.jobs)
             for key, entry in jobs.items():
@@ -249,6 +293,17 @@ class Experiment:
             return dataclasses.replace(trial, status="running", values=values,
                                        provenance=provenance, jobs=merged, started=started)
         return self.complete(trial, status, values, provenance, error, failure, started)
+
+    def pruning_for(self, trial: Trial) -> Pruning | None:
+        """The trial's :class:`~nasframe.pruning.Pruning` when an objective reports
+        intermediate values (with the experiment's pruner, if any)."""
+        if not any(o.reports_intermediate for o in self.objectives.values()):
+            return None
+        p = self.cfg.pruner
+        directions = {s.key: s.direction for s in self.specs}
+        return Pruning(p.name if p else None, p.params if p else {}, trial.number,
+                       trial.peers, study_name=f"nasframe-{self.cfg.name}",
+                       directions=directions)
 
     def complete(self, trial: Trial, status: str, values: dict[str, float], provenance: dict,
                  error: str | None = None, failure: str | None = None,
@@ -261,8 +316,58 @@ class Experiment:
             feasible = violation == 0.0 and all(c.key in values for c in self.constraints)
         return dataclasses.replace(
             trial, status=status, values=values, provenance=provenance, feasible=feasible,
-            violation=violation, error=error, failure=failure,
+            violation=violation, error=error, failure=failure, peers=(),
             started=started if started is not None else trial.started, finished=time.time())
+
+
+def checked_config(data: Any, source: str = "<config>",
+                   plugins: Plugins | None = None) -> ExperimentConfig:
+    """The experiment config of ``data``; when the schema finds problems, the components'
+    names and params are checked too, so that one error lists every problem at once."""
+    from nasframe.config import config_from_dict
+
+    try:
+        return config_from_dict(data, source)
+    except ConfigError as err:
+        more = component_problems(data, source, plugins) if isinstance(data, dict) else []
+        seen = set(err.problems)
+        raise ConfigError(*err.problems, *(m for m in more if m not in seen)) from None
+
+
+def component_problems(data: dict[str, Any], source: str,
+                       plugins: Plugins | None = None) -> list[str]:
+    """Unknown component names and bad params in a raw experiment mapping (best effort:
+    sections that are not even shaped like a component are left to the schema's errors)."""
+    try:
+        plugins = plugins or get_plugins()
+    except ConfigError:
+        return []
+    problems = _Problems(source)
+
+    def component(section: Any) -> tuple[str, Any] | None:
+        if isinstance(section, dict) and isinstance(section.get("name"), str):
+            params = section.get("params", {})
+            return section["name"], params if isinstance(params, dict) else {}
+        return None
+
+    space = component(data.get("search_space"))
+    if space:
+        problems.attempt(plugins.search_spaces.create, *space, where="search_space")
+    objectives = data.get("objectives")
+    for i, o in enumerate(objectives if isinstance(objectives, list) else []):
+        comp = component(o)
+        if comp:
+            problems.attempt(plugins.objectives.create, *comp, where=f"objectives[{i}]")
+    strategy = component(data.get("strategy"))
+    if strategy:
+        problems.attempt(plugins.strategies.parse, *strategy, "strategy")
+    executor = component(data.get("executor"))
+    if executor:
+        workers = data["executor"].get("workers", 1)
+        problems.attempt(plugins.executors.parse, executor[0],
+                         {**executor[1], **({"workers": workers} if isinstance(workers, int) else {})},
+                         "executor")
+    return problems.lines
 
 
 def _where(cfg: ExperimentConfig, key: str) -> str:

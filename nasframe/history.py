@@ -31,7 +31,7 @@ class History(abc.ABC):
         """The most recent trial of this architecture, or None."""
 
     def finished(self) -> list[Trial]:
-        """Complete, pruned and failed trials, in number order."""
+        """Finished trials (complete, infeasible, pruned, failed), in number order."""
         return [t for t in self.trials() if t.status != "running"]
 
     def running(self) -> list[Trial]:

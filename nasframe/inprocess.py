@@ -77,9 +77,11 @@ def register(cls: type) -> type:
 def objective(fn: Callable[..., Any] | None = None, *, name: str | None = None,
               direction: str = "min", kind: str = "proxy", unit: str = "",
               backend: str = "python", cost: float = 1.0,
-              requires: tuple = ()) -> Any:
+              requires: tuple = (), reports_intermediate: bool = False) -> Any:
     """Turn ``fn(candidate)`` or ``fn(candidate, ctx)`` into a registered objective named
-    ``name`` (default: the function's name). It returns a number or a ``nasframe.Value``."""
+    ``name`` (default: the function's name). It returns a number or a ``nasframe.Value``;
+    with ``reports_intermediate=True`` it may call ``candidate.report(value, step)`` and
+    raise ``nasframe.TrialPruned`` when ``candidate.should_prune()``."""
 
     def make(f: Callable[..., Any]) -> type:
         from nasframe.objective import Objective
@@ -88,6 +90,7 @@ def objective(fn: Callable[..., Any] | None = None, *, name: str | None = None,
         attrs: dict[str, Any] = {
             "name": name or f.__name__, "direction": direction, "kind": kind, "unit": unit,
             "backend": backend, "cost": cost, "requires": tuple(requires),
+            "reports_intermediate": bool(reports_intermediate),
             "__doc__": inspect.getdoc(f) or f"The in-process objective {f.__name__}.",
             "function": staticmethod(f),
             "evaluate": (lambda self, candidate, ctx: self.function(candidate, ctx)) if takes_ctx

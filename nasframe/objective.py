@@ -84,6 +84,9 @@ class Objective(Component, abc.ABC):
     requires: ClassVar[tuple[type[Capability], ...]] = ()
     #: seconds between two :meth:`collect` calls while a device job runs
     poll_every: ClassVar[float] = 5.0
+    #: True when :meth:`evaluate` reports intermediate values (``candidate.report``) and
+    #: stops when ``candidate.should_prune()`` says so (see :mod:`nasframe.pruning`)
+    reports_intermediate: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, **kwargs: Any):
         self._init_params(params, kwargs)

@@ -5,7 +5,8 @@ Every trial of the run becomes a trial of the study, numbered in run order:
 * state: ``complete`` with every objective value -> COMPLETE (values in the experiment's
   objective order, directions ``minimize``/``maximize``, names via ``set_metric_names``);
   a complete trial missing a value (objectives skipped after a broken constraint) and
-  ``pruned`` -> PRUNED; ``failed`` -> FAIL; ``running`` -> RUNNING;
+  ``infeasible`` -> COMPLETE with its constraints (PRUNED when values are missing);
+  ``pruned`` (stopped early) -> PRUNED; ``failed`` -> FAIL; ``running`` -> RUNNING;
 * params: the architecture's decisions, with the space's distributions (``Integer`` ->
   ``IntDistribution``, ``Categorical``/``Boolean`` -> ``CategoricalDistribution`` of
   the values, or of their ``repr`` when a value is not a JSON scalar); when the run's
@@ -115,9 +116,10 @@ def frozen_trials(run: Run) -> list[Any]:
     out = []
     for number, t in enumerate(run.trial_list()):
         values = [t.values.get(k) for k in keys]
-        complete = t.status == "complete" and all(v is not None and math.isfinite(v)
-                                                  for v in values)
+        complete = t.status in ("complete", "infeasible") and all(
+            v is not None and math.isfinite(v) for v in values)
         state = {"complete": TrialState.COMPLETE if complete else TrialState.PRUNED,
+                 "infeasible": TrialState.COMPLETE if complete else TrialState.PRUNED,
                  "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
                  "running": TrialState.RUNNING}[t.status]
         params, used = {}, {}
@@ -142,7 +144,7 @@ def frozen_trials(run: Run) -> list[Any]:
         for k, v in extra.items():             # constraint-only values
             user[f"value.{k}"] = v
         system = {}
-        if constraints and t.status in ("complete", "pruned"):
+        if constraints and t.status in ("complete", "infeasible", "pruned"):
             system["constraints"] = [_signed(c, t) for c in constraints]
         start = _time(t.started)
         end = _time(t.finished) if t.status != "running" else None

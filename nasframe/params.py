@@ -225,12 +225,17 @@ class Component:
         is missing the component is listed as unavailable, with ``install_hint``.
     ``small_params``
         params of a small instance, used by the conformance suite and docs.
+    ``known_as``
+        names people coming from other tools type for this component, each with
+        how to say it here (``{"nsga2": "ens, or optuna with params: {sampler:
+        nsga2}"}``): an unknown name that is one of them gets that hint.
     """
 
     Params: ClassVar[type[Params]] = Params
     dependencies: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str | None] = None
     small_params: ClassVar[Mapping[str, Any]] = {}
+    known_as: ClassVar[Mapping[str, str]] = {}
     params: Params
 
     def _init_params(self, params: Any, kwargs: dict[str, Any]) -> None:

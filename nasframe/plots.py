@@ -29,9 +29,10 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
                 constraints: Sequence[Constraint] = (),
                 pick: tuple[int, str] | None = None) -> Path:
     """Every pair of objectives: trials (grey), infeasible (red x), front (blue, joined
-    in 2-D), reference architectures (black stars, named), constraint bounds (dashed red),
+    in 2-D, each point labelled with its id, the name of its
+    ``front/<id>.yaml``), reference architectures (black stars, named), constraint bounds (dashed red),
     the strategy's pick ``(index into a.trials, rule)`` (an orange diamond, labelled with
-    its rule); the title counts the trials that cannot be placed (failed, or pruned
+    its rule); the title counts the trials that cannot be placed (failed, pruned, or
     before every objective was evaluated)."""
     plt = _plt()
     m = len(a.keys)
@@ -56,6 +57,14 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
             if m == 2:
                 ax.plot(x[order], y[order], c="tab:blue", lw=1, drawstyle="steps-post"
                         if (a.directions[0] == "min") == (a.directions[1] == "max") else "steps-pre")
+            # each front point named by its id, as in front/<id>.yaml (alternating sides)
+            shown = order if len(order) <= 40 else order[:: int(np.ceil(len(order) / 40))]
+            for k, i in enumerate(shown):
+                if not ok[i] or refs[i]:
+                    continue
+                ax.annotate(a.trials[i].arch.id, (x[i], y[i]), textcoords="offset points",
+                            xytext=(5, 5 if k % 2 == 0 else -10), fontsize=6.5, color="tab:blue",
+                            alpha=0.9)
         for i in np.flatnonzero(refs & ok):
             ax.scatter(x[i], y[i], s=160, marker="*", c="k", zorder=4)
             ax.annotate(a.trials[i].origin.split(":", 1)[1], (x[i], y[i]), textcoords="offset points",
@@ -84,7 +93,7 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
         labels.append("reference architectures")
     axes.flat[0].legend(handles, labels, loc="best", fontsize=8, framealpha=0.8)
     unplaced = int((~ok).sum())
-    note = f"\n{unplaced} not shown: failed, or pruned before every objective ran" if unplaced else ""
+    note = f"\n{unplaced} not shown: failed, pruned, or infeasible before every objective ran" if unplaced else ""
     fig.suptitle(f"{title}: {int(a.pareto.sum())} on the front of {len(a.trials)} trials{note}",
                  fontsize=11)
     fig.tight_layout()

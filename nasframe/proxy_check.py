@@ -184,7 +184,7 @@ def deploy_check_summary(run: Run) -> list[DeployCheckSummary]:
 
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for t in run.trial_list():
-        if t.status not in ("complete", "pruned"):
+        if t.status not in ("complete", "infeasible", "pruned"):
             continue
         seen: set[tuple[str, str]] = set()
         for key, prov in t.provenance.items():

@@ -93,7 +93,8 @@ class Registry(Generic[T]):
             entry = self._entries[name]
         except KeyError:
             raise ConfigError(unknown_name(self.kind, name, self._entries,
-                                           f"{where}.name" if where else None)) from None
+                                           f"{where}.name" if where else None,
+                                           self.known_as(name))) from None
         missing = entry.missing()
         if missing:
             loc = f"{where}: " if where else ""
@@ -101,6 +102,16 @@ class Registry(Generic[T]):
                               f"{'is' if len(missing) == 1 else 'are'} not installed; install "
                               f"with: {entry.install_hint()}")
         return entry.cls
+
+    def known_as(self, name: str) -> list[str]:
+        """Hints for a name from another tool (the components' ``known_as``)."""
+        key = str(name).strip().lower().replace("-", "").replace("_", "")
+        hints = []
+        for e in self._entries.values():
+            for alias, hint in (getattr(e.cls, "known_as", None) or {}).items():
+                if alias.lower().replace("-", "").replace("_", "") == key:
+                    hints.append(hint)
+        return hints
 
     def entry(self, name: str) -> Entry[T]:
         return self._entries[name]

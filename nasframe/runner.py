@@ -30,9 +30,13 @@ from nasframe.experiment import Experiment, trial_seed
 from nasframe.history import TrialHistory
 from nasframe.lock import RunLock
 from nasframe.objective import Value
+from nasframe.progress import plain as plain_progress
+from nasframe.pruning import peer_record
 from nasframe.progress import search_progress
+from nasframe.progress import status as progress_status
 from nasframe.store import Heartbeat, StoreLost, TrialStore
-from nasframe.strategy import Strategy
+from nasframe.strategy import Strategy, state_entry
+from nasframe.strategy import restore as strategy_restore
 from nasframe.trial import Trial
 from nasframe.worker import remote_call, warm_call
 
@@ -51,6 +55,8 @@ class RunSummary:
     front: int
     hypervolume: float
     stopped_because: str
+    #: reference architectures evaluated beside the search (outside the trial budget)
+    references: int = 0
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -107,9 +113,13 @@ class Runner:
         self.notices: list[str] = [n for n in (lock.notice(),) if n]
         # id -> finished trial, to answer duplicates from the store
         self.done: dict[str, Trial] = {}
+        #: trial number -> what a pruner of later trials sees of it (:mod:`nasframe.pruning`)
+        self._peers: dict[int, dict] = {}
+        self._reports = any(o.reports_intermediate for o in exp.objectives.values())
         for t in self.history.trials():
             if t.status not in ("running", "failed"):
                 self.done.setdefault(t.arch.id, t)
+            self._note_peer(t)
 
     # -- construction ----------------------------------------------------
     @classmethod
@@ -165,9 +175,8 @@ class Runner:
             exp = Experiment.from_config(stored, source="config snapshot")
             history = TrialHistory(store.trials())
             strategy = exp.make_strategy(history)
-            state = store.strategy_state()
-            if state is not None:
-                strategy.load_state_dict(state)
+            snapshot, deltas = store.strategy_journal()
+            strategy_restore(strategy, snapshot, deltas)
         except BaseException:
             lock.release()
             raise
@@ -208,8 +217,8 @@ class Runner:
         executor = None
         heartbeat = Heartbeat(self.store.path).start()
         try:
-            with self.console.status("preparing search space and objectives", spinner="dots") \
-                    if not self.quiet else _nullcontext():
+            with progress_status(self.console, "preparing search space and objectives",
+                                 disable=self.quiet):
                 self.exp.prepare(self.ctx)
             executor = self.exp.make_executor()
             config = self.cfg.to_dict()
@@ -241,8 +250,11 @@ class Runner:
         if not trials:
             return []
         self.history.record(trials)
-        self.store.start(trials, self.strategy.state_dict())
+        self.store.start(trials, self._state())
         self._inflight = list(trials)
+        if self._reports:            # what the pruner compares them with, wherever they run
+            peers = tuple(self._peers.values())
+            trials = [replace(t, peers=peers) for t in trials]
         finished = {t.number: t for t in self._with_jobs(executor.map(trials))}
         retry = [t for t in finished.values()
                  if t.failure == "died" and t.attempt < self.cfg.max_attempts]
@@ -259,11 +271,18 @@ class Runner:
         self._inflight = []
         self.history.record(out)
         self.strategy.tell(out)
-        self.store.finish(out, self.strategy.state_dict(), self.elapsed)
+        self.store.finish(out, self._state(), self.elapsed)
         for t in out:
             if t.status != "failed":
                 self.done.setdefault(t.arch.id, t)
+            self._note_peer(t)
         return out
+
+    def _note_peer(self, t: Trial) -> None:
+        if self._reports and t.intermediate:
+            record = peer_record(t)
+            if record is not None:
+                self._peers[t.number] = record
 
     def _with_jobs(self, trials: list[Trial]) -> list[Trial]:
         """Finish the trials an executor returned still running, waiting on device jobs:
@@ -296,10 +315,12 @@ class Runner:
                 self.store.set_jobs(t.number, jobs[t.number])
         waiting = {(n, k) for n, js in jobs.items() if n not in done
                    for k, e in js.items() if "request" in e and "value" not in e}
-        status = None if self.quiet else self.console.status(
+        status = None if self.quiet or plain_progress(self.console) else self.console.status(
             f"waiting for {len(waiting)} device job(s)", spinner="dots")
         if status is not None:
             status.start()
+        elif not self.quiet:
+            self.console.print(f"waiting for {len(waiting)} device job(s)", highlight=False)
         try:
             while waiting:
                 for n, key in sorted(waiting):
@@ -355,7 +376,7 @@ class Runner:
         if give_up:
             self.history.record(give_up)
             self.strategy.tell(give_up)
-            self.store.finish(give_up, self.strategy.state_dict(), self.elapsed)
+            self.store.finish(give_up, self._state(), self.elapsed)
         self._evaluate(executor, rerun)
 
     def _retry_failed(self, executor: Executor) -> None:
@@ -366,6 +387,7 @@ class Runner:
         self._evaluate(executor, again)
 
     def _loop(self, executor: Executor) -> RunSummary:
+        self.store.set_meta("finished", None)      # set again when this loop ends its budget
         # 1. trials that were running when the last process stopped
         self._rerun_stopped(executor)
         if self.retry_failed:
@@ -430,7 +452,13 @@ class Runner:
                            hv=f"{stats[1]:.4g}")
                 self._check_failures()
         front, hv = self._front_stats()
-        return RunSummary(self.run_dir, done, failed_total, front, hv, stopped)
+        self.store.set_meta("finished", {"at": time.time(), "because": stopped})
+        refs_done = sum(1 for t in self.history.trials() if t.is_reference)
+        return RunSummary(self.run_dir, done, failed_total, front, hv, stopped, refs_done)
+
+    def _state(self) -> tuple[str, dict[str, Any] | None]:
+        """The strategy's state to store now: a delta, or now and then the whole state."""
+        return state_entry(self.strategy, self.store.deltas_since_snapshot, len(self.history))
 
     def _count(self, finished: Sequence[Trial]) -> None:
         self.started_done += len(finished)
@@ -480,14 +508,6 @@ def _lock(run_dir: Path) -> RunLock:
         raise ConfigError(f"{run_dir}: cannot create the run directory ({err.strerror}); "
                           "choose another with --out") from None
     return RunLock(run_dir).acquire()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = True,

@@ -28,7 +28,7 @@ from nasframe.errors import ConfigError, RunError
 from nasframe.objective import Provenance
 from nasframe.trial import Trial, to_jsonable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "trials.db"
 
 _SCHEMA = """
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS trials (
     attempt INTEGER NOT NULL DEFAULT 1,
     failure TEXT,
     heartbeat REAL,
-    jobs TEXT NOT NULL DEFAULT '{}'
+    jobs TEXT NOT NULL DEFAULT '{}',
+    intermediate TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS trials_arch ON trials(arch_id);
 CREATE TABLE IF NOT EXISTS strategy_state (
@@ -59,18 +60,32 @@ CREATE TABLE IF NOT EXISTS strategy_state (
     state TEXT NOT NULL,
     saved REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS strategy_journal (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    after_trial INTEGER,
+    state TEXT NOT NULL,
+    saved REAL NOT NULL
+);
 """
-#: columns added by schema 2 (a schema-1 store gets them when opened for writing)
-_V2_COLUMNS = (("failure", "TEXT"), ("heartbeat", "REAL"), ("jobs", "TEXT NOT NULL DEFAULT '{}'"))
+#: columns added since schema 1 (an older store gets them when opened for writing)
+_NEW_COLUMNS = (("failure", "TEXT"), ("heartbeat", "REAL"), ("jobs", "TEXT NOT NULL DEFAULT '{}'"),
+                ("intermediate", "TEXT NOT NULL DEFAULT '{}'"))
+#: a strategy state is written whole again once this many deltas follow the last whole one
+#: (or as many as the run has trials, whichever is more): store writes stay O(1) per trial
+SNAPSHOT_EVERY = 200
 
 
-def _row_to_trial(row: sqlite3.Row) -> Trial:
+def _row_to_trial(row: sqlite3.Row, schema: int = SCHEMA_VERSION) -> Trial:
     feasible = row["feasible"]
     keys = row.keys()
+    status = row["status"]
+    if schema < 3 and status == "pruned":     # before schema 3, "pruned" meant infeasible
+        status = "infeasible"
     return Trial(
         number=row["number"],
         arch=Architecture.from_json(row["arch"]),
-        status=row["status"],
+        status=status,
         values=json.loads(row["values"]),
         provenance={k: Provenance.from_dict(v) for k, v in json.loads(row["provenance"]).items()},
         feasible=None if feasible is None else bool(feasible),
@@ -84,6 +99,8 @@ def _row_to_trial(row: sqlite3.Row) -> Trial:
         failure=row["failure"] if "failure" in keys else None,
         heartbeat=row["heartbeat"] if "heartbeat" in keys else None,
         jobs=json.loads(row["jobs"]) if "jobs" in keys and row["jobs"] else {},
+        intermediate=json.loads(row["intermediate"]) if "intermediate" in keys
+        and row["intermediate"] else {},
     )
 
 
@@ -104,6 +121,9 @@ class TrialStore:
             except sqlite3.OperationalError as err:
                 raise _explain(err, self.path) from None
         self._db.row_factory = sqlite3.Row
+        #: the schema of the file (older ones are read as this one; migrated when written)
+        self.schema = SCHEMA_VERSION
+        self._deltas = 0            # strategy deltas written since the last whole state
         #: the file this store writes (device, inode) and its run id: checked before each write
         self._identity: tuple[int, int] | None = None
         self._run_id: str | None = None
@@ -168,16 +188,18 @@ class TrialStore:
             probe.close()
             raise ConfigError(f"{path}: a damaged nasframe trial store ({err}); restore it from a "
                               "backup or start a new run") from None
-        if version not in (1, SCHEMA_VERSION) or not isinstance(config, dict):
+        if version not in (1, 2, SCHEMA_VERSION) or not isinstance(config, dict):
             probe.close()
             raise ConfigError(f"{path}: not a nasframe trial store of a known version "
-                              f"(schema {version!r}, this nasframe reads 1 and {SCHEMA_VERSION})")
+                              f"(schema {version!r}, this nasframe reads 1 to {SCHEMA_VERSION})")
         if read_only:
+            probe.schema = version
             return probe
         probe.close()
         store = cls(path)
-        if version == 1:
-            store._migrate_v1()
+        if version < SCHEMA_VERSION:
+            store._migrate(version)
+        store._count_deltas()
         store._run_id = store.get_meta("run_id")
         if store._run_id is None:          # a store written before run ids
             store._run_id = uuid.uuid4().hex
@@ -185,12 +207,21 @@ class TrialStore:
         store._watch()
         return store
 
-    def _migrate_v1(self) -> None:
+    def _migrate(self, version: int) -> None:
+        """An older store brought to this schema: new columns; "pruned" (schema < 3: a broken
+        constraint) becomes "infeasible"; the strategy state becomes the journal's first entry."""
         have = {r["name"] for r in self._db.execute("PRAGMA table_info(trials)")}
         with self._tx(check=False):
-            for name, kind in _V2_COLUMNS:
+            for name, kind in _NEW_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+            if version < 3:
+                self._db.execute("UPDATE trials SET status='infeasible' WHERE status='pruned'")
+                row = self._db.execute("SELECT after_trial, state, saved FROM strategy_state "
+                                       "WHERE id = 1").fetchone()
+                if row is not None:
+                    self._db.execute("INSERT INTO strategy_journal(kind, after_trial, state, saved) "
+                                     "VALUES ('snapshot', ?, ?, ?)", tuple(row))
             self._set_meta("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
@@ -317,13 +348,15 @@ class TrialStore:
             for t in trials:
                 self._db.execute(
                     'UPDATE trials SET status=?, "values"=?, provenance=?, feasible=?, violation=?, '
-                    "error=?, started=?, finished=?, attempt=?, failure=?, jobs=? WHERE number=?",
+                    "error=?, started=?, finished=?, attempt=?, failure=?, jobs=?, intermediate=? "
+                    "WHERE number=?",
                     (t.status, json.dumps(to_jsonable(dict(t.values))),
                      json.dumps({k: p.to_dict() for k, p in t.provenance.items()}, default=str),
                      None if t.feasible is None else int(t.feasible),
                      t.violation if t.violation != float("inf") else 1e300,
                      t.error, t.started, t.finished, t.attempt, t.failure,
-                     json.dumps(to_jsonable(dict(t.jobs)), default=str), t.number))
+                     json.dumps(to_jsonable(dict(t.jobs)), default=str),
+                     json.dumps(to_jsonable(dict(t.intermediate)), default=str), t.number))
                 last = t.number
             if strategy_state is not None:
                 self._save_state(strategy_state, last)
@@ -349,13 +382,13 @@ class TrialStore:
         else:
             rows = self._db.execute("SELECT * FROM trials WHERE status=? ORDER BY number",
                                     (status,)).fetchall()
-        return [_row_to_trial(r) for r in rows]
+        return [_row_to_trial(r, self.schema) for r in rows]
 
     def trial(self, number: int) -> Trial:
         row = self._db.execute("SELECT * FROM trials WHERE number=?", (number,)).fetchone()
         if row is None:
             raise KeyError(number)
-        return _row_to_trial(row)
+        return _row_to_trial(row, self.schema)
 
     def count(self, *statuses: str) -> int:
         marks = ",".join("?" * len(statuses))
@@ -363,13 +396,57 @@ class TrialStore:
                                 statuses).fetchone()[0]
 
     # -- strategy state --------------------------------------------------
-    def _save_state(self, state: dict[str, Any], after_trial: int | None) -> None:
-        self._db.execute("INSERT OR REPLACE INTO strategy_state(id, after_trial, state, saved) "
-                         "VALUES (1, ?, ?, ?)", (after_trial, json.dumps(state), time.time()))
+    @property
+    def deltas_since_snapshot(self) -> int:
+        """Strategy deltas written after the last whole state (the journal's length)."""
+        return self._deltas
+
+    def _save_state(self, entry: Any, after_trial: int | None) -> None:
+        """``entry``: a whole state (a dict, or ``("snapshot", dict)``) or ``("delta", dict)``
+        appended to the journal; a whole state drops the entries before it."""
+        kind, state = entry if isinstance(entry, tuple) else ("snapshot", entry)
+        if state is None:
+            return
+        cur = self._db.execute("INSERT INTO strategy_journal(kind, after_trial, state, saved) "
+                               "VALUES (?, ?, ?, ?)", (kind, after_trial, json.dumps(state),
+                                                      time.time()))
+        if kind == "snapshot":
+            self._db.execute("DELETE FROM strategy_journal WHERE seq < ?", (cur.lastrowid,))
+            self._deltas = 0
+        else:
+            self._deltas += 1
+
+    def strategy_journal(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The last whole strategy state and the deltas written after it, in order."""
+        if self.schema < 3:
+            row = self._db.execute("SELECT state FROM strategy_state WHERE id = 1").fetchone()
+            return (None if row is None else json.loads(row["state"])), []
+        rows = self._db.execute("SELECT kind, state FROM strategy_journal ORDER BY seq").fetchall()
+        snapshot, deltas = None, []
+        for r in rows:
+            if r["kind"] == "snapshot":
+                snapshot, deltas = json.loads(r["state"]), []
+            else:
+                deltas.append(json.loads(r["state"]))
+        return snapshot, deltas
 
     def strategy_state(self) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT state FROM strategy_state WHERE id = 1").fetchone()
-        return None if row is None else json.loads(row["state"])
+        """The last whole strategy state (deltas after it are in :meth:`strategy_journal`)."""
+        return self.strategy_journal()[0]
+
+    def _count_deltas(self) -> None:
+        if self.schema < 3:
+            return
+        row = self._db.execute("SELECT COUNT(*) FROM strategy_journal WHERE seq > (SELECT "
+                               "COALESCE(MAX(seq), 0) FROM strategy_journal WHERE "
+                               "kind = 'snapshot')").fetchone()
+        self._deltas = int(row[0])
+
+    def set_intermediate(self, number: int, intermediate: dict[str, Any]) -> None:
+        """A running trial's intermediate values (pruning), stored as they arrive."""
+        with self._tx():
+            self._db.execute("UPDATE trials SET intermediate=? WHERE number=?",
+                             (json.dumps(to_jsonable(intermediate)), number))
 
 
 class Heartbeat:

@@ -27,7 +27,8 @@ class Strategy(Component, abc.ABC):
     architectures appear there as running trials before they are evaluated).
     "Was this architecture seen?" is :meth:`seen`; a strategy keeps only its
     algorithm's own state. After every ask and tell the runner stores
-    :meth:`state_dict`; a resumed run makes a fresh instance with the history
+    :meth:`state_dict` (or, for a strategy that ``journals``, :meth:`state_delta`,
+    with a whole state now and then); a resumed run makes a fresh instance with the history
     rebuilt from the store, calls :meth:`load_state_dict` and continues the
     same search.
 
@@ -77,9 +78,43 @@ class Strategy(Component, abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_rng_state(state["rng"])
 
+    # -- a journal instead of whole states (optional) ----------------------
+    #: True when the strategy's state grows with the run (a log of calls, every result):
+    #: the runner then appends :meth:`state_delta` after each ask and tell and writes
+    #: :meth:`state_dict` only now and then, so that storing it costs O(1) per trial
+    journals: ClassVar[bool] = False
+
+    def state_delta(self) -> dict[str, Any] | None:
+        """What changed since the last :meth:`state_dict` or :meth:`state_delta` call
+        (JSON-serialisable; None: nothing). Only for strategies with ``journals = True``."""
+        raise NotImplementedError
+
+    def apply_state_delta(self, delta: dict[str, Any]) -> None:
+        """Apply a delta of :meth:`state_delta` after :meth:`load_state_dict` (resume)."""
+        raise NotImplementedError
+
     # -- helpers ---------------------------------------------------------
     def rng_state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
+
+
+def state_entry(strategy: Strategy, deltas: int, trials: int,
+                every: int = 200) -> tuple[str, dict[str, Any] | None]:
+    """What to store of ``strategy``'s state now: a delta while the journal since the last
+    whole state is shorter than ``max(every, trials)``, else the whole state (so that the
+    total written stays proportional to the number of trials)."""
+    if strategy.journals and deltas < max(every, trials):
+        return "delta", strategy.state_delta()
+    return "snapshot", strategy.state_dict()
+
+
+def restore(strategy: Strategy, snapshot: dict[str, Any] | None,
+            deltas: Sequence[dict[str, Any]]) -> None:
+    """Load a stored state: the whole state, then the deltas after it."""
+    if snapshot is not None:
+        strategy.load_state_dict(snapshot)
+    for d in deltas:
+        strategy.apply_state_delta(d)

@@ -15,8 +15,12 @@ from nasframe.objective import Provenance
 if TYPE_CHECKING:
     from nasframe.space import SearchSpace
 
-Status = Literal["running", "complete", "failed", "pruned"]
-STATUSES = ("running", "complete", "failed", "pruned")
+#: ``infeasible``: a constraint was broken, and the remaining objectives were skipped;
+#: ``pruned``: stopped early by a pruner (multi-fidelity), keeping its last reported value
+Status = Literal["running", "complete", "infeasible", "pruned", "failed"]
+STATUSES = ("running", "complete", "infeasible", "pruned", "failed")
+#: trials whose values place them in the front analysis (a pruned trial's values are partial)
+EVALUATED = ("complete", "infeasible")
 FAILURES = ("exception", "invalid", "died", "timeout", "interrupted")
 
 
@@ -104,6 +108,12 @@ class Trial:
     heartbeat: float | None = field(default=None, compare=False)
     #: references of device jobs submitted for this trial ({objective key: job info})
     jobs: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: intermediate values an objective reported for pruning: ``{"key": objective key,
+    #: "values": {step: value}, "attrs": {pruner bookkeeping}, "steps": work done}``
+    intermediate: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: the finished trials' intermediate values when this trial was handed to its worker
+    #: (what a pruner compares it with; not stored)
+    peers: tuple = field(default=(), compare=False, repr=False)
 
     @property
     def duration(self) -> float | None:

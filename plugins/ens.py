@@ -62,6 +62,10 @@ class EnsStrategy(Strategy):
     """
 
     name = "ens"
+    known_as = {"nsga": "`ens` (NSGA-II, pymoo)", "nsga2": "`ens` (NSGA-II, pymoo)",
+                "nsgaii": "`ens` (NSGA-II, pymoo)", "evolution": "`ens` (NSGA-II, pymoo)",
+                "evolutionary": "`ens` (NSGA-II, pymoo)", "genetic": "`ens` (NSGA-II, pymoo)",
+                "moo": "`ens` (NSGA-II, pymoo)"}
 
     class Params(Params):
         population: Int = Field(16, ge=2, le=100_000)
@@ -136,7 +140,7 @@ class EnsStrategy(Strategy):
             if not math.isfinite(violation) or violation > BAD:
                 violation = BAD
             G = float(violation)
-            if trial.status != "complete" and G == 0.0:  # pruned but not infeasible: incomplete
+            if trial.status != "complete" and G == 0.0:  # infeasible, values missing: incomplete
                 G = 1.0
         return {"id": trial.arch.id, "x": x, "F": F, "G": G}
 

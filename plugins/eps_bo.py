@@ -59,7 +59,7 @@ class EpsBO(Strategy):
     Categorical decisions) when there are any, else ``SingleTaskGP``; outcomes
     standardised, float64, hyper-parameters fitted with ``fit_gpytorch_mll``
     at every model-based ask under a torch seed drawn from ``self.rng``.
-    Only complete and pruned trials train a GP, each on the values it has;
+    Only complete, infeasible and pruned trials train a GP, each on the values it has;
     failed trials count as infeasible and are never proposed again.
 
     Acquisition: ``LogExpectedImprovement`` over the best feasible value so
@@ -79,6 +79,9 @@ class EpsBO(Strategy):
     """
 
     name = "eps_bo"
+    known_as = {"bo": "`eps_bo` (botorch)", "bayesian": "`eps_bo` (botorch)",
+                "bayesopt": "`eps_bo` (botorch)", "gp": "`eps_bo` (botorch)",
+                "botorch": "`eps_bo` (botorch)", "tocsr": "`eps_bo` (botorch)"}
     dependencies = ("botorch", "gpytorch")
     install_hint = INSTALL_HINT
 

@@ -30,6 +30,7 @@ class GridSearch(Strategy):
     """
 
     name = "grid"
+    known_as = {"gridsearch": "`grid`", "exhaustive": "`grid`", "bruteforce": "`grid`"}
 
     class Params(Params):
         shuffle: Bool = False

@@ -172,6 +172,9 @@ class NNIStrategy(TunerBridge):
     """
 
     name = "nni"
+    known_as = {"anneal": "`nni` with `params: {tuner: Anneal}`",
+                "evolution": "`nni` with `params: {tuner: Evolution}`",
+                "tpe": "`nni` with `params: {tuner: TPE}`"}
     dependencies = ("nni", "json_tricks", "schema", "typeguard")
     install_hint = INSTALL_HINT
 

@@ -160,6 +160,14 @@ class OptunaStrategy(TunerBridge):
     """
 
     name = "optuna"
+    known_as = {"nsga": "`optuna` with `params: {sampler: nsga2}`",
+                "nsga2": "`optuna` with `params: {sampler: nsga2}`",
+                "nsgaii": "`optuna` with `params: {sampler: nsga2}`",
+                "nsga3": "`optuna` with `params: {sampler: nsga3}`",
+                "tpe": "`optuna` with `params: {sampler: tpe}`",
+                "cmaes": "`optuna` with `params: {sampler: cmaes}`",
+                "gp": "`optuna` with `params: {sampler: gp}`",
+                "bayesian": "`optuna` with `params: {sampler: gp}`"}
     dependencies = ("optuna",)
     install_hint = INSTALL_HINT
 

@@ -24,6 +24,7 @@ class RandomSearch(Strategy):
     """
 
     name = "random"
+    known_as = {"randomsearch": "`random`", "rs": "`random`"}
 
     class Params(Params):
         max_retries: Int = Field(1000, ge=1, le=10_000_000)

@@ -54,7 +54,7 @@ STATE_VERSION = 1
 class Outcome:
     """A result as the optimiser is told it.
 
-    ``kind``: ``ok`` (evaluated: complete, or pruned with the values it has), ``failed``
+    ``kind``: ``ok`` (evaluated: complete, infeasible or pruned, with the values it has), ``failed``
     (the evaluation failed) or ``invalid`` (not an architecture of the space).
     ``values``: the finite objective values, by key. ``constraints``: per experiment
     constraint, ``value - bound`` for ``<=`` and ``bound - value`` for ``>=`` (satisfied
@@ -284,10 +284,21 @@ class TunerBridge(Strategy):
                 self._backend_report(handle, idx, outcome)
 
     # -- state ---------------------------------------------------------------
+    #: the log grows with the run: stored as a journal of the calls since the last whole state
+    journals = True
+
     def state_dict(self) -> dict[str, Any]:
+        self._journaled = len(self._log)
         return {"version": STATE_VERSION, "seed": self._base_seed, "spec": self._spec(),
                 "decisions": [d.name for d in self._decisions], "rng": self.rng_state(),
                 "log": list(self._log)}
+
+    def state_delta(self) -> dict[str, Any] | None:
+        start = getattr(self, "_journaled", 0)
+        if start >= len(self._log):
+            return None
+        self._journaled = len(self._log)
+        return {"log": [list(e) for e in self._log[start:]], "rng": self.rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -307,6 +318,16 @@ class TunerBridge(Strategy):
                              "new run")
         self._base_seed = int(state["seed"])
         self._reset()
+        self._log = []
+        self._replay(state["log"], state.get("rng"))
+        self._journaled = len(self._log)
+
+    def apply_state_delta(self, delta: dict[str, Any]) -> None:
+        self._replay(delta["log"], delta.get("rng"))
+        self._journaled = len(self._log)
+
+    def _replay(self, events: list[list[Any]], rng: Any) -> None:
+        """Replay logged calls into the optimiser, reading the trials from the history."""
         first: dict[str, int] = {}
         by_number: dict[int, Trial] = {}
         for t in self.history.trials():
@@ -315,7 +336,7 @@ class TunerBridge(Strategy):
         diverged = []
         self._replay_first = first
         try:
-            for event in state["log"]:
+            for event in events:
                 if event[0] == "a":
                     self._replay_cut = int(event[2])
                     asked = self._ask(int(event[1]))
@@ -331,8 +352,8 @@ class TunerBridge(Strategy):
                     self._tell(trials)
         finally:
             self._replay_first = None
-        self._log = [list(e) for e in state["log"]]
-        if diverged or self.rng_state() != state.get("rng", self.rng_state()):
+        self._log += [list(e) for e in events]
+        if diverged or self.rng_state() != (rng if rng is not None else self.rng_state()):
             warnings.warn(f"strategy '{self.name}': replaying the saved run did not reproduce it "
                           f"exactly ({', '.join(map(str, diverged[:3])) or 'generator state'} "
                           "differ); the search continues from the replayed state", RuntimeWarning,

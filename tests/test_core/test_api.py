@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +64,7 @@ def test_run_from_a_dict_and_read_it_as_dataframes(tmp_path, plugins):
     assert run.architecture(int(pick["number"])).id == pick["id"]
 
     assert run.trials(status="failed").empty
-    with pytest.raises(ValueError, match="'done': not a trial status; use one of running, complete, failed, pruned"):
+    with pytest.raises(ValueError, match="'done': not a trial status; use one of running, complete, infeasible, pruned, failed"):
         run.trials(status="done")
 
     paths = run.export()
@@ -174,7 +176,8 @@ def test_an_interrupted_run_resumes_from_python(tmp_path, plugins):
         with open(calls, "a") as f:
             f.write(candidate.arch.id + "\n")
         if stop.exists() and len(calls.read_text().split()) == 4:
-            raise KeyboardInterrupt      # Ctrl-C in the middle of the 4th trial
+            os.kill(os.getpid(), signal.SIGINT)      # Ctrl-C in the middle of the 4th trial
+            time.sleep(5)                            # (the handler raises here)
         return float(candidate.arch["depth"])
 
     stop.touch()

@@ -63,7 +63,7 @@ def test_constraints_prune_and_mark_infeasible(tmp_path, plugins, toy_config):
         cost = t.values["toy_cost"]
         assert t.feasible is (cost <= 8)
         if cost > 8:  # the cheap objective broke the constraint: the expensive one is skipped
-            assert t.status == "pruned" and "toy_quality" not in t.values
+            assert t.status == "infeasible" and "toy_quality" not in t.values
             assert t.violation == cost - 8
     paths = export_run(tmp_path / "r")
     front = json.loads(paths["pareto.json"].read_text())["front"]

@@ -94,7 +94,7 @@ def test_search_with_the_npu_constraint_then_export_and_analyse(tmp_path, capsys
     trials = {t["arch.width"]: t
               for t in json.loads(_stdout(capsys, ["trials", str(run), "-f", "json"]))}
     refused, fine = trials[4], trials[8]
-    assert refused["status"] == "pruned" and refused["feasible"] is False
+    assert refused["status"] == "infeasible" and refused["feasible"] is False
     assert refused["violation"] == 1.0 and refused["npu_fidelity"] is None   # compiles: 0
     assert fine["status"] == "complete" and fine["feasible"] and fine["npu_fidelity"] >= 40
     doc = json.loads(_stdout(capsys, ["analyse", str(run), "-f", "json", "--no-plot"]))

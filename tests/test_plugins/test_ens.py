@@ -192,7 +192,7 @@ def test_pick_maximises_quality_minus_penalty_times_cost_on_the_front():
     trials = [t(0, 30.0, 0), t(1, 31.0, 2), t(2, 31.5, 3), t(3, 32.4, 8),
               t(4, 30.9, 2),                          # dominated by trial 1
               t(5, 40.0, 1, feasible=False),          # infeasible
-              t(6, 39.0, 1, status="pruned"),         # not complete
+              t(6, 39.0, 1, status="infeasible"),     # not complete
               Trial(7, Architecture(t0=True), "failed", error="boom")]
     # scores with penalty 0.1: 30.0, 30.8, 31.2, 31.6 -> trial 3
     trial, rule = EnsStrategy(PROBLEM, penalty=0.1).pick(trials)

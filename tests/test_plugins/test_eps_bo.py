@@ -168,7 +168,7 @@ def test_failed_pruned_and_foreign_trials():
     archs = [ALL[i] for i in rng.choice(len(ALL), 8, replace=False)]
     trials = [Trial(0, archs[0], "failed", error="out of memory"),
               Trial(1, archs[1], "failed", error="boom"),
-              Trial(2, archs[2], "pruned", {"gmacs": values(archs[2])["gmacs"]}, feasible=False),
+              Trial(2, archs[2], "infeasible", {"gmacs": values(archs[2])["gmacs"]}, feasible=False),
               Trial(3, archs[3], "running")]
     trials += [Trial(10 + i, a, "complete", values(a), feasible=True, origin="reference:x")
                for i, a in enumerate(archs[4:])]
