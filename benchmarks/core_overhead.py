@@ -27,10 +27,19 @@ Target: nasframe at least 10x the trials/s of Optuna with SQLite storage
 (both persist every trial to SQLite). The script prints PASS or BELOW TARGET
 and exits 0 either way: it is a measurement, not an assertion.
 
+``--scaling`` adds the per-trial overhead of the whole loop at run lengths of
+10^2, 10^3 and 10^4 trials for strategies random, ens (NSGA-II, population 16),
+optuna (its random sampler through the bridge) and nni (its Random tuner), and
+Optuna with SQLite at the same lengths: the algorithm's own work per trial is
+constant in all of them, so a growth of the ms/trial shows the core's (store
+writes, history, strategy-state journal). Target: within 2x from 10^2 to 10^4, and
+nasframe still >= 10x faster than Optuna + SQLite.
+
 Usage::
 
     python benchmarks/core_overhead.py [--trials N] [--repeats R] [--high H]
                                        [--seed S] [--json PATH]
+                                       [--scaling [100,1000,10000]] [--strategies random,ens,...]
 """
 from __future__ import annotations
 
@@ -115,7 +124,18 @@ def _register_nasframe_plugin():
 
 
 # ------------------------------------------------------------------ runners
-def run_nasframe(n: int, high: int, seed: int, workdir: Path) -> tuple[float, int]:
+#: the strategies of the scaling table: the algorithm's own work is kept constant per trial
+#: (random proposals; NSGA-II with a fixed population), so what grows is the core's
+STRATEGIES = {
+    "random": {"name": "random"},
+    "ens": {"name": "ens", "params": {"population": 16}},
+    "optuna": {"name": "optuna", "params": {"sampler": "random"}},
+    "nni": {"name": "nni", "params": {"tuner": "Random"}},
+}
+
+
+def run_nasframe(n: int, high: int, seed: int, workdir: Path,
+                 strategy: str = "random") -> tuple[float, int]:
     """(wall seconds, trials recorded) of one full nasframe run."""
     from nasframe.config import config_from_dict
     from nasframe.runner import run_experiment
@@ -127,7 +147,7 @@ def run_nasframe(n: int, high: int, seed: int, workdir: Path) -> tuple[float, in
         "seed": seed,
         "search_space": {"name": SPACE_NAME, "params": {"high": high}},
         "objectives": [{"name": OBJECTIVE_NAME}],
-        "strategy": {"name": "random"},
+        "strategy": STRATEGIES[strategy],
         "budget": {"trials": n},
         "executor": {"name": "inline"},
         "references": False,
@@ -135,6 +155,74 @@ def run_nasframe(n: int, high: int, seed: int, workdir: Path) -> tuple[float, in
     summary = run_experiment(cfg, run_dir, quiet=True)
     wall = time.perf_counter() - t0
     return wall, summary.trials
+
+
+def store_writes(run_dir: Path) -> dict[str, int]:
+    """Bytes of strategy state the run's store holds now (the journal) and its size on disk."""
+    db = sqlite3.connect(run_dir / "trials.db")
+    try:
+        state = db.execute("SELECT COALESCE(SUM(LENGTH(state)), 0) FROM strategy_journal").fetchone()[0]
+    finally:
+        db.close()
+    return {"journal_bytes": int(state), "db_bytes": (run_dir / "trials.db").stat().st_size}
+
+
+def scaling(sizes: list[int], strategies: list[str], high: int, seed: int,
+            optuna_sqlite: bool = True) -> dict[str, Any]:
+    """ms per trial of each strategy at each size (one run each), and Optuna + SQLite."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nasframe-scaling-") as root:
+        for strategy in strategies:
+            for n in sizes:
+                d = Path(root) / f"{strategy}-{n}"
+                d.mkdir()
+                wall, count = run_nasframe(n, high, seed, d, strategy)
+                rows.append({"runner": f"nasframe {strategy}", "trials": n, "wall_s": wall,
+                             "ms_per_trial": 1000 * wall / n, "recorded": count,
+                             **store_writes(d / "run")})
+                print(f"  nasframe {strategy:7s} {n:>6d} trials: {1000 * wall / n:8.3f} ms/trial",
+                      file=sys.stderr, flush=True)
+        if optuna_sqlite:
+            for n in sizes:
+                d = Path(root) / f"optuna-{n}"
+                d.mkdir()
+                wall, count = run_optuna(n, high, seed, d)
+                rows.append({"runner": "optuna-sqlite", "trials": n, "wall_s": wall,
+                             "ms_per_trial": 1000 * wall / n, "recorded": count})
+                print(f"  optuna-sqlite   {n:>6d} trials: {1000 * wall / n:8.3f} ms/trial",
+                      file=sys.stderr, flush=True)
+    flat = {}
+    for runner in dict.fromkeys(r["runner"] for r in rows):
+        ms = [r["ms_per_trial"] for r in rows if r["runner"] == runner]
+        flat[runner] = max(ms) / min(ms)
+    vs = {}
+    for n in sizes:
+        opt = [r for r in rows if r["runner"] == "optuna-sqlite" and r["trials"] == n]
+        mine = [r for r in rows if r["runner"] == "nasframe random" and r["trials"] == n]
+        if opt and mine:
+            vs[n] = opt[0]["ms_per_trial"] / mine[0]["ms_per_trial"]
+    return {"rows": rows, "growth": flat, "random_vs_optuna_sqlite": vs}
+
+
+def format_scaling(result: dict[str, Any]) -> str:
+    sizes = sorted({r["trials"] for r in result["rows"]})
+    lines = ["", "per-trial overhead (ms/trial) by run length; growth = max/min over the sizes "
+             "(target <= 2x)",
+             f"{'runner':<18}" + "".join(f"{n:>12,d}" for n in sizes) + f"{'growth':>9}"
+             + f"{'journal KB':>12}"]
+    for runner, growth in result["growth"].items():
+        ms = {r["trials"]: r for r in result["rows"] if r["runner"] == runner}
+        journal = ms[max(ms)].get("journal_bytes")
+        lines.append(f"{runner:<18}" + "".join(f"{ms[n]['ms_per_trial']:>12.3f}" if n in ms
+                                               else f"{'-':>12}" for n in sizes)
+                     + f"{growth:>8.2f}x" + (f"{journal / 1024:>12.1f}" if journal is not None
+                                             else f"{'-':>12}")
+                     + ("" if runner == "optuna-sqlite" else
+                        ("  PASS" if growth <= 2 else "  BELOW TARGET")))
+    for n, ratio in result["random_vs_optuna_sqlite"].items():
+        lines.append(f"nasframe random vs optuna-sqlite at {n:,d} trials: {ratio:.1f}x faster "
+                     f"(target >= {TARGET_RATIO:g}x) -> {'PASS' if ratio >= TARGET_RATIO else 'BELOW TARGET'}")
+    return "\n".join(lines)
 
 
 def _optuna_objective(high: int):
@@ -242,6 +330,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    p.add_argument("--scaling", metavar="N,N,...", nargs="?", const="100,1000,10000",
+                   help="also the per-trial overhead at these run lengths (default "
+                        "100,1000,10000) for each of --strategies, and Optuna + SQLite")
+    p.add_argument("--strategies", default="random,ens,optuna,nni",
+                   help="strategies of the scaling table (default random,ens,optuna,nni)")
     args = p.parse_args(argv)
     if args.trials < 1 or args.repeats < 1 or args.high < 1:
         p.error("--trials, --repeats and --high must be positive")
@@ -297,6 +390,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"warning: {row['name']} recorded {row['trials_recorded']} trials, "
                   f"expected {args.trials}", file=sys.stderr)
     print(format_report(result))
+    if args.scaling:
+        sizes = [int(v) for v in args.scaling.split(",") if v.strip()]
+        strategies = [v.strip() for v in args.strategies.split(",") if v.strip()]
+        result["scaling"] = scaling(sizes, strategies, args.high, args.seed)
+        result["scaling"]["load"] = os.getloadavg()[0]
+        print(format_scaling(result["scaling"]))
+        print(f"(load average {result['scaling']['load']:.1f} on {os.cpu_count()} cores)")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

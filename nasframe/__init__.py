@@ -25,13 +25,14 @@ from nasframe.params import Field, ParamError, Params
 from nasframe.pruning import TrialPruned
 from nasframe.space import Boolean, Categorical, Decision, Integer, SearchSpace
 from nasframe.strategy import Strategy
+from nasframe.study import AskedTrial, StopStudy, Study
 from nasframe.trust import allow_code
 from nasframe.trial import Constraint, ObjectiveSpec, Problem, Trial
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Architecture", "ArtifactCache", "Boolean", "Candidate", "Categorical", "ConfigError",
+    "Architecture", "AskedTrial", "StopStudy", "Study", "ArtifactCache", "Boolean", "Candidate", "Categorical", "ConfigError",
     "Constraint", "Context", "Decision", "EvaluationError", "Executor", "ExecutorParams",
     "Experiment", "Field", "History", "Integer", "Job", "NasframeError", "Objective",
     "ObjectiveSpec", "ParamError", "Params", "PluginError", "Problem", "Provenance", "Run",

@@ -144,6 +144,21 @@ class BlockAlignment(Capability):
         ``trained``, ``cached`` and ``seconds``."""
 
 
+class Finetunable(Capability):
+    """A candidate's model can be trained further, end to end, on the task's training data
+    (a short fine-tuning: the multi-fidelity axis of quality objectives)."""
+
+    key = "finetunable"
+    description = "end-to-end fine-tuning of a candidate's model on the task's training data"
+
+    @abc.abstractmethod
+    def finetune(self, model: torch.nn.Module, steps: int, *, seed: int, lr: float | None = None,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        """Train ``model`` in place for ``steps`` steps with the space's loss and data
+        (``seed`` picks the batches; ``lr`` None: the space's default); ``on_step(k)``
+        runs after step ``k`` (1-based) and may raise to stop the training there."""
+
+
 class Exportable(Capability):
     """Models (and parts) can be made ready for export to deployable formats
     (ONNX, TorchScript, ExportedProgram): e.g. custom kernels swapped for an

@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
+from nasframe import checkpoint
+
 
 def content_hash(payload: Any) -> str:
     """SHA-256 (16 hex digits) of a JSON-serialisable payload, keys sorted."""
@@ -24,7 +26,9 @@ class ArtifactCache:
     ``path(namespace, payload, suffix)`` is where the artifact of ``payload``
     lives; ``get_or_create`` calls ``make(path)`` only when that file does not
     exist yet, writing atomically (to a temporary name, then renamed), so an
-    interrupted job never leaves a half-written artifact behind.
+    interrupted job never leaves a half-written artifact behind. The training
+    loops ``make`` runs checkpoint themselves in ``<hash>.partial/`` and resume
+    from there after a stop (:mod:`nasframe.checkpoint`).
     """
 
     def __init__(self, root: Path):
@@ -40,8 +44,11 @@ class ArtifactCache:
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        make(tmp)
+        partial = path.with_name(path.name + ".partial")
+        with checkpoint.scope(partial):      # training loops in `make` resume after a stop
+            make(tmp)
         os.replace(tmp, path)
+        checkpoint.clear(partial)
         meta = path.with_name(path.name + ".json")
         meta.write_text(json.dumps(payload, sort_keys=True, indent=1, default=str))
         return path

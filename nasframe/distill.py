@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasframe import checkpoint
 from nasframe.context import ArtifactCache
 from nasframe.errors import ConfigError
 
@@ -373,11 +374,17 @@ def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_cl
     opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay) if flat else None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opt else None
     every = max(1, steps // 100)
+    # inside a cached artifact's make: checkpoint, and resume after a stop (nasframe.checkpoint)
+    ckpt = checkpoint.loop()
+    tensors = [t for s in students.values() for t in (*s.parameters(), *s.buffers())]
+    start = 0
+    if ckpt is not None:
+        start, _ = ckpt.restore(tensors, opt, sched)
     with _Bar(progress, description, steps) as bar:
         for s in students.values():
             s.train()
         running_loss = running_rel = None
-        for step in range(steps):
+        for step in range(start, steps):
             records = capture.run(teacher, _to(batches(step), device))
             if opt:
                 opt.zero_grad(set_to_none=True)
@@ -400,6 +407,8 @@ def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_cl
             running_rel = step_rel / n if running_rel is None else 0.9 * running_rel + 0.1 * step_rel / n
             if (step + 1) % every == 0 or step + 1 == steps:  # .item() syncs: not every step
                 bar.update(step + 1, f"mse {float(running_loss):.3g}  rel {float(running_rel):.3g}")
+            if ckpt is not None and ckpt.due(force=step + 1 == steps):
+                ckpt.save(step + 1, tensors, opt, sched)
 
 
 class _Bar:

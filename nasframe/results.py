@@ -62,6 +62,10 @@ class Run:
                                  f"{', '.join(STATUSES)}")
             rows = [r for r in rows if r["status"] in wanted]
         frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else _columns(self.keys))
+        for col in ("started", "finished", "heartbeat"):   # local times, as Optuna shows them
+            if col in frame:
+                frame[col] = (pd.to_datetime(frame[col], unit="s", utc=True)
+                              .dt.tz_convert(_local_zone()).dt.tz_localize(None))
         return frame.set_index("number", drop=False).rename_axis(None)
 
     def front(self) -> pd.DataFrame:
@@ -162,7 +166,7 @@ def trial_row(t: Trial, keys: list[str], pareto: bool | None = None, rank: int |
         row[f"{k}.provenance"] = prov.short() if prov is not None else None
     row.update(duration_s=t.duration, attempt=t.attempt, seed=t.seed,
                error=(t.error or "").splitlines()[0] if t.error else None,
-               started=t.started, heartbeat=t.heartbeat)
+               started=t.started, finished=t.finished, heartbeat=t.heartbeat)
     for name, value in t.arch.to_dict().items():
         row[f"arch.{name}"] = value
     return row
@@ -172,7 +176,13 @@ def _columns(keys: list[str]) -> list[str]:
     """The columns of :meth:`Run.trials` for a run without trials yet."""
     return ["number", "id", "origin", "status", "failure", "feasible", "violation", "is_pareto",
             "rank", "pick", *keys, *(f"{k}.provenance" for k in keys), "duration_s", "attempt",
-            "seed", "error", "started", "heartbeat"]
+            "seed", "error", "started", "finished", "heartbeat"]
+
+
+def _local_zone():
+    import datetime
+
+    return datetime.datetime.now().astimezone().tzinfo
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -116,6 +116,10 @@ class Runner:
         #: trial number -> what a pruner of later trials sees of it (:mod:`nasframe.pruning`)
         self._peers: dict[int, dict] = {}
         self._reports = any(o.reports_intermediate for o in exp.objectives.values())
+        self.asked = set()
+        self._call_start, self._call_done = time.time(), 0
+        #: architectures to evaluate before the strategy's proposals (``enqueue``), stored
+        self.queue: list[Architecture] = [Architecture(a) for a in store.get_meta("queue", [])]
         for t in self.history.trials():
             if t.status not in ("running", "failed"):
                 self.done.setdefault(t.arch.id, t)
@@ -187,11 +191,6 @@ class Runner:
 
     retry_failed = False
 
-    def close(self) -> None:
-        """Close the store and release the run's lock (done by :meth:`run` when it ends)."""
-        self.store.close()
-        self.lock.release()
-
     # -- accounting ------------------------------------------------------
     @property
     def elapsed(self) -> float:
@@ -202,6 +201,12 @@ class Runner:
 
     def _budget_left(self, done: int) -> int | None:
         """Trials still allowed (None: unlimited), 0 when the budget is spent."""
+        if self.limit_trials is not None or self.limit_time is not None:
+            # this call's limits replace the experiment's budget (Optuna's n_trials/timeout)
+            if self.limit_time is not None and time.time() - self._call_start >= self.limit_time:
+                return 0
+            return (None if self.limit_trials is None
+                    else max(0, self.limit_trials - (done - self._call_done)))
         b = self.cfg.budget
         if b.time is not None and self.elapsed >= b.time:
             return 0
@@ -209,40 +214,82 @@ class Runner:
 
     # -- the loop --------------------------------------------------------
     def run(self) -> RunSummary:
+        """Run to the end of the budget (or of this call's ``limit_trials``/``limit_time``),
+        then close the run (store and lock)."""
         with stopping.watch():     # a Ctrl-C stops the run; an objective's own interrupt fails its trial
-            return self._run()
-
-    def _run(self) -> RunSummary:
-        lifeline.tie_children()    # what objectives fork dies with the driver
-        executor = None
-        heartbeat = Heartbeat(self.store.path).start()
-        try:
-            with progress_status(self.console, "preparing search space and objectives",
-                                 disable=self.quiet):
-                self.exp.prepare(self.ctx)
-            executor = self.exp.make_executor()
-            config = self.cfg.to_dict()
-            blob = self.exp.plugins_payload() if not executor.in_process else None
-            executor.start(Job(self.exp, self.ctx, config, self.run_dir,
-                               remote_call(config, self.run_dir, blob), self.cfg.trial_timeout,
-                               warm_call(config, self.run_dir, blob)))
-            return self._loop(executor)
-        except (KeyboardInterrupt, Terminated):
-            if self._inflight and self.store.lost is None:
-                self.store.mark([t.number for t in self._inflight], "interrupted")
-            raise
-        finally:
-            heartbeat.stop()
-            if executor is not None:
-                executor.shutdown()
             try:
-                if self.store.lost is None:
-                    self.store.set_meta("elapsed", self.elapsed)
-            except StoreLost:
-                pass                    # the error that stops the run says what happened
+                self.open_session()
+                return self._loop(self._executor)
+            except (KeyboardInterrupt, Terminated):
+                self.mark_inflight()
+                raise
             finally:
-                self.store.close()      # the last writer checkpoints the WAL into trials.db
-                self.lock.release()
+                self.close()
+
+    # -- a session: the prepared experiment, a started executor, the heartbeat ----------
+    _executor: Executor | None = None
+    _heartbeat: Heartbeat | None = None
+
+    def open_session(self) -> Executor:
+        """Prepare the experiment and start the executor (once; :meth:`close` ends it)."""
+        if self._executor is not None:
+            return self._executor
+        lifeline.tie_children()    # what objectives fork dies with the driver
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.store.path).start()
+        with progress_status(self.console, "preparing search space and objectives",
+                             disable=self.quiet):
+            self.exp.prepare(self.ctx)
+        executor = self.exp.make_executor()
+        config = self.cfg.to_dict()
+        blob = self.exp.plugins_payload() if not executor.in_process else None
+        executor.start(Job(self.exp, self.ctx, config, self.run_dir,
+                           remote_call(config, self.run_dir, blob), self.cfg.trial_timeout,
+                           warm_call(config, self.run_dir, blob)))
+        self._executor = executor
+        return executor
+
+    def mark_inflight(self) -> None:
+        """Trials in flight were stopped by an interruption: they re-run on resume."""
+        if self._inflight and self.store.lost is None:
+            self.store.mark([t.number for t in self._inflight], "interrupted")
+        self._inflight = []
+
+    def close(self) -> None:
+        """Stop the executor and the heartbeat, save the run time, close the store and
+        release the run's lock (once)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+        try:
+            if self.store.lost is None:
+                self.store.set_meta("elapsed", self.elapsed)
+        except StoreLost:
+            pass                    # the error that stops the run says what happened
+        finally:
+            self.store.close()      # the last writer checkpoints the WAL into trials.db
+            self.lock.release()
+
+    # -- what one call may do (the Python API: n_trials, timeout, callbacks) ------------
+    #: search trials this call may still run (None: the budget decides)
+    limit_trials: int | None = None
+    #: seconds this call may run (None: the budget decides)
+    limit_time: float | None = None
+    #: ``callback(trial)`` after each finished search trial
+    callbacks: Sequence[Any] = ()
+    #: trial numbers asked through the Python API and not told yet (not re-run here)
+    asked: set[int]
+    #: set by :meth:`stop`: the loop ends after the batch in flight
+    stop_requested = False
+
+    def stop(self) -> None:
+        """End the search after the trials in flight (from a callback, say)."""
+        self.stop_requested = True
 
     def _evaluate(self, executor: Executor, trials: list[Trial]) -> list[Trial]:
         """Record, evaluate (re-running trials whose worker died, up to max_attempts),
@@ -251,6 +298,11 @@ class Runner:
             return []
         self.history.record(trials)
         self.store.start(trials, self._state())
+        return self._finish(self._run_trials(executor, trials))
+
+    def _run_trials(self, executor: Executor, trials: list[Trial]) -> list[Trial]:
+        """Evaluate recorded running trials on ``executor``, re-running those whose worker
+        died (up to max_attempts); the finished trials, in order (not stored yet)."""
         self._inflight = list(trials)
         if self._reports:            # what the pruner compares them with, wherever they run
             peers = tuple(self._peers.values())
@@ -267,7 +319,10 @@ class Runner:
             retry = [t for t in finished.values()
                      if t.failure == "died" and t.attempt < self.cfg.max_attempts
                      and t.number in {a.number for a in again}]
-        out = [_with_attempts(finished[t.number], self.cfg.max_attempts) for t in trials]
+        return [_with_attempts(finished[t.number], self.cfg.max_attempts) for t in trials]
+
+    def _finish(self, out: list[Trial]) -> list[Trial]:
+        """Store finished trials, tell the strategy, and note them for duplicates/pruning."""
         self._inflight = []
         self.history.record(out)
         self.strategy.tell(out)
@@ -363,6 +418,8 @@ class Runner:
         those of a killed run count an attempt (failed once max_attempts is reached)."""
         rerun, give_up = [], []
         for t in self.history.running():
+            if t.number in self.asked:
+                continue            # asked through the Python API: its caller tells it
             if t.failure == "interrupted" or any("job" in e for e in t.jobs.values()):
                 # stopped by an interruption, or while waiting on device jobs it had
                 # submitted (its evaluation was done): not the trial's fault, no attempt
@@ -407,9 +464,12 @@ class Runner:
             self._count(self._evaluate(executor, batch))
         # 3. the search
         done = self.search_trials_done()
+        self._call_done, self._call_start = done, time.time()
         failed_total = sum(1 for t in self.history.trials()
                            if t.status == "failed" and not t.is_reference)
         total = self.cfg.budget.trials
+        if self.limit_trials is not None or self.limit_time is not None:
+            total = None if self.limit_trials is None else done + self.limit_trials
         batch_size = self.cfg.batch_size or self.cfg.executor.workers
         stopped = "budget"
         duplicates = 0
@@ -418,12 +478,34 @@ class Runner:
             task = bar.add_task("search", total=total, completed=done, failed=failed_total,
                                 front="-", hv="-")
             while True:
+                if self.stop_requested:
+                    stopped = "stopped by a callback" if self.callbacks else "stopped"
+                    break
                 left = self._budget_left(done)
                 if left == 0:
-                    stopped = "time budget" if self.cfg.budget.time and self.elapsed >= self.cfg.budget.time \
-                        else "trial budget"
+                    if self.limit_trials is not None or self.limit_time is not None:
+                        stopped = "n_trials" if self.limit_trials is not None and \
+                            done - self._call_done >= self.limit_trials else "timeout"
+                    else:
+                        stopped = "time budget" if self.cfg.budget.time and \
+                            self.elapsed >= self.cfg.budget.time else "trial budget"
                     break
                 n = batch_size if left is None else min(batch_size, left)
+                queued = self._dequeue(n)
+                if queued:
+                    number = self.store.next_number()
+                    trials = [Trial(number + i, arch, "running",
+                                    seed=trial_seed(self.cfg.seed, arch), origin="enqueued",
+                                    started=time.time()) for i, arch in enumerate(queued)]
+                    finished = self._evaluate(executor, trials)
+                    for cb in self.callbacks:
+                        for t in finished:
+                            cb(t)
+                    done += len(finished)
+                    failed_total += sum(t.status == "failed" for t in finished)
+                    self._count(finished)
+                    bar.update(task, completed=done, failed=failed_total)
+                    continue
                 asked = self.strategy.ask(n)
                 if not asked:
                     stopped = "strategy exhausted"
@@ -442,6 +524,9 @@ class Runner:
                 trials = [Trial(number + i, arch, "running", seed=trial_seed(self.cfg.seed, arch),
                                 started=time.time()) for i, arch in enumerate(new)]
                 finished = self._evaluate(executor, trials)
+                for cb in self.callbacks:
+                    for t in finished:
+                        cb(t)
                 done += len(finished)
                 failed_total += sum(t.status == "failed" for t in finished)
                 self._count(finished)
@@ -452,9 +537,28 @@ class Runner:
                            hv=f"{stats[1]:.4g}")
                 self._check_failures()
         front, hv = self._front_stats()
-        self.store.set_meta("finished", {"at": time.time(), "because": stopped})
+        if stopped in ("trial budget", "time budget", "strategy exhausted") or \
+                stopped.startswith("strategy proposed"):
+            self.store.set_meta("finished", {"at": time.time(), "because": stopped})
         refs_done = sum(1 for t in self.history.trials() if t.is_reference)
         return RunSummary(self.run_dir, done, failed_total, front, hv, stopped, refs_done)
+
+    def enqueue(self, arch: Architecture) -> None:
+        """Evaluate ``arch`` before the strategy's next proposals (stored: a resume keeps it)."""
+        self.queue.append(arch)
+        self.store.set_meta("queue", [a.to_dict() for a in self.queue])
+
+    def _dequeue(self, n: int) -> list[Architecture]:
+        """Up to ``n`` queued architectures not evaluated yet (the queue is stored)."""
+        if not self.queue:
+            return []
+        out: list[Architecture] = []
+        while self.queue and len(out) < n:
+            arch = self.queue.pop(0)
+            if arch.id not in self.done and not any(a.id == arch.id for a in out):
+                out.append(arch)
+        self.store.set_meta("queue", [a.to_dict() for a in self.queue])
+        return out
 
     def _state(self) -> tuple[str, dict[str, Any] | None]:
         """The strategy's state to store now: a delta, or now and then the whole state."""

@@ -1,5 +1,5 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
-``psnr``, ``ssim``, ``transformer_count``, ``fidelity``, ``multitask_psnr`` and
+``psnr``, ``ssim``, ``finetuned_psnr``, ``transformer_count``, ``fidelity``, ``multitask_psnr``,
 ``deploy_memory``, ``npu_compiles`` and ``npu_fidelity``; the ``torch``, ``onnxruntime`` and
 ``qai_hub`` latency backends; and the ``npu`` deploy check.
 
@@ -21,10 +21,10 @@ def register_objectives(registry):
     from nasframe_objectives.multitask import DeployMemory, MultitaskPSNR
     from nasframe_objectives.npu import NpuCompiles, NpuFidelity
     from nasframe_objectives.quick_psnr import QuickPSNR
-    from nasframe_objectives.restoration import PSNR, SSIM, TransformerCount
+    from nasframe_objectives.restoration import PSNR, SSIM, FinetunedPSNR, TransformerCount
 
     for cls in (Params, GMACs, Latency, LatencyLUT, QuickPSNR, PSNR, SSIM, TransformerCount,
-                Fidelity, MultitaskPSNR, DeployMemory, NpuCompiles, NpuFidelity):
+                Fidelity, MultitaskPSNR, DeployMemory, FinetunedPSNR, NpuCompiles, NpuFidelity):
         registry.add(cls)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nasframe import Objective, Value
-from nasframe.capabilities import BlockKinds, TrainedWeights, ValidationPairs
-from nasframe.params import Field, Int, Params
+from nasframe.capabilities import BlockKinds, Finetunable, TrainedWeights, ValidationPairs
+from nasframe.params import Field, Float, Int, Params
 
 if TYPE_CHECKING:
     from nasframe import Candidate, Context, SearchSpace
@@ -79,6 +79,62 @@ class SSIM(_ImageQuality):
         return float(structural_similarity(a, b, channel_axis=2, data_range=1.0,
                                            gaussian_weights=True, sigma=1.5,
                                            use_sample_covariance=False))
+
+
+class FinetunedPSNR(_ImageQuality):
+    """Mean PSNR (dB) on the validation images after a short end-to-end fine-tuning of the
+    candidate (for hybrid_unet: the hybrid assembled from the pre-aligned bank, trained for
+    `steps` steps); reports the PSNR every `eval_every` steps, so a pruner can stop it early."""
+
+    name = "finetuned_psnr"
+    unit = "dB"
+    cost = 100.0
+    reports_intermediate = True
+    requires = (ValidationPairs, TrainedWeights, Finetunable)
+
+    class Params(_ImageQuality.Params):
+        steps: Int = Field(100, ge=1, le=10_000_000)
+        """Fine-tuning steps (the full fidelity; a pruner may stop earlier)."""
+        eval_every: Int = Field(25, ge=1, le=10_000_000)
+        """Validation PSNR reported every N steps (and before the first step)."""
+        lr: Float | None = Field(None, gt=0, le=10)
+        """Learning rate (default: the space's fine-tuning default)."""
+
+    def score(self, output, target) -> float:
+        from nasframe_objectives.images import psnr
+
+        return min(psnr(output, target), 100.0)
+
+    def _psnr(self, model, pairs) -> float:
+        import torch
+
+        with torch.inference_mode():
+            scores = [self.score(model(inp).clamp(0, 1), target) for inp, target in pairs]
+        return sum(scores) / len(scores)
+
+    def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
+        import copy
+
+        from nasframe.pruning import TrialPruned
+
+        p = self.params
+        pairs = candidate.space.validation_pairs()[:p.max_images]
+        model = copy.deepcopy(candidate.model)       # the shared model stays as built
+        start = self._psnr(model.eval(), pairs)
+        candidate.report(start, 0)
+        last = {"step": 0, "psnr": start}
+
+        def on_step(k: int) -> None:
+            if k % p.eval_every and k != p.steps:
+                return
+            last.update(step=k, psnr=self._psnr(model, pairs))
+            candidate.report(last["psnr"], k)
+            if candidate.should_prune():
+                raise TrialPruned()
+
+        candidate.space.finetune(model, p.steps, seed=candidate.seed, lr=p.lr, on_step=on_step)
+        return Value(last["psnr"], {"images": len(pairs), "steps": p.steps,
+                                    "psnr_before": round(start, 4)})
 
 
 class TransformerCount(Objective):

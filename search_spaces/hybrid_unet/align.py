@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nasframe.distill import distill_cached, module_digest
+from nasframe import checkpoint
 from nasframe.errors import ConfigError
 from nasframe_search_spaces.hybrid_unet.data import RestorationData, psnr
 from nasframe_search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
@@ -76,9 +77,11 @@ def evaluate_psnr(model: torch.nn.Module, pairs, max_images: int | None = None) 
 
 def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, batch_size: int,
                 lr: float, progress=None, description: str = "training",
-                step_offset: int = 0, warmup: int = 0) -> list[float]:
+                step_offset: int = 0, warmup: int = 0, on_step=None) -> list[float]:
     """Train ``model`` to restore ``data``'s training crops (L1 loss, AdamW, ``warmup``
-    steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve."""
+    steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve.
+    ``on_step(k)`` runs after step ``k`` (1-based; the model in eval mode meanwhile) and
+    may raise to stop the training."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.999))
 
     def factor(step: int) -> float:
@@ -90,8 +93,16 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     losses = []
-    task = progress.add_task(description, total=steps, info="") if progress is not None else None
-    for step in range(steps):
+    # inside a cached artifact's make: checkpoint, and resume after a stop (nasframe.checkpoint)
+    ckpt = checkpoint.loop()
+    tensors = list(model.parameters()) + list(model.buffers())
+    start = 0
+    if ckpt is not None:
+        start, extra = ckpt.restore(tensors, opt, sched)
+        losses = list(extra.get("losses", []))
+    task = progress.add_task(description, total=steps, completed=start, info="") \
+        if progress is not None else None
+    for step in range(start, steps):
         inp, target = data.train_batch(batch_size, step_offset + step)
         loss = F.l1_loss(model(inp), target)
         opt.zero_grad(set_to_none=True)
@@ -103,6 +114,14 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
         if progress is not None:
             recent = sum(losses[-20:]) / len(losses[-20:])
             progress.update(task, advance=1, info=f"L1 {recent:.4f}")
+        if ckpt is not None and ckpt.due(force=step + 1 == steps):
+            ckpt.save(step + 1, tensors, opt, sched, extra={"losses": losses})
+        if on_step is not None:
+            model.eval()
+            try:
+                on_step(step + 1)
+            finally:
+                model.train()
     model.eval()
     return losses
 

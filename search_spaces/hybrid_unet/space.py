@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from nasframe.architecture import Architecture
-from nasframe.capabilities import (BlockKinds, BlockLatencyParts, Exportable, ImageToImage,
+from nasframe.capabilities import (BlockKinds, BlockLatencyParts, Exportable, Finetunable,
+                                   ImageToImage,
                                    LatencyPart, TrainedWeights, ValidationPairs)
 from nasframe.params import Bool, Field, Float, Int, ParamError, Params, PositiveInt
 from nasframe.space import Categorical, Decision, SearchSpace
@@ -135,7 +136,7 @@ class DistillParams(Params):
 
 
 class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, ImageToImage,
-                      BlockLatencyParts, Exportable):
+                      BlockLatencyParts, Exportable, Finetunable):
     """Transformer or SSM block in every slot of a Restormer-style U-Net."""
 
     name = "hybrid_unet"
@@ -341,6 +342,17 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
     def validation_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The validation set as (degraded, clean) pairs of (1, 3, H, W) tensors."""
         return self.data.validation()
+
+    def finetune(self, model: torch.nn.Module, steps: int, *, seed: int, lr: float | None = None,
+                 on_step=None) -> None:
+        """End-to-end fine-tuning on the task's training crops (L1, AdamW, 10 % warm-up then
+        cosine decay; the teacher's batch size), batches drawn from ``seed``."""
+        from nasframe_search_spaces.hybrid_unet.align import train_model
+
+        t = self.params.teacher
+        train_model(model, self.data, steps=steps, batch_size=t.batch_size,
+                    lr=lr if lr is not None else 1e-4, warmup=max(steps // 10, 1),
+                    step_offset=3_000_000 + (seed % 1_000_000) * 64, on_step=on_step)
 
     @property
     def prepared(self) -> bool:

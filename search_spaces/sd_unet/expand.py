@@ -127,6 +127,7 @@ def realign_vae(vae16: Mapping[str, torch.Tensor], vae4: Mapping[str, torch.Tens
                 + kl_weight * post.kl().mean() / post.mean[0].numel())
 
     losses = fit(vae.parameters(), loss_fn, steps=steps, lr=lr, description="expanded VAE",
+                 generators=(g,), state=vae,
                  progress=progress)
     return ({k: v.detach().clone() for k, v in vae.state_dict().items()},
             {"vae_realign_steps": steps, "vae_realign_loss": _tail(losses)})
@@ -160,6 +161,7 @@ def realign_unet(unet16: Mapping[str, torch.Tensor], unet4: Mapping[str, torch.T
         return (pred[:, :lo] - target).pow(2).mean() + (pred[:, lo:] - noise[:, lo:]).pow(2).mean()
 
     losses = fit(model.parameters(), loss_fn, steps=steps, lr=lr, description="expanded U-Net",
+                 generators=(g,), state=model,
                  progress=progress)
     model.eval()
     return ({k: v.detach().clone() for k, v in model.state_dict().items()},

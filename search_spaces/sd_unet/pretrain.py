@@ -121,13 +121,29 @@ def _adam(params, lr: float, steps: int):
 
 
 def fit(params, loss_fn, *, steps: int, lr: float, description: str,
-        progress=None) -> list[float]:
+        progress=None, generators=(), state=None) -> list[float]:
     """``steps`` Adam steps (warm-up, cosine decay) on ``loss_fn()``; the losses, one per
-    step. ``loss_fn`` draws its own batch, so the random draws keep their order."""
+    step. ``loss_fn`` draws its own batch, so the random draws keep their order.
+
+    Inside a cached artifact's ``make`` the loop checkpoints itself and resumes after a
+    stop (:mod:`nasframe.checkpoint`): ``generators`` are the random generators
+    ``loss_fn`` draws from, ``state`` the model (its parameters and buffers are saved;
+    default: ``params`` alone)."""
+    from nasframe import checkpoint
+
+    params = list(params)
     opt, sched = _adam(params, lr, steps)
     losses: list[float] = []
-    task = progress.add_task(description, total=steps, info="") if progress is not None else None
-    for _ in range(steps):
+    generators = tuple(generators)
+    tensors = list(state.parameters()) + list(state.buffers()) if state is not None else params
+    ckpt = checkpoint.loop()
+    start = 0
+    if ckpt is not None:
+        start, extra = ckpt.restore(tensors, opt, sched, generators)
+        losses = list(extra.get("losses", []))
+    task = progress.add_task(description, total=steps, completed=start, info="") \
+        if progress is not None else None
+    for step in range(start, steps):
         loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,6 +152,8 @@ def fit(params, loss_fn, *, steps: int, lr: float, description: str,
         losses.append(float(loss.detach()))
         if task is not None:
             progress.advance(task)
+        if ckpt is not None and ckpt.due(force=step + 1 == steps):
+            ckpt.save(step + 1, tensors, opt, sched, generators, {"losses": losses})
     return losses
 
 
@@ -160,6 +178,7 @@ def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, 
         return (rec - x).abs().mean() + kl_weight * post.kl().mean() / z[0].numel()
 
     losses = fit(vae.parameters(), loss_fn, steps=steps, lr=lr, description="teacher VAE",
+                 generators=(g,), state=vae,
                  progress=progress)
     state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     return state, {"vae_steps": steps, "vae_final_loss": _tail(losses)}
@@ -235,6 +254,7 @@ def train_unet(config: UNetConfig, latents: torch.Tensor, ehs: torch.Tensor, *, 
         return (pred - noise).pow(2).mean()
 
     losses = fit([p for p in model.parameters() if p.requires_grad], loss_fn, steps=steps,
+                 generators=(g,), state=model,
                  lr=lr, description=description, progress=progress)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

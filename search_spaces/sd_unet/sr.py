@@ -227,6 +227,7 @@ def train_fidelity(fd: FidelityDecoder, features: torch.Tensor, up: torch.Tensor
         return (fd.refine(features[idx], up[idx]) - hr[idx]).abs().mean()
 
     losses = fit(fd.head.parameters(), loss_fn, steps=steps, lr=lr, description="fidelity decoder",
+                 generators=(g,), state=fd.head,
                  progress=progress)
     fd.head.eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
@@ -323,6 +324,7 @@ def train_sr(model: SRUNet, hr: torch.Tensor, cond: torch.Tensor, ehs: torch.Ten
         return (pred - noise).pow(2).mean()
 
     losses = fit(model.parameters(), loss_fn, steps=steps, lr=lr, description="SR model",
+                 generators=(g,), state=model,
                  progress=progress)
     model.eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
@@ -360,6 +362,7 @@ def distill(student: SRUNet, z: torch.Tensor, c: torch.Tensor, target: torch.Ten
         return (one_step(student, z[idx], c[idx], ehs) - target[idx]).pow(2).mean()
 
     losses = fit(student.parameters(), loss_fn, steps=steps, lr=lr,
+                 generators=(g,), state=student,
                  description="one-step student", progress=progress)
     student.eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),

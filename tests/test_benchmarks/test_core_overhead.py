@@ -42,3 +42,19 @@ def test_core_overhead_runs_and_reports_three_rows(tmp_path, capsys):
         assert name in printed
     assert "PASS" in printed or "BELOW TARGET" in printed
     assert json.loads(out_json.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_core_overhead_scaling_table(tmp_path, capsys):
+    pytest.importorskip("nni")
+    bench = _load()
+    result = bench.main(["--trials", "5", "--repeats", "1", "--high", "1000", "--no-warmup",
+                         "--scaling", "20,40", "--strategies", "random,ens,optuna,nni"])
+    sc = result["scaling"]
+    runners = {r["runner"] for r in sc["rows"]}
+    assert runners == {"nasframe random", "nasframe ens", "nasframe optuna", "nasframe nni",
+                       "optuna-sqlite"}
+    assert all(r["recorded"] == r["trials"] for r in sc["rows"])
+    assert all(g >= 1.0 for g in sc["growth"].values())
+    assert set(sc["random_vs_optuna_sqlite"]) == {20, 40}
+    out = capsys.readouterr().out
+    assert "growth" in out and "nasframe nni" in out

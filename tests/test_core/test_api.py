@@ -197,11 +197,38 @@ def test_an_interrupted_run_resumes_from_python(tmp_path, plugins):
     assert t["id"].is_unique
 
 
-def _api_script() -> str:
+def _api_script(index: int = 0) -> str:
     text = (ROOT / "docs" / "api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks, "docs/api.md has no python block"
-    return blocks[0]
+    assert len(blocks) > index, "docs/api.md lacks a python block"
+    return blocks[index]
+
+
+def test_the_optuna_style_loop_in_docs_api_md_runs(tmp_path):
+    """ask/tell, enqueue, evaluate, optimize with n_trials/timeout/callbacks, best_trials,
+    as written in docs/api.md; run twice: the second run continues the first
+    (load_if_exists) and never re-evaluates an architecture."""
+    script = tmp_path / "loop.py"
+    script.write_text(_api_script(1))
+    env = {**os.environ, "PYTHONPATH": ""}
+    outs = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        outs.append(res.stdout)
+    first = outs[0]
+    assert "asked 0 enqueued" in first and "told: complete proxy:told@n/a" in first
+    assert "evaluated: {'params'" in first
+    assert "trial 7: " in first and "trial 8: " not in first      # stopped by the callback
+    assert "best: [" in first
+    second = outs[1]
+    assert "asked 8 asked" in second          # the enqueued architecture was evaluated already
+    run = nasframe.load_run(tmp_path / "runs" / "loop")
+    frame = run.trials()
+    assert frame["id"].is_unique
+    assert str(frame["started"].dtype).startswith("datetime64")
+    assert set(frame["status"]) <= {"complete", "infeasible"}
 
 
 def test_the_notebook_script_in_docs_api_md_runs(tmp_path):
