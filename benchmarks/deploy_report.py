@@ -36,6 +36,17 @@ makes a shared machine's numbers meaningless). ORT: CPU execution provider,
    prediction error against the ORT measurement on every trial (and on its own
    check architectures).
 
+5. **NPU** (``--sections npu``; needs ``onnxruntime-qnn``): every export path compiled
+   for the Hexagon NPU of ``--soc`` (ONNX Runtime's QNN EP, HTP backend emulated on this
+   CPU, CPU fallback off; :mod:`nasframe_objectives.qnn_htp`): hybrid_unet's teacher, two
+   hybrids and all-SSM for each of ``--npu-presets`` at ``--npu-side``, the sd_unet
+   U-Nets and VAE parts, conv_denoiser. Per model: compiles, the refused nodes by op type,
+   compile seconds, the emulated fp16 output against fp32 (PSNR, max abs error).
+6. **NPU profile** (``--sections npu_profile``): do the HTP emulator's profiling cycles
+   estimate device time? The same compiled graphs profiled ``--npu-repeats`` times
+   (``profiling_level detailed``): the spread of the reported accelerator cycles between
+   identical runs, and their ratio to this CPU's wall time of the run.
+
 ``TABLE_HOOKS``: functions ``(args) -> (title, rows) | None`` appended to the
 report (more tables from elsewhere); empty here.
 
@@ -44,6 +55,7 @@ Usage::
     python benchmarks/deploy_report.py [--preset small] [--side 256] [--sd-preset tiny]
         [--threads 2] [--repeats 10] [--warmup 2] [--sections ens,sd,blocks,proxies]
         [--proxy-trials 24] [--proxy-side 128] [--quick] [--out DIR] [--json PATH]
+        [--soc "Snapdragon 8 Elite"] [--npu-presets tiny small restormer] [--npu-side 64]
 """
 from __future__ import annotations
 
@@ -301,8 +313,125 @@ def proxies_section(args, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _npu_jobs(args) -> list[tuple[str, Any, Any, str | None]]:
+    """(name, space, architecture, part) of every export path the NPU section compiles."""
+    from nasframe_search_spaces.denoiser import ConvDenoiserSpace
+    from nasframe_search_spaces.hybrid_unet.space import HybridUNetSpace
+    from nasframe_search_spaces.sd_unet.space import SDUNetSpace
+
+    jobs: list[tuple[str, Any, Any, str | None]] = []
+    for preset in args.npu_presets:
+        space = HybridUNetSpace(preset=preset, granularity="stage", input_size=args.npu_side)
+        stages = [d.name for d in space.decisions()]
+        encoder = {"enc1", "enc2", "enc3", "latent"}
+        archs = {"teacher": space.uniform("transformer"),
+                 "hybrid: SSM encoder+latent": Architecture(
+                     {s: "ssm" if s in encoder else "transformer" for s in stages}),
+                 "hybrid: SSM at full res": Architecture(
+                     {s: "ssm" if s in {"enc1", "dec1", "refine"} else "transformer"
+                      for s in stages}),
+                 "all SSM": space.uniform("ssm")}
+        if args.quick or preset == "restormer":
+            archs = {k: v for k, v in archs.items() if k in ("teacher", "all SSM")}
+        jobs += [(f"hybrid_unet {preset} {k}", space, a, None) for k, a in archs.items()]
+    sd = SDUNetSpace(preset=args.sd_preset, **({"latent_size": 8} if args.quick else {}))
+    refs = sd.reference_architectures()
+    jobs += [(f"sd_unet {args.sd_preset} unet {k}", sd, a, None) for k, a in refs.items()
+             if not args.quick or k == "nanosd"]
+    jobs += [(f"sd_unet {args.sd_preset} {p} (nanosd)", sd, refs["nanosd"], p)
+             for p in ("vae_encoder", "vae_decoder")]
+    den = ConvDenoiserSpace(input_size=args.npu_side)
+    jobs += [(f"conv_denoiser {k}", den, a, None) for k, a in den.reference_architectures().items()]
+    return jobs
+
+
+def npu_section(args, folder: Path) -> list[dict[str, Any]]:
+    from nasframe_objectives.qnn_htp import HtpTarget, check_graph
+
+    target = HtpTarget.resolve(args.soc)
+    print(f"\n5. NPU: every export path compiled for {target.describe()}, CPU fallback off; "
+          "emulated fp16 output vs fp32 (ORT CPU)")
+    print(f"  {'model':44s} {'compiles':>8s} {'compile s':>9s} {'PSNR dB':>8s} {'max abs':>9s}"
+          "  refused ops")
+    rows = []
+    for name, space, arch, part in _npu_jobs(args):
+        cand = Candidate(space, arch, seed=0)
+        model, inputs = cand.module(part), cand.example_inputs(part=part)
+        path = folder / f"npu-{len(rows)}.onnx"
+        start = time.perf_counter()
+        export_module(exportable(space, arch, model, part), inputs, "onnx", path,
+                      threads=args.threads)
+        export_s = time.perf_counter() - start
+        rep = check_graph(path, target, inputs=inputs, threads=args.threads,
+                          context=folder / f"npu-{len(rows)}_ctx.onnx")
+        row = {"model": name, "input": [list(t.shape) for t in _flat_tensors(inputs)],
+               "export_s": export_s, "compiles": rep.compiles, "compile_s": rep.compile_s,
+               "psnr_db": rep.psnr_db, "max_abs_error": rep.max_abs_error, "run_s": rep.run_s,
+               "refused_ops": rep.unsupported_ops, "error": rep.error, "qnn_ops": rep.qnn_ops,
+               "onnx_nodes": rep.nodes, "soc": target.soc, **rep.versions}
+        rows.append(row)
+        refused = ", ".join(f"{k} x{v}" for k, v in rep.unsupported_ops.items()) or "none"
+        print(f"  {name:44s} {'yes' if rep.compiles else 'NO':>8s} {rep.compile_s:9.1f} "
+              f"{rep.psnr_db if rep.psnr_db is not None else float('nan'):8.1f} "
+              f"{rep.max_abs_error if rep.max_abs_error is not None else float('nan'):9.3g}  "
+              f"{refused}", flush=True)
+        cand.release()
+    return rows
+
+
+def npu_profile_section(args, folder: Path) -> list[dict[str, Any]]:
+    """The HTP emulator's profiling cycles against identical re-runs and this CPU's time."""
+    import csv
+
+    from nasframe_objectives.qnn_htp import (HtpTarget, check_graph, htp_session, make_feed,
+                                             read_profile)
+    from nasframe_search_spaces.hybrid_unet.blocks import SSMBlock, TransformerBlock
+
+    target = HtpTarget.resolve(args.soc)
+    side = 16 if args.quick else 64
+    torch.manual_seed(0)
+    ssm = SSMBlock(48, orders=1).eval()
+    ssm.ssm.backend = "export"
+    graphs = {f"conv x4, 32 channels, {side}x{side}": torch.nn.Sequential(
+                  *[m for _ in range(4) for m in (torch.nn.Conv2d(32, 32, 3, padding=1),
+                                                  torch.nn.ReLU())]),
+              f"transformer block 48x{side}x{side}": TransformerBlock(48, 1),
+              f"ssm block 48x{side}x{side}": ssm}
+    print(f"\n6. NPU profile: the HTP emulator's 'accelerator (execute) cycles' for identical "
+          f"runs of one compiled graph ({args.npu_repeats} runs each)")
+    print(f"  {'graph':36s} {'cycles min-max (M)':>20s} {'max/min':>7s} {'cycles per host us':>19s}")
+    rows = []
+    for name, net in graphs.items():
+        x = torch.randn(1, 32 if name.startswith("conv") else 48, side, side)
+        path = folder / f"prof-{len(rows)}.onnx"
+        export_module(net.eval(), (x,), "onnx", path, threads=args.threads)
+        ctx = folder / f"prof-{len(rows)}_ctx.onnx"
+        assert check_graph(path, target, inputs=(x,), context=ctx).compiles
+        cycles, ratio = [], []
+        for r in range(args.npu_repeats):
+            prof = folder / f"prof-{len(rows)}-{r}.csv"
+            session = htp_session(ctx, target, profile_csv=prof)
+            start = time.perf_counter()
+            session.run(None, make_feed(session, (x,)))
+            wall_us = (time.perf_counter() - start) * 1e6
+            del session
+            cycles.append(read_profile(prof)["execute_cycles"])
+            ratio.append(cycles[-1] / wall_us)
+            with prof.open(newline="") as f:
+                host_us = [int(row["Time"]) for row in csv.DictReader(f)
+                           if row["Event Identifier"] == "Accelerator (execute) time"]
+        row = {"graph": name, "cycles": cycles, "cycles_per_host_us": ratio,
+               "spread": max(cycles) / min(cycles), "reported_exec_us": host_us[-1:],
+               "last_wall_us": wall_us, "load": os.getloadavg()[0]}
+        rows.append(row)
+        print(f"  {name:36s} {min(cycles) / 1e6:9.1f}-{max(cycles) / 1e6:<9.1f} "
+              f"{row['spread']:7.2f} {min(ratio):8.0f}-{max(ratio):<8.0f}   (reported execute "
+              f"time {host_us[-1] / 1e3:.0f} ms, host wall {wall_us / 1e3:.0f} ms)", flush=True)
+    return rows
+
+
 SECTIONS = {"ens": ens_section, "sd": sd_section, "blocks": blocks_section,
-            "proxies": proxies_section}
+            "proxies": proxies_section, "npu": npu_section, "npu_profile": npu_profile_section}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -325,6 +454,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="spaces of the proxies section (default both; --quick: hybrid_unet)")
     parser.add_argument("--lut-backend", default="onnxruntime", choices=("onnxruntime", "torch"),
                         help="where latency_lut times its block variants")
+    parser.add_argument("--soc", default="Snapdragon 8 Elite", help="NPU sections: the SoC")
+    parser.add_argument("--npu-presets", nargs="+", default=["tiny", "small", "restormer"],
+                        choices=("restormer", "small", "tiny"),
+                        help="NPU section: hybrid_unet presets compiled")
+    parser.add_argument("--npu-side", type=int, default=64, help="NPU section: input side")
+    parser.add_argument("--npu-repeats", type=int, default=3,
+                        help="NPU profile section: identical profiled runs per graph")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (for the test): tiny presets, 16x16, few calls")
     parser.add_argument("--out", type=Path, default=None, help="keep the exports here")
@@ -335,6 +471,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.repeats, args.warmup = 2, 1
         args.proxy_trials, args.proxy_side, args.lut_backend = 3, 16, "torch"
         args.proxy_spaces = args.proxy_spaces or ["hybrid_unet"]
+        args.npu_presets, args.npu_side, args.npu_repeats = ["tiny"], 16, 2
     args.proxy_spaces = args.proxy_spaces or ["hybrid_unet", "sd_unet"]
     torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

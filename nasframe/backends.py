@@ -106,3 +106,62 @@ class LatencyBackend(Component, abc.ABC):
         """The job's value in milliseconds once it is done, None while it runs; raises
         :class:`DeviceJobError` (with the job's URL) when it failed."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """A deploy check's verdict on one exported graph.
+
+    ``passed``: the graph is deployable on the check's target; ``summary``: one line for
+    people; ``details``: JSON data, kept under ``checks.<name>`` in the export's
+    ``<file>.json``; ``files``: the artefacts the check wrote (e.g. a compiled model).
+    """
+
+    check: str
+    target: str
+    passed: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.details, "check": self.check, "target": self.target,
+                "passed": self.passed, "summary": self.summary, "files": list(self.files)}
+
+
+class DeployCheck(Component, abc.ABC):
+    """A vendor toolchain's verdict on an exported graph, before any device sees it: does
+    it compile for the target, and does it compute what PyTorch computes.
+
+    ``nasframe export-model --check NAME`` and ``nasframe export --models onnx --check NAME``
+    run the check registered as ``NAME`` (``register_deploy_checks`` hook) on each file
+    they export, with the export's own example inputs, and keep its report in the file's
+    ``.json``. :meth:`artefacts` names the files the check writes beside a model (known
+    before it runs, so that an export's manifest can claim them).
+
+    Objectives that score candidates with the same toolchain record the same report in
+    their values' provenance, under ``details["deploy_check"]`` (the form of
+    :meth:`CheckReport.to_dict`, with ``passed`` and ``unsupported_ops``); ``nasframe
+    analyse`` summarises those per run.
+    """
+
+    name: ClassVar[str]
+    #: export formats the check takes
+    formats: ClassVar[tuple[str, ...]] = ("onnx",)
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        self._init_params(params, kwargs)
+
+    @abc.abstractmethod
+    def target(self) -> str:
+        """The device the graph is checked for, in words."""
+
+    @abc.abstractmethod
+    def check(self, exported: ExportResult, inputs: tuple[Any, ...] | None = None) -> CheckReport:
+        """Check the exported file ``exported.path`` on ``inputs`` (the export's example
+        inputs; None: the check makes its own from ``exported``'s input specs), writing
+        the files of :meth:`artefacts` beside it."""
+
+    def artefacts(self, model_path: str) -> tuple[str, ...]:
+        """The files :meth:`check` writes for the model at ``model_path`` (paths)."""
+        return ()

@@ -28,7 +28,7 @@ out = Console(soft_wrap=True)
 
 _KINDS = (("search space", "search_spaces"), ("objective", "objectives"),
           ("strategy", "strategies"), ("executor", "executors"),
-          ("latency backend", "latency_backends"))
+          ("latency backend", "latency_backends"), ("deploy check", "deploy_checks"))
 
 
 _KIND_WORDS = {"searchspace": "search space", "searchspaces": "search space", "space": "search space",
@@ -326,12 +326,13 @@ def _export_cmd(args: argparse.Namespace) -> int:
                   markup=False, highlight=False)
         out.print(f"view it with: optuna-dashboard {args.optuna}", markup=False, highlight=False)
         return 0
+    checks = _deploy_checks(args, args.models or ())
     paths = export_run(args.run_dir, _output(args), models=args.models or (), part=args.part,
-                       console=console)
+                       console=console, checks=checks)
     for name, p in paths.items():
         out.print(f"{name}: {p}")
     _print_pick(paths, out)
-    return 0
+    return _checks_failed(paths) if checks else 0
 
 
 def _output(args: argparse.Namespace) -> str | None:
@@ -408,18 +409,90 @@ def _export_model_cmd(args: argparse.Namespace) -> int:
         console.print(f"note: the exported model has freshly initialised, untrained weights "
                       f"({why}); train it before you deploy it", style="yellow", markup=False,
                       highlight=False)
-    with console.status(f"exporting {arch.id} ({args.format})", spinner="dots"):
-        r = export_architecture(exp, arch, args.format, path, part=args.part, input_shape=shape)
+    checks = _deploy_checks(args, (args.format,))
+    with console.status(f"exporting {arch.id} ({args.format})"
+                        + (f", then {', '.join(args.check)}" if checks else ""), spinner="dots"):
+        r = export_architecture(exp, arch, args.format, path, part=args.part, input_shape=shape,
+                                checks=checks)
     out.print(f"{r.path}: {args.format} ({r.note or 'exported'}) in {r.seconds:.1f} s", markup=False)
     for n, s_, d in zip(r.input_names, r.input_shapes, r.input_dtypes):
         out.print(f"  input {n}: {s_} {d}", markup=False)
     out.print(f"  check vs PyTorch: max abs error {r.max_abs_error:.3g}, max rel error "
               f"{r.max_rel_error:.3g}; details in {r.path}.json", markup=False)
+    failed = _print_checks(r.checks)
     if not r.max_rel_error <= args.tolerance:
         console.print(f"error: the exported model differs from PyTorch by {r.max_rel_error:.3g} "
                       f"relative (--tolerance {args.tolerance:g})", style="red", markup=False)
         return 1
-    return 0
+    return 1 if failed else 0
+
+
+# -- deploy checks: `--check NAME` on export-model and export --models ----------------------
+def _add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="append", default=[], metavar="NAME",
+                   help="a deploy check on each exported file, e.g. npu (compile for the "
+                        "Hexagon NPU, fp32 vs NPU output); repeatable; its report goes into "
+                        "the file's .json; exit 1 when it does not pass")
+    p.add_argument("--check-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a param of the deploy check (`nasframe plugins NAME`), e.g. "
+                        "soc='Snapdragon 8 Gen 3'; repeatable")
+
+
+def _deploy_checks(args: argparse.Namespace, formats) -> list[Any]:
+    """The deploy checks named by ``--check`` with ``--check-option`` params (ConfigError
+    naming the option when one is wrong)."""
+    import yaml
+
+    from nasframe.plugins import get_plugins
+
+    params: dict[str, Any] = {}
+    for item in args.check_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--check-option {item!r}: give KEY=VALUE, e.g. soc=SM8650")
+        try:
+            params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            params[key.strip()] = value
+    if params and not args.check:
+        raise ConfigError("--check-option sets a deploy check's param; name the check with "
+                          "--check NAME")
+    checks = []
+    for name in dict.fromkeys(args.check):
+        check = get_plugins().deploy_checks.create(name, params, where=f"--check {name}")
+        wrong = [f for f in formats if f not in check.formats]
+        if wrong:
+            raise ConfigError(f"--check {name}: checks {', '.join(check.formats)} files, not "
+                              f"{', '.join(wrong)}; export {check.formats[0]}")
+        checks.append(check)
+    return checks
+
+
+def _print_checks(reports: dict[str, Any]) -> bool:
+    """Print each check's summary; True when one did not pass."""
+    failed = False
+    for name, r in reports.items():
+        if r.get("passed"):
+            out.print(f"  {name} check: {r.get('summary', '')}", markup=False, highlight=False)
+        else:
+            failed = True
+            console.print(f"error: {name} check did not pass: {r.get('summary', '')}",
+                          style="red", markup=False, highlight=False)
+    return failed
+
+
+def _checks_failed(paths: dict[str, Path]) -> int:
+    """``export --models --check``: 1 when a deploy check did not pass on an exported file."""
+    failed = []
+    for name, p in paths.items():
+        meta = Path(str(p) + ".json")
+        if name.startswith("front/") and meta.is_file():
+            checks = json.loads(meta.read_text()).get("checks", {})
+            failed += [f"{Path(p).name} ({c})" for c, r in checks.items() if not r.get("passed")]
+    if failed:
+        console.print(f"error: {len(failed)} model(s) did not pass their deploy check: "
+                      + ", ".join(failed), style="red", markup=False, highlight=False)
+    return 1 if failed else 0
 
 
 def _add_export_parsers(sub, common) -> None:
@@ -447,6 +520,7 @@ def _add_export_parsers(sub, common) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest relative difference from PyTorch accepted (exit 1 above; "
                         "default: %(default)g)")
+    _add_check_args(p)
     p.set_defaults(fn=_export_model_cmd)
 
 
@@ -641,11 +715,13 @@ def _status_cmd(args: argparse.Namespace) -> int:
 
 # -- `nasframe analyse RUN_DIR`: proxies checked against measured latency --------------
 def _analyse_cmd(args: argparse.Namespace) -> int:
-    from nasframe.proxy_check import proxy_check, write_proxy_check
+    from nasframe.proxy_check import deploy_check_summary, proxy_check, write_proxy_check
     from nasframe.results import load_run
 
-    check = proxy_check(load_run(args.run_dir), args.proxies, args.measured)
-    if not check.correlations:
+    run = load_run(args.run_dir)
+    check = proxy_check(run, args.proxies, args.measured)
+    deployed = deploy_check_summary(run)
+    if not check.correlations and not deployed:
         what = []
         if not check.measured:
             what.append("no measured latency: add an objective with a measured latency to the "
@@ -659,22 +735,44 @@ def _analyse_cmd(args: argparse.Namespace) -> int:
     rows = [{"proxy": c.proxy, "measured": c.measured, "n": c.n, "tau": c.tau,
              "p_value": c.p_value, "measured_on": c.measured_device} for c in check.correlations]
     if args.format == "json":
-        print(json.dumps(check.to_dict(), indent=1))
+        doc = check.to_dict()
+        if deployed:
+            doc["deploy_checks"] = [d.to_dict() for d in deployed]
+        print(json.dumps(doc, indent=1, default=str))
     elif args.format == "csv":
         _csv_out(rows)
     else:
-        table = Table(title=f"{args.run_dir}: Kendall tau, proxy vs measured "
-                      f"(complete trials)")
-        for col in ("proxy", "measured", "n", "tau", "p-value", "measured on"):
-            table.add_column(col)
-        for c in check.correlations:
-            table.add_row(c.proxy, c.measured, str(c.n), f"{c.tau:.3f}", f"{c.p_value:.2g}",
-                          c.measured_device)
-        out.print(table)
-    if not args.no_plot:
+        if check.correlations:
+            table = Table(title=f"{args.run_dir}: Kendall tau, proxy vs measured "
+                          f"(complete trials)")
+            for col in ("proxy", "measured", "n", "tau", "p-value", "measured on"):
+                table.add_column(col)
+            for c in check.correlations:
+                table.add_row(c.proxy, c.measured, str(c.n), f"{c.tau:.3f}", f"{c.p_value:.2g}",
+                              c.measured_device)
+            out.print(table)
+        _print_deploy_checks(deployed)
+    if not args.no_plot and check.correlations:
         js, png = write_proxy_check(check, _output(args) or args.run_dir)
         console.print(f"wrote {png} and {js}", highlight=False)
     return 0
+
+
+def _print_deploy_checks(summaries) -> None:
+    """``analyse``: the deploy checks its objectives recorded (e.g. the NPU check)."""
+    if not summaries:
+        return
+    table = Table(title="deploy checks recorded by the objectives (finished trials)")
+    for col in ("check", "target", "trials", "passed", "refused op types (trials)",
+                "compile s (median)", "values: min / median / max"):
+        table.add_column(col)
+    for d in summaries:
+        table.add_row(d.check, d.target, str(d.trials), str(d.passed),
+                      ", ".join(f"{op} ({n})" for op, n in d.refused_ops.items()) or "none",
+                      f"{d.compile_s:.1f}",
+                      "; ".join(f"{k} {a:.4g} / {b:.4g} / {c:.4g}" for k, (a, b, c) in
+                                d.values.items()))
+    Console(soft_wrap=False, width=max(out.width, 160) if not out.is_terminal else None).print(table)
 
 
 def _csv_out(rows: list[dict[str, Any]], cols: list[str] | None = None) -> None:
@@ -865,6 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export every front member and the pick: onnx, torchscript, "
                         "exported_program (front/<id>.onnx, checked against PyTorch)")
     p.add_argument("--part", metavar="PART", help="with --models: this model part of the space")
+    _add_check_args(p)
     p.add_argument("--optuna", metavar="STORAGE_URL",
                    help="write the run as an Optuna study instead (e.g. sqlite:///study.db)")
     p.add_argument("--study-name", help="with --optuna: the study's name (default: the experiment's)")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from nasframe.architecture import Architecture
+    from nasframe.backends import CheckReport, DeployCheck
     from nasframe.context import Context
     from nasframe.experiment import Experiment
     from nasframe.space import SearchSpace
@@ -65,6 +66,8 @@ class ExportResult:
     ops: dict[str, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    #: deploy check name -> its report (:meth:`nasframe.backends.CheckReport.to_dict`)
+    checks: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,13 +341,33 @@ def _run_exported(fmt: str, path: Path, inputs, tensors, in_names, threads, vers
         return [t.cpu().numpy() for t in _flat_tensors(program.module()(*inputs))]
 
 
+def run_checks(result: ExportResult, checks: Sequence[DeployCheck],
+               inputs: Sequence[Any] | None = None) -> list[CheckReport]:
+    """Run each deploy check on the exported file (on ``inputs``, the export's example
+    inputs); their reports join ``result.checks`` and the file's ``.json``."""
+    reports = []
+    for check in checks:
+        if result.format not in check.formats:
+            raise ExportError(f"deploy check '{check.name}' takes {', '.join(check.formats)} "
+                              f"files, not {result.format}")
+        report = check.check(result, None if inputs is None else tuple(inputs))
+        result.checks[check.name] = report.to_dict()
+        reports.append(report)
+    if reports:
+        Path(str(result.path) + ".json").write_text(json.dumps(result.to_dict(), indent=1,
+                                                               default=str))
+    return reports
+
+
 def export_architecture(exp: Experiment, arch: Architecture, fmt: str, path: str | Path, *,
                         part: str | None = None, input_shape: Sequence[int] | None = None,
-                        seed: int | None = None, threads: int | None = None) -> ExportResult:
+                        seed: int | None = None, threads: int | None = None,
+                        checks: Sequence[DeployCheck] = ()) -> ExportResult:
     """Export ``arch`` of ``exp``'s search space (or its model part ``part``) as the
     objectives see it: built with the trial's seed, on the space's example inputs (of
     ``input_shape``, batch included, when given), made ready by its space
-    (:func:`exportable`), checked. Prepare the space first for trained weights."""
+    (:func:`exportable`), checked against PyTorch, then by each deploy check in
+    ``checks`` (:func:`run_checks`). Prepare the space first for trained weights."""
     from nasframe.candidate import Candidate
     from nasframe.experiment import trial_seed
 
@@ -359,16 +382,20 @@ def export_architecture(exp: Experiment, arch: Architecture, fmt: str, path: str
     candidate = Candidate(space, arch, trial_seed(exp.cfg.seed, arch) if seed is None else seed)
     model = candidate.module(part)
     inputs = candidate.example_inputs(input_shape, part=part)
-    return export_module(exportable(space, arch, model, part), inputs, fmt, path,
-                         threads=threads)
+    result = export_module(exportable(space, arch, model, part), inputs, fmt, path,
+                           threads=threads)
+    run_checks(result, checks, inputs)
+    return result
 
 
 def export_models(exp: Experiment, ctx: Context, archs: dict[str, Architecture], fmt: str,
-                  folder: Path, *, part: str | None = None) -> dict[str, ExportResult]:
+                  folder: Path, *, part: str | None = None,
+                  checks: Sequence[DeployCheck] = ()) -> dict[str, ExportResult]:
     """Export each of ``archs`` (file stem -> architecture) as ``folder/<stem><suffix>``
     (``export --models``): the space is prepared for the objectives' needs first, so the
     files carry the weights the objectives scored; an architecture met twice (the pick is
-    a front member) is exported once and copied."""
+    a front member) is exported once and copied (its deploy checks run again on the copy,
+    whose artefacts carry its own name). Each check's summary is printed."""
     import shutil
 
     exp.space.prepare(ctx, exp.needs())
@@ -384,12 +411,22 @@ def export_models(exp: Experiment, ctx: Context, archs: dict[str, Architecture],
                 if data.exists():   # weights kept beside the graph (models over 1 GiB)
                     shutil.copyfile(data, str(path) + ".data")
                 doc = json.loads(Path(str(by_id[arch.id]) + ".json").read_text())
-                doc["path"] = str(path)
+                doc.update(path=str(path), checks={})
                 Path(str(path) + ".json").write_text(json.dumps(doc, indent=1))
                 done[stem] = ExportResult(**doc)
+                if checks:   # on the same (seeded) example inputs as the original
+                    from nasframe.candidate import Candidate
+                    from nasframe.experiment import trial_seed
+
+                    progress.update(task, info=f"{stem}: checks")
+                    seed = trial_seed(exp.cfg.seed, arch)
+                    run_checks(done[stem], checks,
+                               Candidate(exp.space, arch, seed).example_inputs(part=part))
             else:
                 progress.update(task, info=stem)
-                done[stem] = export_architecture(exp, arch, fmt, path, part=part)
+                done[stem] = export_architecture(exp, arch, fmt, path, part=part, checks=checks)
                 by_id[arch.id] = path
+            for name, r in done[stem].checks.items():
+                ctx.log(f"{path.name}: {name}: {'' if r['passed'] else 'FAILED: '}{r['summary']}")
             progress.advance(task)
     return done

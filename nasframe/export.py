@@ -125,7 +125,7 @@ def _only_listed(folder: Path, listed: set[str], root: Path) -> bool:
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
                models: Sequence[str] = (), part: str | None = None,
-               console=None) -> dict[str, Path]:
+               console=None, checks: Sequence[Any] = ()) -> dict[str, Path]:
     """Write every export file; returns their paths by name.
 
     ``models``: deployable formats (onnx, torchscript, exported_program) in which every
@@ -133,6 +133,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
     against PyTorch in ``<file>.json``), of model part ``part`` when given; this prepares
     the search space (trained weights are cached in the run directory). Without it the
     run directory is only read (it may be read-only when ``out_dir`` is elsewhere).
+    ``checks``: :class:`~nasframe.backends.DeployCheck` instances run on every model file
+    of a format they take (their reports in its ``.json``, their artefacts beside it).
     """
     from nasframe.results import load_run
 
@@ -152,8 +154,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
     for fmt in models:
         if fmt not in FORMATS:
             raise ConfigError(f"--models {fmt!r}: not a model format; use {', '.join(FORMATS)}")
+    if checks and not models:
+        raise ConfigError("--check runs on exported model files; add --models onnx")
     model_names = {f: [f"front/{n}{SUFFIX[f]}{ext}" for n in front for ext in ("", ".json")]
                    for f in models}
+    for f in models:
+        for c in checks:
+            if f in c.formats:
+                model_names[f] += [f"front/{Path(a).name}" for n in front
+                                   for a in c.artefacts(str(out / "front" / f"{n}{SUFFIX[f]}"))]
     planned = names + [n for f in model_names for n in model_names[f]]
     writer.check(planned)
     writer.begin(planned)
@@ -180,7 +189,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
             for fmt in models:
                 for name in model_names[fmt]:
                     writer.path(name)
-                done = export_models(exp, ctx, archs, fmt, out / "front", part=part)
+                done = export_models(exp, ctx, archs, fmt, out / "front", part=part,
+                                     checks=[c for c in checks if fmt in c.formats])
                 for name, result in done.items():
                     paths[f"front/{name}{SUFFIX[fmt]}"] = Path(result.path)
     finally:   # a failed model export still leaves a manifest of what was written

@@ -53,3 +53,9 @@ def register_op_handles(handles: OpHandles) -> None:
 def register_latency_backends(registry: Registry) -> None:
     """Add :class:`nasframe.backends.LatencyBackend` subclasses (where the ``latency``
     objective times candidates) with ``registry.add(cls)``."""
+
+
+@hookspec
+def register_deploy_checks(registry: Registry) -> None:
+    """Add :class:`nasframe.backends.DeployCheck` subclasses (a vendor toolchain's verdict on
+    an exported graph: ``nasframe export-model --check NAME``) with ``registry.add(cls)``."""

@@ -37,7 +37,7 @@ _CLASSES: dict[str, dict[str, type]] = {}
 
 
 def _kind(cls: type) -> str:
-    from nasframe.backends import LatencyBackend
+    from nasframe.backends import DeployCheck, LatencyBackend
     from nasframe.executor import Executor
     from nasframe.objective import Objective
     from nasframe.space import SearchSpace
@@ -45,11 +45,11 @@ def _kind(cls: type) -> str:
 
     for base, kind in ((SearchSpace, "search_space"), (Objective, "objective"),
                        (Strategy, "strategy"), (Executor, "executor"),
-                       (LatencyBackend, "latency_backend")):
+                       (LatencyBackend, "latency_backend"), (DeployCheck, "deploy_check")):
         if isinstance(cls, type) and issubclass(cls, base):
             return kind
-    raise TypeError(f"{cls!r} is not a search space, objective, strategy, executor or latency "
-                    "backend class")
+    raise TypeError(f"{cls!r} is not a search space, objective, strategy, executor, latency "
+                    "backend or deploy check class")
 
 
 def _add(plugins: Any, kind: str, cls: type) -> None:

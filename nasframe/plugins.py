@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from nasframe import hookspecs
-from nasframe.backends import LatencyBackend
+from nasframe.backends import DeployCheck, LatencyBackend
 from nasframe.executor import Executor
 from nasframe.objective import Objective
 from nasframe.registry import OpHandles, Registry
@@ -54,6 +54,7 @@ class Plugins:
         self.executors: Registry[Executor] = Registry("executor", Executor)
         self.latency_backends: Registry[LatencyBackend] = Registry("latency backend",
                                                                     LatencyBackend)
+        self.deploy_checks: Registry[DeployCheck] = Registry("deploy check", DeployCheck)
         self.op_handles = OpHandles()
         self.failures: list[PluginFailure] = []
         self.loaded: list[tuple[str, str]] = []  # (plugin name, version)
@@ -63,7 +64,8 @@ class Plugins:
     def registry(self, kind: str) -> Registry:
         return {"search_space": self.search_spaces, "objective": self.objectives,
                 "strategy": self.strategies, "executor": self.executors,
-                "latency_backend": self.latency_backends}[kind]
+                "latency_backend": self.latency_backends,
+                "deploy_check": self.deploy_checks}[kind]
 
     @property
     def _hooks(self) -> tuple[tuple[str, str, Any], ...]:
@@ -73,6 +75,7 @@ class Plugins:
                 ("register_strategies", "registry", self.strategies),
                 ("register_executors", "registry", self.executors),
                 ("register_latency_backends", "registry", self.latency_backends),
+                ("register_deploy_checks", "registry", self.deploy_checks),
                 ("register_op_handles", "handles", self.op_handles))
 
     # -- loading ---------------------------------------------------------

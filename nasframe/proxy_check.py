@@ -155,3 +155,59 @@ def write_proxy_check(check: ProxyCheck, out_dir: str | Path) -> tuple[Path, Pat
     js = out_dir / "proxy_check.json"
     js.write_text(json.dumps(check.to_dict(), indent=1, default=str))
     return js, plot_proxy_check(check, out_dir / "proxy_check.png")
+
+
+# -- deploy checks recorded by objectives (``details["deploy_check"]``) -----------------------
+@dataclass(frozen=True)
+class DeployCheckSummary:
+    """One deploy check (e.g. ``npu`` on one SoC) over a run's trials: how many passed, the
+    op types its compiler refused (in how many trials), and the values of the objectives
+    that recorded it (min, median, max)."""
+
+    check: str
+    target: str
+    trials: int
+    passed: int
+    refused_ops: dict[str, int]
+    compile_s: float
+    values: dict[str, tuple[float, float, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deploy_check_summary(run: Run) -> list[DeployCheckSummary]:
+    """A :class:`DeployCheckSummary` per (check, target) found in the provenance of the
+    run's finished trials (the ``deploy_check`` details that objectives such as
+    ``npu_compiles`` and ``npu_fidelity`` record)."""
+    import statistics
+
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in run.trial_list():
+        if t.status not in ("complete", "infeasible", "pruned"):
+            continue
+        seen: set[tuple[str, str]] = set()
+        for key, prov in t.provenance.items():
+            doc = prov.details.get("deploy_check")
+            if not isinstance(doc, dict):
+                continue
+            g = groups.setdefault((str(doc.get("check", key)), prov.device),
+                                  {"trials": 0, "passed": 0, "ops": {}, "seconds": [],
+                                   "values": {}})
+            if key in t.values and math.isfinite(float(t.values[key])):
+                g["values"].setdefault(key, []).append(float(t.values[key]))
+            if (doc.get("check", key), prov.device) in seen:
+                continue   # two objectives of one trial share its compile
+            seen.add((doc.get("check", key), prov.device))
+            g["trials"] += 1
+            g["passed"] += bool(doc.get("passed"))
+            for op in doc.get("unsupported_ops", {}):
+                g["ops"][op] = g["ops"].get(op, 0) + 1
+            if isinstance(doc.get("compile_s"), (int, float)):
+                g["seconds"].append(float(doc["compile_s"]))
+    return [DeployCheckSummary(
+        check, target, g["trials"], g["passed"],
+        dict(sorted(g["ops"].items(), key=lambda kv: -kv[1])),
+        statistics.median(g["seconds"]) if g["seconds"] else math.nan,
+        {k: (min(v), statistics.median(v), max(v)) for k, v in g["values"].items()})
+        for (check, target), g in groups.items()]

@@ -1,6 +1,7 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
-``psnr``, ``ssim``, ``finetuned_psnr``, ``transformer_count``, ``fidelity``, ``multitask_psnr`` and
-``deploy_memory``; and the ``torch``, ``onnxruntime`` and ``qai_hub`` latency backends.
+``psnr``, ``ssim``, ``finetuned_psnr``, ``transformer_count``, ``fidelity``, ``multitask_psnr``,
+``deploy_memory``, ``npu_compiles`` and ``npu_fidelity``; the ``torch``, ``onnxruntime`` and
+``qai_hub`` latency backends; and the ``npu`` deploy check.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -18,11 +19,12 @@ def register_objectives(registry):
     from nasframe_objectives.latency import Latency
     from nasframe_objectives.latency_lut import LatencyLUT
     from nasframe_objectives.multitask import DeployMemory, MultitaskPSNR
+    from nasframe_objectives.npu import NpuCompiles, NpuFidelity
     from nasframe_objectives.quick_psnr import QuickPSNR
     from nasframe_objectives.restoration import PSNR, SSIM, FinetunedPSNR, TransformerCount
 
     for cls in (Params, GMACs, Latency, LatencyLUT, QuickPSNR, PSNR, SSIM, TransformerCount,
-                Fidelity, MultitaskPSNR, DeployMemory, FinetunedPSNR):
+                Fidelity, MultitaskPSNR, DeployMemory, FinetunedPSNR, NpuCompiles, NpuFidelity):
         registry.add(cls)
 
 
@@ -35,3 +37,10 @@ def register_latency_backends(registry):
     registry.add(TorchBackend)
     registry.add(OnnxRuntimeBackend)
     registry.add(QaiHubBackend)
+
+
+@hookimpl
+def register_deploy_checks(registry):
+    from nasframe_objectives.npu import NpuCheck
+
+    registry.add(NpuCheck)

@@ -184,6 +184,35 @@ def torch_seed(seed: int) -> Iterator[None]:
         yield
 
 
+def cached_export(candidate: Candidate, model, inputs, ctx: Context, fmt: str,
+                  part: str | None = None) -> ExportResult:
+    """The candidate's model (or ``part``) exported in ``fmt``, checked against PyTorch,
+    cached in the run directory by architecture, part, format, input shapes and seed."""
+    from nasframe.context import content_hash
+    from nasframe.deploy import SUFFIX, ExportResult, export_module, exportable
+
+    key = content_hash({"arch": candidate.arch.id, "part": part, "format": fmt,
+                        "shapes": input_shapes(inputs), "seed": candidate.seed})
+    path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}{SUFFIX[fmt]}"
+    if path.exists() and Path(str(path) + ".json").exists():
+        return ExportResult.read(path)
+    ready = exportable(candidate.space, candidate.arch, model, part)
+    return export_module(ready, inputs, fmt, path)
+
+
+def cached_export_quantised(candidate: Candidate, model, inputs, ctx: Context) -> ExportResult:
+    """The space's quantised (QDQ) graph of the candidate, checked, cached in the run."""
+    from nasframe.context import content_hash
+    from nasframe.deploy import ExportResult
+
+    key = content_hash({"arch": candidate.arch.id, "graph": "quantised",
+                        "shapes": input_shapes(inputs), "seed": candidate.seed})
+    path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}-qdq.onnx"
+    if path.exists() and Path(str(path) + ".json").exists():
+        return ExportResult.read(path)
+    return candidate.space.export_quantised(candidate.arch, model, inputs, path)
+
+
 class Latency(PartObjective):
     """Median time of one forward pass, in milliseconds, on a latency backend.
 
@@ -265,30 +294,11 @@ class Latency(PartObjective):
                           {"runtime": self.backend.runtime(), **dict(details or {})})
 
     def _export(self, candidate: Candidate, model, inputs, ctx: Context) -> ExportResult:
-        """The candidate's model exported for the backend, checked, cached in the run."""
-        from nasframe.context import content_hash
-        from nasframe.deploy import SUFFIX, ExportResult, export_module, exportable
-
-        fmt = self.backend.export_format
-        key = content_hash({"arch": candidate.arch.id, "part": self.part, "format": fmt,
-                            "shapes": input_shapes(inputs), "seed": candidate.seed})
-        path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}{SUFFIX[fmt]}"
-        if path.exists() and Path(str(path) + ".json").exists():
-            return ExportResult.read(path)
-        ready = exportable(candidate.space, candidate.arch, model, self.part)
-        return export_module(ready, inputs, fmt, path)
+        return cached_export(candidate, model, inputs, ctx, self.backend.export_format,
+                             self.part)
 
     def _export_quantised(self, candidate: Candidate, model, inputs, ctx: Context) -> ExportResult:
-        """The space's quantised graph of the candidate, checked, cached in the run."""
-        from nasframe.context import content_hash
-        from nasframe.deploy import ExportResult
-
-        key = content_hash({"arch": candidate.arch.id, "graph": "quantised",
-                            "shapes": input_shapes(inputs), "seed": candidate.seed})
-        path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}-qdq.onnx"
-        if path.exists() and Path(str(path) + ".json").exists():
-            return ExportResult.read(path)
-        return candidate.space.export_quantised(candidate.arch, model, inputs, path)
+        return cached_export_quantised(candidate, model, inputs, ctx)
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value | Deferred:
         model = candidate.module(self.part)

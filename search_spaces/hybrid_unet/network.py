@@ -4,7 +4,7 @@ Topology (Zamir et al., CVPR 2022), for ``dim = C``::
 
     patch embed  3x3 conv, in -> C
     encoder 1    blocks at C,   H x W           -- skip 1
-    down         3x3 conv C -> C/2, pixel-unshuffle(2) -> 2C
+    down         3x3 conv C -> C/2, pixel-unshuffle(2) -> 2C (rank-4 form: NPU-safe)
     encoder 2    blocks at 2C,  H/2             -- skip 2
     down         -> 4C
     encoder 3    blocks at 4C,  H/4             -- skip 3
@@ -136,16 +136,43 @@ def make_block(kind: str, channels: int, heads: int, cfg: UNetConfig, position: 
     raise ValueError(f"unknown block kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+class PixelUnshuffle(nn.PixelUnshuffle):
+    """``nn.PixelUnshuffle`` (``(B, C, H, W) -> (B, C r^2, H/r, W/r)``, channel ``c r^2 + r i + j``)
+    written with tensors of rank <= 4: torch's own form is a rank-6 reshape/transpose pair,
+    which NPU compilers (QNN's HTP among them) refuse once quantisation nodes sit between
+    the two. The same permutation of the same values: exactly equal, in every dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.downscale_factor
+        b, c, h, w = x.shape
+        x = x.reshape(b * c * (h // r), r, w // r, r).transpose(2, 3)   # (bci) i j' j
+        x = x.reshape(b * c, h // r, r * r, w // r).transpose(1, 2)     # (bc) (i j) h' w'
+        return x.reshape(b, c * r * r, h // r, w // r)
+
+
+class PixelShuffle(nn.PixelShuffle):
+    """``nn.PixelShuffle``, the inverse of :class:`PixelUnshuffle`, with tensors of rank
+    <= 4 (exactly equal to torch's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.upscale_factor
+        b, c, h, w = x.shape
+        c //= r * r
+        x = x.reshape(b * c, r * r, h, w).transpose(1, 2)              # (bc) h (i j) w
+        x = x.reshape(b * c * h, r, r, w).transpose(2, 3)              # (bch) i w j
+        return x.reshape(b, c, h * r, w * r)
+
+
 class Downsample(nn.Sequential):
     def __init__(self, channels: int):
         super().__init__(nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False),
-                         nn.PixelUnshuffle(2))
+                         PixelUnshuffle(2))
 
 
 class Upsample(nn.Sequential):
     def __init__(self, channels: int):
         super().__init__(nn.Conv2d(channels, channels * 2, 3, padding=1, bias=False),
-                         nn.PixelShuffle(2))
+                         PixelShuffle(2))
 
 
 class HybridRestormer(nn.Module):

@@ -36,7 +36,8 @@ def quoted_excerpts() -> list[tuple[str, str]]:
 
 
 def test_the_hook_specs_are_found():
-    assert hook_specs() == ["register_executors", "register_latency_backends",
+    assert hook_specs() == ["register_deploy_checks", "register_executors",
+                            "register_latency_backends",
                             "register_objectives", "register_op_handles", "register_search_spaces",
                             "register_strategies"]
 

@@ -20,6 +20,8 @@ EXTRAS = {
     "diffusers": ("diffusion", ["search space\tsd_unet"]),
     "botorch": ("bo", ["strategy\teps_bo"]),
     "distributed": ("dask", ["executor\tdask"]),
+    "onnxruntime_qnn": ("npu", ["objective\tnpu_compiles", "objective\tnpu_fidelity",
+                                "deploy check\tnpu"]),
 }
 
 
@@ -66,7 +68,7 @@ def test_the_base_install_is_what_the_core_needs(wheel):
     base = [r for r in requires if "extra ==" not in r]
     heavy = ("diffusers", "numba", "scikit-image", "fvcore", "botorch", "distributed", "mamba")
     assert not [r for r in base if r.startswith(heavy)], base
-    for extra in ("macs", "restoration", "diffusion", "bo", "dask", "quad", "all", "dev"):
+    for extra in ("macs", "restoration", "diffusion", "bo", "dask", "quad", "npu", "all", "dev"):
         assert extra in (msg.get_all("Provides-Extra") or []), extra
 
 
