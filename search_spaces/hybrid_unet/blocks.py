@@ -341,7 +341,7 @@ class SSMBlock(nn.Module):
         ``Transpose`` in and one out; the same function as :meth:`forward`."""
         frame = self.ssm._direction(0) % 2
         perm = (0, 2, 3, 1) if frame == 0 else (0, 3, 2, 1)
-        t = x.permute(*perm)
+        t = x.permute(*perm).contiguous()   # one Transpose in a graph; a copy in eager
         t = t + self.ssm.forward_export(self.norm1(t), frame)
         t = t + self.ffn(self.norm2(t), frame)
         return t.permute(0, 3, 1, 2) if frame == 0 else t.permute(0, 3, 2, 1)
