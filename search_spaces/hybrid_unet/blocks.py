@@ -125,19 +125,16 @@ class GatedFFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Linear(hidden, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor, frame: int = 0) -> torch.Tensor:
-        """``frame`` 1: ``x`` is the map transposed, ``(B, W, H, C)`` (the export form of a
-        column-major SSM block): the depthwise kernel is transposed with it."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the two halves computed apart (weight slices), so that GELU and the product
         # run on contiguous tensors: element-wise ops on strided halves are 3-7x slower
         h = self.project_out.in_features
         w_in, b_in = self.project_in.weight, self.project_in.bias
-        dw = self.dwconv.weight if frame == 0 else self.dwconv.weight.transpose(-1, -2)
         halves = []
         for part in (slice(0, h), slice(h, 2 * h)):
             t = F.linear(x, w_in[part], None if b_in is None else b_in[part]).permute(0, 3, 1, 2)
             dw_b = None if self.dwconv.bias is None else self.dwconv.bias[part]
-            t = F.conv2d(t, dw[part], dw_b, padding=1, groups=h)
+            t = F.conv2d(t, self.dwconv.weight[part], dw_b, padding=1, groups=h)
             halves.append(t.permute(0, 2, 3, 1))
         return self.project_out(gelu(halves[0]) * halves[1])
 
@@ -336,12 +333,17 @@ class SSMBlock(nn.Module):
         return t.permute(0, 3, 1, 2)   # (B, C, H, W) in channels-last memory: no copy
 
     def forward_export(self, x: torch.Tensor) -> torch.Tensor:
-        """The export form: the map held in the frame of the first scan order from the first
-        op to the last (``(B, H, W, C)`` row-major, ``(B, W, H, C)`` column-major), one
-        ``Transpose`` in and one out; the same function as :meth:`forward`."""
-        frame = self.ssm._direction(0) % 2
-        perm = (0, 2, 3, 1) if frame == 0 else (0, 3, 2, 1)
-        t = x.permute(*perm).contiguous()   # one Transpose in a graph; a copy in eager
-        t = t + self.ssm.forward_export(self.norm1(t), frame)
-        t = t + self.ffn(self.norm2(t), frame)
-        return t.permute(0, 3, 1, 2) if frame == 0 else t.permute(0, 3, 2, 1)
+        """The export form: channels-last ``(B, H, W, C)`` from the first op to the last (one
+        ``Transpose`` in, one out); when the first scan order reads columns, the SSM branch
+        works on the map transposed, ``(B, W, H, C)`` (its input and output swap H and W:
+        a fast ``Transpose`` of C-channel rows, where going from NCHW to (B, W, H, C) in one
+        ``Transpose`` is 10-20x slower in ONNX Runtime), so that order reads the map as
+        stored. The same function as :meth:`forward`."""
+        t = x.permute(0, 2, 3, 1).contiguous()   # one Transpose in a graph; a copy in eager
+        u = self.norm1(t)
+        if self.ssm._direction(0) % 2:
+            t = t + self.ssm.forward_export(u.transpose(1, 2), 1).transpose(1, 2)
+        else:
+            t = t + self.ssm.forward_export(u, 0)
+        t = t + self.ffn(self.norm2(t))
+        return t.permute(0, 3, 1, 2)

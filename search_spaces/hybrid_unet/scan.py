@@ -478,13 +478,13 @@ def export_chunk(length: int, chunk: int | None = None) -> int:
 def _segment_exp(a: torch.Tensor, reverse: bool) -> torch.Tensor:
     """Decays between the steps of each chunk: ``a (r, Q)`` log-decays (<= 0); returns
     ``(r, Q, Q)``: ``exp(a_{j+1} + .. + a_i)`` at ``[i, j]`` for ``j <= i`` (reverse:
-    ``exp(a_i + .. + a_{j-1})`` for ``j >= i``), 0 elsewhere. Each sum is the product of a
-    constant 0/1 matrix with the masked terms (one sign: no cancellation)."""
+    ``exp(a_i + .. + a_{j-1})`` for ``j >= i``); 1 elsewhere (the caller's factors are masked).
+    Each sum is the product of a constant 0/1 matrix with the masked terms (one sign: no
+    cancellation)."""
     Q = a.shape[-1]
     inner = _const(_tri_np(Q, "gt" if reverse else "lt"), a)          # [k, j]: k after j
     outer = _const(_tri_np(Q, "ge" if reverse else "le"), a)          # [i, k]: k up to i
-    seg = outer @ (a[..., :, None] * inner)
-    return exp_export(seg) * outer
+    return exp_export(outer @ (a[..., :, None] * inner))
 
 
 def _carry(states: torch.Tensor, s: torch.Tensor, reverse: bool, group: int) -> torch.Tensor:
@@ -529,7 +529,7 @@ def scan_heads_sequence_export(xs, dts, A, B, C, D, chunk: int | None = None,
     product, plus ``C``, decayed from the chunk's start, times the state entering the chunk;
     states pass between chunks by :func:`_carry`. Heads are separate tensors: the caller
     produces each head's channels by its own slice of the projection weights, so neither
-    heads nor directions move data. ``CB`` is computed once for all heads.
+    heads nor directions move data.
     """
     b, L, p = xs[0].shape
     n = B.shape[-1]
@@ -541,22 +541,23 @@ def scan_heads_sequence_export(xs, dts, A, B, C, D, chunk: int | None = None,
     c = (L + pad) // Q
     r = b * c
     Bc, Cc = B.reshape(r, Q, n), C.reshape(r, Q, n)
-    cb = (Cc @ Bc.transpose(-1, -2)) * _const(_tri_np(Q, "ge" if reverse else "le"), Bc)
+    mask = _const(_tri_np(Q, "ge" if reverse else "le"), Bc)
     eye = _const(_eye_np(Q), Bc)
     outs = []
     for i, (x, dt) in enumerate(zip(xs, dts)):
         xc, dtc = x.reshape(r, Q, p), dt.reshape(r, Q)
         a = dtc * A[i]                                                    # (r, Q) <= 0
-        weights = _segment_exp(a, reverse) * cb * dtc[:, None, :] + eye * D[i]
-        y = weights @ xc                                                  # (r, Q, p)
+        bdt = Bc * dtc[..., None]                                         # dt_k B_k
+        cb = (Cc @ bdt.transpose(-1, -2)) * mask                          # (r, Q, Q), masked
+        y = (_segment_exp(a, reverse) * cb + eye * D[i]) @ xc             # (r, Q, p)
         if c > 1:
             # the chunk's state at its end (start, reversed): sum_k exp(a after k) dt_k B_k x_k
             to_end = a @ _const(_tri_np(Q, "gt" if reverse else "lt"), a)   # sum over k'>k
-            states = xc.transpose(-1, -2) @ (Bc * (exp_export(to_end) * dtc)[..., None])
-            entering = _carry(states.reshape(b, c, p * n), a.sum(-1).reshape(b, c), reverse,
-                              group)                                        # (b, c, p*n)
+            states = (bdt * exp_export(to_end)[..., None]).transpose(-1, -2) @ xc   # (r, n, p)
+            entering = _carry(states.reshape(b, c, n * p), a.sum(-1).reshape(b, c), reverse,
+                              group)                                        # (b, c, n*p)
             from_start = exp_export(a @ _const(_tri_np(Q, "le" if reverse else "ge"), a))
-            y = y + (Cc * from_start[..., None]) @ entering.reshape(r, p, n).transpose(-1, -2)
+            y = y + (Cc * from_start[..., None]) @ entering.reshape(r, n, p)
         y = y.reshape(b, c * Q, p)
         outs.append(y[:, :L] if pad else y)
     return outs
