@@ -89,6 +89,9 @@ def _configs(channels: int, heads: int, variants: bool) -> dict[str, torch.nn.Mo
 
 def _macs(module: torch.nn.Module, x: torch.Tensor) -> int | None:
     """fvcore's MACs (the scan by its recurrence), or None without fvcore."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     try:
         from nasframe_objectives.cost import count_macs
         from nasframe_search_spaces.hybrid_unet.opcount import SCAN_OPS, selective_scan_macs
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backends", default="torch,ort", help="torch, ort or both")
     parser.add_argument("--variants", action="store_true",
                         help="also 2 and 4 scan orders and the chunked PyTorch scan")
-    parser.add_argument("--quick", action="store_true", help="smallest shape only, few calls")
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest shape, transformer and ssm rows only, few calls")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         for channels, side, heads in shapes:
             x = torch.randn(1, channels, side, side)
             blocks = _configs(channels, heads, args.variants)
+            if args.quick:   # the two blocks of the target only
+                blocks = {k: blocks[k] for k in ("transformer", "ssm")}
             calls: dict[tuple[str, str], object] = {}
             for k, m in blocks.items():
                 if "torch" in backends:
