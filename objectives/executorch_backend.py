@@ -49,7 +49,11 @@ def lower_to_pte(program_path: str | Path, out: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     # weights computed from parameters (slices, transposes) folded into constants first:
     # XNNPACK takes convolutions and linear layers only with constant weights
-    program = constant_prop_pass(torch.export.load(str(program_path)))
+    program = torch.export.load(str(program_path))
+    for tensor in program.state_dict.values():   # inference: no autograd history anywhere
+        tensor.requires_grad_(False)            # (the lowering deep-copies what it folds)
+    with torch.no_grad():
+        program = constant_prop_pass(program)
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     frame = info.get_operator_delegation_dataframe()
