@@ -427,15 +427,14 @@ CARRY_GROUP = 16
 EXPORT_CHUNK = 32
 
 
-@functools.lru_cache(maxsize=256)
 def _tri_np(size: int, kind: str) -> np.ndarray:
     """0/1 ``(size, size)``: ``le`` [j <= i], ``lt`` [j < i], ``ge`` [j >= i], ``gt`` [j > i]
-    (row i, column j)."""
+    (row i, column j). Not cached: Dynamo (torch.export) warns at every cached call it
+    traces, and the matrices are small."""
     i, j = np.indices((size, size))
     return {"le": j <= i, "lt": j < i, "ge": j >= i, "gt": j > i}[kind].astype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
 def _eye_np(size: int) -> np.ndarray:
     return np.eye(size, dtype=np.float32)
 
