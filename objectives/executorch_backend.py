@@ -38,22 +38,15 @@ PTE_SUFFIX = ".xnnpack.pte"
 
 def lower_to_pte(program_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Lower a saved ``torch.export`` program (``.pt2``) to an ExecuTorch program with the
-    XNNPACK partitioner, after ExecuTorch's constant propagation; writes ``out`` and
-    ``<out>.json`` (delegation summary, seconds). Returns the summary."""
+    XNNPACK partitioner; writes ``out`` and ``<out>.json`` (delegation summary, seconds).
+    Returns the summary."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
-    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     start = time.perf_counter()
-    # weights computed from parameters (slices, transposes) folded into constants first:
-    # XNNPACK takes convolutions and linear layers only with constant weights
     program = torch.export.load(str(program_path))
-    for tensor in program.state_dict.values():   # inference: no autograd history anywhere
-        tensor.requires_grad_(False)            # (the lowering deep-copies what it folds)
-    with torch.no_grad():
-        program = constant_prop_pass(program)
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     frame = info.get_operator_delegation_dataframe()
