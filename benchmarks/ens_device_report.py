@@ -89,12 +89,23 @@ def teacher_vs_pick(run_dir: Path, repeats: int, threads: int) -> dict:
     run = load_run(run_dir)
     pick = run.pick_result
     teacher = next(t for t in run.analysis.trials if t.origin == "reference:teacher")
+    roots = [run_dir / "cache"] + ([Path(run.config.cache_dir)] if run.config.cache_dir else [])
     sessions, feeds = {}, {}
     for name, trial in (("teacher", teacher), ("pick", pick.trial)):
         export = trial.provenance["latency"].details["export"]
-        path = next((run_dir / "cache" / "exports").glob(f"{trial.arch.id}-*.onnx"))
-        meta = json.loads(Path(str(path) + ".json").read_text())
-        assert meta["graph_hash"] == export["graph_hash"], (name, path)
+        path, meta = None, {}
+        found = [p for root in roots for p in (root / "exports").glob(f"{trial.arch.id}-*.onnx")]
+        for f in found:
+            meta = json.loads(Path(str(f) + ".json").read_text())
+            if meta["graph_hash"] == export["graph_hash"]:   # the graph the search timed
+                path = f
+                break
+        if path is None and found:   # the same architecture with other weights (a run
+            path = found[0]          # sharing the cache): the same ops, the same time
+            meta = json.loads(Path(str(path) + ".json").read_text())
+        if path is None:
+            raise FileNotFoundError(f"the export of trial {trial.number} ({name}) timed by the "
+                                    f"search is not in {', '.join(map(str, roots))}")
         sess = ort_session(path, threads)
         rng = np.random.default_rng(0)
         feeds[name] = {i.name: rng.random(s, dtype=np.float32)

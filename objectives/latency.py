@@ -270,8 +270,11 @@ class Latency(PartObjective):
         from nasframe.deploy import SUFFIX, ExportResult, export_module, exportable
 
         fmt = self.backend.export_format
+        params = getattr(candidate.space, "params", None)   # runs sharing a cache_dir: the
+        space = params.model_dump() if hasattr(params, "model_dump") else repr(candidate.space)
         key = content_hash({"arch": candidate.arch.id, "part": self.part, "format": fmt,
-                            "shapes": input_shapes(inputs), "seed": candidate.seed})
+                            "shapes": input_shapes(inputs), "seed": candidate.seed,
+                            "space": space})   # same architecture with another space's weights
         path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}{SUFFIX[fmt]}"
         if path.exists() and Path(str(path) + ".json").exists():
             return ExportResult.read(path)
