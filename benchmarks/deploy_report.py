@@ -16,6 +16,14 @@ dynamo exporter, checked against PyTorch on the same input):
    against one Restormer transformer block at 48x64x64 (1 head) and 96x128x128
    (2 heads), in ONNX Runtime and in torch. Goal: SSM <= 0.5x the transformer.
 
+With ``--executorch`` (the default when the package is installed) every row of sections 1-3
+also runs as an ExecuTorch program on its XNNPACK backend (as the ``executorch`` latency
+backend makes it: ``torch.export`` of the export form, lowered with the XNNPACK partitioner,
+run in ExecuTorch's runtime with ``--threads`` threads), interleaved with the other two and
+checked against PyTorch; the row shows its median, ET / torch and how many graph nodes
+XNNPACK took against those left on ExecuTorch's portable kernels. Section 4 then has a third
+measured latency, ``latency_et``, for hybrid_unet.
+
 Every row: export time, max relative error of ONNX Runtime against PyTorch,
 torch eager and ONNX Runtime medians (p10-p90) and ORT / torch. Calls are
 interleaved (one torch call, one ORT call, per round) after warm-up, so drift
@@ -54,8 +62,9 @@ Usage::
 
     python benchmarks/deploy_report.py [--preset small] [--side 256] [--sd-preset tiny]
         [--threads 2] [--repeats 10] [--warmup 2] [--sections ens,sd,blocks,proxies]
-        [--proxy-trials 24] [--proxy-side 128] [--quick] [--out DIR] [--json PATH]
-        [--soc "Snapdragon 8 Elite"] [--npu-presets tiny small restormer] [--npu-side 64]
+        [--proxy-trials 24] [--proxy-side 128] [--[no-]executorch] [--quick] [--out DIR]
+        [--json PATH] [--soc "Snapdragon 8 Elite"] [--npu-presets tiny small restormer]
+        [--npu-side 64]
 """
 from __future__ import annotations
 
@@ -92,6 +101,32 @@ def _pct(ts: list[float]) -> tuple[float, float, float]:
     return statistics.median(ts), float(p10), float(p90)
 
 
+def _executorch(model, ready, inputs, path: Path, args) -> dict[str, Any]:
+    """The model as an ExecuTorch program on XNNPACK (as the ``executorch`` latency backend
+    makes it: torch.export of the export form, lowered, run in ExecuTorch's runtime), checked
+    against PyTorch: ``{"run": call, "rel_error", "delegated_nodes", ...}`` or ``{"error"}``."""
+    try:
+        from nasframe_objectives.executorch_backend import load_method, lower_to_pte, set_threads
+
+        pt2 = path.with_suffix(".pt2")
+        export_module((ready if ready is not None else model).eval(), inputs, "exported_program",
+                      pt2, check=False)
+        summary = lower_to_pte(pt2, path.with_suffix(".pte"))
+        set_threads(args.threads)
+        method = load_method(path.with_suffix(".pte"))
+        flat = [t.contiguous() for t in _flat_tensors(inputs)]
+        with torch.no_grad():
+            ref = _flat_tensors(model(*inputs))
+        got = method.execute(flat)
+        scale = max(float(r.abs().max()) for r in ref) or 1.0
+        rel = max(float((g.reshape(r.shape) - r).abs().max()) for r, g in zip(ref, got)) / scale
+        for f in (pt2, path.with_suffix(".pte")):
+            f.unlink(missing_ok=True)
+        return {"run": lambda: method.execute(flat), "rel_error": rel, **summary}
+    except Exception as err:  # noqa: BLE001 - reported in the row, the others still run
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+
+
 def measure(name: str, model: torch.nn.Module, inputs: tuple, folder: Path, args,
             ready: torch.nn.Module | None = None) -> dict[str, Any]:
     """Export ``ready`` (default: ``model``), check it, then time torch (``model``) and ORT
@@ -104,12 +139,16 @@ def measure(name: str, model: torch.nn.Module, inputs: tuple, folder: Path, args
     export_s = time.perf_counter() - start
     sess = ort_session(path, args.threads)
     feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), _flat_tensors(inputs))}
+    et = _executorch(model, ready, inputs, path, args) if args.executorch else None
     t_torch: list[float] = []
     t_ort: list[float] = []
+    t_et: list[float] = []
     with torch.inference_mode():
         for _ in range(args.warmup):
             model(*inputs)
             sess.run(None, feed)
+            if et and "run" in et:
+                et["run"]()
         for _ in range(args.repeats):
             s = time.perf_counter()
             model(*inputs)
@@ -117,6 +156,10 @@ def measure(name: str, model: torch.nn.Module, inputs: tuple, folder: Path, args
             s = time.perf_counter()
             sess.run(None, feed)
             t_ort.append((time.perf_counter() - s) * 1e3)
+            if et and "run" in et:
+                s = time.perf_counter()
+                et["run"]()
+                t_et.append((time.perf_counter() - s) * 1e3)
     tm, t10, t90 = _pct(t_torch)
     om, o10, o90 = _pct(t_ort)
     paired = statistics.median(o / t for o, t in zip(t_ort, t_torch))
@@ -126,15 +169,34 @@ def measure(name: str, model: torch.nn.Module, inputs: tuple, folder: Path, args
            "torch_ms": tm, "torch_p10": t10, "torch_p90": t90,
            "ort_ms": om, "ort_p10": o10, "ort_p90": o90, "ort_over_torch": paired,
            "onnx_nodes": sum(res.ops.values())}
-    print(f"  {name:28s} {row['params_M']:8.2f} {export_s:8.1f} {res.max_rel_error:9.1e} "
-          f"{tm:9.1f} ({t10:.0f}-{t90:.0f}) {om:9.1f} ({o10:.0f}-{o90:.0f}) {paired:7.2f}",
-          flush=True)
+    line = (f"  {name:28s} {row['params_M']:8.2f} {export_s:8.1f} {res.max_rel_error:9.1e} "
+            f"{tm:9.1f} ({t10:.0f}-{t90:.0f}) {om:9.1f} ({o10:.0f}-{o90:.0f}) {paired:7.2f}")
+    if et is not None:
+        if t_et:
+            em, e10, e90 = _pct(t_et)
+            row.update(et_ms=em, et_p10=e10, et_p90=e90,
+                       et_over_torch=statistics.median(e / t for e, t in zip(t_et, t_torch)),
+                       et_rel_error=et["rel_error"], et_delegated=et["delegated_nodes"],
+                       et_non_delegated=et["non_delegated_nodes"])
+            line += (f" {em:9.1f} ({e10:.0f}-{e90:.0f}) {row['et_over_torch']:6.2f} "
+                     f"{et['delegated_nodes']:>4d}/{et['non_delegated_nodes']:<4d}")
+        else:
+            row["et_error"] = et["error"]
+            line += f"   ExecuTorch: {et['error'][:60]}"
+    print(line, flush=True)
     path.unlink(missing_ok=True)
     return row
 
 
 HEADER = (f"  {'model':28s} {'params M':>8s} {'export s':>8s} {'rel err':>9s} "
           f"{'torch ms (p10-p90)':>21s} {'ORT ms (p10-p90)':>21s} {'ORT/torch':>7s}")
+#: the ExecuTorch columns (``--executorch``): median (p10-p90), ET / torch, XNNPACK nodes /
+#: nodes left on ExecuTorch's portable kernels
+ET_HEADER = f" {'ExecuTorch ms':>21s} {'ET/torch':>6s} {'xnn/rest':>9s}"
+
+
+def _header(args) -> str:
+    return HEADER + (ET_HEADER if args.executorch else "")
 
 
 def ens_section(args, folder: Path) -> list[dict[str, Any]]:
@@ -155,7 +217,7 @@ def ens_section(args, folder: Path) -> list[dict[str, Any]]:
     if args.quick:
         archs = {k: v for k, v in archs.items() if not k.startswith("hybrid")}
     print(f"\n1. ENS networks: hybrid_unet preset {args.preset}, input 1x3x{args.side}x{args.side}")
-    print(HEADER)
+    print(_header(args))
     rows = []
     for name, arch in archs.items():
         cand = Candidate(space, arch, seed=0)
@@ -178,7 +240,7 @@ def sd_section(args, folder: Path) -> list[dict[str, Any]]:
         jobs += [(f"{p} (nanosd)", "nanosd", p) for p in ("vae_encoder", "vae_decoder", "pipeline")
                  if not args.quick or p == "vae_decoder"]
     print(f"\n2. NanoSD family: sd_unet preset {args.sd_preset} (latent side {space.latent_size})")
-    print(HEADER)
+    print(_header(args))
     rows = []
     for name, ref, part in jobs:
         cand = Candidate(space, refs[ref], seed=0)
@@ -194,7 +256,7 @@ def blocks_section(args, folder: Path) -> list[dict[str, Any]]:
 
     shapes = ((16, 16, 1),) if args.quick else ((48, 64, 1), (96, 128, 2))
     print("\n3. Blocks: SSM (1 scan order, 16 states) vs Restormer transformer block")
-    print(HEADER)
+    print(_header(args))
     rows = []
     for channels, side, heads in shapes:
         torch.manual_seed(0)
@@ -210,12 +272,16 @@ def blocks_section(args, folder: Path) -> list[dict[str, Any]]:
             r["shape"] = shape
         s["ssm_over_transformer_ort"] = s["ort_ms"] / t["ort_ms"]
         s["ssm_over_transformer_torch"] = s["torch_ms"] / t["torch_ms"]
+        if "et_ms" in s and "et_ms" in t:
+            s["ssm_over_transformer_et"] = s["et_ms"] / t["et_ms"]
         rows += [t, s]
     for r in rows:
         if "ssm_over_transformer_ort" in r:
             ok = r["ssm_over_transformer_ort"] <= TARGET
+            et = (f", ExecuTorch {r['ssm_over_transformer_et']:.2f}"
+                  if "ssm_over_transformer_et" in r else "")
             print(f"  SSM / transformer at {r['shape']}: ORT {r['ssm_over_transformer_ort']:.2f}, "
-                  f"torch {r['ssm_over_transformer_torch']:.2f}; target <= {TARGET} in ORT: "
+                  f"torch {r['ssm_over_transformer_torch']:.2f}{et}; target <= {TARGET} in ORT: "
                   f"{'PASS' if ok else 'BELOW TARGET'}")
     return rows
 
@@ -248,6 +314,9 @@ def _proxy_experiment(args, space: str, shape: list[int]) -> dict[str, Any]:
             {"name": "latency", "id": "latency_ort",
              "params": {"backend": "onnxruntime", "options": ort,
                         **({"input_shape": shape} if shape else {})}},
+            *([{"name": "latency", "id": "latency_et",
+                "params": {"backend": "executorch", "options": timing, "input_shape": shape}}]
+              if args.executorch and space == "hybrid_unet" else []),
         ],
         "strategy": {"name": "random"},
         "budget": {"trials": args.proxy_trials},
@@ -461,6 +530,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--npu-side", type=int, default=64, help="NPU section: input side")
     parser.add_argument("--npu-repeats", type=int, default=3,
                         help="NPU profile section: identical profiled runs per graph")
+    parser.add_argument("--executorch", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time each model as an ExecuTorch program on XNNPACK (default: "
+                             "when executorch is installed)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (for the test): tiny presets, 16x16, few calls")
     parser.add_argument("--out", type=Path, default=None, help="keep the exports here")
@@ -473,6 +545,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.proxy_spaces = args.proxy_spaces or ["hybrid_unet"]
         args.npu_presets, args.npu_side, args.npu_repeats = ["tiny"], 16, 2
     args.proxy_spaces = args.proxy_spaces or ["hybrid_unet", "sd_unet"]
+    if args.executorch is None:
+        import importlib.util
+
+        args.executorch = importlib.util.find_spec("executorch") is not None
     torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)

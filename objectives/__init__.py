@@ -1,7 +1,7 @@
 """Built-in objectives: ``params``, ``gmacs``, ``latency``, ``latency_lut``, ``quick_psnr``,
 ``psnr``, ``ssim``, ``finetuned_psnr``, ``transformer_count``, ``fidelity``, ``multitask_psnr``,
-``deploy_memory``, ``npu_compiles`` and ``npu_fidelity``; the ``torch``, ``onnxruntime`` and
-``qai_hub`` latency backends; and the ``npu`` deploy check.
+``deploy_memory``, ``npu_compiles`` and ``npu_fidelity``; the ``torch``, ``onnxruntime``,
+``executorch`` and ``qai_hub`` latency backends; and the ``npu`` deploy check.
 
 A plugin like any other (entry point ``builtin_objectives`` in the ``nasframe``
 group). The classes are imported inside the hook so that loading the plugin
@@ -30,12 +30,14 @@ def register_objectives(registry):
 
 @hookimpl
 def register_latency_backends(registry):
+    from nasframe_objectives.executorch_backend import ExecuTorchBackend
     from nasframe_objectives.latency import TorchBackend
     from nasframe_objectives.ort_backend import OnnxRuntimeBackend
     from nasframe_objectives.qai_hub_backend import QaiHubBackend
 
     registry.add(TorchBackend)
     registry.add(OnnxRuntimeBackend)
+    registry.add(ExecuTorchBackend)
     registry.add(QaiHubBackend)
 
 

@@ -184,6 +184,11 @@ def torch_seed(seed: int) -> Iterator[None]:
         yield
 
 
+def _space_key(candidate: Candidate) -> dict[str, Any]:
+    """The space's settings: what, beside the architecture, decides the exported weights."""
+    return {"space": candidate.space.name, "params": candidate.space.params.to_dict()}
+
+
 def cached_export(candidate: Candidate, model, inputs, ctx: Context, fmt: str,
                   part: str | None = None) -> ExportResult:
     """The candidate's model (or ``part``) exported in ``fmt``, checked against PyTorch,
@@ -192,7 +197,9 @@ def cached_export(candidate: Candidate, model, inputs, ctx: Context, fmt: str,
     from nasframe.deploy import SUFFIX, ExportResult, export_module, exportable
 
     key = content_hash({"arch": candidate.arch.id, "part": part, "format": fmt,
-                        "shapes": input_shapes(inputs), "seed": candidate.seed})
+                        "shapes": input_shapes(inputs), "seed": candidate.seed,
+                        # runs sharing a cache_dir: the same architecture, another space's weights
+                        "space": _space_key(candidate)})
     path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}{SUFFIX[fmt]}"
     if path.exists() and Path(str(path) + ".json").exists():
         return ExportResult.read(path)
@@ -206,7 +213,8 @@ def cached_export_quantised(candidate: Candidate, model, inputs, ctx: Context) -
     from nasframe.deploy import ExportResult
 
     key = content_hash({"arch": candidate.arch.id, "graph": "quantised",
-                        "shapes": input_shapes(inputs), "seed": candidate.seed})
+                        "shapes": input_shapes(inputs), "seed": candidate.seed,
+                        "space": _space_key(candidate)})
     path = Path(ctx.cache.root) / "exports" / f"{candidate.arch.id}-{key}-qdq.onnx"
     if path.exists() and Path(str(path) + ".json").exists():
         return ExportResult.read(path)

@@ -23,12 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasframe_search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, resolve_backend,
-                                                    scan_heads_export, selective_scan,
+from nasframe_search_spaces.hybrid_unet.scan import (DEFAULT_CHUNK, cross_scan_numba, exporting,
+                                                    resolve_backend,
+                                                    scan_heads_sequence_export, selective_scan,
                                                     softplus_export)
 
 SCAN_ORDERS = (1, 2, 4)
 MIXES = ("split", "sum")
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu`` (the exact, erf form); while exporting, written as ONNX Runtime's Gelu
+    fusion expects it (``Div -> Erf -> Add -> Mul -> Mul``: one ``Gelu`` node at run time
+    instead of five element-wise passes; ``F.gelu`` exports in an order it does not match).
+    Both blocks use it, so neither gets the fused op alone."""
+    if exporting():
+        return (x * (torch.erf(x / math.sqrt(2.0)) + 1.0)) * 0.5
+    return F.gelu(x)
 
 
 class LayerNorm2d(nn.Module):
@@ -83,7 +94,7 @@ class GDFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, g = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(a) * g)
+        return self.project_out(gelu(a) * g)
 
 
 class TransformerBlock(nn.Module):
@@ -125,7 +136,7 @@ class GatedFFN(nn.Module):
             dw_b = None if self.dwconv.bias is None else self.dwconv.bias[part]
             t = F.conv2d(t, self.dwconv.weight[part], dw_b, padding=1, groups=h)
             halves.append(t.permute(0, 2, 3, 1))
-        return self.project_out(F.gelu(halves[0]) * halves[1])
+        return self.project_out(gelu(halves[0]) * halves[1])
 
 
 class SS2D(nn.Module):
@@ -166,6 +177,8 @@ class SS2D(nn.Module):
         self.width = self.heads * self.headdim
         self.inner = self.width * (orders if self.split else 1)
         self.d_state, self.orders, self.backend, self.chunk, self.mix = d_state, orders, backend, chunk, mix
+        #: chunk length of the export form; None: chosen per shape (:func:`.scan.export_chunk`)
+        self.export_chunk: int | None = None
         self.in_proj = nn.Linear(dim, self.inner * 2, bias=bias)
         self.dwconv = nn.Conv2d(self.inner, self.inner, 3, padding=1, groups=self.inner, bias=True)
         # per order: dt (one per head), B and C (d_state each)
@@ -210,7 +223,7 @@ class SS2D(nn.Module):
         A = -torch.exp(self.A_log)
         backend = resolve_backend(self.backend, xs)
         if backend == "export":
-            return self.out_proj(self.out_norm(self._scan_export(xs, params, A)) * F.silu(z))
+            return self.forward_export(x)
         if not torch.jit.is_tracing() and backend == "numba":
             # one fused kernel: reads each order in place, no copies of the map
             out = cross_scan_numba(xs, params, self.dt_bias, A, self.D, h, n, o, self.split,
@@ -233,27 +246,60 @@ class SS2D(nn.Module):
         return self.out_proj(self.out_norm(out) * F.silu(z))
 
 
-    def _scan_export(self, xs: torch.Tensor, params: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        """The scan part of :meth:`forward` in export form (backend ``export``): the orders
-        unrolled by static Python (``Transpose`` / ``Slice`` with step -1), each order's
-        share and output by slicing (no ``Gather``), softplus from plain ops, and the scan
-        head-major with rank <= 4 (:func:`.scan.scan_heads_export`). Same function."""
-        b, hh, ww, _ = xs.shape
-        L, o, h, n, p, w = hh * ww, self.orders, self.heads, self.d_state, self.headdim, self.width
+    def forward_export(self, x: torch.Tensor, frame: int = 0) -> torch.Tensor:
+        """:meth:`forward` in export form, on the map in ``frame``: 0 ``(B, H, W, C)``,
+        1 transposed ``(B, W, H, C)`` (the depthwise kernel transposed with it). The block
+        puts the map in the frame of its first scan order, so that order reads it as stored.
+        The scan branch is computed one head's channels at a time (slices of the in-projection
+        and depthwise weights): the heads are separate tensors from the start, so that no
+        tensor is transposed to put heads apart, and they are concatenated once, before the
+        output norm. Same function."""
+        e, p, w_in, b_in = self.inner, self.headdim, self.in_proj.weight, self.in_proj.bias
+        dw = self.dwconv.weight if frame == 0 else self.dwconv.weight.transpose(-1, -2)
+        heads = []
+        for j in range(e // p):
+            cut = slice(j * p, (j + 1) * p)
+            t = F.linear(x, w_in[cut], None if b_in is None else b_in[cut]).permute(0, 3, 1, 2)
+            t = F.conv2d(t, dw[cut], self.dwconv.bias[cut], padding=1, groups=p)
+            heads.append(F.silu(t).permute(0, 2, 3, 1))                    # (b, H1, H2, p)
+        z = F.linear(x, w_in[e:], None if b_in is None else b_in[e:])
+        wx = self.x_proj.weight
+        params = sum((F.linear(t, wx[:, j * p:(j + 1) * p]) for j, t in enumerate(heads[1:], 1)),
+                     F.linear(heads[0], wx[:, :p]))
+        out = torch.cat(self._scan_export(heads, params, -torch.exp(self.A_log), frame), dim=-1)
+        return self.out_proj(self.out_norm(out) * F.silu(z))
+
+    def _scan_export(self, heads: list[torch.Tensor], params: torch.Tensor, A: torch.Tensor,
+                     frame: int) -> list[torch.Tensor]:
+        """The scan part in export form: ``heads`` the scan branch's channels, one
+        ``(b, H1, H2, headdim)`` tensor per head in channel order, ``params (b, H1, H2,
+        orders*(h + 2n))``, the map in ``frame`` (see :meth:`forward_export`). Orders unrolled
+        by static Python; an order whose direction runs along the other axis reads transposed
+        copies (only with 2 or 4 orders); a reversed direction is the anti-causal form of the
+        scan (:func:`.scan.scan_heads_sequence_export`), no flip. Returns the output per head."""
+        b, h1, h2, _ = heads[0].shape
+        L, o, h, n, p = h1 * h2, self.orders, self.heads, self.d_state, self.headdim
         k = h + 2 * n
-        dirs = [self._direction(i) for i in range(o)]
-        us = [self._read(xs[..., i * w:(i + 1) * w] if self.split else xs, d) for i, d in enumerate(dirs)]
-        pars = [self._read(params[..., i * k:(i + 1) * k], d) for i, d in enumerate(dirs)]
-        u = torch.stack(us, dim=2) if o > 1 else us[0][:, :, None]           # (b, L, o, w)
-        par = torch.stack(pars, dim=2) if o > 1 else pars[0][:, :, None]     # (b, L, o, k)
-        u = u.reshape(b, L, o * h, p).transpose(1, 2)                        # (b, o*h, L, p)
-        dt = softplus_export(par[..., :h].reshape(b, L, o * h) + self.dt_bias).transpose(1, 2)
-        Bm = par[..., h:h + n].transpose(1, 2)                               # (b, o, L, n)
-        Cm = par[..., h + n:].transpose(1, 2)
-        y = scan_heads_export(u, dt, A, Bm, Cm, self.D, self.chunk)
-        y = y.transpose(1, 2).reshape(b, L, o, w)
-        parts = [self._unread(y[:, :, i:i + 1].reshape(b, L, w), d, hh, ww) for i, d in enumerate(dirs)]
-        return torch.cat(parts, dim=-1) if self.split else sum(parts[1:], parts[0])
+        outs: list[torch.Tensor | None] = [None] * len(heads)
+        for i in range(o):
+            d = self._direction(i)
+            mine = list(range(i * h, (i + 1) * h)) if self.split else list(range(h))
+            us = [heads[j] for j in mine]
+            par = params[..., i * k:(i + 1) * k] if o > 1 else params
+            across = d % 2 != frame
+            if across:
+                us, par = [u.transpose(1, 2) for u in us], par.transpose(1, 2)
+            par = par.reshape(b, L, k)
+            dt = softplus_export(par[..., :h] + self.dt_bias[i * h:(i + 1) * h])
+            ys = scan_heads_sequence_export([u.reshape(b, L, p) for u in us],
+                                            [dt[..., g] for g in range(h)], A[i * h:(i + 1) * h],
+                                            par[..., h:h + n], par[..., h + n:],
+                                            self.D[i * h:(i + 1) * h], self.export_chunk,
+                                            reverse=d >= 2)
+            for j, y in zip(mine, ys):
+                y = y.reshape(b, h2, h1, p).transpose(1, 2) if across else y.reshape(b, h1, h2, p)
+                outs[j] = y if outs[j] is None else outs[j] + y
+        return outs
 
 
 class SSMBlock(nn.Module):
@@ -277,9 +323,27 @@ class SSMBlock(nn.Module):
         self.ffn = GatedFFN(dim, ffn_factor, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if resolve_backend(self.ssm.backend, x) == "export":
+            return self.forward_export(x)
         t = x.permute(0, 2, 3, 1)
         if not t.is_contiguous():   # free when the previous block was an SSM block too
             t = t.contiguous()
         t = t + self.ssm(self.norm1(t))
         t = t + self.ffn(self.norm2(t))
         return t.permute(0, 3, 1, 2)   # (B, C, H, W) in channels-last memory: no copy
+
+    def forward_export(self, x: torch.Tensor) -> torch.Tensor:
+        """The export form: channels-last ``(B, H, W, C)`` from the first op to the last (one
+        ``Transpose`` in, one out); when the first scan order reads columns, the SSM branch
+        works on the map transposed, ``(B, W, H, C)`` (its input and output swap H and W:
+        a fast ``Transpose`` of C-channel rows, where going from NCHW to (B, W, H, C) in one
+        ``Transpose`` is 10-20x slower in ONNX Runtime), so that order reads the map as
+        stored. The same function as :meth:`forward`."""
+        t = x.permute(0, 2, 3, 1).contiguous()   # one Transpose in a graph; a copy in eager
+        u = self.norm1(t)
+        if self.ssm._direction(0) % 2:
+            t = t + self.ssm.forward_export(u.transpose(1, 2), 1).transpose(1, 2)
+        else:
+            t = t + self.ssm.forward_export(u, 0)
+        t = t + self.ffn(self.norm2(t))
+        return t.permute(0, 3, 1, 2)

@@ -401,45 +401,46 @@ def scan_macs(b: int, L: int, d: int, n: int) -> int:
 # -- the export form -----------------------------------------------------------------------
 # Constants are built in NumPy so that every exporter stores them as initializers
 # (``torch.ones(..).tril()`` would become ``ConstantOfShape`` + ``Trilu``).
+#
+# Layout: sequence-major, as the block holds its map (``x (b, L, h, p)``: a head's channels
+# contiguous at each step), so that neither heads nor scan directions move data: a reversed
+# direction is the anti-causal form of the same products (the transposed constants), and
+# heads with different decays share one matrix product through a block-diagonal weight
+# (``(Q*h) x (Q*h)`` per chunk, laid out as the map is).
+#
+# Float16: every log-decay is a sum of same-sign terms over exactly its own segment (a
+# product with a constant 0/1 matrix of the masked log-decays), never the difference of two
+# cumulative sums, whose cancellation loses all precision in half floats once the sums grow
+# (a chunk of 64 steps, or the carry over 64 chunks); every ``exp`` has an argument <= 0 and
+# masks are 0/1 factors after it (no -inf, no huge constants). Arguments are clamped at
+# :data:`EXP_FLOOR` first: the Hexagon NPU's float16 ``Exp`` returns garbage (-131008) for
+# arguments between about -184 and -88 (measured on QNN's HTP emulator).
 
-#: added to log-decays above the causal diagonal: ``exp`` of it is 0 (finite, unlike -inf)
-MASKED = -1e30
-#: chunks pass their states to each other by one (c x c) product up to this many chunks;
-#: beyond, in groups of this many (recursively), so the cost stays linear in the chunks
-CARRY_GROUP = 32
+#: lower bound of every ``exp`` argument in the export form: exp(-80) = 1.8e-35, zero at
+#: float32 resolution next to any term that matters, and still a normal float32
+EXP_FLOOR = -80.0
+
+#: chunks per carry group: the chunks pass their states to each other by one (R x R) product
+#: per group of this many; the groups' own states by the same product (recursively)
+CARRY_GROUP = 16
+#: chunk length targeted by :func:`export_chunk` (steps per chunk)
+EXPORT_CHUNK = 32
 
 
-@functools.lru_cache(maxsize=64)
-def _tri_np(size: int, strict: bool, upper: bool) -> np.ndarray:
-    ones = np.ones((size, size), dtype=np.float32)
-    return np.triu(ones, 1 if strict else 0) if upper else np.tril(ones, -1 if strict else 0)
+def _tri_np(size: int, kind: str) -> np.ndarray:
+    """0/1 ``(size, size)``: ``le`` [j <= i], ``lt`` [j < i], ``ge`` [j >= i], ``gt`` [j > i]
+    (row i, column j). Not cached: Dynamo (torch.export) warns at every cached call it
+    traces, and the matrices are small."""
+    i, j = np.indices((size, size))
+    return {"le": j <= i, "lt": j < i, "ge": j >= i, "gt": j > i}[kind].astype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
-def _mask_np(size: int, strict: bool) -> np.ndarray:
-    return np.where(_tri_np(size, strict, False) > 0, 0.0, MASKED).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def _shift_np(size: int) -> np.ndarray:
-    return np.eye(size, k=1, dtype=np.float32)
+def _eye_np(size: int) -> np.ndarray:
+    return np.eye(size, dtype=np.float32)
 
 
 def _const(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array).to(device=like.device, dtype=like.dtype)
-
-
-def _cumsum_last(a: torch.Tensor) -> torch.Tensor:
-    """Inclusive cumulative sum over the last axis: a product with a constant
-    upper-triangular 0/1 matrix (no ``CumSum`` op)."""
-    return a @ _const(_tri_np(a.shape[-1], False, True), a)
-
-
-def _shift(a: torch.Tensor) -> torch.Tensor:
-    """``out_i = a_{i-1}``, ``out_0 = 0`` over the last axis (a product with a constant 0/1
-    matrix: exact). Exclusive prefix sums from inclusive ones without a subtraction,
-    which is not exact in float32 and shows at long sequences."""
-    return a @ _const(_shift_np(a.shape[-1]), a)
 
 
 def _pad_end(t: torch.Tensor, dim: int, extra: int) -> torch.Tensor:
@@ -451,85 +452,125 @@ def _pad_end(t: torch.Tensor, dim: int, extra: int) -> torch.Tensor:
     return torch.cat([t, _const(np.zeros(shape, dtype=np.float32), t)], dim=dim)
 
 
+def exp_export(v: torch.Tensor) -> torch.Tensor:
+    """``exp(v)`` with ``v`` clamped at :data:`EXP_FLOOR` (a ``Clip`` before the ``Exp``)."""
+    return torch.exp(torch.clamp(v, min=EXP_FLOOR))
+
+
 def softplus_export(v: torch.Tensor) -> torch.Tensor:
-    """``log(1 + exp(v))``, stable, from Relu/Abs/Neg/Exp/Log (``F.softplus`` exports with
-    a threshold as ``Softplus`` + ``Greater`` + ``Where``, which mobile runtimes reject)."""
-    return torch.relu(v) + torch.log(1 + torch.exp(-torch.abs(v)))
+    """``log(1 + exp(v))``, stable, from Relu/Abs/Neg/Clip/Exp/Log (``F.softplus`` exports
+    with a threshold as ``Softplus`` + ``Greater`` + ``Where``, which mobile runtimes reject)."""
+    return torch.relu(v) + torch.log(1 + exp_export(-torch.abs(v)))
 
 
-def _causal_exp(logs: torch.Tensor, strict: bool = False) -> torch.Tensor:
-    """``exp(logs)`` on and below the diagonal (strictly below with ``strict``), 0 above."""
-    return torch.exp(logs + _const(_mask_np(logs.shape[-1], strict), logs))
+def export_chunk(length: int, chunk: int | None = None) -> int:
+    """The chunk length of the export scan for a sequence of ``length`` steps: ``chunk``
+    when given, else :data:`EXPORT_CHUNK`; never longer than the sequence, and a divisor of
+    ``length`` when one lies within a factor 2 below (no padding)."""
+    q = max(1, min(chunk if chunk is not None else EXPORT_CHUNK, length))
+    for cand in range(q, max(q // 2, 1) - 1, -1):
+        if length % cand == 0:
+            return cand
+    return q
 
 
-def _entering(states: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """The state entering each chunk: ``E_i = sum_{j<i} exp(s_{j+1} + .. + s_{i-1}) states_j``.
+def _segment_exp(a: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """Decays between the steps of each chunk: ``a (r, Q)`` log-decays (<= 0); returns
+    ``(r, Q, Q)``: ``exp(a_{j+1} + .. + a_i)`` at ``[i, j]`` for ``j <= i`` (reverse:
+    ``exp(a_i + .. + a_{j-1})`` for ``j >= i``); 1 elsewhere (the caller's factors are masked).
+    Each sum is the product of a constant 0/1 matrix with the masked terms (one sign: no
+    cancellation)."""
+    Q = a.shape[-1]
+    inner = _const(_tri_np(Q, "gt" if reverse else "lt"), a)          # [k, j]: k after j
+    outer = _const(_tri_np(Q, "ge" if reverse else "le"), a)          # [i, k]: k up to i
+    return exp_export(outer @ (a[..., :, None] * inner))
 
-    ``states (r, c, N)``: each chunk's own contribution to the state at its end;
-    ``s (r, c)``: each chunk's total log-decay. A scan with a scalar decay itself: one
-    masked ``(c x c)`` product up to :data:`CARRY_GROUP` chunks, else local products in
-    groups, a scan over the groups' end states (recursively), and each group's entering
-    state decayed into its chunks.
-    """
+
+def _carry(states: torch.Tensor, s: torch.Tensor, reverse: bool, group: int) -> torch.Tensor:
+    """The state entering each chunk: ``states (r, c, N)`` each chunk's own contribution
+    to the state at its end (at its start, reversed), ``s (r, c)`` each chunk's total
+    log-decay; returns ``E (r, c, N)``, ``E_i = sum_{j<i} exp(s_{j+1} + .. + s_{i-1})
+    states_j`` (reversed: ``j > i``). A scan with a scalar decay itself: one masked
+    ``(c x c)`` product up to ``group`` chunks, else per group, a scan over the groups' own
+    states (recursively) and each group's entering state decayed into its chunks."""
     r, c, N = states.shape
-    if c <= CARRY_GROUP:
-        T = _cumsum_last(s)
-        carry = _causal_exp(_shift(T)[..., :, None] - T[..., None, :], strict=True)   # (r, c, c)
-        return carry @ states
-    R = CARRY_GROUP
+    if c <= group:
+        # exp(s_{j+1} + .. + s_{i-1}) for j < i: the segment sum of the strict interior
+        inner = _const(_tri_np(c, "gt" if reverse else "lt"), s)      # [m, j]: m after j
+        outer = _const(_tri_np(c, "gt" if reverse else "lt"), s)      # [i, m]: m before i
+        weights = exp_export(outer @ (s[..., :, None] * inner)) * outer
+        return weights @ states
+    R = group
     extra = (-c) % R
-    if extra:   # empty chunks at the end change nothing before them
+    if extra:   # empty chunks at the end: no state, no decay; they change nothing before them
         states, s = _pad_end(states, 1, extra), _pad_end(s, 1, extra)
     G = (c + extra) // R
-    sg = s.reshape(r, G, R)
-    Tg = _cumsum_last(sg)
-    local = _entering(states.reshape(r * G, R, N), sg.reshape(r * G, R)).reshape(r, G, R, N)
-    ends = torch.exp(Tg[..., -1:] - Tg)[..., None, :] @ states.reshape(r, G, R, N)   # (r, G, 1, N)
-    into = _entering(ends.reshape(r, G, N), Tg[..., -1:].squeeze(-1))                           # (r, G, N)
-    out = local + torch.exp(_shift(Tg))[..., None] * into[:, :, None, :]
+    sg = s.reshape(r * G, R)
+    local = _carry(states.reshape(r * G, R, N), sg, reverse, group)
+    # each group's own state at its end (start, reversed), and its total decay
+    to_end = exp_export(sg @ _const(_tri_np(R, "gt" if reverse else "lt"), s))   # (rG, R)
+    ends = to_end[:, None, :] @ states.reshape(r * G, R, N)                       # (rG, 1, N)
+    into = _carry(ends.reshape(r, G, N), sg.sum(-1).reshape(r, G), reverse, group)
+    from_start = exp_export(sg @ _const(_tri_np(R, "lt" if reverse else "gt"), s))  # (rG, R)
+    out = local + from_start[..., None] * into.reshape(r * G, 1, N)
     return out.reshape(r, G * R, N)[:, :c]
 
 
-def scan_heads_export(x, dt, A, B, C, D, chunk: int = DEFAULT_CHUNK):
-    """The recurrence in head-major layout, rank <= 4 throughout (the export form).
+def scan_heads_sequence_export(xs, dts, A, B, C, D, chunk: int | None = None,
+                               reverse: bool = False, group: int = CARRY_GROUP):
+    """The recurrence over a sequence in its own layout, rank <= 4 throughout (the export
+    form), for the heads of one group: ``xs`` a list of ``(b, L, p)`` (one per head),
+    ``dts`` of ``(b, L)`` after softplus, ``A``, ``D (h,)``; ``B, C (b, L, n)`` shared by the
+    heads; ``reverse``: the sequence read from its end (``S_t`` from ``S_{t+1}``). Returns a
+    list of ``(b, L, p)``.
 
-    ``x (b, h, L, p)``, ``dt (b, h, L)`` (after softplus), ``A (h,)``, ``B, C (b, g, L, n)``
-    shared by the ``h/g`` consecutive heads of each group, ``D (h,)``; returns
-    ``(b, h, L, p)``. Per-step scalings act on the ``n``-sized ``B``/``C``: ``dt`` and the
-    decay to a chunk's end are folded into ``B``, the decay from its start into ``C``.
+    Per chunk of ``Q`` steps (:func:`export_chunk`): ``y = (CB * decay * dt + D I) x``, one
+    product, plus ``C``, decayed from the chunk's start, times the state entering the chunk;
+    states pass between chunks by :func:`_carry`. Heads are separate tensors: the caller
+    produces each head's channels by its own slice of the projection weights, so neither
+    heads nor directions move data.
     """
-    b, h, L, p = x.shape
-    g, n = B.shape[1], B.shape[3]
-    hg, bh = h // g, b * h
-    Q = min(chunk, L)
+    b, L, p = xs[0].shape
+    n = B.shape[-1]
+    Q = export_chunk(L, chunk)
     pad = (-L) % Q
+    if pad:   # zero steps at the end: no input, no decay; sliced off below
+        xs, dts = [_pad_end(x, 1, pad) for x in xs], [_pad_end(d, 1, pad) for d in dts]
+        B, C = _pad_end(B, 1, pad), _pad_end(C, 1, pad)
     c = (L + pad) // Q
-    skip = D[:, None, None] * x
-    if pad:   # zero steps at the end inject nothing into the real ones
-        x, B, C, dt = _pad_end(x, 2, pad), _pad_end(B, 2, pad), _pad_end(C, 2, pad), _pad_end(dt, 2, pad)
-    Lp = c * Q
-    if hg > 1:
-        B = B.reshape(b * g, 1, Lp * n).expand(b * g, hg, Lp * n)
-        C = C.reshape(b * g, 1, Lp * n).expand(b * g, hg, Lp * n)
-    acum = _cumsum_last((dt * A[:, None]).reshape(bh, c, Q))             # (bh, c, Q)
-    Bc = B.reshape(bh, c, Q, n) * dt.reshape(bh, c, Q, 1)
-    Cc = C.reshape(bh, c, Q, n)
-    xc = x.reshape(bh, c, Q, p)
-    # inside each chunk: y_i = sum_{j<=i} (C_i . dt_j B_j) exp(acum_i - acum_j) x_j
-    decay = _causal_exp(acum[..., :, None] - acum[..., None, :])         # (bh, c, Q, Q)
-    y = ((Cc @ Bc.transpose(-1, -2)) * decay) @ xc                       # (bh, c, Q, p)
-    if c > 1:
-        states = (Bc * torch.exp(acum[..., -1:] - acum)[..., None]).transpose(-1, -2) @ xc
-        entering = _entering(states.reshape(bh, c, n * p), acum[..., -1:].squeeze(-1))
-        y = y + (Cc * torch.exp(acum)[..., None]) @ entering.reshape(bh, c, n, p)
-    y = y.reshape(b, h, Lp, p)
-    if pad:
-        y = y[:, :, :L]
-    return y + skip
+    r = b * c
+    Bc, Cc = B.reshape(r, Q, n), C.reshape(r, Q, n)
+    mask = _const(_tri_np(Q, "ge" if reverse else "le"), Bc)
+    eye = _const(_eye_np(Q), Bc)
+    outs = []
+    for i, (x, dt) in enumerate(zip(xs, dts)):
+        xc, dtc = x.reshape(r, Q, p), dt.reshape(r, Q)
+        a = dtc * A[i]                                                    # (r, Q) <= 0
+        bdt = Bc * dtc[..., None]                                         # dt_k B_k
+        cb = (Cc @ bdt.transpose(-1, -2)) * mask                          # (r, Q, Q), masked
+        y = (_segment_exp(a, reverse) * cb + eye * D[i]) @ xc             # (r, Q, p)
+        if c > 1:
+            # the chunk's state at its end (start, reversed): sum_k exp(a after k) dt_k B_k x_k
+            to_end = a @ _const(_tri_np(Q, "gt" if reverse else "lt"), a)   # sum over k'>k
+            states = (bdt * exp_export(to_end)[..., None]).transpose(-1, -2) @ xc   # (r, n, p)
+            entering = _carry(states.reshape(b, c, n * p), a.sum(-1).reshape(b, c), reverse,
+                              group)                                        # (b, c, n*p)
+            from_start = exp_export(a @ _const(_tri_np(Q, "le" if reverse else "ge"), a))
+            y = y + (Cc * from_start[..., None]) @ entering.reshape(r, n, p)
+        y = y.reshape(b, c * Q, p)
+        outs.append(y[:, :L] if pad else y)
+    return outs
 
 
-def scan_export(x, dt, A, B, C, D, chunk: int = DEFAULT_CHUNK):
-    """The export form in this module's layout (``x (b, L, h, p)``, ...)."""
-    y = scan_heads_export(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2),
-                          C.transpose(1, 2), D, chunk)
-    return y.transpose(1, 2)
+def scan_export(x, dt, A, B, C, D, chunk: int | None = None):
+    """The export form in this module's layout (``x (b, L, h, p)``, ``B, C (b, L, g, n)``):
+    :func:`scan_heads_sequence_export` per group, the heads sliced apart."""
+    h, g = x.shape[2], B.shape[2]
+    hg = h // g
+    ys = []
+    for i in range(g):
+        heads = range(i * hg, (i + 1) * hg)
+        ys += scan_heads_sequence_export([x[:, :, j] for j in heads], [dt[:, :, j] for j in heads],
+                                         A[i * hg:(i + 1) * hg], B[:, :, i], C[:, :, i],
+                                         D[i * hg:(i + 1) * hg], chunk)
+    return torch.stack(ys, dim=2)

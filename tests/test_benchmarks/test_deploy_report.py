@@ -27,7 +27,8 @@ def test_deploy_report_quick(tmp_path, capsys):
     hooked = []
     bench.TABLE_HOOKS.append(lambda args: hooked.append(args) or ("tau table", [{"proxy": "x"}]))
     try:
-        result = bench.main(["--quick", "--threads", "1", "--json", str(tmp_path / "r.json")])
+        result = bench.main(["--quick", "--threads", "1", "--no-executorch",
+                             "--json", str(tmp_path / "r.json")])
     finally:
         bench.TABLE_HOOKS.clear()
     sections = result["sections"]
@@ -57,3 +58,20 @@ def test_deploy_report_quick(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ORT/torch" in printed and "SSM / transformer at 16x16x16" in printed
     assert "transformer_count  latency_ort" in printed and "LUT (" in printed
+
+
+@pytest.mark.slow
+def test_deploy_report_blocks_in_executorch(capsys):
+    """The ExecuTorch columns: each block lowered to XNNPACK, run in ExecuTorch's runtime
+    (the released package), checked against PyTorch, timed interleaved with torch and ORT."""
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    bench = _load()
+    result = bench.main(["--quick", "--threads", "1", "--sections", "blocks", "--executorch"])
+    rows = result["sections"]["blocks"]
+    assert [r["model"] for r in rows] == ["transformer 16x16x16", "ssm 16x16x16"]
+    for r in rows:
+        assert r["et_rel_error"] <= 1e-4 and r["et_ms"] > 0 and r["et_delegated"] > 0
+        assert r["et_p10"] <= r["et_ms"] <= r["et_p90"]
+    assert rows[1]["ssm_over_transformer_et"] > 0
+    printed = capsys.readouterr().out
+    assert "ExecuTorch ms" in printed and "ExecuTorch " in printed.split("SSM / transformer")[1]

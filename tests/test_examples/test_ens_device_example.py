@@ -1,5 +1,6 @@
 """examples/ens_device.yaml, shrunk to the tiny preset: ENS with latency measured in ONNX
-Runtime (every candidate exported, checked and timed), and its front exported to ONNX."""
+Runtime (every candidate exported, checked and timed) and a lookup table built from ONNX
+Runtime timings beside it."""
 from __future__ import annotations
 
 import json
@@ -30,9 +31,15 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     p.update(preset="tiny", granularity="stage", teacher={"steps": 4, "batch_size": 2},
              distill={"steps": 4, "batch_size": 2})
     p["data"] = {**p["data"], "short_side": 48, "val_size": 32, "patch": 16}
-    lat = cfg["objectives"][2]["params"]
-    lat["input_shape"] = [1, 3, 16, 16]
-    lat["options"].update(warmup=1, repeats=3)
+    objectives = {o["name"]: o for o in cfg["objectives"]}
+    assert objectives["latency"]["params"]["backend"] == "onnxruntime"
+    assert objectives["latency_lut"]["params"]["backend"] == "onnxruntime"
+    for name in ("latency", "latency_lut"):
+        lat = objectives[name]["params"]
+        lat["input_shape"] = [1, 3, 16, 16]
+        lat["options"].update(warmup=1, repeats=3)
+    objectives["latency_lut"]["params"].update(calibration=1, check=1)
+    cfg["cache_dir"] = str(tmp_path / "cache")
     cfg["budget"] = {"trials": 2}
     cfg["strategy"]["params"]["population"] = 2
     cfg.pop("output")
@@ -51,5 +58,10 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
         assert d["providers"] == ["CPUExecutionProvider"] and d["threads"] == 2
         assert d["export"]["format"] == "onnx" and d["export"]["max_rel_error"] <= 1e-4
         assert d["p10_ms"] <= t.values["latency"] <= d["p90_ms"]
+        lut = t.provenance["latency_lut"]
+        assert lut.kind == "proxy" and lut.backend == "latency_lut/onnxruntime"
+        assert lut.details["table_entries"] > 0
     pick = json.loads((tmp_path / "run" / "pareto.json").read_text())["pick"]
-    assert pick["rule"].startswith("psnr - 0.01 * latency")
+    assert pick["rule"].startswith("psnr - 0.02 * latency")
+    table = json.loads((tmp_path / "run" / "latency_lut.json").read_text())
+    assert table["backend"] == "onnxruntime" and table["report"]["n"] == 1
