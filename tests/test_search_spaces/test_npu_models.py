@@ -86,10 +86,7 @@ def test_tiny_hybrid_teacher_compiles_for_the_npu(tmp_path):
 
 @needs_qnn
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["mixed", pytest.param("all_ssm", marks=pytest.mark.xfail(
-    reason="waits on the fp16-safe export scan (branch wip-scan, not merged yet): 32.3 dB on "
-           "the NPU now, 77.2 dB with that scan; remove this mark when it lands",
-    strict=False))])
+@pytest.mark.parametrize("kind", ["mixed", "all_ssm"])
 def test_tiny_hybrids_with_ssm_blocks_compile_for_the_npu(tmp_path, kind):
     report = _check(*_hybrid(kind), tmp_path)
     assert report.compiles, report.summary()
