@@ -362,11 +362,8 @@ def component_problems(data: dict[str, Any], source: str,
     if strategy:
         problems.attempt(plugins.strategies.parse, *strategy, "strategy")
     executor = component(data.get("executor"))
-    if executor:
-        workers = data["executor"].get("workers", 1)
-        problems.attempt(plugins.executors.parse, executor[0],
-                         {**executor[1], **({"workers": workers} if isinstance(workers, int) else {})},
-                         "executor")
+    if executor:                        # (`workers` is the schema's to check)
+        problems.attempt(plugins.executors.parse, *executor, "executor")
     return problems.lines
 
 

@@ -82,6 +82,9 @@ def test_a_run_without_measured_latency_says_so(tmp_path):
     assert run_cli("run", str(exp), "--out", str(tmp_path / "run"), "--quiet",
                    "--no-export").returncode == 0
     res = run_cli("analyse", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr
-    assert "no proxy/measured-latency pair in this run" in res.stdout
-    assert "measured latencies: none" in res.stdout
+    assert res.returncode == 2, res.stderr          # nothing to analyse: say what to add
+    assert "nothing to analyse: no measured latency" in res.stderr
+    assert "name: latency" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "proxy_check.png").exists()   # no blank plot
+    res = run_cli("analyze", str(tmp_path / "run"))               # the other spelling
+    assert res.returncode == 2 and "nothing to analyse" in res.stderr

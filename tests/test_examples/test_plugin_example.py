@@ -89,7 +89,7 @@ def test_run_the_example_experiment(installed, tmp_path):
     run_dir = tmp_path / "run"
     res = _cli(installed, "run", str(EXPERIMENT), "--out", str(run_dir), "--quiet")
     assert res.returncode == 0, res.stderr
-    assert "12 trials, 0 failed" in res.stderr
+    assert "12 trials + 1 reference architecture, 0 failed" in res.stderr
 
     with (run_dir / "trials.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
