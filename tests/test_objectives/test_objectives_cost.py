@@ -233,7 +233,8 @@ def test_plugin_registers_all_objectives():
     plugins = Plugins()
     plugins.register(nasframe_objectives, "builtin_objectives")
     assert not plugins.failures
-    assert plugins.objectives.names() == ["deploy_memory", "fidelity", "gmacs", "latency",
-                                          "latency_lut", "multitask_psnr", "params", "psnr",
+    assert plugins.objectives.names() == ["deploy_memory", "fidelity", "finetuned_psnr",
+                                          "gmacs", "latency", "latency_lut", "multitask_psnr",
+                                          "npu_compiles", "npu_fidelity", "params", "psnr",
                                           "quick_psnr", "ssim", "transformer_count"]
     assert isinstance(plugins.objectives.create("gmacs", {"input_shape": [1, 3, 8, 8]}), GMACs)
