@@ -311,7 +311,7 @@ def _note(run: Run, marks: Marks) -> str:
 
 
 def live_storage(run_dir: str | Path, refresh: float = 2.0, note: Any = None,
-                 refuse: Any = PermissionError):
+                 refuse: Any = PermissionError, warn: Any = None):
     """A read-only Optuna storage that shows the run in ``run_dir`` as it is now.
 
     Each read sees the run's store: when ``trials.db`` changed since the last read (and
@@ -320,9 +320,10 @@ def live_storage(run_dir: str | Path, refresh: float = 2.0, note: Any = None,
     run's order. The run's files are never written: every write (a note or a trial
     edited in the dashboard) raises ``refuse(message)`` (a ``PermissionError`` by default).
     ``note``: a function ``(study, text)`` that writes the study note (optuna-dashboard's
-    ``save_note``)."""
+    ``save_note``). ``warn(text)`` is told once when a read fails (the page keeps the
+    last good read) and once when reading works again."""
     _optuna()
-    return _live_storage_class()(Path(run_dir), refresh, note, refuse)
+    return _live_storage_class()(Path(run_dir), refresh, note, refuse, warn)
 
 
 @functools.cache
@@ -332,8 +333,10 @@ def _live_storage_class():
     class LiveRunStorage(BaseStorage):
         __doc__ = live_storage.__doc__
 
-        def __init__(self, run_dir: Path, refresh: float, note: Any, refuse: Any) -> None:
+        def __init__(self, run_dir: Path, refresh: float, note: Any, refuse: Any,
+                     warn: Any = None) -> None:
             self.run_dir, self.refresh, self._write_note = run_dir, refresh, note
+            self._warn = warn
             self._refusal = refuse
             self._lock = threading.Lock()
             self._read_at = -math.inf
@@ -372,9 +375,17 @@ def _live_storage_class():
                     if self._files() != self._signature:
                         try:
                             self._inner = self._build()
+                            if self.error is not None and self._warn is not None:
+                                self._warn(f"dashboard: {self.run_dir} read again "
+                                           f"({self.trial_count} trials)")
                             self.error = None
                         except Exception as err:  # noqa: BLE001 - keep showing the last read
-                            self.error = f"{type(err).__name__}: {err}"
+                            error = f"{type(err).__name__}: {err}"
+                            if error != self.error and self._warn is not None:
+                                self._warn(f"dashboard: cannot read {self.run_dir} again "
+                                           f"({error}); the page shows the last read, "
+                                           f"{self.trial_count} trials")
+                            self.error = error
                 return self._inner
 
         def _refuse(self, *args: Any, **kwargs: Any) -> Any:
@@ -468,7 +479,8 @@ def serve_dashboard(run_dir: str | Path, host: str = "127.0.0.1", port: int = 80
         import optuna_dashboard
 
         storage = live_storage(run_dir, refresh=refresh, note=optuna_dashboard.save_note,
-                               refuse=lambda message: bottle.HTTPError(403, message))
+                               refuse=lambda message: bottle.HTTPError(403, message),
+                               warn=echo)
         server.set_app(optuna_dashboard.wsgi(storage))
         study = storage.get_all_studies()[0]
         shown = "localhost" if host in ("0.0.0.0", "::", "") else host

@@ -397,10 +397,14 @@ def test_the_dashboard_shows_trials_appear_while_a_run_goes(tmp_path):
         assert url, said
         page = url.group(1)
         first = _shown_trials(_page_text(f"{page}/trials"))
+        read_at = time.monotonic()
         assert first >= 2 and run.poll() is None
         while _count(run_dir) < first + 3:              # the run goes on
             assert run.poll() is None, log.read_text()
             time.sleep(0.5)
+        # the dashboard reads the run at most every 2 s (--refresh) and optuna-dashboard
+        # keeps its trial list 2 s more: a page asked sooner may show the last read
+        time.sleep(max(0.0, read_at + 5.0 - time.monotonic()))
         later = _shown_trials(_page_text(f"{page}/trials"))
         assert later > first, (first, later)
         # stop the run; the dashboard reads the stopped run, its pick and its front
@@ -450,3 +454,30 @@ def test_the_dashboard_shows_trials_appear_while_a_run_goes(tmp_path):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def test_a_failed_read_of_the_live_run_is_said_once_and_the_last_read_stays(tmp_path):
+    """The store replaced by a file that is not a store: the page keeps the last good read
+    and the dashboard says so once (not at every request); the store back: said again."""
+    from conftest import _ensure_registered
+
+    from nasframe.optuna_study import live_storage
+
+    _ensure_registered()
+    cfg = {"name": "live", "seed": 0, "search_space": {"name": "toy"},
+           "objectives": [{"name": "toy_cost"}, {"name": "toy_quality"}],
+           "strategy": {"name": "random"}, "budget": {"trials": 5}}
+    run_dir = tmp_path / "live"
+    run_experiment(config_from_dict(cfg), run_dir)
+    said: list[str] = []
+    storage = live_storage(run_dir, refresh=0, warn=said.append)
+    assert len(storage.get_all_trials(0)) == 5 and said == []
+    db = run_dir / "trials.db"
+    good = db.read_bytes()
+    db.write_bytes(b"not a store" * 100)
+    for _ in range(3):
+        assert len(storage.get_all_trials(0)) == 5          # the last good read
+    assert len(said) == 1 and "cannot read" in said[0] and "5 trials" in said[0], said
+    db.write_bytes(good)
+    assert len(storage.get_all_trials(0)) == 5
+    assert len(said) == 2 and "read again" in said[1], said
