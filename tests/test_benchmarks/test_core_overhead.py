@@ -44,6 +44,7 @@ def test_core_overhead_runs_and_reports_three_rows(tmp_path, capsys):
     assert json.loads(out_json.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
+@pytest.mark.slow
 def test_core_overhead_scaling_table(tmp_path, capsys):
     pytest.importorskip("nni")
     bench = _load()

@@ -22,6 +22,7 @@ def _load():
     return module
 
 
+@pytest.mark.slow
 def test_deploy_report_quick(tmp_path, capsys):
     bench = _load()
     hooked = []

@@ -69,6 +69,7 @@ def _methods(bench):
     return [m for m in bench.METHODS if not get_plugins().strategies.entry(m.split("-")[0]).missing()]
 
 
+@pytest.mark.slow
 def test_every_method_side_by_side_on_both_spaces(bench, hybrid, sd, capsys):
     methods = _methods(bench)
     assert {"ens", "random"} <= set(methods)
@@ -92,6 +93,7 @@ def test_every_method_side_by_side_on_both_spaces(bench, hybrid, sd, capsys):
     assert "vs ens N=8" in out and "vs eps_bo N=8" in out
 
 
+@pytest.mark.slow
 def test_scores_reach_one_when_the_whole_space_is_evaluated(bench, hybrid, sd):
     for b in (hybrid, sd):
         size = len(b.table)

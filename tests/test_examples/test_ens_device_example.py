@@ -23,6 +23,7 @@ def test_example_validates_as_written():
     assert "latency (min)" in out.stdout
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     import onnxruntime as ort
 

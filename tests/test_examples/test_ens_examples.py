@@ -54,6 +54,7 @@ def denoise_run(tmp_path_factory):
     return root / "run", out
 
 
+@pytest.mark.slow
 def test_cli_run_marks_the_pick(denoise_run):
     run_dir, out = denoise_run
     assert "pick: trial" in out.stdout + out.stderr
@@ -68,6 +69,7 @@ def test_cli_run_marks_the_pick(denoise_run):
     assert report["teacher_psnr"] > 0 and len(report["surrogates"]["relative_mse"]) == 8
 
 
+@pytest.mark.slow
 def test_resume_reuses_the_cached_alignment(denoise_run):
     run_dir, _ = denoise_run
     out = run_cli("resume", str(run_dir))
@@ -75,6 +77,7 @@ def test_resume_reuses_the_cached_alignment(denoise_run):
     assert json.loads((run_dir / "alignment.json").read_text())["surrogates"]["cached"]
 
 
+@pytest.mark.slow
 def test_finetune_reports_before_and_after(denoise_run):
     from nasframe_search_spaces.hybrid_unet.finetune import finetune_run
 
@@ -85,6 +88,7 @@ def test_finetune_reports_before_and_after(denoise_run):
     assert json.loads((run_dir / "finetuned" / "report.json").read_text())[0]["id"] == rows[0]["id"]
 
 
+@pytest.mark.slow
 def test_finetune_rejects_unknown_members(denoise_run):
     from nasframe_search_spaces.hybrid_unet import finetune
 
@@ -92,12 +96,14 @@ def test_finetune_rejects_unknown_members(denoise_run):
     assert finetune.main([str(run_dir), "--members", "nope"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["deblur", "derain"])
 def test_other_tasks_run_end_to_end(task, tmp_path):
     summary = run_experiment(config_from_dict(_tiny(task)), tmp_path / "run")
     assert summary.failed == 0 and summary.trials >= 6
 
 
+@pytest.mark.slow
 def test_ens_report_pieces_on_a_tiny_run(denoise_run):
     bench = _load_bench("ens_report")
     run_dir, _ = denoise_run
@@ -111,6 +117,7 @@ def test_ens_report_pieces_on_a_tiny_run(denoise_run):
         assert 0 < r["min"] <= r["mean"] <= r["max"] <= 1 + 1e-9
 
 
+@pytest.mark.slow
 def test_ssm_benchmark_quick(capsys):
     bench = _load_bench("ssm_vs_transformer")
     result = bench.main(["--quick"])

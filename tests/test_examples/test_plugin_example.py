@@ -69,6 +69,7 @@ def _rows(text: str) -> list[list[str]]:
             if len(cells := [c.strip() for c in re.split(r"\t|│", line) if c.strip()]) >= 4]
 
 
+@pytest.mark.slow
 def test_the_installed_plugin_registers_all_three_components(installed):
     assert (installed.site / "nasframe_example" / "__init__.py").is_file()
     (dist,) = installed.site.glob("nasframe_example_plugin-0.1.0.dist-info")
@@ -85,6 +86,7 @@ def test_the_installed_plugin_registers_all_three_components(installed):
     assert rows["objective", "params"][2] == "builtin_objectives"  # the built-ins still load
 
 
+@pytest.mark.slow
 def test_run_the_example_experiment(installed, tmp_path):
     run_dir = tmp_path / "run"
     res = _cli(installed, "run", str(EXPERIMENT), "--out", str(run_dir), "--quiet")
@@ -121,6 +123,7 @@ def test_run_the_example_experiment(installed, tmp_path):
     assert pareto["references"][0]["name"] == "baseline"
 
 
+@pytest.mark.slow
 def test_validate_fails_when_the_plugin_is_disabled(installed):
     ok = _cli(installed, "validate", str(EXPERIMENT))
     assert ok.returncode == 0, ok.stderr
@@ -136,6 +139,7 @@ def test_validate_fails_when_the_plugin_is_disabled(installed):
         assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_the_example_packages_own_conformance_tests_pass(installed):
     # run from the temporary root, so `nasframe_example` is imported from `site`, not `src`
     res = subprocess.run(

@@ -46,6 +46,7 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_tiny_run_and_bundle(tiny_run):
     run_dir = tiny_run
     assert any((run_dir / "cache" / "quad").glob("base/*.pt"))      # cached in the run dir

@@ -55,6 +55,7 @@ def _sequence(run_dir):
         store.close()
 
 
+@pytest.mark.slow
 def test_sd_eps_bo_resumes_the_same_search(tmp_path, monkeypatch):
     cfg = _small("sd_eps_bo", trials=11)          # 5 references + 3 random + 3 from the GP
     summary = run_experiment(config_from_dict(cfg), tmp_path / "full", quiet=True)
@@ -87,6 +88,7 @@ def test_cpu_examples_use_the_trained_teacher(name):
     assert cfg["cache_dir"]                       # trained once, shared by the examples
 
 
+@pytest.mark.slow
 def test_nanosd_family_yields_a_front_and_a_pick(tmp_path):
     path = tmp_path / "nanosd.yaml"
     path.write_text(yaml.safe_dump(_small("nanosd_family", trials=8)))
@@ -101,6 +103,7 @@ def test_nanosd_family_yields_a_front_and_a_pick(tmp_path):
     assert pareto["pick"]["id"] in ids
 
 
+@pytest.mark.slow
 def test_evaluate_prints_full_size_bk_sdm_base(tmp_path):
     cfg = yaml.safe_load((ROOT / "examples" / "sd15_references.yaml").read_text())
     # the example's counts as written, at an 8x8 latent (the parameter count does not depend on it)
@@ -118,6 +121,7 @@ def test_evaluate_prints_full_size_bk_sdm_base(tmp_path):
     assert "scaled_dot_product_attention" in doc["values"]["gmacs"]["provenance"]["details"]["includes"]
 
 
+@pytest.mark.slow
 def test_tocsr_searches_the_expanded_model_with_surrogates(tmp_path):
     cfg = _small("tocsr", trials=8)
     run_dir = tmp_path / "run"
