@@ -91,6 +91,7 @@ class FinetunedPSNR(_ImageQuality):
     cost = 100.0
     reports_intermediate = True
     requires = (ValidationPairs, TrainedWeights, Finetunable)
+    small_params = {"steps": 4, "eval_every": 2, "max_images": 2}
 
     class Params(_ImageQuality.Params):
         steps: Int = Field(100, ge=1, le=10_000_000)

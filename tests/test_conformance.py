@@ -8,6 +8,8 @@ which.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from nasframe import capabilities
@@ -41,6 +43,12 @@ for _e in _builtin(_plugins.search_spaces):
         {"make_space": lambda self, n=_e.name: _space(n)})
 
 
+@functools.cache
+def _checked_space(name):
+    """One instance per space for the pairing checks at collection (made once, not per objective)."""
+    return _space(name)
+
+
 def _pairings(obj_cls) -> list[str | None]:
     """The spaces an objective can score: ToySpace (None) when it requires nothing,
     else every built-in space providing what it requires."""
@@ -51,7 +59,7 @@ def _pairings(obj_cls) -> list[str | None]:
     for name in SPACES:
         space_cls = _plugins.search_spaces.get(name)
         if all(issubclass(space_cls, c) for c in obj.requirements()) \
-                and obj.check_space(_space(name)) is None:
+                and obj.check_space(_checked_space(name)) is None:
             out.append(name)
     return out
 

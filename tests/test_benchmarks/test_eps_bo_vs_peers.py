@@ -69,6 +69,7 @@ def test_random_exhausts_the_space_and_finds_the_optimum(bench, setup):
     assert run["curve"][-1] == bench.ground_truth(table, eps)["optimum"]
 
 
+@pytest.mark.slow
 def test_compare_reports_each_method_consistently(bench, setup):
     space, table = setup
     budgets, seeds = [3, 6], 2
@@ -111,6 +112,7 @@ def test_best_at_reads_the_curve(bench):
     assert bench.best_at([math.inf, 3.0, 2.0], 10) == 2.0        # fewer evaluations than N
 
 
+@pytest.mark.slow
 def test_main_prints_and_writes_json(bench, setup, monkeypatch, tmp_path, capsys):
     space, table = setup
     monkeypatch.setattr(bench, "make_space", lambda params=None: space)
