@@ -314,6 +314,16 @@ def test_deblur_adaptation_reports_against_the_blurred_input(prepared, tmp_path)
                 "fidelity decoder on the blurred latent", "fidelity decoder on the sharp latent"):
         assert row in text, row
     assert "bicubic" not in text
+    # benchmarks/tocsr_report.py prints the same table from the written report
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tocsr_report.py"
+    spec = importlib.util.spec_from_file_location("nasframe_bench_tocsr_report", script)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.sr_summary(None, tmp_path / "deblur.json", "deblur")["task"] == "deblur"
+    assert report.sr_summary(tmp_path, None, "sr") is None           # no sr.json there
 
 
 def test_latent_pairs_and_the_conditional_model_for_other_code(prepared):
