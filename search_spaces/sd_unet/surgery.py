@@ -313,7 +313,20 @@ def from_original(state: dict[str, torch.Tensor], kind: str, diffusers_config: d
                              f"{cls.__name__}.from_single_file could not convert with the "
                              f"preset's config ({type(err).__name__}: {err}); is it this "
                              "preset's model? Or convert it yourself and give the folder") from None
-    return {k: v.detach() for k, v in model.state_dict().items()}
+    converted = {k: v.detach() for k, v in model.state_dict().items()}
+    # diffusers leaves what the checkpoint lacks at its initialisation: count the sources
+    if kind == "unet":
+        given = sum(k.startswith(ORIGINAL_UNET_PREFIX) for k in state)
+    else:
+        prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in state) else ""
+        given = sum(k.startswith(tuple(prefix + p for p in ("encoder.", "decoder.", "quant_conv.",
+                                                             "post_quant_conv.")))
+                    for k in state)
+    if given != len(converted):
+        raise ValueError(f"{source}: an original-SD (LDM) checkpoint with {given} {kind} tensors; "
+                         f"the preset's {cls.__name__} has {len(converted)}: is it this preset's "
+                         "model, and whole?")
+    return converted
 
 
 def find_unet_files(path: str | Path) -> tuple[Path, Path | None]:

@@ -202,6 +202,12 @@ def test_a_single_file_original_checkpoint_is_converted_offline(models, tmp_path
     save_file(bare, str(tmp_path / "vae-ft.safetensors"))
     space = SDUNetSpace(preset="tiny", vae={"path": str(tmp_path / "vae-ft.safetensors")})
     assert _equal(vae.state_dict(), space.vae_teacher_state())
+    # a checkpoint missing a tensor is an error, not a silently initialised one
+    cut = dict(ckpt)
+    del cut["model.diffusion_model.out.2.bias"]
+    save_file(cut, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(ValueError, match="teacher.path.*with .* unet tensors"):
+        SDUNetSpace(preset="tiny", teacher={"path": str(tmp_path / "cut.safetensors")}).teacher_state()
     # another preset's structure: a clear error naming the field and the file
     other = SDUNetSpace(preset="tiny16", teacher={"path": str(tmp_path / "tiny-v1-5.safetensors")})
     with pytest.raises(ValueError, match=r"teacher\.path.*tiny-v1-5\.safetensors.*original-SD"):
