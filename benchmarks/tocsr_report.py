@@ -18,7 +18,7 @@ Reads a finished run of ``examples/tocsr.yaml`` (or of any ``sd_unet`` run:
 Usage::
 
     python benchmarks/tocsr_report.py RUN_DIR [RUN_DIR ...] [--repeats 5] [--threads 2]
-                                      [--json PATH] [--sr SR_JSON]
+                                      [--json PATH] [--sr SR_JSON] [--deblur DEBLUR_JSON]
 
 4. **Super-resolution** (when ``RUN_DIR/sr.json`` exists, written by
    ``python -m nasframe_search_spaces.sd_unet.sr RUN_DIR``, or with ``--sr
@@ -27,6 +27,11 @@ Usage::
    the one-step student, the student with the fidelity decoder and that path on
    the LR latent (the ablation; on the HR latent too when it was trained), with
    GMACs and latency per image.
+
+5. **Deblurring** (when ``RUN_DIR/deblur.json`` exists, written by ``python -m
+   nasframe_search_spaces.sd_unet.sr RUN_DIR --task deblur``, or with ``--deblur
+   PATH``): the same table for the same backbone adapted to deblurring, against
+   the blurred input (and the fidelity path on the blurred latent: the ablation).
 
 It prints its tables and exits 0: a measurement, not an assertion.
 """
@@ -117,18 +122,24 @@ def teacher_summary(space) -> dict:
     return {"trained": True, "vae_psnr_held_out": -10 * math.log10(mse), **rep}
 
 
-def sr_summary(run_dir, sr_path=None) -> dict | None:
-    """Print the SR table of ``RUN_DIR/sr.json`` (or ``sr_path``); the report, or None."""
-    path = Path(sr_path) if sr_path else Path(run_dir) / "sr.json"
+def sr_summary(run_dir, sr_path=None, task: str = "sr") -> dict | None:
+    """Print the table of ``RUN_DIR/sr.json`` (``task`` deblur: ``deblur.json``), or of
+    ``sr_path``; the report, or None."""
+    name, what = {"sr": ("sr.json", "super-resolution"), "deblur": ("deblur.json", "deblurring")}[task]
+    path = Path(sr_path) if sr_path else Path(run_dir) / name
     if not path.is_file():
-        print(f"super-resolution: no report at {path} (python -m nasframe_search_spaces.sd_unet.sr "
-              f"{run_dir or 'RUN_DIR'} writes it)")
+        flag = "" if task == "sr" else " --task deblur"
+        print(f"{what}: no report at {path} (python -m nasframe_search_spaces.sd_unet.sr "
+              f"{run_dir or 'RUN_DIR'}{flag} writes it)")
         return None
     from nasframe_search_spaces.sd_unet.sr import format_report
 
     report = json.loads(path.read_text())
     b = report["backbone"]
-    print(f"super-resolution x{report['settings']['scale']} of {b['origin']} ({path}):")
+    if report.get("task", "sr") == "sr":
+        print(f"super-resolution x{report['settings']['scale']} of {b['origin']} ({path}):")
+    else:
+        print(f"deblurring ({report['eval']['source']}) of {b['origin']} ({path}):")
     print(format_report(report))
     return report
 
@@ -140,11 +151,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--sr", default=None, help="an SR report (default: RUN_DIR/sr.json)")
+    ap.add_argument("--deblur", default=None, help="a deblurring report (default: RUN_DIR/deblur.json)")
     args = ap.parse_args(argv)
     from nasframe.results import load_run
 
     if args.runs is None:
-        args.runs = [] if args.sr else ["runs/tocsr"]
+        args.runs = [] if args.sr or args.deblur else ["runs/tocsr"]
     doc = {}
     for run_dir in args.runs:
         run = load_run(run_dir)
@@ -167,9 +179,12 @@ def main(argv=None) -> int:
                   f"{_fmt(teacher.get('final_mse'))}, VAE PSNR on held-out crops "
                   f"{_fmt(teacher.get('vae_psnr_held_out'), '.2f')} dB")
         sr = sr_summary(run_dir, args.sr)
-        doc[str(run_dir)] = {"rows": rows, **info, "teacher": teacher, "sr": sr}
+        deblur = sr_summary(run_dir, args.deblur, "deblur")
+        doc[str(run_dir)] = {"rows": rows, **info, "teacher": teacher, "sr": sr, "deblur": deblur}
     if not args.runs and args.sr:
         doc["sr"] = sr_summary(None, args.sr)
+    if not args.runs and args.deblur:
+        doc["deblur"] = sr_summary(None, args.deblur, "deblur")
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0

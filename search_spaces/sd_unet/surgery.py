@@ -278,6 +278,57 @@ def find_weights(path: str | Path, subfolder: str, what: str) -> tuple[Path, Pat
                      f"give a diffusers pipeline folder, a {what} folder or a .safetensors file")
 
 
+#: key prefixes of the original (CompVis / LDM) checkpoint layout
+ORIGINAL_UNET_PREFIX = "model.diffusion_model."
+ORIGINAL_VAE_PREFIXES = ("first_stage_model.", "encoder.down.", "decoder.up.")
+
+
+def is_original_layout(state: Mapping[str, Any], kind: str) -> bool:
+    """Whether ``state`` holds ``kind`` (``unet``/``vae``) in the original SD (LDM) layout."""
+    prefixes = (ORIGINAL_UNET_PREFIX,) if kind == "unet" else ORIGINAL_VAE_PREFIXES
+    return any(k.startswith(prefixes) for k in state)
+
+
+def from_original(state: dict[str, torch.Tensor], kind: str, diffusers_config: dict[str, Any],
+                  source: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint in the original SD (CompVis/LDM) layout, e.g. ``v1-5-pruned-emaonly``,
+    converted to diffusers names by diffusers' own single-file loader
+    (``UNet2DConditionModel`` / ``AutoencoderKL.from_single_file``), offline: the model's
+    config is the preset's (``diffusers_config``), written to a temporary folder and given
+    as ``config=`` with ``local_files_only``, so nothing is fetched from the hub.
+    ``kind``: ``unet`` or ``vae``. ValueError naming the file when diffusers cannot map it."""
+    import json
+    import tempfile
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    cls = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}[kind]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.json").write_text(json.dumps({"_class_name": cls.__name__,
+                                                              **diffusers_config}))
+        try:
+            model = cls.from_single_file(state, config=folder, local_files_only=True)
+        except Exception as err:  # noqa: BLE001 - diffusers raises many kinds; name the file
+            raise ValueError(f"{source}: an original-SD (LDM) checkpoint that diffusers' "
+                             f"{cls.__name__}.from_single_file could not convert with the "
+                             f"preset's config ({type(err).__name__}: {err}); is it this "
+                             "preset's model? Or convert it yourself and give the folder") from None
+    converted = {k: v.detach() for k, v in model.state_dict().items()}
+    # diffusers leaves what the checkpoint lacks at its initialisation: count the sources
+    if kind == "unet":
+        given = sum(k.startswith(ORIGINAL_UNET_PREFIX) for k in state)
+    else:
+        prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in state) else ""
+        given = sum(k.startswith(tuple(prefix + p for p in ("encoder.", "decoder.", "quant_conv.",
+                                                             "post_quant_conv.")))
+                    for k in state)
+    if given != len(converted):
+        raise ValueError(f"{source}: an original-SD (LDM) checkpoint with {given} {kind} tensors; "
+                         f"the preset's {cls.__name__} has {len(converted)}: is it this preset's "
+                         "model, and whole?")
+    return converted
+
+
 def find_unet_files(path: str | Path) -> tuple[Path, Path | None]:
     """:func:`find_weights` for the U-Net (``unet/`` in a pipeline folder)."""
     return find_weights(path, "unet", "U-Net")
@@ -287,9 +338,10 @@ def load_teacher(path: str | Path, config: UNetConfig) -> dict[str, torch.Tensor
     """The teacher's state dict under :class:`SDUNet` names, checked against ``config``
     (its ``config.json`` when there is one, then every tensor's name and shape).
 
-    Accepts diffusers names (``down_blocks.0.resnets.0...``) and this module's
-    names. Original-SD checkpoints (``model.diffusion_model.*``) must be
-    converted with diffusers' conversion script first; the error says so."""
+    Accepts diffusers names (``down_blocks.0.resnets.0...``), this module's
+    names, and single-file checkpoints in the original SD layout
+    (``model.diffusion_model.*``, e.g. ``v1-5-pruned-emaonly.safetensors``):
+    those are converted offline by :func:`from_original` with the preset's config."""
     import json
 
     weights, config_file = find_unet_files(path)
@@ -303,14 +355,14 @@ def load_teacher(path: str | Path, config: UNetConfig) -> dict[str, torch.Tensor
         if diffs:
             raise ValueError(f"{config_file} does not match the preset: {'; '.join(diffs)}; "
                              "choose the matching `preset`")
-    state = from_diffusers_keys(load_weights(weights))
+    state = load_weights(weights)
+    if is_original_layout(state, "unet"):
+        state = from_original(state, "unet", config.to_diffusers(), weights)
+    state = from_diffusers_keys(state)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in SDUNet(UNetPlan.teacher(config)).state_dict().items()}
     missing = [k for k in shapes if k not in state]
     if missing:
-        if any(k.startswith("model.diffusion_model.") for k in state):
-            raise ValueError(f"{weights} is an original-SD checkpoint; convert it to diffusers "
-                             "format first (diffusers' convert_original_stable_diffusion_to_diffusers)")
         raise ValueError(f"{weights} lacks {len(missing)} tensor(s) of the preset's U-Net, e.g. "
                          f"{missing[:3]}; is it the U-Net of this preset?")
     bad = [f"{k} {tuple(state[k].shape)} != {s}" for k, s in shapes.items() if tuple(state[k].shape) != s]

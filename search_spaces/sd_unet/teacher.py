@@ -95,7 +95,7 @@ class SDTeacher:
             unet_init = vae_init = None
             if self.path is not None:                     # fine-tune local weights
                 unet_init = self._load_unet(cfg)
-            if self.vae_path is not None or (self.path is not None and (Path(self.path) / "vae").is_dir()):
+            if self.vae_path is not None or self._path_holds_vae():
                 vae_init = self._load_vae(vcfg)
             self._trained = trained_teacher(cfg, vcfg, self.train, ctx,
                                             seed=self.seed, context_length=self.context_length,
@@ -210,7 +210,8 @@ class SDTeacher:
     # -- the VAE ---------------------------------------------------------------------
     def vae_state(self) -> dict[str, torch.Tensor]:
         """The teacher VAE (``AutoencoderKL`` names): from ``vae.path``, else from a
-        pipeline folder given as ``teacher.path`` (its ``vae/``), else a random
+        pipeline folder given as ``teacher.path`` (its ``vae/``) or a single-file SD
+        checkpoint given as ``teacher.path`` (its ``first_stage_model``), else a random
         initialisation from the seed."""
         if self._vae_state is None:
             import torch
@@ -219,7 +220,7 @@ class SDTeacher:
 
             if self.is_trained:
                 self._vae_state = self.trained()["vae"]
-            elif self.vae_path is not None or (self.path is not None and (Path(self.path) / "vae").is_dir()):
+            elif self.vae_path is not None or self._path_holds_vae():
                 self._vae_state = self._load_vae()
             else:
                 with torch.random.fork_rng(devices=[]):
@@ -228,6 +229,13 @@ class SDTeacher:
                              **VAEDecoder(self.vae_config).state_dict()}
                 self._vae_state = {k: v.detach() for k, v in state.items()}
         return self._vae_state
+
+    def _path_holds_vae(self) -> bool:
+        """``teacher.path`` holds the VAE: a pipeline folder's ``vae/``, or a single-file
+        SD checkpoint's ``first_stage_model``."""
+        from nasframe_search_spaces.sd_unet.vae import holds_vae
+
+        return self.path is not None and holds_vae(self.path)
 
     def _load_vae(self, config=None) -> dict[str, torch.Tensor]:
         from nasframe_search_spaces.sd_unet.vae import load_vae_teacher

@@ -496,10 +496,11 @@ def find_vae_files(path: str | Path) -> tuple[Path, Path | None]:
     return find_weights(path, "vae", "VAE")
 
 
-def _diffusers_names(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
-    if any(k.startswith(("first_stage_model.", "encoder.down.", "decoder.up.")) for k in state):
-        raise ValueError(f"{source} is an original (LDM) VAE checkpoint; convert it to diffusers "
-                         "format first, e.g. AutoencoderKL.from_single_file(...).save_pretrained(dir)")
+def _diffusers_names(state: dict[str, torch.Tensor], source: Path, cfg: VAEConfig) -> dict[str, torch.Tensor]:
+    from nasframe_search_spaces.sd_unet.surgery import from_original, is_original_layout
+
+    if is_original_layout(state, "vae"):          # a whole SD checkpoint, or a bare LDM VAE
+        return from_original(state, "vae", cfg.to_diffusers(), source)
     out = {}
     for name, t in state.items():
         m = re.match(r"^((?:encoder|decoder)\.mid_block\.attentions\.0)\.(query|key|value|proj_attn)"
@@ -510,6 +511,30 @@ def _diffusers_names(state: dict[str, torch.Tensor], source: Path) -> dict[str, 
                 t = t[:, :, 0, 0]
         out[name] = t
     return out
+
+
+def holds_vae(path: str | Path) -> bool:
+    """Whether a ``teacher.path`` holds the VAE too: a pipeline folder with ``vae/``, or a
+    single-file SD checkpoint in the original layout (``first_stage_model.*`` tensors)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return (path / "vae").is_dir()
+    if not path.is_file():
+        return False
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                keys = list(f.keys())
+        except Exception:  # noqa: BLE001 - an unreadable file: the U-Net loader names it
+            return False
+    else:
+        try:
+            keys = list(load_weights(path))
+        except ValueError:
+            return False
+    return any(k.startswith("first_stage_model.") for k in keys)
 
 
 def teacher_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
@@ -523,7 +548,9 @@ def load_vae_teacher(path: str | Path, cfg: VAEConfig) -> dict[str, torch.Tensor
     """The full teacher VAE's state dict (``AutoencoderKL`` names, float32),
     checked against ``cfg``. ``path``: a diffusers pipeline folder (``vae/``
     inside), a VAE folder (``config.json`` + ``diffusion_pytorch_model.safetensors``
-    / ``.bin``) or a ``.safetensors`` / ``.bin`` file. ValueError naming the
+    / ``.bin``) or a ``.safetensors`` / ``.bin`` / ``.ckpt`` file, in diffusers' layout or
+    the original SD (LDM) one: a whole SD checkpoint (``first_stage_model.*``) or a bare
+    LDM VAE, converted offline with the preset's config. ValueError naming the
     problem and its fix."""
     weights, config_file = find_vae_files(path)
     if config_file is not None:
@@ -538,7 +565,7 @@ def load_vae_teacher(path: str | Path, cfg: VAEConfig) -> dict[str, torch.Tensor
         if diffs:
             raise ValueError(f"{config_file} does not match the VAE preset: {'; '.join(diffs)}; "
                              f"choose the matching preset ({', '.join(VAE_PRESETS)})")
-    state = _diffusers_names(load_weights(weights), weights)
+    state = _diffusers_names(load_weights(weights), weights, cfg)
     shapes = teacher_shapes(cfg)
     missing = [k for k in shapes if k not in state]
     if missing:

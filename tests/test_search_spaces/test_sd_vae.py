@@ -247,5 +247,5 @@ def test_load_vae_teacher_maps_deprecated_attention_names(tmp_path, state):
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     ldm = {"encoder.down.0.block.0.norm1.weight": torch.ones(32)}
     save_file(ldm, str(tmp_path / "ldm.safetensors"))
-    with pytest.raises(ValueError, match="original \\(LDM\\)"):
+    with pytest.raises(ValueError, match="original-SD \\(LDM\\) checkpoint with 1 vae tensors"):
         load_vae_teacher(tmp_path / "ldm.safetensors", TINY)
