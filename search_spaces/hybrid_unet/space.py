@@ -23,7 +23,9 @@ Params (YAML ``search_space.params``):
 ``task``, ``data``
     the restoration task (``denoise``, ``deblur``, ``derain``) and its data
     (:class:`.data.RestorationData` params: built-in photos with synthetic
-    degradations by default, or paired folders).
+    degradations by default, or paired folders, ``source: folders`` with
+    ``train`` and ``val`` roots in a published layout, ``layout: rain13k``,
+    ``gopro`` or ``sidd``, detected when left out, or the generic ``pairs``).
 ``teacher``
     ``weights`` (a state dict to load instead of training: this network's, or
     a published Restormer checkpoint as released, ``{"params": ...}`` with its
@@ -161,7 +163,7 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         task: Literal["denoise", "deblur", "derain"] = "denoise"
         """The restoration task."""
         data: dict[str, Any] = {}
-        """RestorationData params: source (synthetic | folders), patch, val_size, seed, degradations, folders."""
+        """RestorationData params: source (synthetic | folders), patch, val_size, seed, degradations; folders: train, val, layout (pairs | rain13k | gopro | sidd; detected when left out)."""
         teacher: TeacherParams = TeacherParams()
         """The all-transformer teacher: weights to load, or steps, batch_size, lr, seed of its training."""
         distill: DistillParams = DistillParams()
