@@ -448,7 +448,8 @@ def _find_pairs(param: str, root: Path, rule: _Rule) -> list[_Pair]:
     if not pairs:
         raise ValueError(f"`{param}` = '{root}': no image pairs found ({len(files)} image "
                          f"file(s) in all); searched {searched}. To fix, {fix}, or set `layout` "
-                         f"to one of {', '.join(LAYOUTS)}; the folder holds {_listing(root)}")
+                         f"to one of {', '.join(LAYOUTS)}; the folder holds {_listing(root)}."
+                         f"{_hint(param, root, rule)}")
     return pairs
 
 
@@ -554,7 +555,8 @@ def _listing(root: Path, n: int = 6) -> str:
 def _hint(param: str, root: Path, rule: _Rule) -> str:
     """A fix for a root that is not in ``rule.layout``: a subfolder that is, or the layout
     the root looks like."""
-    inner = [d for d in _subdirs(root)[:50] if _detect(d) == rule.layout]
+    wanted = {rule.layout} if rule.layout != "pairs" else set(LAYOUTS) - {"pairs", "div2k"}
+    inner = [d for d in _subdirs(root)[:50] if _detect(d) in wanted]
     if inner:
         # the split named like the param first: train/ for `train`, val/ or test/ for `val`
         def rank(d: Path) -> int:
@@ -562,7 +564,7 @@ def _hint(param: str, root: Path, rule: _Rule) -> str:
             return 0 if ("train" in name) == (param == "train") else 1
         inner.sort(key=rank)
         other = "val" if param == "train" else "train"
-        return (f" The layout is one level down: point `{param}` at '{inner[0]}'"
+        return (f" The {_detect(inner[0])} layout is one level down: point `{param}` at '{inner[0]}'"
                 + (f" (and `{other}` at '{inner[1]}')" if len(inner) > 1 else ""))
     found = _detect(root)
     if found == "div2k":
@@ -570,7 +572,7 @@ def _hint(param: str, root: Path, rule: _Rule) -> str:
                 "super-resolution space (docs/tocsr.md)")
     if found is not None:
         return f" It looks like the {found} layout: set `layout: {found}`, or leave `layout` out"
-    if rule.input_dir is not None and rule.layout != "rain13k":
+    if rule.layout == "gopro":
         return (f" Folder names differ? set `input_dir`/`target_dir` (now "
                 f"{rule.input_dir!r}/{rule.target_dir!r})")
     return ""

@@ -161,9 +161,13 @@ def test_a_root_one_level_too_high_names_the_layout_and_where_it_is(tmp_path):
                                          r"layout: expected <root>/<sequence>/blur/<name>.png with "
                                          r"<root>/<sequence>/sharp/<name>.png .*; found folder\(s\) "
                                          r"test/, train/ \(test/ holds GOPR0372_07_00/\)\. The "
-                                         r"layout is one level down: point `train` at "
+                                         r"gopro layout is one level down: point `train` at "
                                          r"'.*GOPRO_Large/train' \(and `val` at '.*GOPRO_Large/test'\)"):
         _space(layout="gopro", train=str(root), val=str(root / "test"))
+    # left to detection, the same root says where the layout is too
+    with pytest.raises(ParamError, match=r"no image pairs found .* The gopro layout is one level "
+                                         r"down: point `train` at '.*GOPRO_Large/train'"):
+        _space(train=str(root), val=str(root / "test"))
 
 
 def test_the_wrong_named_layout_says_what_the_folder_looks_like(tmp_path):
