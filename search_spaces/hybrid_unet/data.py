@@ -65,9 +65,9 @@ for each root from its first two levels (published layouts first, else
   ``<root>/<sequence>/sharp/<name>.png``, GoPro as released
   (``GOPRO_Large/train`` and ``GOPRO_Large/test`` are the two roots;
   ``input_dir: blur_gamma`` takes the gamma-blurred inputs).
-* ``sidd``: ``<root>/<scene>/NOISY_SRGB_010.PNG`` with ``GT_SRGB_010.PNG``
-  beside it, SIDD-Medium as released (the root is ``SIDD_Medium_Srgb/Data``
-  or the folder holding ``Data/``).
+* ``sidd``: ``<root>/<scene>/0001_NOISY_SRGB_010.PNG`` with
+  ``0001_GT_SRGB_010.PNG`` beside it, SIDD-Medium (or -Small) sRGB as released
+  (the root is ``SIDD_Medium_Srgb/Data`` or the folder holding ``Data/``).
 * ``div2k``: refused with the reason: DIV2K is x4 super-resolution data, whose
   consumer is the sd_unet SR space (:mod:`nasframe_search_spaces.sd_unet.srdata`).
 * ``pairs``: the generic search, in one of two ways:
@@ -473,7 +473,7 @@ _EXPECTED = {
     "gopro": "<root>/<sequence>/blur/<name>.png with <root>/<sequence>/sharp/<name>.png "
              "(GOPRO_Large/train or GOPRO_Large/test; `input_dir: blur_gamma` for the "
              "gamma-blurred inputs)",
-    "sidd": "<root>/<scene>/NOISY_SRGB_<n>.PNG with GT_SRGB_<n>.PNG beside it "
+    "sidd": "<root>/<scene>/<k>_NOISY_SRGB_<n>.PNG with <k>_GT_SRGB_<n>.PNG beside it "
             "(SIDD_Medium_Srgb/Data, or the folder holding Data/)",
     "div2k": "DIV2K_train_HR/0001.png with DIV2K_train_LR_bicubic/X4/0001x4.png",
 }

@@ -43,13 +43,15 @@ def _read(path: Path) -> np.ndarray:
 
 
 def sidd_medium(root: Path, scenes=("0001_001_S6_00100_00060_3200_L", "0002_001_S6_00100_00020_3200_N")):
-    """SIDD_Medium_Srgb/Data/<scene>/{NOISY,GT}_SRGB_{010,011}.PNG; returns the val pairs."""
+    """SIDD_Medium_Srgb/Data/<scene>/<instance>_{NOISY,GT}_SRGB_{010,011}.PNG (the instance
+    number is the scene folder's first field)."""
     rng = np.random.default_rng(0)
     for scene in scenes:
+        k = scene.split("_")[0]
         for n in ("010", "011"):
             gt = _clean(rng)
-            _png(root / "Data" / scene / f"GT_SRGB_{n}.PNG", gt)
-            _png(root / "Data" / scene / f"NOISY_SRGB_{n}.PNG", _degrade(gt))
+            _png(root / "Data" / scene / f"{k}_GT_SRGB_{n}.PNG", gt)
+            _png(root / "Data" / scene / f"{k}_NOISY_SRGB_{n}.PNG", _degrade(gt))
 
 
 def gopro(root: Path, sequences=("GOPR0372_07_00", "GOPR0374_11_00")):
@@ -111,12 +113,12 @@ def test_sidd_medium_as_released(tmp_path):
     data = RestorationData("denoise", "folders", train=tmp_path / "SIDD_Medium_Srgb",
                            val=tmp_path / "held_out" / "Data", patch=16)
     assert {r.layout for r in data.rules.values()} == {"sidd"}           # detected
-    assert data.train_names[:2] == ["Data/0001_001_S6_00100_00060_3200_L/NOISY_SRGB_010.PNG",
-                                    "Data/0001_001_S6_00100_00060_3200_L/NOISY_SRGB_011.PNG"]
+    assert data.train_names[:2] == ["Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_010.PNG",
+                                    "Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_011.PNG"]
     scene = tmp_path / "held_out" / "Data" / "0199_009_GP_00800_01600_5500_N"
     report = _tiny_run(tmp_path, "denoise", {"layout": "sidd", "train": str(tmp_path / "SIDD_Medium_Srgb"),
                                              "val": str(tmp_path / "held_out")})
-    expected = _input_psnr([(scene / f"NOISY_SRGB_{n}.PNG", scene / f"GT_SRGB_{n}.PNG")
+    expected = _input_psnr([(scene / f"0199_NOISY_SRGB_{n}.PNG", scene / f"0199_GT_SRGB_{n}.PNG")
                             for n in ("010", "011")])
     assert report["input_psnr"] == pytest.approx(expected, abs=1e-4)
 
@@ -178,7 +180,7 @@ def test_the_wrong_named_layout_says_what_the_folder_looks_like(tmp_path):
                                          r"It looks like the rain13k layout: set `layout: rain13k`"):
         _space(layout="gopro", train=str(tmp_path / "Rain100L"), val=str(tmp_path / "Rain100L"))
     with pytest.raises(ParamError, match=r"'.*Rain100L' is not in the sidd layout: expected "
-                                         r"<root>/<scene>/NOISY_SRGB_<n>.PNG"):
+                                         r"<root>/<scene>/<k>_NOISY_SRGB_<n>.PNG"):
         _space(layout="sidd", train=str(tmp_path / "SIDD"), val=str(tmp_path / "Rain100L"))
     with pytest.raises(ParamError, match=r"`layout: gopro` pairs files by folder; remove "
                                          r"`input_token`/`target_token`"):
