@@ -2,9 +2,9 @@
 
 1. **Teacher** (all-transformer network): trained on the task's training pairs
    (L1 loss, AdamW, cosine schedule, random crops), or loaded from a state dict
-   at a path the user gives (``torch.load(..., weights_only=True)``; a
-   ``{"params": state_dict}`` wrapper, as in Restormer's released checkpoints,
-   is accepted).
+   at a path the user gives (``torch.load(..., weights_only=True)``): this
+   network's state dict, or a published Restormer checkpoint (``{"params": ...}``,
+   its module names renamed: :mod:`.weights`).
 2. **Surrogates**: for every block position, an SSM block distilled to reproduce
    the teacher block's output from the teacher's own input at that block
    (feature MSE, :func:`nasframe.distill.distill`). One teacher pass per step
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from nasframe.distill import distill_cached, module_digest
 from nasframe import checkpoint
-from nasframe.errors import ConfigError
 from nasframe_search_spaces.hybrid_unet.data import RestorationData, psnr
 from nasframe_search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
+from nasframe_search_spaces.hybrid_unet.weights import (check_fits, is_published, read_state,
+                                                       to_network_keys)
 
 ALIGN_VERSION = 1
 
@@ -126,41 +127,20 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
     return losses
 
 
-def load_state(path: str | Path, field_name: str = "teacher.weights") -> dict[str, torch.Tensor]:
-    """A state dict from ``path`` (safe loading; ``{"params": ...}`` and ``{"state_dict": ...}`` unwrapped)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"`{field_name}`: no file at {str(path)!r}; give the path of a "
-                          "state dict saved with torch.save(model.state_dict(), path)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"`{field_name}`: {str(path)!r} cannot be loaded safely "
-                          f"(torch.load(weights_only=True): {err}); save only the state dict") from err
-    for key in ("params", "params_ema", "state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"`{field_name}`: {str(path)!r} holds no state dict of tensors")
-    return obj
-
-
 def prepare_teacher(cfg: UNetConfig, data: RestorationData, ctx, teacher: dict[str, Any]) -> tuple[
         HybridRestormer, dict[str, Any]]:
     """The trained (or loaded) all-transformer network and a report."""
     model = HybridRestormer(cfg, all_kinds(cfg, "transformer"))
     weights = teacher.get("weights")
     if weights:
-        state = load_state(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ConfigError(
-                f"`teacher.weights`: {weights!r} does not fit the {cfg.dim}-channel network "
-                f"({len(missing)} missing keys, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
-                f"e.g. {unexpected[:3]}); check `preset` and the overrides")
+        raw = read_state(weights)
+        state = to_network_keys(raw)
+        check_fits(state, cfg, repr(str(weights)))
+        model.load_state_dict(state)       # strict: check_fits saw every key and shape
         model.eval()
-        return model, {"source": str(weights)}
+        return model, {"source": str(weights),
+                       "layout": "restormer" if is_published(raw) else "network",
+                       "norm": "WithBias" if cfg.norm_bias else "BiasFree"}
     payload = {"version": ALIGN_VERSION, "config": cfg.to_dict(), "data": data.describe(),
                "steps": teacher["steps"], "batch_size": teacher["batch_size"], "lr": teacher["lr"],
                "seed": teacher["seed"]}

@@ -52,26 +52,42 @@ no artificial border effects, and streaks continue across crop edges.
 Source ``folders``
 ------------------
 User-provided pairs: ``train`` and ``val`` are two root folders, each holding
-input and target images with matching names (PNG, JPEG, TIFF or BMP, any
-case of extension; loaded with ``skimage.io.imread`` to float RGB in [0, 1],
-grey replicated, alpha dropped). Two ways to pair files:
+input and target images (PNG, JPEG, TIFF or BMP, any case of extension; loaded
+with ``skimage.io.imread`` to float RGB in [0, 1], grey replicated, alpha
+dropped). ``layout`` names how a root is organised; left out, it is detected
+for each root from its first two levels (published layouts first, else
+``pairs``):
 
-* Folder names (default): every directory called ``input_dir`` (default
-  ``input``) under the root, searched recursively, holds inputs; the target
-  of ``<...>/<input_dir>/<rest>`` is ``<...>/<target_dir>/<rest>`` (default
-  ``target``), matched by relative path without the extension, so ``.png``
-  inputs may pair with ``.jpg`` targets.
+* ``rain13k``: ``<root>/input/<name>`` with ``<root>/target/<name>``: Rain13K,
+  Rain100L/H, Test100, Test1200, Test2800 as Restormer's Deraining datasets
+  ship them (and any dataset prepared that way).
+* ``gopro``: ``<root>/<sequence>/blur/<name>.png`` with
+  ``<root>/<sequence>/sharp/<name>.png``, GoPro as released
+  (``GOPRO_Large/train`` and ``GOPRO_Large/test`` are the two roots;
+  ``input_dir: blur_gamma`` takes the gamma-blurred inputs).
+* ``sidd``: ``<root>/<scene>/0001_NOISY_SRGB_010.PNG`` with
+  ``0001_GT_SRGB_010.PNG`` beside it, SIDD-Medium (or -Small) sRGB as released
+  (the root is ``SIDD_Medium_Srgb/Data`` or the folder holding ``Data/``).
+* ``div2k``: refused with the reason: DIV2K is x4 super-resolution data, whose
+  consumer is the sd_unet SR space (:mod:`nasframe_search_spaces.sd_unet.srdata`).
+* ``pairs``: the generic search, in one of two ways:
 
-  - Rain13K / Rain100: ``<root>/input/*.jpg`` and ``<root>/target/*.jpg``
-    (the defaults);
-  - GoPro: ``<root>/<scene>/blur/*.png`` and ``<root>/<scene>/sharp/*.png``
-    (``input_dir: blur, target_dir: sharp``).
+  - folder names: every directory called ``input_dir`` (default ``input``)
+    under the root, searched recursively, holds inputs; the target of
+    ``<...>/<input_dir>/<rest>`` is ``<...>/<target_dir>/<rest>`` (default
+    ``target``), matched by relative path without the extension, so ``.png``
+    inputs may pair with ``.jpg`` targets (Restormer's prepared patches:
+    ``input_dir: input_crops, target_dir: target_crops``, also detected);
+  - name tokens: with ``input_token`` and ``target_token`` (both), every image
+    whose file name contains ``input_token`` is an input and its target is the
+    file in the same folder with that token replaced.
 
-* Name tokens: with ``input_token`` and ``target_token`` (both), every image
-  whose file name contains ``input_token`` is an input and its target is the
-  file in the same folder with that token replaced, e.g. SIDD
-  ``<scene>/NOISY_SRGB_010.PNG`` and ``<scene>/GT_SRGB_010.PNG``
-  (``input_token: NOISY, target_token: GT``).
+A named layout searches only its own depth, so a root one level too high (say
+``GOPRO_Large`` instead of ``GOPRO_Large/train``) is an error that says what
+was expected, what the folder holds and where the layout is, rather than a
+silent merge of the training and test sets. ``input_dir``/``target_dir`` (or
+the tokens) override a layout's names; given without ``layout``, they select
+``pairs``.
 
 Targets without an input are ignored; inputs without a target are an error
 (listing a few). Input and target of a pair must have the same height and
@@ -120,6 +136,12 @@ if TYPE_CHECKING:
 TASKS = ("denoise", "deblur", "derain")
 #: The data sources.
 SOURCES = ("synthetic", "folders")
+#: Folder layouts of the folders source: the generic search, and published datasets as released.
+LAYOUTS = ("pairs", "rain13k", "gopro", "sidd", "div2k")
+_DIV2K_HERE = ("DIV2K is x4 super-resolution data (inputs a quarter of the targets' size), not "
+               "restoration pairs of equal size; use it with the sd_unet super-resolution space "
+               "(`data: <DIV2K>/DIV2K_train_HR`, `eval_data: <DIV2K>/DIV2K_valid_HR`; "
+               "docs/tocsr.md)")
 #: Blur kernels for ``deblur`` on synthetic data.
 KERNELS = ("gaussian", "motion", "mixed")
 #: Bumped whenever a change in this module changes the data for the same parameters.
@@ -353,18 +375,26 @@ def _few(items: Sequence[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + more
 
 
-def _find_pairs(param: str, root: Any, input_dir: str, target_dir: str,
-                input_token: str | None, target_token: str | None) -> list[_Pair]:
-    """The pairs under ``root``, sorted by name, or a ValueError saying what was searched."""
+def _root(param: str, root: Any) -> Path:
+    """``root`` as an existing folder, or a ValueError naming ``param``."""
     if not isinstance(root, (str, os.PathLike)) or not str(root):
         raise ValueError(f"`{param}` must be the path of a folder of image pairs, got {root!r}; "
                          f"write e.g. `{param}: data/GoPro/{param}`")
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise ValueError(f"`{param}` = '{root}' {what}; give the folder that holds the "
-                         f"{'input/target folders' if input_token is None else 'image pairs'}")
-    files = sorted(p for p in root.rglob("*") if _is_image(p))
+        raise ValueError(f"`{param}` = '{root}' {what}; give the folder that holds the image "
+                         "pairs (e.g. GoPro's train/, Rain13K's folder holding input/ and target/)")
+    return root
+
+
+def _find_pairs(param: str, root: Path, rule: _Rule) -> list[_Pair]:
+    """The pairs under ``root``, sorted by name, or a ValueError saying what was searched
+    (for a named layout: what it expects and what the folder holds)."""
+    input_dir, target_dir = rule.input_dir, rule.target_dir
+    input_token, target_token = rule.input_token, rule.target_token
+    files = sorted(p for p in root.rglob("*") if _is_image(p)
+                   and (rule.depth is None or len(p.relative_to(root).parts) == rule.depth))
     pairs: list[_Pair] = []
     orphans: list[str] = []
     if input_token is not None:
@@ -412,10 +442,140 @@ def _find_pairs(param: str, root: Any, input_dir: str, target_dir: str,
         raise ValueError(f"`{param}` = '{root}': {len(orphans)} input file(s) have no target: "
                          f"{_few(orphans)}; searched {searched}. Add the missing targets or "
                          "remove those inputs")
+    if not pairs and rule.layout != "pairs":
+        raise ValueError(f"`{param}` = '{root}' is not in the {rule.layout} layout: expected "
+                         f"{_EXPECTED[rule.layout]}; found {_listing(root)}.{_hint(param, root, rule)}")
     if not pairs:
         raise ValueError(f"`{param}` = '{root}': no image pairs found ({len(files)} image "
-                         f"file(s) in all); searched {searched}. To fix, {fix}")
+                         f"file(s) in all); searched {searched}. To fix, {fix}, or set `layout` "
+                         f"to one of {', '.join(LAYOUTS)}; the folder holds {_listing(root)}."
+                         f"{_hint(param, root, rule)}")
     return pairs
+
+
+# -- published layouts ------------------------------------------------------------
+@dataclass(frozen=True)
+class _Rule:
+    """How the folders source pairs files under one root."""
+
+    layout: str                       # one of LAYOUTS but div2k
+    input_dir: str | None = None
+    target_dir: str | None = None
+    input_token: str | None = None
+    target_token: str | None = None
+    depth: int | None = None          # path parts of a file below the root (None: any)
+
+
+#: What each named layout expects under a root (``train`` or ``val``).
+_EXPECTED = {
+    "rain13k": "<root>/input/<name> with <root>/target/<name> (Rain13K, Rain100L/H, Test100, "
+               "Test1200, Test2800 as in Restormer's Deraining/Datasets)",
+    "gopro": "<root>/<sequence>/blur/<name>.png with <root>/<sequence>/sharp/<name>.png "
+             "(GOPRO_Large/train or GOPRO_Large/test; `input_dir: blur_gamma` for the "
+             "gamma-blurred inputs)",
+    "sidd": "<root>/<scene>/<k>_NOISY_SRGB_<n>.PNG with <k>_GT_SRGB_<n>.PNG beside it "
+            "(SIDD_Medium_Srgb/Data, or the folder holding Data/)",
+    "div2k": "DIV2K_train_HR/0001.png with DIV2K_train_LR_bicubic/X4/0001x4.png",
+}
+
+
+def _layout_rule(layout: str, root: Path, input_dir: str | None, target_dir: str | None,
+                 input_token: str | None, target_token: str | None) -> tuple[_Rule, Path]:
+    """The rule of a named ``layout`` (the user's folder names or tokens override its
+    defaults) and the root to search (SIDD: ``<root>/Data`` when it exists)."""
+    if layout == "rain13k":
+        return _Rule("rain13k", input_dir or "input", target_dir or "target", depth=2), root
+    if layout == "gopro":
+        return _Rule("gopro", input_dir or "blur", target_dir or "sharp", depth=3), root
+    if layout == "sidd":
+        data = root / "Data"
+        return (_Rule("sidd", input_token=input_token or "NOISY",
+                      target_token=target_token or "GT", depth=2),
+                data if data.is_dir() else root)
+    if input_token is not None:
+        return _Rule("pairs", input_token=input_token, target_token=target_token), root
+    return _Rule("pairs", input_dir or "input", target_dir or "target"), root
+
+
+def _subdirs(root: Path) -> list[Path]:
+    try:
+        return sorted(d for d in root.iterdir() if d.is_dir())
+    except OSError:
+        return []
+
+
+def _div2k_like(root: Path) -> bool:
+    """A DIV2K folder: ``*_HR`` / ``HR`` beside ``*_LR_bicubic`` / ``LR_bicubic``, or one of them."""
+    names = {d.name for d in _subdirs(root)}
+    hr = any(n == "HR" or n.endswith("_HR") for n in names) or root.name.endswith("_HR")
+    lr = any("LR_bicubic" in n for n in names) or "LR_bicubic" in root.name
+    return hr and lr or root.name.endswith("_HR") or "LR_bicubic" in root.name
+
+
+def _detect(root: Path) -> str | None:
+    """The published layout ``root`` is in, by a look at its first two levels; None when
+    it is none of them (the generic ``pairs`` search applies)."""
+    if (root / "input").is_dir() and (root / "target").is_dir():
+        return "rain13k"
+    subdirs = _subdirs(root)
+    if any((d / "blur").is_dir() and (d / "sharp").is_dir() for d in subdirs):
+        return "gopro"
+    scenes = _subdirs(root / "Data") if (root / "Data").is_dir() else subdirs
+    for d in scenes:
+        try:
+            if any("NOISY" in f.name and _is_image(f) for f in d.iterdir()):
+                return "sidd"
+        except OSError:
+            continue
+    if _div2k_like(root):
+        return "div2k"
+    return None
+
+
+def _listing(root: Path, n: int = 6) -> str:
+    """What ``root`` holds, briefly: its folders (and what the first holds) and image files."""
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as err:
+        return f"an unreadable folder ({err})"
+    dirs = [e.name + "/" for e in entries if e.is_dir()]
+    images = [e.name for e in entries if _is_image(e)]
+    parts = []
+    if dirs:
+        first = _subdirs(root)[0]
+        inner = [e.name + "/" for e in _subdirs(first)] or \
+            [e.name for e in sorted(first.iterdir()) if _is_image(e)]
+        inside = f" ({dirs[0]} holds {_few(inner, 4)})" if inner else f" ({dirs[0]} is empty)"
+        parts.append(f"folder(s) {_few(dirs, n)}{inside}")
+    if images:
+        parts.append(f"{len(images)} image file(s) ({_few(images, 3)})")
+    return ", ".join(parts) if parts else "nothing (an empty folder)"
+
+
+def _hint(param: str, root: Path, rule: _Rule) -> str:
+    """A fix for a root that is not in ``rule.layout``: a subfolder that is, or the layout
+    the root looks like."""
+    wanted = {rule.layout} if rule.layout != "pairs" else set(LAYOUTS) - {"pairs", "div2k"}
+    inner = [d for d in _subdirs(root)[:50] if _detect(d) in wanted]
+    if inner:
+        # the split named like the param first: train/ for `train`, val/ or test/ for `val`
+        def rank(d: Path) -> int:
+            name = d.name.lower()
+            return 0 if ("train" in name) == (param == "train") else 1
+        inner.sort(key=rank)
+        other = "val" if param == "train" else "train"
+        return (f" The {_detect(inner[0])} layout is one level down: point `{param}` at '{inner[0]}'"
+                + (f" (and `{other}` at '{inner[1]}')" if len(inner) > 1 else ""))
+    found = _detect(root)
+    if found == "div2k":
+        return (" It looks like DIV2K, super-resolution data: use it with the sd_unet "
+                "super-resolution space (docs/tocsr.md)")
+    if found is not None:
+        return f" It looks like the {found} layout: set `layout: {found}`, or leave `layout` out"
+    if rule.layout == "gopro":
+        return (f" Folder names differ? set `input_dir`/`target_dir` (now "
+                f"{rule.input_dir!r}/{rule.target_dir!r})")
+    return ""
 
 
 def _read(path: Path) -> np.ndarray:
@@ -445,6 +605,8 @@ class RestorationData:
             (default :data:`DEFAULT_VAL_IMAGES`).
         images: synthetic only: the photo pool (default all of :data:`SYNTHETIC_IMAGES`).
         train, val: folders only: the roots of the training and validation pairs.
+        layout: folders only: one of :data:`LAYOUTS` (None: detected per root, see the
+            module docstring).
         input_dir, target_dir: folders only: names of the input and target folders.
         input_token, target_token: folders only: name tokens of same-folder pairs.
         cache: folders only: keep decoded images in memory.
@@ -461,7 +623,8 @@ class RestorationData:
                  val_size: int | None = 128, seed: int = 0, short_side: int = 192,
                  val_images: Sequence[str] | None = None, images: Sequence[str] | None = None,
                  train: str | os.PathLike | None = None, val: str | os.PathLike | None = None,
-                 input_dir: str = "input", target_dir: str = "target",
+                 layout: str | None = None, input_dir: str | None = None,
+                 target_dir: str | None = None,
                  input_token: str | None = None, target_token: str | None = None,
                  cache: bool = True, sigma: Any = None, kernel: str = "mixed",
                  blur_sigma: Any = None, motion_length: Any = None, rain_density: Any = None,
@@ -477,8 +640,9 @@ class RestorationData:
                        "rain_density": rain_density, "rain_length": rain_length,
                        "rain_angle": rain_angle, "rain_brightness": rain_brightness}
         if self.source == "synthetic":
-            for name, value in (("train", train), ("val", val), ("input_token", input_token),
-                                ("target_token", target_token)):
+            for name, value in (("train", train), ("val", val), ("layout", layout),
+                                ("input_dir", input_dir), ("target_dir", target_dir),
+                                ("input_token", input_token), ("target_token", target_token)):
                 if value is not None:
                     raise ValueError(f"`{name}` = {value!r} applies to `source: folders` only; "
                                      "remove it, or set `source: folders`")
@@ -492,7 +656,8 @@ class RestorationData:
             if kernel != "mixed":
                 raise ValueError(f"`kernel` = {kernel!r} applies to `source: synthetic` only; "
                                  "remove it")
-            self._init_folders(train, val, input_dir, target_dir, input_token, target_token, cache)
+            self._init_folders(train, val, layout, input_dir, target_dir, input_token,
+                               target_token, cache)
 
     # -- construction ---------------------------------------------------------
     def _init_synthetic(self, short_side: Any, val_images: Any, images: Any) -> None:
@@ -575,7 +740,7 @@ class RestorationData:
                                           if rain_brightness is None else rain_brightness, 0, 1,
                                           low_open=True, default=_RAIN_BRIGHTNESS_DEFAULT)
 
-    def _init_folders(self, train: Any, val: Any, input_dir: Any, target_dir: Any,
+    def _init_folders(self, train: Any, val: Any, layout: Any, input_dir: Any, target_dir: Any,
                       input_token: Any, target_token: Any, cache: Any) -> None:
         for name, value in (("train", train), ("val", val)):
             if value is None:
@@ -594,28 +759,54 @@ class RestorationData:
             if input_token == target_token:
                 raise ValueError(f"`input_token` and `target_token` are both {input_token!r}; "
                                  "they must differ")
-            if (input_dir, target_dir) != ("input", "target"):
+            if input_dir is not None or target_dir is not None:
                 raise ValueError("`input_dir`/`target_dir` and `input_token`/`target_token` "
                                  "are two ways to pair files; give one of them, not both")
         else:
             for name, value in (("input_dir", input_dir), ("target_dir", target_dir)):
-                if not isinstance(value, str) or not value or "/" in value or "\\" in value:
+                if value is not None and (not isinstance(value, str) or not value
+                                          or "/" in value or "\\" in value):
                     raise ValueError(f"`{name}` must be a folder name (no slashes), got "
                                      f"{value!r}; e.g. `{name}: "
                                      f"{'blur' if name == 'input_dir' else 'sharp'}`")
-            if input_dir == target_dir:
+            if input_dir is not None and input_dir == target_dir:
                 raise ValueError(f"`input_dir` and `target_dir` are both {input_dir!r}; they "
                                  "must differ (for pairs in one folder use `input_token`/"
                                  "`target_token`)")
         if not isinstance(cache, bool):
             raise ValueError(f"`cache` must be true or false, got {cache!r}")
-        self.input_dir, self.target_dir = input_dir, target_dir
-        self.input_token, self.target_token = input_token, target_token
+        if layout is not None:
+            _choice("layout", layout, LAYOUTS)
+            if layout == "div2k":
+                raise ValueError(_DIV2K_HERE)
+            dir_based = layout in ("rain13k", "gopro")
+            if (layout == "sidd" and (input_dir or target_dir)) or (
+                    dir_based and (input_token or target_token)):
+                raise ValueError(f"`layout: {layout}` pairs files by "
+                                 f"{'folder' if dir_based else 'name token'}; remove "
+                                 f"{'`input_token`/`target_token`' if dir_based else '`input_dir`/`target_dir`'}"
+                                 " or use `layout: pairs`")
+        self.layout = layout
         self.cache = cache
-        self.train_root, self.val_root = Path(train).expanduser(), Path(val).expanduser()
-        self._train_pairs = _find_pairs("train", train, input_dir, target_dir,
+        self.train_root, self.val_root = _root("train", train), _root("val", val)
+        self.rules: dict[str, _Rule] = {}
+        pairs = {}
+        for param, root in (("train", self.train_root), ("val", self.val_root)):
+            name = layout
+            if name is None and input_dir is None and target_dir is None and input_token is None:
+                name = _detect(root)
+                if name == "div2k":
+                    raise ValueError(f"`{param}` = '{root}' looks like DIV2K: {_DIV2K_HERE}")
+            rule, search = _layout_rule(name or "pairs", root, input_dir, target_dir,
                                         input_token, target_token)
-        self._val_pairs = _find_pairs("val", val, input_dir, target_dir, input_token, target_token)
+            self.rules[param] = rule
+            # names relative to the root given (SIDD searches its Data/ folder)
+            pairs[param] = [_Pair(p.inp.relative_to(root).as_posix(), p.inp, p.target)
+                            for p in _find_pairs(param, search, rule)]
+        self._train_pairs, self._val_pairs = pairs["train"], pairs["val"]
+        rule = self.rules["train"]
+        self.input_dir, self.target_dir = rule.input_dir, rule.target_dir
+        self.input_token, self.target_token = rule.input_token, rule.target_token
         self._decoded: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
@@ -697,6 +888,7 @@ class RestorationData:
         desc.update(train=str(self.train_root.resolve()), val=str(self.val_root.resolve()),
                     input_dir=self.input_dir, target_dir=self.target_dir,
                     input_token=self.input_token, target_token=self.target_token,
+                    layouts={k: r.layout for k, r in self.rules.items()},
                     train_files=files(self.train_root, self._train_pairs),
                     val_files=files(self.val_root, self._val_pairs))
         return desc

@@ -23,10 +23,16 @@ Params (YAML ``search_space.params``):
 ``task``, ``data``
     the restoration task (``denoise``, ``deblur``, ``derain``) and its data
     (:class:`.data.RestorationData` params: built-in photos with synthetic
-    degradations by default, or paired folders).
+    degradations by default, or paired folders, ``source: folders`` with
+    ``train`` and ``val`` roots in a published layout, ``layout: rain13k``,
+    ``gopro`` or ``sidd``, detected when left out, or the generic ``pairs``).
 ``teacher``
-    ``weights`` (a state dict to load instead of training), else ``steps``,
-    ``batch_size``, ``lr``, ``seed`` of its training.
+    ``weights`` (a state dict to load instead of training: this network's, or
+    a published Restormer checkpoint as released, ``{"params": ...}`` with its
+    own module names, see :mod:`.weights`; its LayerNorm type, WithBias or
+    BiasFree, sets ``network.norm_bias`` unless that is given; a file that
+    does not fit is a configuration error listing the missing and unexpected
+    keys), else ``steps``, ``batch_size``, ``lr``, ``seed`` of its training.
 ``distill``
     ``steps``, ``batch_size``, ``lr``, ``seed`` of the surrogates' distillation.
 ``input_size``
@@ -99,7 +105,7 @@ class NetworkParams(Params):
     bias: Bool | None = None
     """Biases in convolutions."""
     norm_bias: Bool | None = None
-    """Biases in LayerNorms."""
+    """Biases in LayerNorms: true is Restormer's WithBias, false its BiasFree (null: the preset's, or the type of `teacher.weights`)."""
     ssm: SSMParams = SSMParams()
     """The SSM block's hyper-parameters."""
 
@@ -113,7 +119,7 @@ class NetworkParams(Params):
 
 class TeacherParams(Params):
     weights: str | None = Field(None, min_length=1)
-    """A state dict to load (safely) instead of training; Restormer's {"params": ...} files work."""
+    """A state dict to load (safely) instead of training: this network's or a published Restormer checkpoint (deraining.pth ...)."""
     steps: Int = Field(600, ge=1, le=10_000_000)
     """Training steps of the all-transformer teacher."""
     batch_size: Int = Field(8, ge=1, le=4096)
@@ -157,7 +163,7 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         task: Literal["denoise", "deblur", "derain"] = "denoise"
         """The restoration task."""
         data: dict[str, Any] = {}
-        """RestorationData params: source (synthetic | folders), patch, val_size, seed, degradations, folders."""
+        """RestorationData params: source (synthetic | folders), patch, val_size, seed, degradations; folders: train, val, layout (pairs | rain13k | gopro | sidd; detected when left out)."""
         teacher: TeacherParams = TeacherParams()
         """The all-transformer teacher: weights to load, or steps, batch_size, lr, seed of its training."""
         distill: DistillParams = DistillParams()
@@ -171,7 +177,23 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         from nasframe_search_spaces.hybrid_unet.data import RestorationData
 
         p = self.params
-        self.config = net.preset(p.preset, **p.network.overrides())
+        overrides = p.network.overrides()
+        state = None
+        if p.teacher.weights is not None:
+            from pathlib import Path
+
+            from nasframe_search_spaces.hybrid_unet import weights
+
+            if not Path(p.teacher.weights).expanduser().is_file():
+                raise ParamError("teacher.weights", f"no file at {p.teacher.weights!r}; give the "
+                                 "path of a state dict saved with torch.save(model.state_dict(), "
+                                 "path), or of a published Restormer checkpoint")
+            # read now, so that `validate` finds a file that does not fit; the LayerNorm type
+            # (Restormer's WithBias or BiasFree) follows the file unless norm_bias is set
+            state = weights.to_network_keys(weights.read_state(p.teacher.weights))
+            if "norm_bias" not in overrides and weights.file_norm_bias(state) is not None:
+                overrides["norm_bias"] = weights.file_norm_bias(state)
+        self.config = net.preset(p.preset, **overrides)
         cfg = self.config
         for stage in net.STAGES:
             c, h = cfg.stage_channels(stage), cfg.stage_heads(stage)
@@ -183,12 +205,9 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         if "task" in self.data_params and self.data_params["task"] != p.task:
             raise ParamError("data.task", f"{self.data_params['task']!r} differs from `task` = "
                              f"{p.task!r}; set the task once, as `task`")
-        if p.teacher.weights is not None:
-            from pathlib import Path
-
-            if not Path(p.teacher.weights).expanduser().is_file():
-                raise ParamError("teacher.weights", f"no file at {p.teacher.weights!r}; give the "
-                                 "path of a state dict saved with torch.save(model.state_dict(), path)")
+        if state is not None:
+            weights.check_fits(state, cfg, repr(p.teacher.weights))
+            del state
         self.teacher_params = p.teacher.model_dump()
         self.distill_params = p.distill.model_dump()
         self.input_size = p.input_size

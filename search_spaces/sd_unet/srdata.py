@@ -8,10 +8,14 @@ downscaling with anti-aliasing (torch's ``interpolate``), or a blur kernel
 :func:`~nasframe_search_spaces.hybrid_unet.data.line_kernel` /
 :func:`~nasframe_search_spaces.hybrid_unet.data.gaussian_kernel`) convolved with
 reflected borders, several kernels per photo. Paired folders hold real data in
-DIV2K's layout::
+DIV2K's layout, as released or flattened::
 
-    ROOT/HR/0001.png
-    ROOT/LR_bicubic/X4/0001x4.png       (or ROOT/LR_bicubic/X4/0001.png)
+    DIV2K/DIV2K_train_HR/0001.png       ROOT/HR/0001.png
+    DIV2K/DIV2K_train_LR_bicubic/X4/0001x4.png
+                                        ROOT/LR_bicubic/X4/0001x4.png  (or .../0001.png)
+
+A released split is named by its HR folder (``DIV2K/DIV2K_train_HR``,
+``DIV2K/DIV2K_valid_HR``), or by the folder holding it when it holds one split.
 
 or, for deblurring, GoPro's (:func:`gopro_pairs`)::
 
@@ -167,19 +171,38 @@ def _read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
+def _div2k_dirs(root: Path, scale: int) -> tuple[Path, Path]:
+    """The HR folder and the LR folder of ``scale`` for ``root`` (see the module docstring),
+    or a ValueError saying what was expected and what ``root`` holds."""
+    if root.name.endswith("_HR") and root.is_dir():               # DIV2K/DIV2K_train_HR
+        released = [(root, root.parent / f"{root.name[:-3]}_LR_bicubic" / f"X{scale}")]
+    else:
+        released = [(d, root / f"{d.name[:-3]}_LR_bicubic" / f"X{scale}")
+                    for d in sorted(root.glob("*_HR")) if d.is_dir()]
+    if len(released) > 1:
+        raise ValueError(f"{root} holds {len(released)} DIV2K splits "
+                         f"({', '.join(d.name for d, _ in released)}); give the HR folder of one, "
+                         f"e.g. {released[0][0]}")
+    hr_dir, lr_dir = released[0] if released else (root / "HR", root / "LR_bicubic" / f"X{scale}")
+    for d in (hr_dir, lr_dir):
+        if not d.is_dir():
+            found = sorted(e.name + ("/" if e.is_dir() else "") for e in root.iterdir())[:6] \
+                if root.is_dir() else []
+            raise ValueError(f"{root}: no folder {d}/ (expected DIV2K's layout: "
+                             f"DIV2K_train_HR/ beside DIV2K_train_LR_bicubic/X{scale}/, or HR/ and "
+                             f"LR_bicubic/X{scale}/; found {', '.join(found) or 'nothing'})")
+    return hr_dir, lr_dir
+
+
 def folder_pairs(root: str | Path, scale: int = SCALE,
                  limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(lr, hr)`` pairs from a DIV2K-layout folder (``HR/`` and ``LR_bicubic/X{scale}/``),
+    """``(lr, hr)`` pairs from a DIV2K-layout folder (``DIV2K_<split>_HR/`` or ``HR/``, and
+    ``..._LR_bicubic/X{scale}/``; see the module docstring),
     sorted by name, at most ``limit``. The HR image is cropped to ``scale`` x the LR
     size (DIV2K's LR images are the floor of HR / scale). ValueError naming the
     problem: a missing folder, an HR image without its LR partner, sizes that do
     not match the scale."""
-    root = Path(root).expanduser()
-    hr_dir, lr_dir = root / "HR", root / "LR_bicubic" / f"X{scale}"
-    for d in (hr_dir, lr_dir):
-        if not d.is_dir():
-            raise ValueError(f"{root}: no folder {d.relative_to(root)}/ (expected DIV2K's layout: "
-                             f"HR/ and LR_bicubic/X{scale}/)")
+    hr_dir, lr_dir = _div2k_dirs(Path(root).expanduser(), scale)
     hr_files = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not hr_files:
         raise ValueError(f"{hr_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")

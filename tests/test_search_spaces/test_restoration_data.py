@@ -296,11 +296,14 @@ def test_token_layout_sidd(tmp_path: Path):
 def test_folder_errors(tmp_path: Path, gopro: Path):
     with pytest.raises(ValueError, match=r"`train` = '.*nowhere' does not exist"):
         RestorationData("deblur", "folders", train=tmp_path / "nowhere", val=gopro)
-    # default input/target names do not match the GoPro layout: say what was searched and how to fix
+    # the generic search's default input/target names do not match the GoPro layout: say what
+    # was searched and how to fix
     with pytest.raises(ValueError, match=r"`train` = '.*train': no image pairs found \(8 image "
                                          r"file\(s\) in all\); searched folders named `input_dir` "
-                                         r"= 'input'.*input_dir: blur, target_dir: sharp"):
-        RestorationData("deblur", "folders", train=gopro / "train", val=gopro / "test")
+                                         r"= 'input'.*input_dir: blur, target_dir: sharp.*set "
+                                         r"`layout` to one of pairs, rain13k, gopro, sidd, div2k"):
+        RestorationData("deblur", "folders", train=gopro / "train", val=gopro / "test",
+                        layout="pairs")
     with pytest.raises(ValueError, match=r"no image pairs found.*`input_token` = 'NOISY'"):
         RestorationData("denoise", "folders", train=gopro / "train", val=gopro / "test",
                         input_token="NOISY", target_token="GT")
