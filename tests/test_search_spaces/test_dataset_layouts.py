@@ -107,6 +107,7 @@ def _input_psnr(pairs: list[tuple[Path, Path]]) -> float:
 
 
 # -- end to end, one tiny run per layout -------------------------------------------
+@pytest.mark.slow
 def test_sidd_medium_as_released(tmp_path):
     sidd_medium(tmp_path / "SIDD_Medium_Srgb")
     sidd_medium(tmp_path / "held_out", scenes=("0199_009_GP_00800_01600_5500_N",))
@@ -123,6 +124,7 @@ def test_sidd_medium_as_released(tmp_path):
     assert report["input_psnr"] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_gopro_as_released(tmp_path):
     gopro(tmp_path / "GOPRO_Large")
     root = tmp_path / "GOPRO_Large"
@@ -139,6 +141,7 @@ def test_gopro_as_released(tmp_path):
     assert report["input_psnr"] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_rain13k_and_rain100l_as_restormer_ships_them(tmp_path):
     rain(tmp_path / "Datasets" / "train" / "Rain13K", "jpg")
     rain(tmp_path / "Datasets" / "test" / "Rain100L", "png", n=2, seed=5)
