@@ -172,9 +172,20 @@ class ExperimentConfig(_Model):
     skip_infeasible: bool = True
     #: hypervolume reference point per objective key (default: from the data)
     reference_point: dict[str, float] | None = None
-    #: torch device handed to spaces and objectives through the context
+    #: where spaces and objectives train and evaluate (cpu, cuda, cuda:N, mps; see
+    #: :mod:`nasframe.accel`); handed to them through the context
     device: str = "cpu"
+    #: autocast precision of that work: fp32, bf16 or fp16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cache_dir: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from nasframe.accel import parse_device
+
+        parse_device(v)           # its syntax; whether this machine has it: accel.problems
+        return v
 
     @field_validator("trial_timeout", mode="before")
     @classmethod
