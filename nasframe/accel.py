@@ -135,7 +135,10 @@ class Accelerator:
         tuples/lists/dicts of tensors (other leaves as they are)."""
         if isinstance(obj, torch.nn.Module):
             return obj.to(self.device)
-        return _map(obj, lambda t: t.to(self.device, non_blocking=True))
+        return _map(obj, self._move)
+
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, non_blocking=True)
 
     @staticmethod
     def host(obj: Any) -> Any:

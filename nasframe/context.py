@@ -73,6 +73,9 @@ class Context:
     device: str = "cpu"
     #: autocast precision of training and evaluation: fp32, bf16 or fp16
     precision: str = "fp32"
+    #: an :class:`~nasframe.accel.Accelerator` to use instead of the one ``device`` and
+    #: ``precision`` make (e.g. :class:`~nasframe.placement_check.EmulatedDevice` in tests)
+    accelerator: Accelerator | None = None
     cache_dir: Path | None = None
     console: Console = field(default_factory=lambda: Console(stderr=True))
     quiet: bool = False
@@ -83,6 +86,8 @@ class Context:
     def accel(self) -> Accelerator:
         """``device`` and ``precision`` as an :class:`~nasframe.accel.Accelerator`: what
         every training and evaluation loop places its modules and batches with."""
+        if self.accelerator is not None:
+            return self.accelerator
         if self._accel is None or self._accel[0] != (self.device, self.precision):
             from nasframe.accel import Accelerator
 

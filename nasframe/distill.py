@@ -268,9 +268,6 @@ def _fmt_shapes(shapes: list[tuple[int, ...]]) -> str:
     return " ".join(str(list(s)) for s in shapes) if shapes else "no tensor"
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    return _map_tensors(batch, lambda t: t.to(device))
-
 
 # ---------------------------------------------------------------------------------- distill
 
@@ -278,7 +275,7 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
             batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
             weight_decay: float = 0.0, grad_clip: float | None = 1.0, probe: Any = None,
             inputs_of: InputsOf | None = None, outputs_of: OutputsOf | None = None,
-            device: str | torch.device | None = None, precision: str = "fp32",
+            device: str | torch.device | Accelerator | None = None, precision: str = "fp32",
             progress: Any = None, description: str = "distilling") -> DistillResult:
     """Train each student to reproduce a teacher sub-module's output (feature MSE).
 
@@ -312,7 +309,8 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
     one student's activations plus one step's captured features.
 
     ``device``: where the inputs and students go (default: the teacher's
-    device; the teacher is not moved). ``precision``: ``fp32``, or ``bf16``/``fp16``
+    device; the teacher is not moved); an :class:`~nasframe.accel.Accelerator` (e.g.
+    ``ctx.accel``) gives the device and the precision. ``precision``: ``fp32``, or ``bf16``/``fp16``
     autocast of the teacher's and students' forward passes (fp16 with loss scaling;
     :mod:`nasframe.accel`). ``progress``: a started rich
     ``Progress``, a :class:`~nasframe.context.Context` (its ``ctx.progress()``
@@ -324,12 +322,15 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
         raise ConfigError("distill: no students given")
     if steps < 0:
         raise ConfigError(f"distill: steps must be >= 0 (got {steps})")
-    device = torch.device(device) if device is not None else _device_of(teacher)
-    accel = Accelerator(device, precision)
+    if isinstance(device, Accelerator):
+        accel = device
+    else:
+        accel = Accelerator(torch.device(device) if device is not None else _device_of(teacher),
+                            precision)
     inputs_of = inputs_of or _first_input
     start = time.perf_counter()
     for s in students.values():
-        s.to(device)
+        accel.to(s)
 
     modes = {m: m.training for m in teacher.modules()}
     capture = _Capture(teacher, names, inputs_of, outputs_of)
@@ -497,7 +498,9 @@ def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, A
     device = kwargs.get("device")
     for name, student in students.items():
         student.load_state_dict(states[name])
-        if device is not None:
+        if isinstance(device, Accelerator):
+            device.to(student)
+        elif device is not None:
             student.to(device)
         student.eval()
     return DistillResult.from_dict(json.loads((path / _RESULT_FILE).read_text()), cached=True)

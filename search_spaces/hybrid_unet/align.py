@@ -215,8 +215,7 @@ def prepare_surrogates(cfg: UNetConfig, teacher_model: HybridRestormer, data: Re
     with ctx.progress() as progress:
         result = distill_cached(ctx.cache, "hybrid_unet/surrogates", payload, teacher_model, students,
                                 batches, steps=params["steps"], lr=params["lr"], progress=progress,
-                                description="surrogates", device=ctx.accel.device,
-                                precision=ctx.accel.precision)
+                                description="surrogates", device=ctx.accel)
     bank = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
             for name, m in students.items()}
     rel = result.relative()

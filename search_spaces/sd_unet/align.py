@@ -123,7 +123,7 @@ def align(model: SDUNet, teacher: torch.nn.Module, teacher_digest: str, levels: 
                 result = distill(placed, group, batches, steps=n_steps, lr=lr, inputs_of=inputs_of,
                                  outputs_of=outputs_of, progress=ctx,
                                  description=f"distilling {len(group)} pair(s)",
-                                 device=ctx.accel.device, precision=ctx.accel.precision)
+                                 device=ctx.accel)
             after, before = result.relative(), result.relative(initial=True)
             for name, module in group.items():
                 state = {k: v.detach().cpu() for k, v in module.state_dict().items()}

@@ -1,0 +1,203 @@
+"""A placement check that needs no GPU: an emulated device on the CPU.
+
+:class:`EmulatedDevice` is an :class:`~nasframe.accel.Accelerator` whose "device" is
+the CPU with a mark: every tensor it places (modules' parameters and buffers, batches)
+is marked as *on the device*, and a torch dispatch mode carries the mark through
+every op, backward passes and optimiser steps included. An op that mixes a marked
+tensor with an unmarked one of one element or more fails at once, with the error
+CUDA gives ("Expected all tensors to be on the same device"), and so does
+``.numpy()`` of a marked tensor. ``.cpu()`` / ``.to("cpu")`` / :meth:`host` give
+unmarked copies, as a real device does.
+
+What it catches: a training or evaluation loop that forgets to move its model, a
+batch, a target, an embedding or a state, or that hands a device tensor to numpy.
+What it does not: tensors made by factory functions (``torch.zeros``, ``torch.randn``,
+``torch.tensor``) count as neutral, taking the mark of what they meet, because on
+the CPU a ``device=x.device`` argument cannot be told from no argument; a factory
+call that forgets ``device=`` is found only on a real GPU. Autocast is not emulated
+(precision is exercised on the CPU with bf16).
+
+Use (tests)::
+
+    dev = EmulatedDevice()
+    ctx.accelerator = dev
+    with dev:                      # the dispatch mode: mixing raises
+        space.prepare(ctx, needs)
+    assert dev.ops_on_device > 0   # the work did run "on the device"
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from nasframe.accel import Accelerator
+
+DEVICE, NEUTRAL = "device", "neutral"
+
+_aten = torch.ops.aten
+#: ops that legitimately take tensors of two devices (copies, CPU index tensors)
+_CROSS = {_aten._to_copy.default, _aten.copy_.default, _aten.index.Tensor,
+          _aten.index_put_.default, _aten.index_put.default, _aten._index_put_impl_.default,
+          _aten.set_.source_Tensor, _aten.set_.source_Storage_storage_offset,
+          _aten.detach.default, _aten.alias.default, _aten.lift_fresh.default,
+          _aten.lift_fresh_copy.default, _aten._local_scalar_dense.default}
+_FRESH = {_aten.lift_fresh.default, _aten.lift_fresh_copy.default}
+
+
+def _key(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage()._cdata
+    except Exception:  # noqa: BLE001 - no storage (sparse, nested): not tracked
+        return None
+
+
+class _Marks:
+    """The mark of every tracked storage (strong references: an address is never reused)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[int, tuple[str, Any]] = {}
+
+    def get(self, t: torch.Tensor) -> str | None:
+        k = _key(t)
+        return self.marks[k][0] if k in self.marks else None
+
+    def set(self, t: torch.Tensor, mark: str | None) -> None:
+        k = _key(t)
+        if k is None:
+            return
+        if mark is None:
+            self.marks.pop(k, None)
+        else:
+            self.marks[k] = (mark, t.untyped_storage())
+
+
+class _Dispatch(TorchDispatchMode):
+    def __init__(self, owner: EmulatedDevice):
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        marks = self.owner.marks
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        got = [marks.get(t) for t in tensors]
+        on_device = DEVICE in got
+        if on_device and func not in _CROSS:
+            host = [t for t, m in zip(tensors, got) if m is None and t.dim() > 0]
+            if host:
+                raise RuntimeError(
+                    f"Expected all tensors to be on the same device, but found at least two "
+                    f"devices, {self.owner.name} and cpu! ({func}: a host tensor of shape "
+                    f"{tuple(host[0].shape)} meets a device tensor; place it with accel.to)")
+        out = func(*args, **kwargs)
+        if on_device:
+            self.owner.ops_on_device += 1
+        mark = (DEVICE if on_device else NEUTRAL if func in _FRESH or not tensors
+                else None if None in got else NEUTRAL)
+        if func in (_aten._to_copy.default,):       # .float(), .to(dtype): the input's mark
+            mark = got[0] if got else mark
+        inputs = {_key(t) for t in tensors}
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor) and _key(o) not in inputs:   # in place: unchanged
+                marks.set(o, mark)
+        return out
+
+
+class _Function(TorchFunctionMode):
+    """``.cpu()`` / ``.to("cpu")`` give unmarked copies; ``.numpy()`` of a device tensor fails."""
+
+    def __init__(self, owner: EmulatedDevice):
+        super().__init__()
+        self.owner = owner
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        marks = self.owner.marks
+        name = getattr(func, "__name__", "")
+        if name in ("cpu", "to", "numpy") and args and isinstance(args[0], torch.Tensor) \
+                and marks.get(args[0]) == DEVICE:
+            t = args[0]
+            if name == "numpy":
+                raise TypeError(f"can't convert {self.owner.name} device type tensor to numpy. "
+                                "Use Tensor.cpu() to copy the tensor to host memory first.")
+            to_cpu = name == "cpu"
+            if name == "to":
+                device = torch._C._nn._parse_to(*args[1:], **kwargs)[0]
+                to_cpu = device is not None and device.type == "cpu"
+            if to_cpu:
+                out = func(*args, **kwargs)
+                out = out.clone() if _key(out) == _key(t) else out
+                marks.set(out, None)
+                return out
+        return func(*args, **kwargs)
+
+
+class EmulatedDevice(Accelerator):
+    """An accelerator on the CPU that marks what it places and checks every op (see the
+    module docstring for what that proves)."""
+
+    def __init__(self, precision: str = "fp32", name: str = "emulated:0"):
+        super().__init__("cpu", precision)
+        self.name = name
+        self.marks = _Marks()
+        self.ops_on_device = 0
+        self.placed_modules = 0
+        self.placed_tensors = 0
+        self._modes: list[contextlib.ExitStack] = []
+
+    def describe(self) -> str:
+        return self.name if self.precision == "fp32" else f"{self.name}, {self.precision} autocast"
+
+    def on_device(self, t: torch.Tensor) -> bool:
+        return self.marks.get(t) == DEVICE
+
+    def to(self, obj: Any) -> Any:
+        if isinstance(obj, torch.nn.Module):
+            self.placed_modules += 1
+            for t in (*obj.parameters(), *obj.buffers()):
+                self.marks.set(t, DEVICE)
+            return obj
+        return super().to(obj)
+
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        self.placed_tensors += 1
+        if self.marks.get(t) == DEVICE:
+            return t
+        out = t.clone()
+        self.marks.set(out, DEVICE)
+        return out
+
+    @contextlib.contextmanager
+    def placed(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        before = {id(t): self.marks.get(t) for t in (*module.parameters(), *module.buffers())}
+        try:
+            yield self.to(module)
+        finally:
+            for t in (*module.parameters(), *module.buffers()):
+                self.marks.set(t, before.get(id(t)))
+
+    def host(self, obj: Any) -> Any:
+        from nasframe.accel import _map
+
+        def one(t: torch.Tensor) -> torch.Tensor:
+            out = t.detach().float().clone() if t.is_floating_point() else t.detach().clone()
+            self.marks.set(out, None)
+            return out
+
+        return _map(obj, one)
+
+    def __enter__(self) -> EmulatedDevice:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_Function(self))
+        stack.enter_context(_Dispatch(self))
+        self._modes.append(stack)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._modes.pop().close()
