@@ -11,11 +11,12 @@ unmarked copies, as a real device does.
 
 What it catches: a training or evaluation loop that forgets to move its model, a
 batch, a target, an embedding or a state, or that hands a device tensor to numpy.
-What it does not: tensors made by factory functions (``torch.zeros``, ``torch.randn``,
-``torch.tensor``) count as neutral, taking the mark of what they meet, because on
-the CPU a ``device=x.device`` argument cannot be told from no argument; a factory
-call that forgets ``device=`` is found only on a real GPU. Autocast is not emulated
-(precision is exercised on the CPU with bf16).
+The device is spelt ``cpu:0`` (torch computes there as on the CPU): a marked
+tensor's ``.device`` says ``cpu:0``, so ``torch.zeros(n, device=x.device)`` and
+``y.to(x.device)`` land on the device, while a factory call without ``device=``
+lands on the host, as on a GPU. What it does not check: code that asks
+``x.is_cuda`` (it is False here), CUDA-only kernels, speed and numerics; autocast
+is exercised on the CPU with bf16, not emulated.
 
 Use (tests)::
 
@@ -38,7 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 from nasframe.accel import Accelerator
 
-DEVICE, NEUTRAL = "device", "neutral"
+DEVICE = "device"
 
 _aten = torch.ops.aten
 #: ops that legitimately take tensors of two devices (copies, CPU index tensors)
@@ -47,7 +48,6 @@ _CROSS = {_aten._to_copy.default, _aten.copy_.default, _aten.index.Tensor,
           _aten.set_.source_Tensor, _aten.set_.source_Storage_storage_offset,
           _aten.detach.default, _aten.alias.default, _aten.lift_fresh.default,
           _aten.lift_fresh_copy.default, _aten._local_scalar_dense.default}
-_FRESH = {_aten.lift_fresh.default, _aten.lift_fresh_copy.default}
 
 
 def _key(t: torch.Tensor) -> int | None:
@@ -98,8 +98,7 @@ class _Dispatch(TorchDispatchMode):
         out = func(*args, **kwargs)
         if on_device:
             self.owner.ops_on_device += 1
-        mark = (DEVICE if on_device else NEUTRAL if func in _FRESH or not tensors
-                else None if None in got else NEUTRAL)
+        mark = DEVICE if on_device else None
         if func in (_aten._to_copy.default,):       # .float(), .to(dtype): the input's mark
             mark = got[0] if got else mark
         inputs = {_key(t) for t in tensors}
@@ -110,40 +109,73 @@ class _Dispatch(TorchDispatchMode):
 
 
 class _Function(TorchFunctionMode):
-    """``.cpu()`` / ``.to("cpu")`` give unmarked copies; ``.numpy()`` of a device tensor fails."""
+    """The device's spelling (``cpu:0``): ``.device`` of a marked tensor, ``device=`` of
+    factory functions, ``.to(...)``; ``.cpu()`` / ``.to("cpu")`` give unmarked copies;
+    ``.numpy()`` of a device tensor fails."""
 
     def __init__(self, owner: EmulatedDevice):
         super().__init__()
         self.owner = owner
 
+    def _is_device(self, d: Any) -> bool:
+        try:
+            return d is not None and torch.device(d) == self.owner.device
+        except (RuntimeError, TypeError):
+            return False
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         marks = self.owner.marks
         name = getattr(func, "__name__", "")
-        if name in ("cpu", "to", "numpy") and args and isinstance(args[0], torch.Tensor) \
-                and marks.get(args[0]) == DEVICE:
-            t = args[0]
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if name == "__get__" and getattr(func, "__self__", None) is torch._C.TensorBase.device:
+            if first is not None and marks.get(first) == DEVICE:
+                return self.owner.device
+            return func(*args, **kwargs)
+        if name in ("cpu", "to", "numpy") and first is not None:
+            on = marks.get(first) == DEVICE
             if name == "numpy":
-                raise TypeError(f"can't convert {self.owner.name} device type tensor to numpy. "
-                                "Use Tensor.cpu() to copy the tensor to host memory first.")
-            to_cpu = name == "cpu"
-            if name == "to":
-                device = torch._C._nn._parse_to(*args[1:], **kwargs)[0]
-                to_cpu = device is not None and device.type == "cpu"
-            if to_cpu:
-                out = func(*args, **kwargs)
-                out = out.clone() if _key(out) == _key(t) else out
+                if on:
+                    raise TypeError(f"can't convert {self.owner.name} device type tensor to "
+                                    "numpy. Use Tensor.cpu() to copy the tensor to host memory "
+                                    "first.")
+                return func(*args, **kwargs)
+            device = torch.device("cpu") if name == "cpu" else \
+                torch._C._nn._parse_to(*args[1:], **kwargs)[0]
+            if device is None:
+                return func(*args, **kwargs)
+            rest = dict(kwargs)
+            rest.pop("device", None)
+            if self._is_device(device):              # onto the device
+                dtype = torch._C._nn._parse_to(*args[1:], **kwargs)[1]
+                out = first if dtype is None else first.to(dtype)
+                if on:
+                    return out
+                out = out.clone() if _key(out) == _key(first) else out
+                marks.set(out, DEVICE)
+                return out
+            if device.type == "cpu" and on:           # back to the host: a copy
+                dtype = None if name == "cpu" else torch._C._nn._parse_to(*args[1:], **kwargs)[1]
+                out = first if dtype is None else first.to(dtype)
+                out = out.clone() if _key(out) == _key(first) else out
                 marks.set(out, None)
                 return out
+            return func(*args, **kwargs)
+        if "device" in kwargs and self._is_device(kwargs["device"]):
+            out = func(*args, **{**kwargs, "device": "cpu"})
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor):
+                    marks.set(o, DEVICE)
+            return out
         return func(*args, **kwargs)
 
 
 class EmulatedDevice(Accelerator):
-    """An accelerator on the CPU that marks what it places and checks every op (see the
-    module docstring for what that proves)."""
+    """An accelerator on the CPU, spelt ``cpu:0``, that marks what it places and checks
+    every op (see the module docstring for what that proves)."""
 
     def __init__(self, precision: str = "fp32", name: str = "emulated:0"):
-        super().__init__("cpu", precision)
+        super().__init__(torch.device("cpu", 0), precision)
         self.name = name
         self.marks = _Marks()
         self.ops_on_device = 0
@@ -160,37 +192,11 @@ class EmulatedDevice(Accelerator):
     def to(self, obj: Any) -> Any:
         if isinstance(obj, torch.nn.Module):
             self.placed_modules += 1
-            for t in (*obj.parameters(), *obj.buffers()):
-                self.marks.set(t, DEVICE)
-            return obj
         return super().to(obj)
 
     def _move(self, t: torch.Tensor) -> torch.Tensor:
         self.placed_tensors += 1
-        if self.marks.get(t) == DEVICE:
-            return t
-        out = t.clone()
-        self.marks.set(out, DEVICE)
-        return out
-
-    @contextlib.contextmanager
-    def placed(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        before = {id(t): self.marks.get(t) for t in (*module.parameters(), *module.buffers())}
-        try:
-            yield self.to(module)
-        finally:
-            for t in (*module.parameters(), *module.buffers()):
-                self.marks.set(t, before.get(id(t)))
-
-    def host(self, obj: Any) -> Any:
-        from nasframe.accel import _map
-
-        def one(t: torch.Tensor) -> torch.Tensor:
-            out = t.detach().float().clone() if t.is_floating_point() else t.detach().clone()
-            self.marks.set(out, None)
-            return out
-
-        return _map(obj, one)
+        return super()._move(t)
 
     def __enter__(self) -> EmulatedDevice:
         stack = contextlib.ExitStack()
