@@ -47,7 +47,8 @@ _CROSS = {_aten._to_copy.default, _aten.copy_.default, _aten.index.Tensor,
           _aten.index_put_.default, _aten.index_put.default, _aten._index_put_impl_.default,
           _aten.set_.source_Tensor, _aten.set_.source_Storage_storage_offset,
           _aten.detach.default, _aten.alias.default, _aten.lift_fresh.default,
-          _aten.lift_fresh_copy.default, _aten._local_scalar_dense.default}
+          _aten.lift_fresh_copy.default, _aten._local_scalar_dense.default,
+          _aten._has_compatible_shallow_copy_type.default}
 
 
 def _key(t: torch.Tensor) -> int | None:
