@@ -182,9 +182,11 @@ class ExperimentConfig(_Model):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from nasframe.accel import parse_device
-
-        parse_device(v)           # its syntax; whether this machine has it: accel.problems
+        # its spelling only (no torch import here); whether this machine has it:
+        # nasframe.accel.problems, at validate and before a run
+        if not re.fullmatch(r"cpu|(cuda|mps)(:\d{1,3})?", v):
+            raise ValueError(f"{v!r} is not a device nasframe trains on; use cpu, cuda, "
+                             "cuda:N (N: the GPU's index) or mps")
         return v
 
     @field_validator("trial_timeout", mode="before")
