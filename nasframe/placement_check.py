@@ -15,7 +15,8 @@ The device is spelt ``cpu:0`` (torch computes there as on the CPU): a marked
 tensor's ``.device`` says ``cpu:0``, so ``torch.zeros(n, device=x.device)`` and
 ``y.to(x.device)`` land on the device, while a factory call without ``device=``
 lands on the host, as on a GPU. What it does not check: code that asks
-``x.is_cuda`` (it is False here), CUDA-only kernels, speed and numerics; autocast
+``x.is_cuda`` (it is False here), ops recorded by ``torch.jit.trace`` (MAC counters:
+not checked), CUDA-only kernels, speed and numerics; autocast
 is exercised on the CPU with bf16, not emulated.
 
 Use (tests)::
@@ -85,6 +86,8 @@ class _Dispatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if torch._C._is_tracing():      # a MAC counter's torch.jit.trace: not checked
+            return func(*args, **kwargs)
         marks = self.owner.marks
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         got = [marks.get(t) for t in tensors]
@@ -126,6 +129,8 @@ class _Function(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if torch._C._is_tracing():      # a MAC counter's torch.jit.trace: not checked
+            return func(*args, **kwargs)
         marks = self.owner.marks
         name = getattr(func, "__name__", "")
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -198,6 +203,15 @@ class EmulatedDevice(Accelerator):
     def _move(self, t: torch.Tensor) -> torch.Tensor:
         self.placed_tensors += 1
         return super()._move(t)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No checking inside (e.g. around ``torch.jit.trace``, which the modes confuse)."""
+        self.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.__enter__()
 
     def __enter__(self) -> EmulatedDevice:
         stack = contextlib.ExitStack()

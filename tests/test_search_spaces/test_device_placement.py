@@ -32,6 +32,11 @@ def _ens(**kw):
                            distill={"steps": 2, "batch_size": 2}, **kw)
 
 
+def _unchecked(dev, fn, *args):
+    with dev.paused():
+        return fn(*args)
+
+
 def _host_only(dev, tensors):
     return not any(dev.on_device(t) for t in tensors)
 
@@ -80,7 +85,7 @@ def test_a_loop_that_forgets_the_model_fails_on_the_emulated_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_sd_teacher_alignment_fidelity_and_sr_run_on_the_device(tmp_path):
+def test_sd_teacher_alignment_fidelity_and_sr_run_on_the_device(tmp_path, monkeypatch):
     """sd_unet: the latent-diffusion teacher's training (VAE, latent pool, U-Net), the
     distillation of a candidate's pairs and the fidelity objective, then the SR
     adaptation (SR model, N-step targets, one-step student, fidelity decoder, the
@@ -99,6 +104,8 @@ def test_sd_teacher_alignment_fidelity_and_sr_run_on_the_device(tmp_path):
     space = SDUNetSpace({"preset": "tiny", "latent_size": 8, "teacher": {"train": train},
                          "fidelity": {"samples": 2, "batch_size": 2}, "surrogate_steps": 2})
     ctx = plugin_context(tmp_path, accelerator=dev)
+    gmacs = sr.gmacs                  # fvcore's torch.jit.trace (on the CPU) runs unchecked
+    monkeypatch.setattr(sr, "gmacs", lambda *a: _unchecked(dev, gmacs, *a))
     with dev:
         space.prepare(ctx, frozenset({Teacher, BlockAlignment}))
         after_teacher = dev.ops_on_device
