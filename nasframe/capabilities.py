@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from nasframe.accel import Accelerator
     from nasframe.architecture import Architecture
     from nasframe.context import Context
     from nasframe.deploy import ExportResult
@@ -153,10 +154,13 @@ class Finetunable(Capability):
 
     @abc.abstractmethod
     def finetune(self, model: torch.nn.Module, steps: int, *, seed: int, lr: float | None = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
+                 on_step: Callable[[int], None] | None = None,
+                 accel: Accelerator | None = None) -> None:
         """Train ``model`` in place for ``steps`` steps with the space's loss and data
         (``seed`` picks the batches; ``lr`` None: the space's default); ``on_step(k)``
-        runs after step ``k`` (1-based) and may raise to stop the training there."""
+        runs after step ``k`` (1-based) and may raise to stop the training there.
+        ``accel`` (:mod:`nasframe.accel`; None: the CPU in fp32): where and at which
+        precision it trains; the model is moved there and left there."""
 
 
 class Exportable(Capability):

@@ -156,6 +156,9 @@ def _validate_cmd(args: argparse.Namespace) -> int:
     cfg, _ = _load(args.experiment)
     with trust.check_only():     # names of code are checked, never imported, by validate
         exp = Experiment.from_config(cfg, get_plugins(), source=args.experiment)
+    from nasframe import accel
+
+    accel.check(cfg.device, cfg.precision)    # device: cuda on a machine without a GPU: exit 2
     space = exp.space
     n_refs = len(space.reference_architectures())
     out.print(f"[green]ok[/green] {args.experiment}: search space '{space.name}' "
@@ -163,7 +166,9 @@ def _validate_cmd(args: argparse.Namespace) -> int:
               f"{n_refs} reference), objectives "
               + ", ".join(f"{s.key} ({s.direction})" for s in exp.specs)
               + (f", constraints {', '.join(map(str, exp.constraints))}" if exp.constraints else "")
-              + f", strategy '{cfg.strategy.name}'")
+              + f", strategy '{cfg.strategy.name}'"
+              + (f", on {cfg.device}" if cfg.device != "cpu" else "")
+              + (f" ({cfg.precision} autocast)" if cfg.precision != "fp32" else ""))
     return 0
 
 

@@ -172,9 +172,22 @@ class ExperimentConfig(_Model):
     skip_infeasible: bool = True
     #: hypervolume reference point per objective key (default: from the data)
     reference_point: dict[str, float] | None = None
-    #: torch device handed to spaces and objectives through the context
+    #: where spaces and objectives train and evaluate (cpu, cuda, cuda:N, mps; see
+    #: :mod:`nasframe.accel`); handed to them through the context
     device: str = "cpu"
+    #: autocast precision of that work: fp32, bf16 or fp16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cache_dir: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        # its spelling only (no torch import here); whether this machine has it:
+        # nasframe.accel.problems, at validate and before a run
+        if not re.fullmatch(r"cpu|(cuda|mps)(:\d{1,3})?", v):
+            raise ValueError(f"{v!r} is not a device nasframe trains on; use cpu, cuda, "
+                             "cuda:N (N: the GPU's index) or mps")
+        return v
 
     @field_validator("trial_timeout", mode="before")
     @classmethod

@@ -7,11 +7,14 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from nasframe import checkpoint
+
+if TYPE_CHECKING:
+    from nasframe.accel import Accelerator
 
 
 def content_hash(payload: Any) -> str:
@@ -68,11 +71,28 @@ class Context:
     run_dir: Path
     seed: int = 0
     device: str = "cpu"
+    #: autocast precision of training and evaluation: fp32, bf16 or fp16
+    precision: str = "fp32"
+    #: an :class:`~nasframe.accel.Accelerator` to use instead of the one ``device`` and
+    #: ``precision`` make (e.g. :class:`~nasframe.placement_check.EmulatedDevice` in tests)
+    accelerator: Accelerator | None = None
     cache_dir: Path | None = None
     console: Console = field(default_factory=lambda: Console(stderr=True))
     quiet: bool = False
     op_handles: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accel(self) -> Accelerator:
+        """``device`` and ``precision`` as an :class:`~nasframe.accel.Accelerator`: what
+        every training and evaluation loop places its modules and batches with."""
+        if self.accelerator is not None:
+            return self.accelerator
+        if self._accel is None or self._accel[0] != (self.device, self.precision):
+            from nasframe.accel import Accelerator
+
+            self._accel = ((self.device, self.precision), Accelerator(self.device, self.precision))
+        return self._accel[1]
 
     def seed_for(self, own: int | None) -> int:
         """A component's seed: its own when set, else the experiment's."""
@@ -80,6 +100,7 @@ class Context:
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        self._accel: tuple[tuple[str, str], Accelerator] | None = None
         self.cache = ArtifactCache(Path(self.cache_dir) if self.cache_dir else self.run_dir / "cache")
 
     def progress(self, transient: bool = True):

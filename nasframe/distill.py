@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from nasframe import checkpoint
+from nasframe.accel import Accelerator
 from nasframe.context import ArtifactCache
 from nasframe.errors import ConfigError
 
@@ -267,9 +268,6 @@ def _fmt_shapes(shapes: list[tuple[int, ...]]) -> str:
     return " ".join(str(list(s)) for s in shapes) if shapes else "no tensor"
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    return _map_tensors(batch, lambda t: t.to(device))
-
 
 # ---------------------------------------------------------------------------------- distill
 
@@ -277,7 +275,7 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
             batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
             weight_decay: float = 0.0, grad_clip: float | None = 1.0, probe: Any = None,
             inputs_of: InputsOf | None = None, outputs_of: OutputsOf | None = None,
-            device: str | torch.device | None = None,
+            device: str | torch.device | Accelerator | None = None, precision: str = "fp32",
             progress: Any = None, description: str = "distilling") -> DistillResult:
     """Train each student to reproduce a teacher sub-module's output (feature MSE).
 
@@ -311,7 +309,10 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
     one student's activations plus one step's captured features.
 
     ``device``: where the inputs and students go (default: the teacher's
-    device; the teacher is not moved). ``progress``: a started rich
+    device; the teacher is not moved); an :class:`~nasframe.accel.Accelerator` (e.g.
+    ``ctx.accel``) gives the device and the precision. ``precision``: ``fp32``, or ``bf16``/``fp16``
+    autocast of the teacher's and students' forward passes (fp16 with loss scaling;
+    :mod:`nasframe.accel`). ``progress``: a started rich
     ``Progress``, a :class:`~nasframe.context.Context` (its ``ctx.progress()``
     bar is used), or None. Students come back in eval mode; the teacher's
     modes, parameters and hooks are as before.
@@ -321,21 +322,25 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
         raise ConfigError("distill: no students given")
     if steps < 0:
         raise ConfigError(f"distill: steps must be >= 0 (got {steps})")
-    device = torch.device(device) if device is not None else _device_of(teacher)
+    if isinstance(device, Accelerator):
+        accel = device
+    else:
+        accel = Accelerator(torch.device(device) if device is not None else _device_of(teacher),
+                            precision)
     inputs_of = inputs_of or _first_input
     start = time.perf_counter()
     for s in students.values():
-        s.to(device)
+        accel.to(s)
 
     modes = {m: m.training for m in teacher.modules()}
     capture = _Capture(teacher, names, inputs_of, outputs_of)
     try:
         teacher.eval()
         probes = probe if isinstance(probe, list) else [batches(-1) if probe is None else probe]
-        initial, reference = _measure(teacher, students, capture, probes, device)
-        _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_clip, device,
+        initial, reference = _measure(teacher, students, capture, probes, accel)
+        _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_clip, accel,
                progress, description)
-        final, _ = _measure(teacher, students, capture, probes, device)
+        final, _ = _measure(teacher, students, capture, probes, accel)
     finally:
         capture.remove()
         for m, mode in modes.items():
@@ -346,14 +351,14 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
                          seconds=time.perf_counter() - start)
 
 
-def _measure(teacher, students, capture, probes, device) -> tuple[dict[str, float], dict[str, float]]:
+def _measure(teacher, students, capture, probes, accel) -> tuple[dict[str, float], dict[str, float]]:
     loss = {n: 0.0 for n in students}
     ref = {n: 0.0 for n in students}
     for s in students.values():
         s.eval()
-    with torch.no_grad():
+    with torch.no_grad(), accel.autocast():
         for batch in probes:
-            records = capture.run(teacher, _to(batch, device))
+            records = capture.run(teacher, accel.to(batch))
             for name, student in students.items():
                 l, r = _pair_loss(name, student, records.pop(name))
                 loss[name] += float(l) / len(probes)
@@ -361,7 +366,7 @@ def _measure(teacher, students, capture, probes, device) -> tuple[dict[str, floa
     return loss, ref
 
 
-def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_clip, device,
+def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_clip, accel,
            progress, description) -> None:
     if steps == 0:
         return
@@ -374,6 +379,8 @@ def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_cl
     opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay) if flat else None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opt else None
     every = max(1, steps // 100)
+    device = accel.device
+    scaler = accel.grad_scaler()          # fp16: loss scaling; otherwise passes through
     # inside a cached artifact's make: checkpoint, and resume after a stop (nasframe.checkpoint)
     ckpt = checkpoint.loop()
     tensors = [t for s in students.values() for t in (*s.parameters(), *s.buffers())]
@@ -385,22 +392,28 @@ def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_cl
             s.train()
         running_loss = running_rel = None
         for step in range(start, steps):
-            records = capture.run(teacher, _to(batches(step), device))
+            with accel.autocast():
+                records = capture.run(teacher, accel.to(batches(step)))
             if opt:
                 opt.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
             step_rel = torch.zeros((), device=device)
             for name, student in students.items():
-                loss, ref = _pair_loss(name, student, records.pop(name))
+                with accel.autocast():
+                    loss, ref = _pair_loss(name, student, records.pop(name))
                 if loss.requires_grad:
-                    loss.backward()
+                    scaler.scale(loss).backward()
                 loss = loss.detach()
                 step_loss += loss
                 step_rel += loss / ref.clamp_min(1e-12)
-                if grad_clip is not None and params[name]:
-                    nn.utils.clip_grad_norm_(params[name], grad_clip)
             if opt:
-                opt.step()
+                scaler.unscale_(opt)
+                if grad_clip is not None:       # each student's gradient norm on its own
+                    for name in students:
+                        if params[name]:
+                            nn.utils.clip_grad_norm_(params[name], grad_clip)
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
             n = len(students)
             running_loss = step_loss / n if running_loss is None else 0.9 * running_loss + 0.1 * step_loss / n
@@ -485,7 +498,9 @@ def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, A
     device = kwargs.get("device")
     for name, student in students.items():
         student.load_state_dict(states[name])
-        if device is not None:
+        if isinstance(device, Accelerator):
+            device.to(student)
+        elif device is not None:
             student.to(device)
         student.eval()
     return DistillResult.from_dict(json.loads((path / _RESULT_FILE).read_text()), cached=True)

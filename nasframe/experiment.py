@@ -200,7 +200,11 @@ class Experiment:
         kwargs: dict[str, Any] = {}
         if console is not None:
             kwargs["console"] = console
+        from nasframe import accel
+
+        accel.check(self.cfg.device, self.cfg.precision)   # ConfigError: no such device here
         return Context(run_dir=Path(run_dir), seed=self.cfg.seed, device=self.cfg.device,
+                       precision=self.cfg.precision,
                        cache_dir=Path(self.cfg.cache_dir) if self.cfg.cache_dir else None,
                        quiet=quiet, op_handles=self.plugins.op_handles.as_dict(), **kwargs)
 

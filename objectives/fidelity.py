@@ -83,7 +83,7 @@ class Fidelity(PartObjective):
         space.teacher(self.part)
 
     def device(self, ctx: Context) -> str:
-        return "cpu"
+        return ctx.accel.describe()     # the experiment's device (and autocast precision)
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         import torch
@@ -106,9 +106,13 @@ class Fidelity(PartObjective):
         err: dict[str, float] = {}
         ref: dict[str, float] = {}
         samples = 0
+        accel = ctx.accel
         model.eval()
-        with torch.inference_mode():
+        # both on the experiment's device for the pass; back where they were afterwards
+        with accel.placed(teacher) as teacher, accel.placed(model) as model, \
+                torch.inference_mode(), accel.autocast():
             for inputs in inputs_list:
+                inputs = accel.to(inputs)
                 if channels:
                     t_out, t_feat = teacher(*inputs, return_features=True)
                     s_out, s_feat = model(*inputs, return_features=True)

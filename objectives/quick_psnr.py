@@ -124,29 +124,31 @@ class QuickPSNR(Objective):
         return clean + noise * (self.sigma / 255.0), clean
 
     # -- evaluation ------------------------------------------------------
+    def device(self, ctx: Context) -> str:
+        return ctx.accel.describe()     # the experiment's device (and autocast precision)
+
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
         import torch
 
         train, clean, noisy = self._dataset(ctx.seed)
-        model = candidate.model
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        clean, noisy = clean.to(device), noisy.to(device)
+        accel = ctx.accel
         gen = torch.Generator().manual_seed(_seed(ctx.seed, 0, candidate.seed))
-        params = [p for p in model.parameters() if p.requires_grad]
-        with _weights_restored(model):
+        # on the experiment's device; the shared model goes back where it was afterwards
+        with accel.placed(candidate.model) as model, _weights_restored(model):
+            params = [p for p in model.parameters() if p.requires_grad]
             if params and self.steps:
                 opt = torch.optim.Adam(params, lr=self.lr)
+                scaler = accel.grad_scaler()
                 with model_mode(model, training=True), torch.enable_grad():
                     for _ in range(self.steps):
-                        x, y = (t.to(device) for t in self._batch(train, gen))
-                        out = model(x)
+                        x, y = accel.to(self._batch(train, gen))
+                        with accel.autocast():
+                            out = model(x)
                         _check_output(out, x)
-                        loss = torch.nn.functional.mse_loss(out, y)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-            with model_mode(model, training=False), torch.no_grad():
-                outs = [model(noisy[i:i + 1]) for i in range(len(noisy))]
+                        loss = torch.nn.functional.mse_loss(out.float(), y)
+                        accel.step(loss, opt, scaler)
+            with model_mode(model, training=False), torch.no_grad(), accel.autocast():
+                outs = [accel.host(model(accel.to(noisy[i:i + 1]))) for i in range(len(noisy))]
         for out, x in zip(outs, noisy):
             _check_output(out, x[None])
         value = sum(psnr(o[0], c) for o, c in zip(outs, clean)) / len(outs)

@@ -33,7 +33,7 @@ class _ImageQuality(Objective):
         """Score only the first N validation images (default: all)."""
 
     def device(self, ctx: Context) -> str:
-        return "cpu"
+        return ctx.accel.describe()     # the experiment's device (and autocast precision)
 
     def score(self, output, target) -> float:
         raise NotImplementedError
@@ -42,11 +42,14 @@ class _ImageQuality(Objective):
         import torch
 
         pairs = candidate.space.validation_pairs()[:self.params.max_images]
-        model = candidate.model.eval()
+        accel = ctx.accel
         scores = []
-        with torch.inference_mode():
+        # on the experiment's device; the shared model goes back to the CPU afterwards
+        with accel.placed(candidate.model.eval()) as model, torch.inference_mode():
             for inp, target in pairs:
-                scores.append(self.score(model(inp).clamp(0, 1), target))
+                with accel.autocast():
+                    out = model(accel.to(inp))
+                scores.append(self.score(accel.host(out).clamp(0, 1), target))
         return Value(sum(scores) / len(scores), {"images": len(pairs),
                                                  "per_image": [round(s, 4) for s in scores]})
 
@@ -106,11 +109,15 @@ class FinetunedPSNR(_ImageQuality):
 
         return min(psnr(output, target), 100.0)
 
-    def _psnr(self, model, pairs) -> float:
+    def _psnr(self, model, pairs, accel) -> float:
         import torch
 
+        scores = []
         with torch.inference_mode():
-            scores = [self.score(model(inp).clamp(0, 1), target) for inp, target in pairs]
+            for inp, target in pairs:
+                with accel.autocast():
+                    out = model(accel.to(inp))
+                scores.append(self.score(accel.host(out).clamp(0, 1), target))
         return sum(scores) / len(scores)
 
     def evaluate(self, candidate: Candidate, ctx: Context) -> Value:
@@ -120,20 +127,22 @@ class FinetunedPSNR(_ImageQuality):
 
         p = self.params
         pairs = candidate.space.validation_pairs()[:p.max_images]
-        model = copy.deepcopy(candidate.model)       # the shared model stays as built
-        start = self._psnr(model.eval(), pairs)
+        accel = ctx.accel
+        model = accel.to(copy.deepcopy(candidate.model))   # the shared model stays as built
+        start = self._psnr(model.eval(), pairs, accel)
         candidate.report(start, 0)
         last = {"step": 0, "psnr": start}
 
         def on_step(k: int) -> None:
             if k % p.eval_every and k != p.steps:
                 return
-            last.update(step=k, psnr=self._psnr(model, pairs))
+            last.update(step=k, psnr=self._psnr(model, pairs, accel))
             candidate.report(last["psnr"], k)
             if candidate.should_prune():
                 raise TrialPruned()
 
-        candidate.space.finetune(model, p.steps, seed=candidate.seed, lr=p.lr, on_step=on_step)
+        candidate.space.finetune(model, p.steps, seed=candidate.seed, lr=p.lr, on_step=on_step,
+                                 accel=accel)
         return Value(last["psnr"], {"images": len(pairs), "steps": p.steps,
                                     "psnr_before": round(start, 4)})
 

@@ -16,12 +16,21 @@ the task returns). A worker that dies fails its trial ("worker died"): the
 local cluster allows no retries of a task whose worker died, so a trial that
 kills its worker is not re-run on every other worker; a remote scheduler
 applies its own ``distributed.scheduler.allowed-failures``.
+
+GPUs: with ``device: cuda`` in the experiment, each worker of the local cluster
+gets its own GPU: ``CUDA_VISIBLE_DEVICES`` of worker ``i`` is the ``i``-th visible
+GPU (round-robin when there are more workers than GPUs, which then share), so
+``cuda`` in every worker is its own card. ``params.gpus`` overrides the list (GPU
+indices or UUIDs) or turns it off (``none``); ``device: cuda:N`` asks for one
+card and turns it off too. A remote cluster's workers get their GPUs from
+whoever starts them (e.g. ``dask cuda worker`` of dask-cuda, one per GPU).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+import os
+from typing import Any, Literal
 
 from nasframe.executor import Executor, ExecutorParams, Job, failed
 from nasframe.params import Bool, Field
@@ -29,6 +38,59 @@ from nasframe.trial import Trial
 
 #: how often in-flight trials are checked (seconds)
 POLL = 0.2
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES``'s entries when it is set,
+    else ``0 .. n-1`` for the n GPUs torch sees (none without CUDA)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except Exception:  # noqa: BLE001 - no torch, no GPUs
+        return []
+
+
+def gpu_plan(workers: int, device: str, gpus: list[str] | str = "auto",
+             visible: list[str] | None = None) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` for each of ``workers`` local workers, or None (no
+    pinning): ``auto`` pins when ``device`` is ``cuda`` (or ``cuda:0``) and GPUs are
+    visible; a list pins to those GPUs; ``none`` never pins. Round-robin: worker ``i``
+    gets GPU ``i % len(gpus)``."""
+    if gpus == "none":
+        return None
+    if gpus == "auto":
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or index not in ("", "0"):
+            return None
+        gpus = visible_gpus() if visible is None else visible
+    if not gpus:
+        return None
+    return [str(gpus[i % len(gpus)]) for i in range(workers)]
+
+
+def _pinned_cluster(plan: list[str], **kwargs: Any):
+    """A LocalCluster whose ``i``-th worker process sees only GPU ``plan[i]`` (set by its
+    nanny, so a restarted worker keeps it)."""
+    from dask.distributed import LocalCluster
+
+    class PinnedCluster(LocalCluster):
+        def new_worker_spec(self):
+            spec = super().new_worker_spec()
+            for name, one in spec.items():
+                gpu = plan[len(self._pinned) % len(plan)]
+                self._pinned[name] = gpu
+                env = {**one.get("options", {}).get("env", {}), "CUDA_VISIBLE_DEVICES": gpu}
+                spec[name] = {**one, "options": {**one.get("options", {}), "env": env}}
+            return spec
+
+    PinnedCluster._pinned = {}         # worker name -> its GPU (this class is made per cluster)
+    cluster = PinnedCluster(n_workers=0, **kwargs)
+    cluster.scale(len(plan))
+    return cluster
 
 
 class DaskExecutor(Executor):
@@ -43,6 +105,8 @@ class DaskExecutor(Executor):
         """A running scheduler, e.g. tcp://host:8786 (default: a local cluster of `workers` processes)."""
         dashboard: Bool = False
         """Serve the local cluster's Dask dashboard (on a free port)."""
+        gpus: list[str] | Literal["auto", "none"] = "auto"
+        """One GPU per local worker: auto (the visible GPUs when device is cuda), a list of GPU indices/UUIDs, or none."""
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
@@ -52,6 +116,8 @@ class DaskExecutor(Executor):
         self._cluster: Any = None
         self._job: Job | None = None
         self._pids: dict[str, int] = {}
+        #: CUDA_VISIBLE_DEVICES of each local worker (None: not pinned)
+        self.gpu_plan: list[str] | None = None
 
     def start(self, job: Job) -> None:
         import dask
@@ -59,12 +125,18 @@ class DaskExecutor(Executor):
 
         self._job = job
         if self.address is None:
+            self.gpu_plan = gpu_plan(self.workers, job.context.device, self.params.gpus)
+            kwargs = dict(threads_per_worker=1, processes=True,
+                          dashboard_address=":0" if self.dashboard else None)
             with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                                   "distributed.worker.daemon": False}):
-                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                             processes=True,
-                                             dashboard_address=":0" if self.dashboard else None)
+                if self.gpu_plan is None:
+                    self._cluster = LocalCluster(n_workers=self.workers, **kwargs)
+                else:                   # each worker process sees its own GPU as cuda:0
+                    self._cluster = _pinned_cluster(self.gpu_plan, **kwargs)
                 self._client = Client(self._cluster)
+                if self.gpu_plan is not None:
+                    self._client.wait_for_workers(self.workers, timeout=120)
         else:
             self._client = Client(self.address)
         if job.warm is not None:        # build the experiment in every worker before timing trials
@@ -169,4 +241,6 @@ class DaskExecutor(Executor):
 
     def describe(self) -> str:
         where = self.address or f"local cluster, {self.workers} worker(s)"
+        if self.gpu_plan is not None:
+            where += f", GPUs {','.join(self.gpu_plan)} (one per worker)"
         return f"dask ({where})"

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from nasframe.distill import distill_cached, module_digest
 from nasframe import checkpoint
+from nasframe.accel import CPU, Accelerator
 from nasframe_search_spaces.hybrid_unet.data import RestorationData, psnr
 from nasframe_search_spaces.hybrid_unet.network import HybridRestormer, UNetConfig, make_block
 from nasframe_search_spaces.hybrid_unet.weights import (check_fits, is_published, read_state,
@@ -66,23 +67,31 @@ def all_kinds(cfg: UNetConfig, kind: str) -> dict[str, list[str]]:
     return {s: [kind] * cfg.stage_blocks(s) for s in STAGES}
 
 
-def evaluate_psnr(model: torch.nn.Module, pairs, max_images: int | None = None) -> float:
-    """Mean PSNR (dB, peak 1) of ``model``'s clamped outputs over validation pairs."""
-    model.eval()
+def evaluate_psnr(model: torch.nn.Module, pairs, max_images: int | None = None,
+                  accel: Accelerator = CPU) -> float:
+    """Mean PSNR (dB, peak 1) of ``model``'s clamped outputs over validation pairs, the
+    model run on ``accel`` (and left there)."""
+    model = accel.to(model).eval()
     values = []
     with torch.inference_mode():
         for inp, target in pairs[:max_images]:
-            values.append(psnr(model(inp).clamp(0, 1), target))
+            with accel.autocast():
+                out = model(accel.to(inp))
+            values.append(psnr(accel.host(out).clamp(0, 1), target))
     return float(sum(values) / len(values))
 
 
 def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, batch_size: int,
                 lr: float, progress=None, description: str = "training",
-                step_offset: int = 0, warmup: int = 0, on_step=None) -> list[float]:
+                step_offset: int = 0, warmup: int = 0, on_step=None,
+                accel: Accelerator = CPU) -> list[float]:
     """Train ``model`` to restore ``data``'s training crops (L1 loss, AdamW, ``warmup``
     steps of linear warm-up, then cosine decay to 1% of ``lr``); returns the loss curve.
+    The model trains on ``accel`` (moved there, and left there) at its precision.
     ``on_step(k)`` runs after step ``k`` (1-based; the model in eval mode meanwhile) and
     may raise to stop the training."""
+    model = accel.to(model)
+    scaler = accel.grad_scaler()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, betas=(0.9, 0.999))
 
     def factor(step: int) -> float:
@@ -104,12 +113,10 @@ def train_model(model: torch.nn.Module, data: RestorationData, *, steps: int, ba
     task = progress.add_task(description, total=steps, completed=start, info="") \
         if progress is not None else None
     for step in range(start, steps):
-        inp, target = data.train_batch(batch_size, step_offset + step)
-        loss = F.l1_loss(model(inp), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        inp, target = accel.to(data.train_batch(batch_size, step_offset + step))
+        with accel.autocast():
+            loss = F.l1_loss(model(inp).float(), target)
+        accel.step(loss, opt, scaler, clip=1.0)
         sched.step()
         losses.append(loss.item())
         if progress is not None:
@@ -153,8 +160,9 @@ def prepare_teacher(cfg: UNetConfig, data: RestorationData, ctx, teacher: dict[s
         start = time.time()
         with ctx.progress() as progress:
             losses = train_model(fresh, data, steps=teacher["steps"], batch_size=teacher["batch_size"],
-                                 lr=teacher["lr"], progress=progress, description="teacher")
-        torch.save(fresh.state_dict(), path)
+                                 lr=teacher["lr"], progress=progress, description="teacher",
+                                 accel=ctx.accel)
+        torch.save({k: v.cpu() for k, v in fresh.state_dict().items()}, path)
         report.update(seconds=time.time() - start, final_l1=sum(losses[-20:]) / max(len(losses[-20:]), 1))
 
     path = ctx.cache.get_or_create("hybrid_unet/teacher", payload, make, suffix=".pt")
@@ -167,7 +175,9 @@ def prepare_teacher(cfg: UNetConfig, data: RestorationData, ctx, teacher: dict[s
 def prepare_surrogates(cfg: UNetConfig, teacher_model: HybridRestormer, data: RestorationData,
                        ctx, params: dict[str, Any]) -> tuple[dict[str, dict[str, torch.Tensor]],
                                                             dict[str, Any]]:
-    """One distilled SSM block per block position of the teacher."""
+    """One distilled SSM block per block position of the teacher (which is moved to the
+    context's device, with the students)."""
+    teacher_model = ctx.accel.to(teacher_model)
     torch.manual_seed(params["seed"])
     students = {}
     for position, (stage, i) in enumerate(cfg.slots()):
@@ -185,8 +195,8 @@ def prepare_surrogates(cfg: UNetConfig, teacher_model: HybridRestormer, data: Re
     with ctx.progress() as progress:
         result = distill_cached(ctx.cache, "hybrid_unet/surrogates", payload, teacher_model, students,
                                 batches, steps=params["steps"], lr=params["lr"], progress=progress,
-                                description="surrogates")
-    bank = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                                description="surrogates", device=ctx.accel)
+    bank = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
             for name, m in students.items()}
     rel = result.relative()
     rel0 = result.relative(initial=True)

@@ -69,9 +69,28 @@ def mamba_ssm_scan():
     """mamba-ssm's fused ``selective_scan_fn``, or None when it cannot be imported."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or a CUDA/triton error on a CPU-only machine
+    except Exception as err:  # ImportError, or a CUDA/triton error on a CPU-only machine
+        _MAMBA_ERROR[:] = [f"{type(err).__name__}: {err}"]
         return None
     return selective_scan_fn
+
+
+_MAMBA_ERROR: list[str] = []
+
+
+def choose_backend(on_cuda: bool, grad: bool) -> tuple[str, str]:
+    """What ``auto`` runs outside an export, and why: ``(backend, reason)``."""
+    if on_cuda:
+        if mamba_ssm_scan() is not None:
+            return "mamba_ssm", "CUDA tensors and mamba-ssm imports: its fused selective_scan_fn"
+        why = _MAMBA_ERROR[0] if _MAMBA_ERROR else "it does not import"
+        return "chunked", (f"CUDA tensors but mamba-ssm is not usable ({why}): the chunked "
+                           "PyTorch scan; pip install 'nasframe[cuda]' for the fused kernel")
+    if not grad and numba_available():
+        return "numba", "CPU inference: the numba kernel"
+    if grad:
+        return "chunked", "CPU training: the chunked scan (numba has no backward)"
+    return "chunked", "CPU inference without numba: the chunked scan; pip install numba"
 
 
 @functools.lru_cache(maxsize=1)
@@ -333,11 +352,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         if exporting():
             return "export"
-        if x.is_cuda:
-            return "mamba_ssm" if mamba_ssm_scan() is not None else "chunked"
-        if not torch.is_grad_enabled() and numba_available():
-            return "numba"
-        return "chunked"
+        return choose_backend(x.is_cuda, torch.is_grad_enabled())[0]
     return backend
 
 

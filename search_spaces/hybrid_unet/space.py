@@ -363,15 +363,18 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         return self.data.validation()
 
     def finetune(self, model: torch.nn.Module, steps: int, *, seed: int, lr: float | None = None,
-                 on_step=None) -> None:
+                 on_step=None, accel=None) -> None:
         """End-to-end fine-tuning on the task's training crops (L1, AdamW, 10 % warm-up then
-        cosine decay; the teacher's batch size), batches drawn from ``seed``."""
+        cosine decay; the teacher's batch size), batches drawn from ``seed``; on ``accel``
+        (default: the CPU), where the model is left."""
+        from nasframe.accel import CPU
         from nasframe_search_spaces.hybrid_unet.align import train_model
 
         t = self.params.teacher
         train_model(model, self.data, steps=steps, batch_size=t.batch_size,
                     lr=lr if lr is not None else 1e-4, warmup=max(steps // 10, 1),
-                    step_offset=3_000_000 + (seed % 1_000_000) * 64, on_step=on_step)
+                    step_offset=3_000_000 + (seed % 1_000_000) * 64, on_step=on_step,
+                    accel=accel or CPU)
 
     @property
     def prepared(self) -> bool:
@@ -405,9 +408,10 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         distill_params = {**self.distill_params, "seed": ctx.seed_for(self.distill_params["seed"])}
         teacher, t_report = align.prepare_teacher(self.config, data, ctx, teacher_params)
         ssm, s_report = align.prepare_surrogates(self.config, teacher, data, ctx, distill_params)
-        self._bank = align.Bank({k: v.detach().clone() for k, v in teacher.state_dict().items()}, ssm)
+        self._bank = align.Bank({k: v.detach().cpu().clone()
+                                 for k, v in teacher.state_dict().items()}, ssm)
         pairs = data.validation()
-        teacher_psnr = align.evaluate_psnr(teacher, pairs)
+        teacher_psnr = align.evaluate_psnr(teacher, pairs, accel=ctx.accel)
         input_psnr = float(np.mean([align.psnr(i, t) for i, t in pairs]))
         report = {"task": self.task, "preset": self.preset, "teacher": t_report,
                   "teacher_psnr": teacher_psnr, "input_psnr": input_psnr, "surrogates": s_report}

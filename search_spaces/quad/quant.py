@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasframe.accel import CPU, Accelerator
 from nasframe_search_spaces.quad.lora import Adapter, LoRANet
 
 #: the bit widths NPUs offer: name -> (weight bits, activation bits)
@@ -288,18 +289,18 @@ def _cosine(step: int, steps: int, warm: int) -> float:
 
 
 def train_adapters(params: list[torch.Tensor], loss_fn: Callable[[int], torch.Tensor], steps: int,
-                   lr: float, progress=None, description: str = "adapters") -> list[float]:
-    """AdamW on ``params`` (warm-up, cosine decay, gradient clipping); the loss curve."""
+                   lr: float, progress=None, description: str = "adapters",
+                   accel: Accelerator = CPU) -> list[float]:
+    """AdamW on ``params`` (warm-up, cosine decay, gradient clipping); the loss curve.
+    ``accel``: fp16 scales the loss (``loss_fn`` places its own tensors and autocasts)."""
+    scaler = accel.grad_scaler()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, min(10, steps // 5 + 1)))
     task = progress.add_task(description, total=steps, info="") if progress is not None else None
     losses = []
     for step in range(steps):
         loss = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        accel.step(loss, opt, scaler, clip=1.0, parameters=params)
         sched.step()
         losses.append(loss.item())
         if progress is not None:

@@ -293,8 +293,9 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
             model = self._base()
             with ctx.progress() as progress:
                 train_model(model, mix, steps=p.base.steps, batch_size=p.base.batch_size,
-                            lr=p.base.lr, progress=progress, description="shared base")
-            torch.save(model.state_dict(), path)
+                            lr=p.base.lr, progress=progress, description="shared base",
+                            accel=ctx.accel)
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
 
         base_path = ctx.cache.get_or_create("quad/base", payload, make_base, suffix=".pt")
         base_state = torch.load(base_path, map_location="cpu", weights_only=True)
@@ -309,18 +310,21 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
             from nasframe_search_spaces.quad.lora import LoRANet
             from nasframe_search_spaces.quad.quant import train_adapters
 
-            net = LoRANet(copy.deepcopy(base), rank=lambda n: self.rank_of(full, n)).train()
+            accel = ctx.accel           # trained on the experiment's device
+            net = accel.to(LoRANet(copy.deepcopy(base), rank=lambda n: self.rank_of(full, n))).train()
             out = {}
             with ctx.progress() as progress:
                 for i, t in enumerate(self.task_names):
-                    ad = net.init_adapter(seed=seed + 100 + i, requires_grad=True)
+                    ad = [a.detach().to(accel.device).requires_grad_(True)
+                          for a in net.init_adapter(seed=seed + 100 + i)]
 
                     def loss(step, ad=ad, t=t):
-                        x, y = self._data[t].train_batch(p.adapters.batch_size, 20_000 + step)
-                        return torch.nn.functional.l1_loss(net(x, *ad), y)
+                        x, y = accel.to(self._data[t].train_batch(p.adapters.batch_size, 20_000 + step))
+                        with accel.autocast():
+                            return torch.nn.functional.l1_loss(net(x, *ad).float(), y)
                     train_adapters(ad, loss, p.adapters.steps, p.adapters.lr, progress,
-                                   f"adapter {t}")
-                    out[t] = net.adapter_state(ad)
+                                   f"adapter {t}", accel=accel)
+                    out[t] = {k: v.cpu() for k, v in net.adapter_state(ad).items()}
             torch.save(out, path)
 
         start = time.time()

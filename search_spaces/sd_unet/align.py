@@ -119,9 +119,11 @@ def align(model: SDUNet, teacher: torch.nn.Module, teacher_digest: str, levels: 
             group = {n: m for n, m in todo.items() if step_of[n] == n_steps}
             if n_steps == 0:
                 continue
-            result = distill(teacher, group, batches, steps=n_steps, lr=lr, inputs_of=inputs_of,
-                             outputs_of=outputs_of, progress=ctx,
-                             description=f"distilling {len(group)} pair(s)")
+            with ctx.accel.placed(teacher) as placed:   # the experiment's device
+                result = distill(placed, group, batches, steps=n_steps, lr=lr, inputs_of=inputs_of,
+                                 outputs_of=outputs_of, progress=ctx,
+                                 description=f"distilling {len(group)} pair(s)",
+                                 device=ctx.accel)
             after, before = result.relative(), result.relative(initial=True)
             for name, module in group.items():
                 state = {k: v.detach().cpu() for k, v in module.state_dict().items()}

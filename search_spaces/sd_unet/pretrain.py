@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nasframe.accel import CPU, Accelerator
+
 if TYPE_CHECKING:
     from nasframe.context import Context
     from nasframe_search_spaces.sd_unet.network import UNetConfig
@@ -121,18 +123,20 @@ def _adam(params, lr: float, steps: int):
 
 
 def fit(params, loss_fn, *, steps: int, lr: float, description: str,
-        progress=None, generators=(), state=None) -> list[float]:
+        progress=None, generators=(), state=None, accel: Accelerator = CPU) -> list[float]:
     """``steps`` Adam steps (warm-up, cosine decay) on ``loss_fn()``; the losses, one per
     step. ``loss_fn`` draws its own batch, so the random draws keep their order.
 
     Inside a cached artifact's ``make`` the loop checkpoints itself and resumes after a
     stop (:mod:`nasframe.checkpoint`): ``generators`` are the random generators
     ``loss_fn`` draws from, ``state`` the model (its parameters and buffers are saved;
-    default: ``params`` alone)."""
+    default: ``params`` alone). ``loss_fn`` runs under ``accel``'s autocast (its tensors
+    are the caller's to place); fp16 scales the loss."""
     from nasframe import checkpoint
 
     params = list(params)
     opt, sched = _adam(params, lr, steps)
+    scaler = accel.grad_scaler()
     losses: list[float] = []
     generators = tuple(generators)
     tensors = list(state.parameters()) + list(state.buffers()) if state is not None else params
@@ -144,10 +148,9 @@ def fit(params, loss_fn, *, steps: int, lr: float, description: str,
     task = progress.add_task(description, total=steps, completed=start, info="") \
         if progress is not None else None
     for step in range(start, steps):
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with accel.autocast():
+            loss = loss_fn().float()
+        accel.step(loss, opt, scaler)
         sched.step()
         losses.append(float(loss.detach()))
         if task is not None:
@@ -159,7 +162,7 @@ def fit(params, loss_fn, *, steps: int, lr: float, description: str,
 
 def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, lr: float,
               kl_weight: float, seed: int, init: Mapping[str, torch.Tensor] | None = None,
-              progress=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+              progress=None, accel: Accelerator = CPU) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train (or fine-tune from ``init``) an ``AutoencoderKL`` of ``vae_config`` on photo crops."""
     from diffusers import AutoencoderKL
 
@@ -167,11 +170,12 @@ def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, 
     vae = AutoencoderKL(**vae_config.to_diffusers())
     if init is not None:
         vae.load_state_dict(dict(init))
+    vae = accel.to(vae)
     vae.train()
     g = torch.Generator().manual_seed(40_000_003 + seed)
 
     def loss_fn() -> torch.Tensor:
-        x = random_crops(TRAIN_PHOTOS, batch_size, crop, g)
+        x = accel.to(random_crops(TRAIN_PHOTOS, batch_size, crop, g))   # drawn on the CPU
         post = vae.encode(x).latent_dist
         z = post.sample(generator=g)
         rec = vae.decode(z).sample
@@ -179,21 +183,23 @@ def train_vae(vae_config: VAEConfig, *, steps: int, batch_size: int, crop: int, 
 
     losses = fit(vae.parameters(), loss_fn, steps=steps, lr=lr, description="teacher VAE",
                  generators=(g,), state=vae,
-                 progress=progress)
-    state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+                 progress=progress, accel=accel)
+    state = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
     return state, {"vae_steps": steps, "vae_final_loss": _tail(losses)}
 
 
 @torch.no_grad()
 def encode(vae_state: Mapping[str, torch.Tensor], vae_config: VAEConfig,
-           images: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """The posterior means of ``images`` (in [-1, 1]) under the VAE ``vae_state`` (unscaled)."""
+           images: torch.Tensor, batch: int = 16, accel: Accelerator = CPU) -> torch.Tensor:
+    """The posterior means of ``images`` (in [-1, 1]) under the VAE ``vae_state``
+    (unscaled; computed on ``accel``, returned on the CPU)."""
     from nasframe_search_spaces.sd_unet.vae import VAEEncoder, inherit_vae
 
     enc = VAEEncoder(vae_config)
     inherit_vae(enc, vae_state)
-    enc.eval()
-    out = [enc(images[i:i + batch])[:, :vae_config.latent_channels] for i in range(0, len(images), batch)]
+    enc = accel.to(enc).eval()
+    out = [accel.host(enc(accel.to(images[i:i + batch]))[:, :vae_config.latent_channels])
+           for i in range(0, len(images), batch)]
     return torch.cat(out)
 
 
@@ -210,10 +216,10 @@ def decode(vae_state: Mapping[str, torch.Tensor], vae_config: VAEConfig,
 
 
 def latent_pool(vae_state, vae_config: VAEConfig, *, n: int, image_size: int, seed: int,
-                photos: tuple[str, ...] = TRAIN_PHOTOS) -> torch.Tensor:
-    """``n`` encoded random crops of ``photos`` (unscaled latents)."""
+                photos: tuple[str, ...] = TRAIN_PHOTOS, accel: Accelerator = CPU) -> torch.Tensor:
+    """``n`` encoded random crops of ``photos`` (unscaled latents, on the CPU)."""
     g = torch.Generator().manual_seed(50_000_017 + seed)
-    return encode(vae_state, vae_config, random_crops(photos, n, image_size, g))
+    return encode(vae_state, vae_config, random_crops(photos, n, image_size, g), accel=accel)
 
 
 def noised_batch(latents: torch.Tensor, batch_size: int, crop: int | None, sch,
@@ -234,9 +240,11 @@ def noised_batch(latents: torch.Tensor, batch_size: int, crop: int | None, sch,
 def train_unet(config: UNetConfig, latents: torch.Tensor, ehs: torch.Tensor, *, steps: int,
                batch_size: int, lr: float, seed: int, init: Mapping[str, torch.Tensor] | None = None,
                progress=None, model: torch.nn.Module | None = None, crop: int | None = None,
-               description: str = "teacher U-Net") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+               description: str = "teacher U-Net",
+               accel: Accelerator = CPU) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train (or fine-tune) the U-Net as a DDPM noise predictor on scaled ``latents``
-    (N, C, h, w) with the fixed embedding ``ehs`` (1, tokens, dim)."""
+    (N, C, h, w) with the fixed embedding ``ehs`` (1, tokens, dim), on ``accel`` (the
+    batches are drawn on the CPU, then moved; a given ``model`` is left there)."""
     from nasframe_search_spaces.sd_unet.network import SDUNet, UNetPlan
 
     torch.manual_seed(seed)
@@ -244,20 +252,22 @@ def train_unet(config: UNetConfig, latents: torch.Tensor, ehs: torch.Tensor, *, 
         model = SDUNet(UNetPlan.teacher(config))
         if init is not None:
             model.load_state_dict(dict(init))
+    model = accel.to(model)
     model.train()
+    ehs = accel.to(ehs)
     sch = scheduler()
     g = torch.Generator().manual_seed(60_000_011 + seed)
 
     def loss_fn() -> torch.Tensor:
-        xt, noise, t = noised_batch(latents, batch_size, crop, sch, g)
+        xt, noise, t = accel.to(noised_batch(latents, batch_size, crop, sch, g))
         pred = model(xt, t, ehs.expand(batch_size, -1, -1))
         return (pred - noise).pow(2).mean()
 
     losses = fit([p for p in model.parameters() if p.requires_grad], loss_fn, steps=steps,
                  generators=(g,), state=model,
-                 lr=lr, description=description, progress=progress)
+                 lr=lr, description=description, progress=progress, accel=accel)
     model.eval()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return state, {"steps": steps, "final_mse": _tail(losses)}
 
 
@@ -291,16 +301,17 @@ def trained_teacher(config: UNetConfig, vae_config: VAEConfig, train: Mapping[st
             vae_state, r1 = train_vae(vae_config, steps=train["vae_steps"],
                                       batch_size=train["batch_size"], crop=train["vae_crop"],
                                       lr=train["vae_lr"], kl_weight=train["kl_weight"], seed=seed,
-                                      init=vae_init, progress=progress)
+                                      init=vae_init, progress=progress, accel=ctx.accel)
             side = max(latent_size, train["latent_size"])
             pool = latent_pool(vae_state, vae_config, n=train["pool"],
-                               image_size=side * vae_config.downsampling, seed=seed)
+                               image_size=side * vae_config.downsampling, seed=seed,
+                               accel=ctx.accel)
             scale = 1.0 / float(pool.std())
             ehs = null_embedding(config, context_length, seed)
             unet_state, r2 = train_unet(config, pool * scale, ehs, steps=train["steps"],
                                         batch_size=train["batch_size"], lr=train["lr"], seed=seed,
                                         init=unet_init, progress=progress,
-                                        crop=train["latent_size"])
+                                        crop=train["latent_size"], accel=ctx.accel)
         tensors = {**{f"unet.{k}": v.contiguous() for k, v in unet_state.items()},
                    **{f"vae.{k}": v.contiguous() for k, v in vae_state.items()},
                    "ehs": ehs.contiguous(), "pool": (pool * scale).contiguous()}

@@ -58,6 +58,7 @@ import torch
 from pydantic import AfterValidator
 from torch import nn
 
+from nasframe.accel import CPU, Accelerator
 from nasframe.params import Bool, Field, Float, Int, Params
 
 if TYPE_CHECKING:
@@ -243,13 +244,16 @@ class FidelityDecoder(nn.Module):
 
 
 def train_fidelity(fd: FidelityDecoder, features: torch.Tensor, up: torch.Tensor, hr: torch.Tensor,
-                   *, steps: int, batch_size: int, lr: float, seed: int, progress=None) -> dict[str, Any]:
+                   *, steps: int, batch_size: int, lr: float, seed: int, progress=None,
+                   accel: Accelerator = CPU) -> dict[str, Any]:
     """L1 of ``fd.refine(features, up)`` to ``hr`` (EDSR's loss) on precomputed decoder
-    features of the generated latents; only the fidelity path trains."""
+    features of the generated latents; only the fidelity path trains (on ``accel``; the
+    head is back on the CPU afterwards)."""
     from nasframe_search_spaces.sd_unet.pretrain import _tail, fit
 
     g = torch.Generator().manual_seed(96_000_019 + seed)
-    fd.head.train()
+    accel.to(fd.head).train()
+    features, up, hr = accel.to((features, up, hr))
 
     def loss_fn() -> torch.Tensor:
         idx = _batches(hr.shape[0], batch_size, g)
@@ -257,8 +261,8 @@ def train_fidelity(fd: FidelityDecoder, features: torch.Tensor, up: torch.Tensor
 
     losses = fit(fd.head.parameters(), loss_fn, steps=steps, lr=lr, description="fidelity decoder",
                  generators=(g,), state=fd.head,
-                 progress=progress)
-    fd.head.eval()
+                 progress=progress, accel=accel)
+    fd.head.cpu().eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
             "final_loss": _tail(losses)}
 
@@ -292,7 +296,8 @@ def one_step(model: SRUNet, noise: torch.Tensor, cond: torch.Tensor, ehs: torch.
     from nasframe_search_spaces.sd_unet.pretrain import scheduler
 
     abar = scheduler().alphas_cumprod[T_MAX]
-    eps = model(noise, cond, torch.full((noise.shape[0],), T_MAX, dtype=torch.long),
+    eps = model(noise, cond, torch.full((noise.shape[0],), T_MAX, dtype=torch.long,
+                                        device=noise.device),
                 ehs.expand(noise.shape[0], -1, -1))
     return (noise - (1 - abar).sqrt() * eps) / abar.sqrt()
 
@@ -337,34 +342,39 @@ def _batches(n: int, batch: int, g: torch.Generator):
 
 
 def train_sr(model: SRUNet, hr: torch.Tensor, cond: torch.Tensor, ehs: torch.Tensor, *, steps: int,
-             batch_size: int, lr: float, seed: int, progress=None) -> dict[str, Any]:
+             batch_size: int, lr: float, seed: int, progress=None,
+             accel: Accelerator = CPU) -> dict[str, Any]:
     """Conditional DDPM noise prediction on scaled HR latents ``hr`` given ``cond``
-    (both (N, C, h, w)): ``MSE(model(x_t, c, t), eps)``, t uniform over [0, 1000)."""
+    (both (N, C, h, w)): ``MSE(model(x_t, c, t), eps)``, t uniform over [0, 1000); on
+    ``accel`` (random draws on the CPU; the model is back on the CPU afterwards)."""
     from nasframe_search_spaces.sd_unet.pretrain import _tail, fit, scheduler
 
     sch = scheduler()
     g = torch.Generator().manual_seed(91_000_003 + seed)
-    model.train()
+    accel.to(model).train()
+    hr, cond, ehs = accel.to((hr, cond, ehs))
 
     def loss_fn() -> torch.Tensor:
         idx = _batches(hr.shape[0], batch_size, g)
-        noise = torch.randn(hr[idx].shape, generator=g)
-        t = torch.randint(0, 1000, (batch_size,), generator=g)
+        noise, t = accel.to((torch.randn(hr[idx].shape, generator=g),
+                             torch.randint(0, 1000, (batch_size,), generator=g)))
         pred = model(sch.add_noise(hr[idx], noise, t), cond[idx], t, ehs.expand(batch_size, -1, -1))
         return (pred - noise).pow(2).mean()
 
     losses = fit(model.parameters(), loss_fn, steps=steps, lr=lr, description="SR model",
                  generators=(g,), state=model,
-                 progress=progress)
-    model.eval()
+                 progress=progress, accel=accel)
+    model.cpu().eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
             "final_loss": _tail(losses)}
 
 
 @torch.no_grad()
 def teacher_targets(model: SRUNet, cond: torch.Tensor, ehs: torch.Tensor, *, n: int, steps: int,
-                    seed: int, batch: int = 16, progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` (noise, LR latent, N-step sample) triples: the student's regression data."""
+                    seed: int, batch: int = 16, progress=None,
+                    accel: Accelerator = CPU) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` (noise, LR latent, N-step sample) triples: the student's regression data
+    (sampled on ``accel``; returned on the CPU)."""
     g = torch.Generator().manual_seed(92_000_007 + seed)
     idx = torch.randint(0, cond.shape[0], (n,), generator=g)
     c = cond[idx]
@@ -372,7 +382,9 @@ def teacher_targets(model: SRUNet, cond: torch.Tensor, ehs: torch.Tensor, *, n: 
     task = progress.add_task(f"{steps}-step targets", total=n, info="") if progress is not None else None
     out = []
     for i in range(0, n, batch):
-        out.append(sample(model, z[i:i + batch], c[i:i + batch], ehs, steps))
+        with accel.placed(model) as placed, accel.autocast():
+            out.append(accel.host(sample(placed, *accel.to((z[i:i + batch], c[i:i + batch], ehs)),
+                                         steps)))
         if task is not None:
             progress.advance(task, len(out[-1]))
     return z, c, torch.cat(out)
@@ -380,12 +392,14 @@ def teacher_targets(model: SRUNet, cond: torch.Tensor, ehs: torch.Tensor, *, n: 
 
 def distill(student: SRUNet, z: torch.Tensor, c: torch.Tensor, target: torch.Tensor,
             ehs: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
-            progress=None) -> dict[str, Any]:
-    """Regression of the one-step student to the N-step samples: ``MSE(one_step(z, c), target)``."""
+            progress=None, accel: Accelerator = CPU) -> dict[str, Any]:
+    """Regression of the one-step student to the N-step samples: ``MSE(one_step(z, c), target)``
+    (on ``accel``; the student is back on the CPU afterwards)."""
     from nasframe_search_spaces.sd_unet.pretrain import _tail, fit
 
     g = torch.Generator().manual_seed(93_000_011 + seed)
-    student.train()
+    accel.to(student).train()
+    z, c, target, ehs = accel.to((z, c, target, ehs))
 
     def loss_fn() -> torch.Tensor:
         idx = _batches(z.shape[0], batch_size, g)
@@ -393,8 +407,8 @@ def distill(student: SRUNet, z: torch.Tensor, c: torch.Tensor, target: torch.Ten
 
     losses = fit(student.parameters(), loss_fn, steps=steps, lr=lr,
                  generators=(g,), state=student,
-                 description="one-step student", progress=progress)
-    student.eval()
+                 description="one-step student", progress=progress, accel=accel)
+    student.cpu().eval()
     return {"steps": steps, "first_loss": _tail(losses[:max(1, len(losses) // 10)]),
             "final_loss": _tail(losses)}
 
@@ -523,7 +537,7 @@ class SRAdapter:
                                                   batch_size=train.batch_size, crop=train.vae_crop,
                                                   lr=self.p.vae_lr, kl_weight=train.kl_weight,
                                                   seed=self.p.seed, init=self.tr["vae"],
-                                                  progress=progress)
+                                                  progress=progress, accel=self.ctx.accel)
                 r["latent_scale"] = self._rescaled(state)
                 save_file({k: v.contiguous() for k, v in state.items()}, str(path),
                           metadata={"report": json.dumps(r)})
@@ -631,7 +645,7 @@ class SRAdapter:
                 with self.ctx.progress() as progress:
                     r = train_sr(model, hr, cond, self.tr["ehs"], steps=self.p.steps,
                                  batch_size=self.p.batch_size, lr=self.p.lr, seed=self.p.seed,
-                                 progress=progress)
+                                 progress=progress, accel=self.ctx.accel)
                 _save(model, path, {**r, "seconds": time.perf_counter() - start})
 
             path = self.ctx.cache.get_or_create("sd_unet/sr", self._payload(), make, suffix=".safetensors")
@@ -662,10 +676,10 @@ class SRAdapter:
                     z, c, target = teacher_targets(teacher, cond, self.tr["ehs"],
                                                    n=self.p.distill_targets,
                                                    steps=self.p.sample_steps, seed=self.p.seed,
-                                                   progress=progress)
+                                                   progress=progress, accel=self.ctx.accel)
                     r = distill(student, z, c, target, self.tr["ehs"], steps=self.p.distill_steps,
                                 batch_size=self.p.batch_size, lr=self.p.distill_lr,
-                                seed=self.p.seed, progress=progress)
+                                seed=self.p.seed, progress=progress, accel=self.ctx.accel)
                 _save(student, path, {**r, "seconds": time.perf_counter() - start})
 
             path = self.ctx.cache.get_or_create("sd_unet/sr_student", payload, make,
@@ -715,7 +729,7 @@ class SRAdapter:
                 with self.ctx.progress() as progress:
                     r = train_fidelity(fd, feats, up, hr, steps=p.fidelity_steps,
                                        batch_size=p.batch_size, lr=p.fidelity_lr, seed=p.seed,
-                                       progress=progress)
+                                       progress=progress, accel=self.ctx.accel)
                 _save(fd.head, path, {**r, "seconds": time.perf_counter() - start})
 
             path = self.ctx.cache.get_or_create(f"sd_unet/sr_fidelity_{source}", payload, make,
@@ -769,7 +783,10 @@ class SRAdapter:
                     self.fidelity("hr")[0](self.encode(hr) / self.latent_scale, up), hr)
             preds = {}
             for name, pipe in pipes.items():
-                preds[name] = torch.cat([pipe(lr[i:i + 4], noise[i:i + 4]) for i in range(0, len(lr), 4)])
+                accel = self.ctx.accel    # the experiment's device; the pipe back on the CPU after
+                with accel.placed(pipe) as placed, accel.autocast():
+                    preds[name] = torch.cat([accel.host(placed(*accel.to((lr[i:i + 4], noise[i:i + 4]))))
+                                             for i in range(0, len(lr), 4)])
                 out[name] = image_metrics(preds[name], hr)
             out["student_vs_teacher"] = image_metrics(preds["student"], preds["teacher"])
         out["teacher"]["steps"], out["student"]["steps"] = p.sample_steps, 1
