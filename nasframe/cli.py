@@ -403,7 +403,7 @@ def _export_model_cmd(args: argparse.Namespace) -> int:
     provides = capabilities.TrainedWeights in capabilities.provided_by(exp.space)
     needed = capabilities.TrainedWeights in exp.needs()
     if not args.fresh:   # the weights the search used (teacher, distilled blocks: cached)
-        ctx = exp.context(cfg.run_dir(args.out), console=console)
+        ctx = exp.context(cfg.run_dir(args.out), console=console, cpu_fallback=True)
         exp.space.prepare(ctx, exp.needs())
     if args.fresh or not provides or not needed:
         why = ("--fresh" if args.fresh else

@@ -196,15 +196,26 @@ class Experiment:
         """The capabilities the objectives require: what the space must prepare."""
         return frozenset(c for obj in self.objectives.values() for c in obj.requirements())
 
-    def context(self, run_dir: str | Path, quiet: bool = False, console=None) -> Context:
+    def context(self, run_dir: str | Path, quiet: bool = False, console=None,
+                cpu_fallback: bool = False) -> Context:
+        """The run's context. ``cpu_fallback``: where the experiment's ``device`` is not on
+        this machine (a run made on a GPU, exported on a laptop), work on the CPU in fp32
+        and say so, instead of the ConfigError a run gets."""
         kwargs: dict[str, Any] = {}
         if console is not None:
             kwargs["console"] = console
         from nasframe import accel
 
-        accel.check(self.cfg.device, self.cfg.precision)   # ConfigError: no such device here
-        return Context(run_dir=Path(run_dir), seed=self.cfg.seed, device=self.cfg.device,
-                       precision=self.cfg.precision,
+        device, precision = self.cfg.device, self.cfg.precision
+        if cpu_fallback and accel.problems(device, precision):
+            import sys
+
+            print(f"note: device {device!r} ({precision}) is not available here; using the "
+                  "CPU (fp32)", file=sys.stderr)
+            device, precision = "cpu", "fp32"
+        accel.check(device, precision)   # ConfigError: no such device here
+        return Context(run_dir=Path(run_dir), seed=self.cfg.seed, device=device,
+                       precision=precision,
                        cache_dir=Path(self.cfg.cache_dir) if self.cfg.cache_dir else None,
                        quiet=quiet, op_handles=self.plugins.op_handles.as_dict(), **kwargs)
 

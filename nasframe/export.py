@@ -184,7 +184,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None,
             from nasframe.deploy import export_models
 
             exp = run.experiment()
-            ctx = exp.context(run_dir, console=console, quiet=console is None)
+            ctx = exp.context(run_dir, console=console, quiet=console is None,
+                              cpu_fallback=True)
             archs = {name: a.trials[i].arch for name, (i, _) in front.items()}
             for fmt in models:
                 for name in model_names[fmt]:

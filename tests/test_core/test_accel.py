@@ -136,3 +136,16 @@ def test_emulated_device_fails_like_cuda_on_a_forgotten_placement(mistake):
             if mistake == "numpy":
                 out.detach().numpy()
             nn.functional.l1_loss(out, yb)
+
+
+def test_a_gpu_runs_context_falls_back_to_the_cpu_only_where_asked(tmp_path, capsys):
+    """A run made with `device: cuda` and exported on a machine without a GPU: export's
+    context works on the CPU and says so; a run's context still refuses (exit 2)."""
+    import nasframe
+
+    exp = nasframe.Experiment.from_dict({**FAST, "device": "cuda", "precision": "bf16"})
+    with pytest.raises(ConfigError, match="device: 'cuda'"):
+        exp.context(tmp_path)
+    ctx = exp.context(tmp_path, cpu_fallback=True)
+    assert ctx.accel.device == torch.device("cpu") and ctx.accel.precision == "fp32"
+    assert "not available here; using the CPU" in capsys.readouterr().err
