@@ -52,9 +52,10 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from nasframe.params import Bool, Field, Float, Int, Params
@@ -69,14 +70,41 @@ VERSION = 1
 #: the others (student, fidelity decoder, evaluation, latency) have their own keys or none
 SR_MODEL_SETTINGS = {"scale", "hr_size", "pool", "steps", "batch_size", "lr", "vae_steps", "vae_lr",
                      "data", "seed"}
+#: ... and those of deblurring (entered only for `task: deblur`, so SR keys stay as they were)
+DEBLUR_MODEL_SETTINGS = {"task", "kernel", "blur_sigma", "motion_length", "blurs_per_image"}
+#: the degraded input and its names in reports, per task
+TASKS = {"sr": {"baseline": "bicubic", "degraded": "LR", "target": "HR", "report": "sr.json",
+                "what": "super-resolution"},
+         "deblur": {"baseline": "blurred", "degraded": "blurred", "target": "sharp",
+                    "report": "deblur.json", "what": "deblurring"}}
 T_MAX = 999
 
 
-class SRParams(Params):
-    """Settings of the SR adaptation and the one-step distillation."""
+def _span(low: float, high: float):
+    def check(v: tuple[float, float]) -> tuple[float, float]:
+        if not low <= v[0] <= v[1] <= high:
+            raise ValueError(f"give [min, max] with {low} <= min <= max <= {high}")
+        return v
+    return AfterValidator(check)
 
+
+class SRParams(Params):
+    """Settings of the adaptation to a restoration task (super-resolution or deblurring)
+    and the one-step distillation."""
+
+    task: Literal["sr", "deblur"] = "sr"
+    """``sr``: x ``scale`` super-resolution (condition: the bicubic upsampling's latent);
+    ``deblur``: deblurring (condition: the blurred image's latent)."""
     scale: Int = Field(4, ge=2, le=8)
-    """Upscaling factor."""
+    """Upscaling factor (``task: sr``)."""
+    kernel: Literal["gaussian", "motion", "mixed"] = "mixed"
+    """Synthetic blur of the photos (``task: deblur``): motion lines, Gaussians, or either."""
+    blur_sigma: Annotated[tuple[Float, Float], _span(0.1, 20)] = (1.0, 3.0)
+    """Std range of the Gaussian kernels (pixels)."""
+    motion_length: Annotated[tuple[Float, Float], _span(1, 100)] = (5.0, 15.0)
+    """Length range of the motion kernels (pixels)."""
+    blurs_per_image: Int = Field(8, ge=1, le=10_000)
+    """Blurred copies (kernels) of each training photo; held-out photos get as many."""
     hr_size: Int = Field(64, ge=16, le=4096)
     """Side of the HR training crops (pixels; a multiple of the VAE's factor x 2^(U-Net levels - 1))."""
     pool: Int = Field(256, ge=1, le=1_000_000)
@@ -116,9 +144,10 @@ class SRParams(Params):
     eval_size: Int = Field(128, ge=16, le=8192)
     """Side of the held-out HR crops."""
     data: str | None = Field(None, min_length=1)
-    """Training pairs from a DIV2K-layout folder (HR/, LR_bicubic/X4/) instead of the photos."""
+    """Training pairs from a folder instead of the photos: DIV2K's layout (HR/, LR_bicubic/X4/)
+    for ``sr``, GoPro's (<sequence>/blur/, <sequence>/sharp/) for ``deblur``."""
     eval_data: str | None = Field(None, min_length=1)
-    """Held-out pairs from a DIV2K-layout folder (default: the held-out photos)."""
+    """Held-out pairs from a folder in the same layout (default: the held-out photos)."""
     data_limit: Int = Field(100, ge=1, le=1_000_000)
     """At most this many pairs read from each folder, by name (a DIV2K pair is ~35 MB in memory)."""
     latency_backend: Literal["torch", "onnxruntime"] = "torch"
@@ -269,7 +298,8 @@ def one_step(model: SRUNet, noise: torch.Tensor, cond: torch.Tensor, ehs: torch.
 
 
 class SRPipeline(nn.Module):
-    """LR image -> HR image: bicubic x ``scale``, VAE encoder (LR latent), ``steps`` DDIM
+    """Degraded image -> restored image. For SR (LR -> HR): bicubic x ``scale`` (for
+    deblurring, ``scale`` 1: the blurred image itself), VAE encoder (LR latent), ``steps`` DDIM
     steps of the SR model from ``noise`` (or the student's one call: ``steps=None``; or no
     model, the LR latent itself: ``steps=0``), then the VAE decoder, or the
     :class:`FidelityDecoder` ``fidelity`` when given.
@@ -286,9 +316,9 @@ class SRPipeline(nn.Module):
         self.channels = encoder.cfg.latent_channels
 
     def forward(self, lr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        from nasframe_search_spaces.sd_unet.srdata import bicubic_up
+        from nasframe_search_spaces.sd_unet.srdata import condition_image
 
-        up = bicubic_up(lr, self.scale)
+        up = condition_image(lr, self.scale)
         cond = self.encoder(up * 2 - 1)[:, :self.channels] * self.latent_scale
         if self.steps == 0:
             x0 = cond
@@ -390,19 +420,24 @@ def gmacs(module: nn.Module, inputs: tuple[Any, ...]) -> float:
 
 # ----------------------------------------------------------------------------- cached stages
 class SRAdapter:
-    """The SR model and its one-step student for one backbone: trained once per content
-    hash, then loaded. ``space`` must be prepared with its trained teacher."""
+    """The conditional model of a restoration task (``settings.task``: super-resolution or
+    deblurring; "SR model" below stands for either) and its one-step student for one
+    backbone: trained once per content hash, then loaded. ``space`` must be prepared
+    with its trained teacher. ``arch`` may be None when only the data is used."""
 
-    def __init__(self, space: SDUNetSpace, arch: Architecture, ctx: Context,
+    def __init__(self, space: SDUNetSpace, arch: Architecture | None, ctx: Context,
                  settings: SRParams | dict | None = None, backbone: nn.Module | None = None):
         self.space, self.arch, self.ctx = space, arch, ctx
         self.p = settings if isinstance(settings, SRParams) else SRParams(**(settings or {}))
         tr = space.trained_teacher()
         if tr is None:
-            raise ValueError("SR adaptation needs a trained teacher: give the space "
-                             "teacher: {train: {steps: N}} (see docs/sd.md)")
+            raise ValueError(f"{TASKS[self.p.task]['what']} adaptation needs a trained teacher: "
+                             "give the space teacher: {train: {steps: N}} (see docs/sd.md)")
         self.tr = tr
-        self.backbone = backbone if backbone is not None else space.build(arch)
+        self._backbone = backbone
+        #: the condition's size factor: the SR scale, 1 for deblurring
+        self.factor = self.p.scale if self.p.task == "sr" else 1
+        self.names = TASKS[self.p.task]
         self.vcfg = space.vae_config
         self.channels = space.config.in_channels
         q = self.vcfg.downsampling * 2 ** (space.config.levels - 1)
@@ -412,23 +447,48 @@ class SRAdapter:
                                  f"of {q} (VAE x{self.vcfg.downsampling}, then "
                                  f"{space.config.levels} U-Net levels)")
 
-    # -- data ------------------------------------------------------------------------
-    def train_pairs(self):
-        from nasframe_search_spaces.sd_unet import pretrain, srdata
+    @property
+    def backbone(self) -> nn.Module:
+        if self._backbone is None:
+            if self.arch is None:
+                raise ValueError("no backbone: give an architecture (or a built model)")
+            self._backbone = self.space.build(self.arch)
+        return self._backbone
 
-        if self.p.data is not None:
-            return srdata.folder_pairs(self.p.data, self.p.scale, self.p.data_limit)
-        return srdata.photo_pairs(pretrain.TRAIN_PHOTOS, self.p.scale)
+    # -- data ------------------------------------------------------------------------
+    def _pairs(self, folder: str | None, photos: tuple[str, ...], seed: int):
+        from nasframe_search_spaces.sd_unet import srdata
+
+        p = self.p
+        if p.task == "deblur":
+            if folder is not None:
+                return srdata.gopro_pairs(folder, p.data_limit)
+            return srdata.photo_blur_pairs(photos, p.blurs_per_image, seed, p.kernel,
+                                           p.blur_sigma, p.motion_length)
+        if folder is not None:
+            return srdata.folder_pairs(folder, p.scale, p.data_limit)
+        return srdata.photo_pairs(photos, p.scale)
+
+    def train_pairs(self):
+        """(degraded, target) training pairs: (LR, HR) or (blurred, sharp)."""
+        from nasframe_search_spaces.sd_unet import pretrain
+
+        return self._pairs(self.p.data, pretrain.TRAIN_PHOTOS, self.p.seed)
 
     def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Held-out (LR, HR) crops, fixed by the seed."""
+        """Held-out (degraded, target) crops, fixed by the seed (other blur kernels than
+        the training photos')."""
         from nasframe_search_spaces.sd_unet import pretrain, srdata
 
-        pairs = (srdata.folder_pairs(self.p.eval_data, self.p.scale, self.p.data_limit)
-                 if self.p.eval_data
-                 else srdata.photo_pairs(pretrain.HELD_OUT_PHOTOS, self.p.scale))
+        pairs = self._pairs(self.p.eval_data, pretrain.HELD_OUT_PHOTOS, self.p.seed + 1_000_003)
         return srdata.fixed_pair_crops(pairs, self.p.eval_images, self.p.eval_size, self.p.seed,
-                                       self.p.scale)
+                                       self.factor)
+
+    def condition(self, degraded: torch.Tensor) -> torch.Tensor:
+        """The conditioning image (target size) of degraded images."""
+        from nasframe_search_spaces.sd_unet.srdata import condition_image
+
+        return condition_image(degraded, self.factor)
 
     def _data_key(self) -> Any:
         from nasframe_search_spaces.sd_unet import pretrain
@@ -532,20 +592,22 @@ class SRAdapter:
 
         g = torch.Generator().manual_seed(94_000_013 + self.p.seed)
         return srdata.random_pair_crops(self.train_pairs(), self.p.pool, self.p.hr_size, g,
-                                        self.p.scale)
+                                        self.factor)
 
     def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled HR latents and LR latents (of the bicubic upsampling) of the pool's crops."""
-        from nasframe_search_spaces.sd_unet import srdata
-
-        lr, hr = self.pool_images()
-        return self.encode(hr), self.encode(srdata.bicubic_up(lr, self.p.scale))
+        """Scaled target latents and condition latents (of the bicubic upsampling, or of the
+        blurred image) of the pool's crops."""
+        if not hasattr(self, "_pool"):
+            lr, hr = self.pool_images()
+            self._pool = (self.encode(hr), self.encode(self.condition(lr)))
+        return self._pool
 
     # -- the stages ------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
         from nasframe.distill import module_digest
 
-        p = self.p.model_dump(include=SR_MODEL_SETTINGS)
+        p = self.p.model_dump(include=SR_MODEL_SETTINGS
+                              | (DEBLUR_MODEL_SETTINGS if self.p.task != "sr" else set()))
         return {"version": VERSION, "backbone": module_digest(self.backbone),
                 "plan": repr(self.space.plan(self.arch)), "vae": module_digest(self.vae()),
                 "latent_scale": self.latent_scale, "ehs": module_digest({"ehs": self.tr["ehs"]}),
@@ -622,7 +684,6 @@ class SRAdapter:
         key = f"_fidelity_{source}"
         if not hasattr(self, key):
             from nasframe.distill import module_digest
-            from nasframe_search_spaces.sd_unet import srdata
 
             p = self.p
             fd = FidelityDecoder(self.decoder(), p.fidelity_width, p.fidelity_blocks)
@@ -639,7 +700,7 @@ class SRAdapter:
                 made.append(True)
                 start = time.perf_counter()
                 lr, hr = self.pool_images()
-                up = srdata.bicubic_up(lr, p.scale)
+                up = self.condition(lr)
                 hr_latents, cond = self.pool()
                 with torch.no_grad():
                     if student is None:
@@ -670,13 +731,11 @@ class SRAdapter:
                 else self.student()[0])
         fd = self.fidelity(fidelity)[0] if fidelity is not None else None
         return SRPipeline(self.encoder(), unet, self.decoder(), self.tr["ehs"],
-                          self.latent_scale, self.p.scale, steps, fd).eval()
+                          self.latent_scale, self.factor, steps, fd).eval()
 
     # -- the report ------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         """PSNR/SSIM on the held-out crops, GMACs per image, latency; everything trains first."""
-        from nasframe_search_spaces.sd_unet import srdata
-
         p = self.p
         sr_report = self.sr_model()[1]
         st_report = self.student()[1]
@@ -694,8 +753,11 @@ class SRAdapter:
                            for k in ("student", "lr", "hr")[:3 if p.fidelity_oracle else 2]}
         out: dict[str, Any] = {}
         with torch.inference_mode():
-            out["bicubic"] = image_metrics(srdata.bicubic_up(lr, p.scale), hr)
-            up = srdata.bicubic_up(lr, p.scale)
+            up = self.condition(lr)
+            # the non-diffusion baseline: bicubic x scale, or the blurred input itself
+            out["baseline"] = image_metrics(up, hr)
+            if p.task == "sr":
+                out["bicubic"] = out["baseline"]
             dec_hr, dec_up = self.decode(self.encode(hr)), self.decode(self.encode(up))
             out["vae_reconstruction"] = image_metrics(dec_hr, hr)
             out["vae_of_bicubic"] = image_metrics(dec_up, hr)
@@ -746,11 +808,13 @@ class SRAdapter:
         if latency:
             latency["backend"] = p.latency_backend
         n_params = sum(q.numel() for q in unet.parameters())
-        return {"metrics": out, "gmacs": cost, "latency": latency,
+        return {"task": p.task, "metrics": out, "gmacs": cost, "latency": latency,
                 "params_M": n_params / 1e6,
                 "training": {"sr": sr_report, "student": st_report, **fid_reports},
                 "settings": p.model_dump(), "eval": {"images": len(hr), "hr_size": p.eval_size,
-                                                     "source": p.eval_data or "held-out photos"}}
+                                                     "source": p.eval_data or (
+                                                         "held-out photos" if p.task == "sr" else
+                                                         f"held-out photos, {p.kernel} blur")}}
 
 
     def _ort_latency(self, pipes: dict[str, SRPipeline], lr: torch.Tensor,
@@ -758,11 +822,9 @@ class SRAdapter:
         """Per-image latency in ONNX Runtime, summed over the exported parts (batch 1)."""
         from nasframe.deploy import export_module
         from nasframe_objectives.ort_backend import OnnxRuntimeBackend
-        from nasframe_search_spaces.sd_unet.srdata import bicubic_up
-
         p, teacher = self.p, pipes["teacher"]
         backend = OnnxRuntimeBackend({"threads": p.threads, "warmup": 1, "repeats": p.latency_repeats})
-        up = bicubic_up(lr, p.scale)
+        up = self.condition(lr)
         latent = noise / self.latent_scale
         parts: dict[str, tuple[nn.Module, tuple[Any, ...]]] = {
             "vae_encoder": (teacher.encoder, (up * 2 - 1,)),
@@ -857,10 +919,56 @@ def backbone(target: str | Path, arch: str | None = None, *, quiet: bool = False
     return space, chosen, ctx, model.eval(), origin
 
 
+def latent_pairs(space: SDUNetSpace, ctx: Context, settings: SRParams | dict | None = None,
+                 *, split: Literal["train", "val"] = "train") -> dict[str, Any]:
+    """A task's pair dataset in latent space (``settings.task``: ``deblur`` or ``sr``),
+    for other code that trains or measures a conditional latent model.
+
+    ``split="train"``: the training pool (``pool`` aligned random crops of
+    ``hr_size``, with flips, fixed by ``seed``); ``"val"``: the held-out crops
+    (``eval_images`` of ``eval_size``, other photos and kernels). Returns
+    ``target`` (N, C, h, w), the sharp (HR) crops' latents, and ``cond`` (N, C, h, w),
+    the latents of the conditioning images (blurred crop, or bicubic upsampling):
+    both posterior means x ``latent_scale`` (the U-Net's latent space); ``images``
+    (N, 3, H, W) the target crops, ``degraded`` the inputs (blurred, or LR), ``condition``
+    the conditioning images (N, 3, H, W), all in [0, 1]; ``ehs`` (1, tokens, D), the
+    null text embedding the model is called with; ``latent_scale``; ``task``. ``space``:
+    an ``sd_unet`` space prepared with its trained teacher."""
+    ad = SRAdapter(space, None, ctx, settings)
+    if split == "train":
+        degraded, images = ad.pool_images()
+        target, cond = ad.pool()
+    elif split == "val":
+        degraded, images = ad.eval_set()
+        target, cond = ad.encode(images), ad.encode(ad.condition(degraded))
+    else:
+        raise ValueError(f"split {split!r}: 'train' or 'val'")
+    return {"task": ad.p.task, "target": target, "cond": cond, "images": images,
+            "degraded": degraded, "condition": ad.condition(degraded), "ehs": ad.tr["ehs"],
+            "latent_scale": ad.latent_scale}
+
+
+def conditional_model(space: SDUNetSpace, arch: Architecture, ctx: Context,
+                      settings: SRParams | dict | None = None, *, backbone: nn.Module | None = None,
+                      trained: bool = True) -> tuple[SRUNet, dict[str, Any]]:
+    """The conditional latent denoiser of a task for backbone ``arch`` (``backbone``: its
+    built model, e.g. with distilled pairs; default ``space.build(arch)``):
+    ``model(x_t, cond, t, encoder_hidden_states)`` -> eps, an :class:`SRUNet` (the
+    backbone with ``conv_in`` widened by zero filters). ``trained=True``: trained on
+    :func:`latent_pairs`' training pool (or loaded from the run's cache) and its training
+    report; ``False``: the untrained widened backbone (computes what the backbone computes)
+    and ``{}``."""
+    ad = SRAdapter(space, arch, ctx, settings, backbone=backbone)
+    if not trained:
+        return ad._new_model(), {}
+    return ad.sr_model()
+
+
 def adapt(space: SDUNetSpace, arch: Architecture, ctx: Context, settings: SRParams | dict | None = None,
           *, model: nn.Module | None = None, origin: str = "", out: str | Path | None = None) -> dict[str, Any]:
-    """SR adaptation + one-step distillation of ``arch`` (trained or loaded), measured;
-    the report (also written to ``out`` as JSON when given)."""
+    """Adaptation to the task (``settings.task``: SR or deblurring) + one-step
+    distillation of ``arch`` (trained or loaded), measured; the report (also written
+    to ``out`` as JSON when given)."""
     start = time.perf_counter()
     ad = SRAdapter(space, arch, ctx, settings, backbone=model)
     report = {"version": VERSION, "backbone": {"arch": dict(arch), "id": arch.id, "origin": origin,
@@ -876,19 +984,22 @@ def format_report(r: dict[str, Any]) -> str:
     """The report as a table: PSNR/SSIM, GMACs and latency per image."""
     m, g, lat = r["metrics"], r["gmacs"], r.get("latency", {})
     n = r["settings"]["sample_steps"]
-    rows = [("bicubic", m["bicubic"], None, None, None),
-            ("VAE reconstruction of HR (ceiling)", m["vae_reconstruction"], None, None, None),
-            ("VAE of bicubic", m["vae_of_bicubic"], None, None, None),
-            ("bicubic + decoded true HR detail", m.get("oracle_detail"), None, None, None),
-            (f"SR model, {n} steps", m["teacher"], n * g["unet_step"], g["teacher_per_image"],
+    task = r.get("task", "sr")
+    base, deg, tgt = (TASKS[task][k] for k in ("baseline", "degraded", "target"))
+    model = "SR model" if task == "sr" else "deblur model"
+    rows = [(base, m.get("baseline", m.get("bicubic")), None, None, None),
+            (f"VAE reconstruction of {tgt} (ceiling)", m["vae_reconstruction"], None, None, None),
+            (f"VAE of {base}", m["vae_of_bicubic"], None, None, None),
+            (f"{base} + decoded true {tgt} detail", m.get("oracle_detail"), None, None, None),
+            (f"{model}, {n} steps", m["teacher"], n * g["unet_step"], g["teacher_per_image"],
              lat.get("teacher_ms")),
             ("one-step student", m["student"], g["unet_step"], g["student_per_image"],
              lat.get("student_ms")),
             ("one-step student + fidelity decoder", m.get("student_fidelity"), g["unet_step"],
              g.get("student_fidelity_per_image"), lat.get("student_fidelity_ms")),
-            ("fidelity decoder on the LR latent", m.get("lr_fidelity"), 0.0,
+            (f"fidelity decoder on the {deg} latent", m.get("lr_fidelity"), 0.0,
              g.get("lr_fidelity_per_image"), lat.get("lr_fidelity_ms")),
-            ("fidelity decoder on the HR latent", m.get("hr_fidelity"), None, None, None)]
+            (f"fidelity decoder on the {tgt} latent", m.get("hr_fidelity"), None, None, None)]
     lines = [f"{'':36s} {'PSNR dB':>8s} {'SSIM':>6s} {'U-Net GMACs':>11s} {'GMACs/image':>11s} "
              f"{'ms/image':>9s}"]
     for name, v, gu, gm, ms in rows:
@@ -916,15 +1027,17 @@ def main(argv=None) -> int:
     from nasframe.params import parse_params
 
     ap = argparse.ArgumentParser(prog="python -m nasframe_search_spaces.sd_unet.sr",
-                                 description="SR adaptation and one-step distillation of an "
-                                             "sd_unet backbone (docs/tocsr.md)")
+                                 description="SR (or deblurring) adaptation and one-step "
+                                             "distillation of an sd_unet backbone (docs/tocsr.md)")
     ap.add_argument("target", help="a run directory (its pick) or an experiment file")
     ap.add_argument("--arch", default=None, help="a reference name (sd15, nanosd, ...) or a trial number")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an SR setting (repeatable), e.g. --set steps=400; see SRParams")
     ap.add_argument("--settings", default=None, help="a YAML file of SR settings")
-    ap.add_argument("--out", default=None, help="the JSON report (default: RUN_DIR/sr.json; for an experiment file "
-                         "OUTPUT-sr/sr.json)")
+    ap.add_argument("--task", choices=tuple(TASKS), default=None,
+                    help="sr (default) or deblur; the same as --set task=...")
+    ap.add_argument("--out", default=None, help="the JSON report (default: RUN_DIR/sr.json, "
+                    "RUN_DIR/deblur.json for --task deblur; for an experiment file OUTPUT-sr/...)")
     args = ap.parse_args(argv)
     try:
         raw = yaml.safe_load(Path(args.settings).read_text()) or {} if args.settings else {}
@@ -933,9 +1046,11 @@ def main(argv=None) -> int:
             if not sep:
                 raise ValueError(f"--set {item!r}: give KEY=VALUE")
             raw[key.strip()] = yaml.safe_load(value)
+        if args.task is not None:
+            raw["task"] = args.task
         settings = parse_params(SRParams, raw, "SR settings")
         space, arch, ctx, model, origin = backbone(args.target, args.arch)
-        out = Path(args.out) if args.out else ctx.run_dir / "sr.json"
+        out = Path(args.out) if args.out else ctx.run_dir / TASKS[settings.task]["report"]
         report = adapt(space, arch, ctx, settings, model=model, origin=origin, out=out)
     except (ValueError, OSError, KeyError, NasframeError) as err:   # settings, files, data
         print(f"error: {err}", file=sys.stderr)

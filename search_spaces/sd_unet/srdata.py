@@ -1,12 +1,22 @@
-"""x4 super-resolution pairs: made from scikit-image's photos, or read from paired folders.
+"""Restoration pairs of the downstream tasks: x4 super-resolution and deblurring.
 
-A pair is ``(lr, hr)``: (3, h, w) and (3, h * scale, w * scale) float32 images in
-[0, 1]. Photos are degraded the usual way (bicubic downscaling with
-anti-aliasing, torch's ``interpolate``); paired folders hold real data in
+A pair is ``(degraded, target)``: for super-resolution ``(lr, hr)``, (3, h, w) and
+(3, h * scale, w * scale); for deblurring ``(blurred, sharp)``, both (3, H, W);
+float32 images in [0, 1]. Photos are degraded the usual way: bicubic
+downscaling with anti-aliasing (torch's ``interpolate``), or a blur kernel
+(motion: an anti-aliased line; or Gaussian; hybrid_unet's
+:func:`~nasframe_search_spaces.hybrid_unet.data.line_kernel` /
+:func:`~nasframe_search_spaces.hybrid_unet.data.gaussian_kernel`) convolved with
+reflected borders, several kernels per photo. Paired folders hold real data in
 DIV2K's layout::
 
     ROOT/HR/0001.png
     ROOT/LR_bicubic/X4/0001x4.png       (or ROOT/LR_bicubic/X4/0001.png)
+
+or, for deblurring, GoPro's (:func:`gopro_pairs`)::
+
+    ROOT/GOPR0372_07_00/blur/000047.png
+    ROOT/GOPR0372_07_00/sharp/000047.png
 
 Training draws aligned random crops from any list of pairs
 (:func:`random_pair_crops`); evaluation takes fixed crops (:func:`fixed_pair_crops`).
@@ -32,6 +42,105 @@ def bicubic_up(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     """Bicubic upsampling by ``scale`` (the baseline, and the SR model's conditioning
     image): (B, 3, h, w) -> (B, 3, h * s, w * s), clamped to [0, 1]."""
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def condition_image(degraded: torch.Tensor, scale: int) -> torch.Tensor:
+    """The degraded image at the target's size, which the model is conditioned on and
+    the fidelity path starts from: bicubic x ``scale`` (super-resolution), or the input
+    itself for ``scale`` 1 (deblurring). Clamped to [0, 1]."""
+    return degraded.clamp(0, 1) if scale == 1 else bicubic_up(degraded, scale)
+
+
+#: blur kernels of synthetic deblurring pairs (hybrid_unet's `kernel` choices)
+KERNELS = ("gaussian", "motion", "mixed")
+
+
+def blur_kernel(rng, kind: str = "mixed", blur_sigma: tuple[float, float] = (1.0, 3.0),
+                motion_length: tuple[float, float] = (5.0, 15.0)) -> torch.Tensor:
+    """One random blur kernel (K, K), sum 1: a motion line of length uniform in
+    ``motion_length`` at a uniform angle, or a Gaussian of std uniform in ``blur_sigma``
+    (``mixed``: either, evenly). ``rng``: a ``numpy.random.Generator``; the draws are
+    always the same four, so the stream stays aligned whatever ``kind`` is."""
+    from nasframe_search_spaces.hybrid_unet.data import gaussian_kernel, line_kernel
+
+    if kind not in KERNELS:
+        raise ValueError(f"kernel {kind!r}: one of {', '.join(KERNELS)}")
+    pick, angle = rng.random(), rng.uniform(0.0, 180.0)
+    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * rng.random()
+    length = motion_length[0] + (motion_length[1] - motion_length[0]) * rng.random()
+    motion = kind == "motion" or (kind == "mixed" and pick < 0.5)
+    k = line_kernel(length, angle) if motion else gaussian_kernel(sigma)
+    return torch.from_numpy(k)
+
+
+def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``image`` (3, H, W) or (B, 3, H, W) convolved with ``kernel`` (K, K), borders
+    reflected (the size is kept), clamped to [0, 1]."""
+    x = image[None] if image.ndim == 3 else image
+    k = kernel.to(x.dtype)
+    r = k.shape[-1] // 2
+    if r >= min(x.shape[-2:]):
+        raise ValueError(f"a {k.shape[-1]}x{k.shape[-1]} kernel is too large for a "
+                         f"{x.shape[-1]}x{x.shape[-2]} image")
+    pad = F.pad(x, (r, r, r, r), mode="reflect")
+    # conv2d is a correlation: flip the kernel for a convolution
+    w = k.flip(-1, -2)[None, None].expand(x.shape[1], 1, -1, -1)
+    out = F.conv2d(pad, w, groups=x.shape[1]).clamp(0, 1)
+    return out[0] if image.ndim == 3 else out
+
+
+def photo_blur_pairs(names: tuple[str, ...], per_image: int = 8, seed: int = 0, kind: str = "mixed",
+                     blur_sigma: tuple[float, float] = (1.0, 3.0),
+                     motion_length: tuple[float, float] = (5.0, 15.0),
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(blurred, sharp)`` of scikit-image photos ``names``: each photo blurred by
+    ``per_image`` kernels of :func:`blur_kernel`, drawn from ``seed``."""
+    import numpy as np
+
+    from nasframe_search_spaces.sd_unet.pretrain import photo
+
+    rng = np.random.default_rng(98_000_027 + seed)
+    out = []
+    for name in names:
+        sharp = photo(name)
+        for _ in range(per_image):
+            out.append((blur(sharp, blur_kernel(rng, kind, blur_sigma, motion_length)), sharp))
+    return out
+
+
+def gopro_pairs(root: str | Path, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(blurred, sharp)`` pairs from a folder in GoPro's layout: sequence folders
+    ``ROOT/<sequence>/blur/*.png`` with ``ROOT/<sequence>/sharp/*.png`` of the same names
+    (``ROOT`` itself may hold ``blur/`` and ``sharp/``), sorted by sequence then name,
+    at most ``limit``. ValueError naming the problem: no sequence, a blurred frame
+    without its sharp partner, sizes that differ."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder (expected GoPro's layout: "
+                         "<sequence>/blur/*.png and <sequence>/sharp/*.png)")
+    sequences = [root] if (root / "blur").is_dir() else sorted(
+        d for d in root.iterdir() if (d / "blur").is_dir())
+    if not sequences:
+        raise ValueError(f"{root}: no <sequence>/blur/ folder (expected GoPro's layout: "
+                         "<sequence>/blur/*.png and <sequence>/sharp/*.png)")
+    out = []
+    for seq in sequences:
+        if not (seq / "sharp").is_dir():
+            raise ValueError(f"{seq}: has blur/ but no sharp/ folder")
+        for b in sorted(p for p in (seq / "blur").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            if limit is not None and len(out) >= limit:
+                return out
+            s = seq / "sharp" / b.name
+            if not s.is_file():
+                raise ValueError(f"{b}: no sharp partner {s}")
+            blurred, sharp = _read_rgb(b), _read_rgb(s)
+            if blurred.shape != sharp.shape:
+                raise ValueError(f"{b.name}: blurred {blurred.shape[-1]}x{blurred.shape[-2]} but "
+                                 f"sharp {sharp.shape[-1]}x{sharp.shape[-2]}")
+            out.append((blurred, sharp))
+    if not out:
+        raise ValueError(f"{root}: no images in the blur/ folders ({', '.join(IMAGE_SUFFIXES)})")
+    return out
 
 
 def photo_pairs(names: tuple[str, ...], scale: int = SCALE) -> list[tuple[torch.Tensor, torch.Tensor]]:

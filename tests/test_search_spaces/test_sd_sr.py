@@ -229,3 +229,117 @@ def test_only_what_trains_the_sr_model_enters_its_cache_key(prepared):
     assert sr.SRAdapter(space, arch, ctx, {**TINY, **others})._payload() == key
     for name, value in (("steps", 5), ("lr", 1e-3), ("pool", 9), ("seed", 1)):
         assert sr.SRAdapter(space, arch, ctx, {**TINY, name: value})._payload() != key, name
+
+
+# ------------------------------------------------------------------ deblurring
+DEBLUR = {**TINY, "task": "deblur", "blurs_per_image": 2}
+
+
+def test_blurred_photo_pairs_are_the_sharp_photo_convolved():
+    rng = np.random.default_rng(0)
+    delta = torch.zeros(5, 5)
+    delta[2, 2] = 1
+    img = torch.rand(3, 20, 24)
+    assert torch.equal(srdata.blur(img, delta), img)
+    # a one-pixel shift kernel is a convolution (not a correlation): the image moves right
+    shift = torch.zeros(3, 3)
+    shift[1, 2] = 1
+    assert torch.equal(srdata.blur(img, shift)[:, :, 2:], img[:, :, 1:-1])
+    kinds = {k: srdata.blur_kernel(np.random.default_rng(1), k) for k in srdata.KERNELS}
+    assert all(float(k.sum()) == pytest.approx(1.0, abs=1e-5) for k in kinds.values())
+    # a motion kernel is a line (few non-zero taps), a Gaussian is dense
+    assert (kinds["motion"] > 0).float().mean() < (kinds["gaussian"] > 0).float().mean()
+    with pytest.raises(ValueError, match="kernel 'box'"):
+        srdata.blur_kernel(rng, "box")
+    pairs = srdata.photo_blur_pairs(pretrain.TRAIN_PHOTOS[:1], per_image=3, seed=0)
+    assert len(pairs) == 3 and all(b.shape == s.shape for b, s in pairs)
+    assert all(s is pairs[0][1] for _, s in pairs)                       # one sharp photo
+    assert not torch.equal(pairs[0][0], pairs[1][0])                     # different kernels
+    b, s = srdata.random_pair_crops(pairs, 4, 64, torch.Generator().manual_seed(0), scale=1)
+    assert b.shape == s.shape == (4, 3, 64, 64)
+    assert 15 < sr.image_metrics(b, s)["psnr"] < 40                      # blurred, not destroyed
+    again = srdata.photo_blur_pairs(pretrain.TRAIN_PHOTOS[:1], per_image=3, seed=0)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(pairs, again))    # fixed by the seed
+    assert torch.equal(srdata.condition_image(b, 1), b)                  # deblurring: the input
+
+
+def test_gopro_folders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for seq in ("GOPR0001_00_00", "GOPR0002_00_00"):
+        for sub in ("blur", "sharp", "blur_gamma"):
+            (tmp_path / seq / sub).mkdir(parents=True)
+        for i in range(2):
+            for sub in ("blur", "sharp"):
+                Image.fromarray((rng.random((20, 30, 3)) * 255).astype(np.uint8)).save(
+                    tmp_path / seq / sub / f"{i:06d}.png")
+    pairs = srdata.gopro_pairs(tmp_path)
+    assert len(pairs) == 4 and all(b.shape == s.shape == (3, 20, 30) for b, s in pairs)
+    first = np.asarray(Image.open(tmp_path / "GOPR0001_00_00" / "blur" / "000000.png"))
+    assert torch.allclose(pairs[0][0], torch.from_numpy(first.transpose(2, 0, 1) / 255).float())
+    assert len(srdata.gopro_pairs(tmp_path, limit=3)) == 3
+    assert len(srdata.gopro_pairs(tmp_path / "GOPR0002_00_00")) == 2   # one sequence given
+    (tmp_path / "GOPR0002_00_00" / "sharp" / "000001.png").unlink()
+    with pytest.raises(ValueError, match="000001.png: no sharp partner"):
+        srdata.gopro_pairs(tmp_path)
+    with pytest.raises(ValueError, match="no <sequence>/blur/ folder"):
+        srdata.gopro_pairs(tmp_path / "GOPR0001_00_00" / "sharp")
+
+
+@pytest.mark.slow
+def test_deblur_adaptation_reports_against_the_blurred_input(prepared, tmp_path):
+    space, ctx, arch = prepared
+    r = sr.adapt(space, arch, ctx, DEBLUR, origin="reference sd15", out=tmp_path / "deblur.json")
+    m = r["metrics"]
+    assert r["task"] == "deblur" and "bicubic" not in m
+    ad = sr.SRAdapter(space, arch, ctx, DEBLUR)
+    blurred, sharp = ad.eval_set()
+    assert blurred.shape == sharp.shape == (2, 3, 64, 64)
+    assert m["baseline"] == pytest.approx(sr.image_metrics(blurred, sharp))
+    for key in ("teacher", "student", "student_fidelity", "lr_fidelity", "hr_fidelity"):
+        assert np.isfinite(m[key]["psnr"])
+    # the models differ from SR's (other cache entries); SR's payload does not name the task
+    sr_key = sr.SRAdapter(space, arch, ctx, TINY)._payload()
+    assert ad._payload() != sr_key and "task" not in sr_key["settings"]
+    assert ad._payload()["settings"]["kernel"] == "mixed"
+    g = r["gmacs"]
+    assert g["teacher_per_image"] > g["student_per_image"] > g["unet_step"] > 0
+    # the fidelity path starts at the blurred input
+    fd = sr.FidelityDecoder(ad.decoder(), 8, 1)
+    lat = ad.encode(blurred) / ad.latent_scale
+    assert torch.equal(fd(lat, blurred), blurred)
+    text = sr.format_report(r)
+    for row in ("blurred ", "VAE of blurred", "deblur model, 2 steps",
+                "fidelity decoder on the blurred latent", "fidelity decoder on the sharp latent"):
+        assert row in text, row
+    assert "bicubic" not in text
+
+
+def test_latent_pairs_and_the_conditional_model_for_other_code(prepared):
+    space, ctx, arch = prepared
+    train = sr.latent_pairs(space, ctx, DEBLUR)
+    n, c = DEBLUR["pool"], space.config.in_channels
+    assert train["task"] == "deblur"
+    assert train["target"].shape == train["cond"].shape == (n, c, 8, 8)
+    assert train["images"].shape == train["degraded"].shape == (n, 3, 64, 64)
+    assert torch.equal(train["condition"], train["degraded"])
+    ad = sr.SRAdapter(space, None, ctx, DEBLUR)
+    torch.testing.assert_close(train["cond"], ad.encode(train["degraded"]))
+    torch.testing.assert_close(train["target"], ad.encode(train["images"]))
+    val = sr.latent_pairs(space, ctx, DEBLUR, split="val")
+    assert val["target"].shape == (2, c, 8, 8) and not torch.equal(val["images"][0], train["images"][0])
+    with pytest.raises(ValueError, match="split 'test'"):
+        sr.latent_pairs(space, ctx, DEBLUR, split="test")
+    # untrained: the widened backbone computes what the backbone computes, whatever the condition
+    fresh, report = sr.conditional_model(space, arch, ctx, DEBLUR, trained=False)
+    x, t = train["target"][:2], torch.tensor([10, 500])
+    ehs = train["ehs"].expand(2, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, train["cond"][:2], t, ehs), space.build(arch)(x, t, ehs))
+    assert report == {}
+    model, report = sr.conditional_model(space, arch, ctx, DEBLUR)
+    assert report["steps"] == DEBLUR["steps"]
+    assert sr.conditional_model(space, arch, ctx, DEBLUR)[1]["cached"]  # trained once, then loaded
+    assert not torch.equal(model.backbone.conv_in.weight[:, c:], torch.zeros_like(
+        model.backbone.conv_in.weight[:, c:]))
