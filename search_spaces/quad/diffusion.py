@@ -12,14 +12,15 @@ tensors are call arguments, graph inputs once exported), :class:`~.quant.QuantSi
 fake-quantises it (outputs of diffusers' ``ResnetBlock2D`` observed as block
 outputs), :func:`~.quant.quad` trains the adapters against one fixed profile.
 
-Tasks (the condition latent is the VAE latent of the degraded image, the target
-the clean image's latent; the same training crops for both):
+Tasks (sd_unet's pairs in latent space, :func:`nasframe_search_spaces.sd_unet.sr.latent_pairs`:
+the condition latent is the VAE latent of the conditioning image, the target the clean
+image's latent):
 
 ``sr``
     the bicubic x4 upsampling of the LR crop (what the base was trained on);
 ``deblur``
-    the HR crop blurred by a Gaussian of std ``blur_sigma`` pixels
-    (:func:`nasframe_search_spaces.hybrid_unet.data.gaussian_kernel`, reflect padding).
+    the blurred crop (sd_unet's synthetic motion / Gaussian blur of the photos, other
+    kernels on the held-out photos; ``deblur`` settings).
 
 Per task a full-precision LoRA adapter is trained (L1 of the one-step latent to the
 clean latent, the base frozen); its base + adapter merged is that task's fp32 model,
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasframe.params import Field, Float, Int, Params
+from nasframe.params import Field, Int, ParamError, Params
 from nasframe_search_spaces.quad.space import METHODS, AdapterParams, QatParams
 
 if TYPE_CHECKING:
@@ -76,8 +77,9 @@ class DiffusionQuadParams(Params):
     """LoRA rank of every adapted layer."""
     bits: Literal["w8a8", "w8a16", "w4a16"] = "w8a16"
     """Weight/activation bit widths of every layer."""
-    blur_sigma: Float = Field(2.0, gt=0, le=20)
-    """Std (HR pixels) of the deblur task's Gaussian blur."""
+    deblur: dict[str, Any] = {}
+    """Deblur settings of :class:`~nasframe_search_spaces.sd_unet.sr.SRParams` (``kernel``,
+    ``blur_sigma``, ``motion_length``, ``blurs_per_image``) for the deblur task's pairs."""
     adapters: AdapterParams = AdapterParams(steps=100, batch_size=8, lr=2e-3)
     """Each task's full-precision adapter: steps, batch_size, lr."""
     qat: QatParams = QatParams(steps=60, batch_size=8, lr=5e-4, calib_batches=2)
@@ -111,17 +113,6 @@ class OneStepDenoiser(nn.Module):
         return (z - self.sqrt_1m_abar * eps) / self.sqrt_abar
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, 3, H, W) blurred per channel by hybrid_unet's Gaussian kernel, reflect padding."""
-    from nasframe_search_spaces.hybrid_unet.data import gaussian_kernel
-
-    k = torch.from_numpy(gaussian_kernel(sigma)).float()
-    r = k.shape[-1] // 2
-    weight = k[None, None].expand(images.shape[1], 1, *k.shape).contiguous()
-    padded = F.pad(images, (r, r, r, r), mode="reflect")
-    return F.conv2d(padded, weight, groups=images.shape[1]).clamp(0, 1)
-
-
 class DiffusionQuad:
     """QUAD on the one-step SR U-Net (``tiny`` sd_unet preset) with one adapter per task.
 
@@ -134,9 +125,10 @@ class DiffusionQuad:
         self.ctx = ctx
         self.p = params if isinstance(params, DiffusionQuadParams) else DiffusionQuadParams(**(params or {}))
         if len(set(self.p.tasks)) != len(self.p.tasks):
-            from nasframe.params import ParamError
-
             raise ParamError("tasks", f"{self.p.tasks} names a task twice; list each once")
+        if "task" in self.p.sr:
+            raise ParamError("sr.task", f"{self.p.sr['task']!r}: the tasks are set by `tasks`; "
+                             "remove sr.task")
         self.tasks = tuple(self.p.tasks)
         self.progress = progress
         self.net = None
@@ -164,10 +156,11 @@ class DiffusionQuad:
                              "teacher": {"train": self.p.teacher},
                              "fidelity": {"samples": 2, "batch_size": 2}})
         space.prepare(self.ctx, frozenset({Teacher}))
+        self.space = space
         seconds["teacher"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.sr = SRAdapter(space, space.reference_architectures()["sd15"], self.ctx,
-                            SRParams(**self.p.sr))
+                            SRParams(**self.task_settings("sr")))
         student = self.sr.student()[0]
         seconds["sr_base"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -182,29 +175,25 @@ class DiffusionQuad:
         self.seconds = seconds
         return seconds
 
-    def _condition_images(self, task: str, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        from nasframe_search_spaces.sd_unet.srdata import bicubic_up
-
-        if task == "sr":
-            return bicubic_up(lr, self.sr.p.scale)
-        return gaussian_blur(hr, self.p.blur_sigma)
+    def task_settings(self, task: str) -> dict[str, Any]:
+        """The SR settings of ``task``'s pairs (crops, sizes and seed as the base's)."""
+        return {**self.p.sr, "task": task, **(self.p.deblur if task == "deblur" else {})}
 
     def _make_data(self) -> None:
         """Per task the training pool (condition latent, clean latent) and the held-out set
-        (condition latent, clean image, degraded image, fixed noise)."""
-        lr, hr = self.sr.pool_images()
-        target = self.sr.encode(hr)
-        elr, ehr = self.sr.eval_set()
-        g = torch.Generator().manual_seed(98_000_023 + self.p.seed)
-        down = self.sr.vcfg.downsampling
-        noise = torch.randn(len(ehr), self.sr.channels, ehr.shape[-2] // down, ehr.shape[-1] // down,
-                            generator=g)
+        (``[noise, condition latent]``, clean image, conditioning image): sd_unet's
+        :func:`~nasframe_search_spaces.sd_unet.sr.latent_pairs`."""
+        from nasframe_search_spaces.sd_unet.sr import latent_pairs
+
         self.pool, self.eval = {}, {}
         for t in self.tasks:
-            self.pool[t] = (self.sr.encode(self._condition_images(t, lr, hr)), target)
-            degraded = self._condition_images(t, elr, ehr)
-            self.eval[t] = {"x": torch.cat([noise, self.sr.encode(degraded)], 1), "hr": ehr,
-                            "degraded": degraded}
+            train = latent_pairs(self.space, self.ctx, self.task_settings(t), split="train")
+            val = latent_pairs(self.space, self.ctx, self.task_settings(t), split="val")
+            g = torch.Generator().manual_seed(98_000_023 + self.p.seed)   # the same noise per task
+            noise = torch.randn(val["cond"].shape, generator=g)
+            self.pool[t] = (train["cond"], train["target"])
+            self.eval[t] = {"x": torch.cat([noise, val["cond"]], 1), "hr": val["images"],
+                            "degraded": val["condition"]}
 
     def batch(self, task: str, step: int, batch_size: int, salt: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Training batch ``step`` of ``task``: ``([noise, condition latent], clean latent)``."""
@@ -221,7 +210,7 @@ class DiffusionQuad:
 
         a = self.p.adapters
         payload = {"version": VERSION, "base": module_digest(self.net.net), "tasks": list(self.tasks),
-                   "rank": self.p.rank, "blur_sigma": self.p.blur_sigma, **a.model_dump(),
+                   "rank": self.p.rank, **a.model_dump(),
                    "data": {t: module_digest({"c": c, "y": y}) for t, (c, y) in self.pool.items()},
                    "seed": self.p.seed}
 
@@ -327,7 +316,7 @@ class DiffusionQuad:
                 for t in self.tasks}
 
     def degraded_quality(self) -> dict[str, dict[str, float]]:
-        """PSNR/SSIM of each task's degraded input (bicubic upsampling, blurred image)."""
+        """PSNR/SSIM of each task's conditioning image (bicubic upsampling, blurred image)."""
         from nasframe_search_spaces.sd_unet.sr import image_metrics
 
         self.prepare()
