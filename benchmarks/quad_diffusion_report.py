@@ -9,7 +9,8 @@ at ``--bits`` everywhere (torch fake-quant simulation):
 
 1. **Quality per task** on held-out crops: PSNR (dB) / SSIM of the decoded
    one-step image against the clean crop, and PSNR against the task's fp32 image
-   (what quantisation alone costs), for the degraded input, the base without an
+   (what quantisation alone costs), for the degraded input, the VAE's
+   reconstruction of the clean crop (the ceiling of any decoded latent), the base without an
    adapter, fp32, QUAD (one shared profile + QAT with distillation), the shared
    profile without QAT, separate per-task profiles and the naive shared profile
    (calibrated on the first task only).
@@ -48,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 from nasframe.context import Context  # noqa: E402
 from nasframe_search_spaces.quad.diffusion import SR, TEACHER, run  # noqa: E402
 
-ROWS = (("degraded", "degraded input (bicubic / blurred)"), ("base", "base, no adapter (fp32)"),
+ROWS = (("degraded", "degraded input (bicubic / blurred)"),
+        ("vae_ceiling", "VAE reconstruction of the clean crop (ceiling)"), ("base", "base, no adapter (fp32)"),
         ("fp32", "fp32 adapters"), ("quad", "QUAD shared profile"),
         ("shared_ptq", "shared profile, no QAT"), ("separate", "separate profiles"),
         ("naive", "naive shared (first task)"))

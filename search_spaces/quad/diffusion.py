@@ -315,12 +315,19 @@ class DiffusionQuad:
                     else float("inf")}
                 for t in self.tasks}
 
-    def degraded_quality(self) -> dict[str, dict[str, float]]:
-        """PSNR/SSIM of each task's conditioning image (bicubic upsampling, blurred image)."""
+    def reference_quality(self) -> dict[str, dict[str, dict[str, float]]]:
+        """PSNR/SSIM of each task's ``degraded`` conditioning image (bicubic upsampling,
+        blurred image) and the VAE's reconstruction of the clean crop (``vae_ceiling``: no
+        latent model decoded by this VAE does better)."""
         from nasframe_search_spaces.sd_unet.sr import image_metrics
 
         self.prepare()
-        return {t: image_metrics(self.eval[t]["degraded"], self.eval[t]["hr"]) for t in self.tasks}
+        out: dict[str, dict[str, dict[str, float]]] = {"degraded": {}, "vae_ceiling": {}}
+        for t in self.tasks:
+            hr = self.eval[t]["hr"]
+            out["degraded"][t] = image_metrics(self.eval[t]["degraded"], hr)
+            out["vae_ceiling"][t] = image_metrics(self._images(self.sr.encode(hr)), hr)
+        return out
 
     # -- memory and the graph ------------------------------------------------------------
     def memory(self, n_tasks: int, folder: str | Path) -> dict[str, float]:
@@ -370,7 +377,7 @@ def run(ctx: Context, params: DiffusionQuadParams | dict | None = None, *, tasks
     out: dict[str, Any] = {"settings": dq.p.model_dump(), "seconds": dict(dq.prepare())}
     t0 = time.perf_counter()
     out["quality"] = {m: dq.quality(m) for m in (*METHODS, "base")}
-    out["quality"]["degraded"] = dq.degraded_quality()
+    out["quality"].update(dq.reference_quality())
     out["seconds"]["quality"] = time.perf_counter() - t0 - dq.profiles()["quad_s"]
     out["seconds"]["quad"] = dq.profiles()["quad_s"]
     folder = ctx.run_dir / "quad_diffusion"
