@@ -23,9 +23,9 @@ at ``--bits`` everywhere (torch fake-quant simulation):
 
 Usage::
 
-    python benchmarks/quad_diffusion_report.py [--rank 4] [--bits w8a16] [--adapter-steps 100]
-        [--qat-steps 60] [--sr-steps 150] [--distill-steps 60] [--vae-steps 150]
-        [--teacher-steps 60] [--pool 64] [--eval-images 8] [--kernel mixed]
+    python benchmarks/quad_diffusion_report.py [--rank 4] [--bits w8a16] [--adapter-steps 60]
+        [--qat-steps 40] [--sr-steps 100] [--distill-steps 40] [--vae-steps 100]
+        [--teacher-steps 30] [--pool 64] [--eval-images 8] [--kernel mixed]
         [--threads 1] [--cache benchmarks/.cache/quad_diffusion] [--json PATH] [--no-export]
 
 It prints its tables and exits 0: a measurement, not an assertion.
@@ -79,8 +79,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--distill-steps", type=int, default=SR["distill_steps"])
     ap.add_argument("--pool", type=int, default=SR["pool"], help="training crops (both tasks)")
     ap.add_argument("--eval-images", type=int, default=SR["eval_images"])
-    ap.add_argument("--adapter-steps", type=int, default=100)
-    ap.add_argument("--qat-steps", type=int, default=60)
+    ap.add_argument("--adapter-steps", type=int, default=60)
+    ap.add_argument("--qat-steps", type=int, default=40)
     ap.add_argument("--qat-lr", type=float, default=5e-4)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--calib-batches", type=int, default=2)

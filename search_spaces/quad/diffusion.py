@@ -56,10 +56,10 @@ TASKS = ("sr", "deblur")
 VERSION = 1
 
 #: the teacher (VAE + U-Net pretraining) of the default settings: minutes on 2 CPU cores
-TEACHER = {"steps": 60, "vae_steps": 150, "batch_size": 8, "latent_size": 8, "pool": 64}
+TEACHER = {"steps": 30, "vae_steps": 100, "batch_size": 8, "latent_size": 8, "pool": 64}
 #: the SR model and its one-step student (the shared base)
-SR = {"hr_size": 64, "pool": 64, "steps": 150, "batch_size": 8, "sample_steps": 4,
-      "distill_steps": 60, "distill_targets": 32, "fidelity_steps": 0, "eval_images": 8,
+SR = {"hr_size": 64, "pool": 64, "steps": 100, "batch_size": 8, "sample_steps": 4,
+      "distill_steps": 40, "distill_targets": 24, "fidelity_steps": 0, "eval_images": 8,
       "eval_size": 64, "latency_repeats": 0}
 
 
@@ -80,9 +80,9 @@ class DiffusionQuadParams(Params):
     deblur: dict[str, Any] = {}
     """Deblur settings of :class:`~nasframe_search_spaces.sd_unet.sr.SRParams` (``kernel``,
     ``blur_sigma``, ``motion_length``, ``blurs_per_image``) for the deblur task's pairs."""
-    adapters: AdapterParams = AdapterParams(steps=100, batch_size=8, lr=2e-3)
+    adapters: AdapterParams = AdapterParams(steps=60, batch_size=8, lr=2e-3)
     """Each task's full-precision adapter: steps, batch_size, lr."""
-    qat: QatParams = QatParams(steps=60, batch_size=8, lr=5e-4, calib_batches=2)
+    qat: QatParams = QatParams(steps=40, batch_size=8, lr=5e-4, calib_batches=2)
     """QUAD: steps (tasks round-robin), batch_size (also of each calibration batch), lr, kd,
     calib_batches (per task, for every profile)."""
     seed: Int = Field(0, ge=0)
