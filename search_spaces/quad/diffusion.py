@@ -69,10 +69,12 @@ class DiffusionQuadParams(Params):
     tasks: list[Literal["sr", "deblur"]] = Field(list(TASKS), min_length=1)
     """The tasks, one adapter each; the first is the naive baseline's calibration task."""
     teacher: dict[str, Any] = dict(TEACHER)
-    """sd_unet ``teacher.train`` settings (VAE and U-Net pretraining of the ``tiny`` preset)."""
+    """sd_unet ``teacher.train`` settings (VAE and U-Net pretraining of the ``tiny`` preset;
+    keys given replace those of :data:`TEACHER`)."""
     sr: dict[str, Any] = dict(SR)
     """:class:`~nasframe_search_spaces.sd_unet.sr.SRParams` of the shared base (SR model, one-step
-    student; ``pool``, ``hr_size``, ``eval_images`` and ``eval_size`` also set the tasks' crops)."""
+    student; keys given replace those of :data:`SR`; ``pool``, ``hr_size``, ``eval_images`` and
+    ``eval_size`` also set the tasks' crops)."""
     rank: Int = Field(4, ge=1, le=1024)
     """LoRA rank of every adapted layer."""
     bits: Literal["w8a8", "w8a16", "w4a16"] = "w8a16"
@@ -153,7 +155,7 @@ class DiffusionQuad:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         space = SDUNetSpace({"preset": "tiny", "latent_size": 8,
-                             "teacher": {"train": self.p.teacher},
+                             "teacher": {"train": {**TEACHER, **self.p.teacher}},
                              "fidelity": {"samples": 2, "batch_size": 2}})
         space.prepare(self.ctx, frozenset({Teacher}))
         self.space = space
@@ -177,7 +179,7 @@ class DiffusionQuad:
 
     def task_settings(self, task: str) -> dict[str, Any]:
         """The SR settings of ``task``'s pairs (crops, sizes and seed as the base's)."""
-        return {**self.p.sr, "task": task, **(self.p.deblur if task == "deblur" else {})}
+        return {**SR, **self.p.sr, "task": task, **(self.p.deblur if task == "deblur" else {})}
 
     def _make_data(self) -> None:
         """Per task the training pool (condition latent, clean latent) and the held-out set

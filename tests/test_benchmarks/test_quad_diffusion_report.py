@@ -24,7 +24,7 @@ def _load():
     return module
 
 
-@pytest.mark.slow     # ~25 s of CPU; 122 s wall at load average 17 on 2 cores
+@pytest.mark.slow     # 24 s at load average 9 on 2 cores, 122 s at 17
 def test_quad_diffusion_report_tiny(tmp_path, capsys):
     out = _load().main([*TINY, "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
     q = out["quality"]
