@@ -93,6 +93,7 @@ def _statuses(db):
         con.close()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_completes_budget_without_loss_or_repeat(tmp_path):
     doc = {
         "name": "kill",

@@ -80,6 +80,7 @@ def no_hooks(module: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
 
 
+@pytest.mark.slow
 def test_students_learn_the_teacher_blocks_and_the_teacher_is_untouched():
     teacher = make_teacher()
     teacher.train()  # distill runs it in eval mode and gives the modes back
@@ -138,6 +139,7 @@ def test_a_shape_mismatch_names_both_shapes_and_removes_the_hooks():
     assert no_hooks(teacher) and all(m.training for m in teacher.modules())  # modes restored
 
 
+@pytest.mark.slow
 def test_a_multi_input_sub_module_via_inputs_of():
     teacher = make_teacher()
 
@@ -156,6 +158,7 @@ def test_a_multi_input_sub_module_via_inputs_of():
     assert no_hooks(teacher)
 
 
+@pytest.mark.slow
 def test_a_narrow_student_learns_a_channel_subset_via_outputs_of():
     """A student with fewer channels than its teacher block: inputs_of slices what it
     reads, outputs_of what it must reproduce (the surgery of a narrowed block)."""

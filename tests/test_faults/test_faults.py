@@ -112,6 +112,7 @@ def finished_count(run: Path) -> int:
 
 
 # --------------------------------------------------------------- isolation
+@pytest.mark.slow
 def test_a_quarter_of_the_trials_kill_their_worker_on_the_process_executor(tmp_path):
     exp = experiment(tmp_path, trials=12, executor="process", workers=2, mode="crash",
                      fraction=0.25, exit_code=7)
@@ -130,6 +131,7 @@ def test_a_quarter_of_the_trials_kill_their_worker_on_the_process_executor(tmp_p
     assert "12 trials" in res.stderr and f"{len(dead)} failed" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_trial_that_kills_the_inline_driver_counts_attempts_across_resumes(tmp_path):
     exp = experiment(tmp_path, trials=4, mode="crash", xs=list(range(200)), exit_code=5,
                      fraction=0.0)
@@ -153,6 +155,7 @@ def test_a_trial_that_kills_the_inline_driver_counts_attempts_across_resumes(tmp
                for t in done)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["process", "inline"])
 def test_a_hanging_objective_is_stopped_by_trial_timeout(tmp_path, executor):
     exp = experiment(tmp_path, trials=8, executor=executor, workers=2, mode="hang", fraction=0.25)
@@ -184,6 +187,7 @@ def test_raising_or_non_finite_values_fail_the_trial_naming_the_objective(tmp_pa
     assert ok and all(json.dumps(dict(t.values), allow_nan=False) for t in ok)
 
 
+@pytest.mark.slow
 def test_dask_survives_a_dead_worker_and_a_hang(tmp_path):
     pytest.importorskip("distributed")
     exp = experiment(tmp_path, trials=6, executor="dask", workers=2, mode="crash",
@@ -204,6 +208,7 @@ def test_dask_survives_a_dead_worker_and_a_hang(tmp_path):
 
 
 # ------------------------------------------------------------ one writer
+@pytest.mark.slow
 def test_resume_on_a_live_run_is_refused_and_the_live_run_keeps_its_budget(tmp_path):
     exp = experiment(tmp_path, trials=10, seconds=0.4)
     run = tmp_path / "run"
@@ -219,6 +224,7 @@ def test_resume_on_a_live_run_is_refused_and_the_live_run_keeps_its_budget(tmp_p
     assert len({t.arch.id for t in done}) == len(done)
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_notice(tmp_path):
     exp = experiment(tmp_path, trials=6, seconds=0.4)
     run = tmp_path / "run"
@@ -253,6 +259,7 @@ def _kill_and_resume(tmp_path: Path, exp: Path, sig: int, points: list[float]) -
     return run, codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["random", "ens"])
 def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_search(tmp_path, strategy):
     exp = experiment(tmp_path, trials=16, seconds=0.15, strategy=strategy)
@@ -267,6 +274,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_search(tmp_
     assert not [t for t in trials(run) if t.status == "running"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_within_seconds_without_leaving_workers_then_resumes(tmp_path):
     pids = tmp_path / "pids"
     exp = experiment(tmp_path, trials=24, seconds=0.5, executor="process", workers=2,
@@ -285,6 +293,7 @@ def test_sigterm_stops_within_seconds_without_leaving_workers_then_resumes(tmp_p
     assert not [t for t in done if t.status == "running"] and all(t.attempt == 1 for t in done)
 
 
+@pytest.mark.slow
 def test_sigint_on_the_process_executor_exits_quickly(tmp_path):
     # trials long enough that the run cannot end on its own before the signal, however slow
     # the machine; the signal stops it within seconds anyway

@@ -83,6 +83,7 @@ def test_an_experiment_file_never_makes_validate_or_run_import_code(planted, str
 
 
 # ------------------------------------------------------------ interrupts an objective raises
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["inline", "process"])
 @pytest.mark.parametrize("mode, name", [("interrupt", "KeyboardInterrupt"), ("exit", "SystemExit")])
 def test_an_objective_that_raises_an_interrupt_fails_alone(tmp_path, executor, mode, name):
@@ -109,6 +110,7 @@ def test_an_objective_that_raises_an_interrupt_fails_alone(tmp_path, executor, m
     print(f"{executor}/{mode}: exit 0 in {time.time() - t0:.1f} s")
 
 
+@pytest.mark.slow
 def test_a_real_ctrl_c_still_stops_the_run_and_resume_finishes(tmp_path):
     exp = experiment(tmp_path, trials=6, seconds=0.4)
     run = tmp_path / "run"
@@ -135,6 +137,7 @@ def _pids(folder: Path, prefix: str = "") -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_a_child_forked_by_an_inline_objective_neither_holds_the_lock_nor_outlives_kill_9(tmp_path):
     pid_dir = tmp_path / "pids"
     exp = experiment(tmp_path, trials=20, mode="fork", fraction=1.0, seconds=0.3,
@@ -156,6 +159,7 @@ def test_a_child_forked_by_an_inline_objective_neither_holds_the_lock_nor_outliv
     assert "is in use" not in res.stderr
 
 
+@pytest.mark.slow
 def test_a_child_that_still_holds_the_lock_is_named(tmp_path):
     """A lock holder the driver left behind (not a nasframe child: started by hand with the
     lock's descriptor) is named in the error, not the dead driver."""
@@ -182,6 +186,7 @@ def test_a_child_that_still_holds_the_lock_is_named(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_process_workers_are_gone_within_seconds_of_the_drivers_kill_9(tmp_path):
     pid_dir = tmp_path / "pids"
     exp = experiment(tmp_path, trials=6, executor="process", workers=2, mode="hang",
@@ -198,6 +203,7 @@ def test_process_workers_are_gone_within_seconds_of_the_drivers_kill_9(tmp_path)
     print(f"{len(workers)} hanging workers gone {time.time() - t0:.2f} s after kill -9")
 
 
+@pytest.mark.slow
 def test_a_dask_timeout_costs_the_timeout_and_a_few_seconds(tmp_path):
     pytest.importorskip("distributed")
     exp = experiment(tmp_path, trials=4, executor="dask", workers=1, mode="hang",
@@ -227,6 +233,7 @@ def _slow_run(tmp_path: Path, name: str = "exp") -> tuple[Path, Path]:
     return exp, tmp_path / f"run-{name}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_store_deleted_or_replaced_mid_run_stops_the_run_naming_it(tmp_path, how):
     exp, run = _slow_run(tmp_path)
@@ -263,6 +270,7 @@ def test_a_store_deleted_or_replaced_mid_run_stops_the_run_naming_it(tmp_path, h
 
 
 # ------------------------------------------------------------ exports that are stopped
+@pytest.mark.slow
 def test_an_export_killed_at_any_point_is_followed_by_one_that_succeeds(tmp_path):
     exp = experiment(tmp_path, trials=30)
     run = tmp_path / "run"
