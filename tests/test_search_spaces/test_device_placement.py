@@ -41,6 +41,7 @@ def _host_only(dev, tensors):
     return not any(dev.on_device(t) for t in tensors)
 
 
+@pytest.mark.slow
 def test_ens_teacher_distillation_assembly_and_evaluation_run_on_the_device(tmp_path):
     torch.manual_seed(0)
     dev = EmulatedDevice()
