@@ -230,6 +230,7 @@ def test_preparation_without_trained_weights_trains_nothing(tmp_path):
     assert not (tmp_path / "alignment.json").exists()
 
 
+@pytest.mark.slow
 def test_surrogates_learn_to_mimic_their_transformer_blocks(prepared):
     space, _ = prepared
     s = space._bank.report["surrogates"]
@@ -239,6 +240,7 @@ def test_surrogates_learn_to_mimic_their_transformer_blocks(prepared):
     assert sum(trained[k] < untrained[k] for k in trained) >= len(trained) - 1
 
 
+@pytest.mark.slow
 def test_bank_assembles_hybrids_without_retraining(prepared, tmp_path):
     space, ctx = prepared
     teacher = space.build(space.reference_architectures()["teacher"]).eval()
@@ -263,6 +265,7 @@ def test_bank_assembles_hybrids_without_retraining(prepared, tmp_path):
         assert torch.equal(again.build(arch)(x), hybrid(x))
 
 
+@pytest.mark.slow
 def test_quality_objectives_on_the_aligned_space(prepared):
     space, ctx = prepared
     refs = space.reference_architectures()
@@ -280,6 +283,7 @@ def test_quality_objectives_on_the_aligned_space(prepared):
     assert math.isfinite(all_ssm["psnr"][0])
 
 
+@pytest.mark.slow
 def test_teacher_weights_load_from_a_path(prepared, tmp_path):
     space, ctx = prepared
     path = tmp_path / "teacher.pt"
