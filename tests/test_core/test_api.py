@@ -231,6 +231,7 @@ def test_the_optuna_style_loop_in_docs_api_md_runs(tmp_path):
     assert set(frame["status"]) <= {"complete", "infeasible"}
 
 
+@pytest.mark.slow
 def test_the_notebook_script_in_docs_api_md_runs(tmp_path):
     """The script a new user copies from docs/api.md, run as they would run it."""
     script = tmp_path / "notebook.py"

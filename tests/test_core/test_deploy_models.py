@@ -33,6 +33,7 @@ def _exp(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_export_models_writes_every_front_member_and_the_pick(tmp_path, capsys):
     exp, run = _exp(tmp_path), tmp_path / "run"
     assert main(["run", str(exp), "--out", str(run), "--quiet", "--no-export"]) == 0

@@ -43,6 +43,7 @@ def _values(run_dir):
     return [json.loads(r[0]) for r in rows]
 
 
+@pytest.mark.slow
 def test_analyse_prints_tau_per_proxy_and_writes_the_plot(run_dir):
     res = run_cli("analyse", str(run_dir), "-f", "json")
     assert res.returncode == 0, res.stderr
@@ -73,6 +74,7 @@ def test_analyse_picks_keys_and_rejects_unknown_ones(run_dir, tmp_path):
     assert "no objective 'macs' in this run; its objectives: params, gmacs, latency" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_run_without_measured_latency_says_so(tmp_path):
     doc = {"name": "nolat", "search_space": {"name": "conv_denoiser", "params": {"input_size": 16}},
            "objectives": [{"name": "params"}, {"name": "gmacs"}], "strategy": {"name": "random"},
