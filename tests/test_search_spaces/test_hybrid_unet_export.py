@@ -85,6 +85,7 @@ def test_space_export_module_swaps_the_scan_on_a_copy():
     assert (got - ref).abs().max() / ref.abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_export_model_cli_writes_onnx_of_a_hybrid_within_1e4(tmp_path):
     """The issue's done-when: a hybrid with SSM blocks, exported and run in ONNX Runtime."""
     onnx = pytest.importorskip("onnx")

@@ -76,6 +76,7 @@ def _hybrid(kind):
     return space, arch[kind]
 
 
+@pytest.mark.slow
 @needs_qnn
 def test_tiny_hybrid_teacher_compiles_for_the_npu(tmp_path):
     report = _check(*_hybrid("teacher"), tmp_path)
