@@ -376,6 +376,7 @@ def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(mixed):
             assert _psnr(got, want) >= _psnr(want, fp) - 3
 
 
+@pytest.mark.slow
 def test_latency_of_the_quantised_graph_needs_no_training(tmp_path):
     """latency with graph: quantised times the QDQ graph (adapters as inputs) in ONNX
     Runtime; a cost-only experiment trains nothing; the wrong backend is a param error."""
@@ -405,6 +406,7 @@ def test_latency_of_the_quantised_graph_needs_no_training(tmp_path):
     assert again.details["export"]["graph_hash"] == export["graph_hash"]
 
 
+@pytest.mark.slow
 def test_lora_inputs_on_an_sd_unet_unet_of_three_inputs(tmp_path):
     """The design takes sd_unet: LoRA on the diffusion U-Net (latent, timestep, text
     embedding as model inputs); one ONNX graph, adapters as inputs, each task's adapter
