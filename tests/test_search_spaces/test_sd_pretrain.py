@@ -57,6 +57,7 @@ def test_trained_teacher_is_trained_once_then_loaded_from_the_cache(tmp_path):
     assert len(list(files[0].parent.glob("*.safetensors"))) == 2
 
 
+@pytest.mark.slow
 def test_training_lowers_the_denoising_loss():
     cfg, vcfg = PRESETS["tiny"], SDUNetSpace({"preset": "tiny"}).vae_config
     vae, r = pretrain.train_vae(vcfg, steps=2, batch_size=2, crop=16, lr=1e-3, kl_weight=1e-4, seed=0)

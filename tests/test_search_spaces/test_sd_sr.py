@@ -86,6 +86,7 @@ def test_widened_conv_in_preserves_the_unconditional_function():
             torch.testing.assert_close(model(x, cond, t, ehs), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conditional_training_lowers_the_denoising_loss(prepared):
     space, ctx, arch = prepared
     ad = sr.SRAdapter(space, arch, ctx, {**TINY, "pool": 16})
@@ -106,6 +107,7 @@ def test_conditional_training_lowers_the_denoising_loss(prepared):
     assert loss(model) < before and r["final_loss"] < r["first_loss"]
 
 
+@pytest.mark.slow
 def test_one_step_student_approaches_the_teachers_samples(prepared):
     space, ctx, arch = prepared
     ad = sr.SRAdapter(space, arch, ctx, TINY)
@@ -126,6 +128,7 @@ def test_one_step_student_approaches_the_teachers_samples(prepared):
     assert gap() < 0.5 * before
 
 
+@pytest.mark.slow
 def test_adapt_reports_quality_cost_and_latency_and_caches(prepared, tmp_path):
     space, ctx, arch = prepared
     out = tmp_path / "sr.json"
@@ -158,6 +161,7 @@ def test_adapt_reports_quality_cost_and_latency_and_caches(prepared, tmp_path):
     assert "SR model, 2 steps" in text and "one-step student + fidelity decoder" in text
 
 
+@pytest.mark.slow
 def test_the_fidelity_decoder_starts_at_bicubic_and_learns_the_detail(prepared):
     space, ctx, arch = prepared
     ad = sr.SRAdapter(space, arch, ctx, TINY)
@@ -183,6 +187,7 @@ def test_the_fidelity_decoder_starts_at_bicubic_and_learns_the_detail(prepared):
     assert r["steps"] == 60 and r["final_loss"] < r["first_loss"]
 
 
+@pytest.mark.slow
 def test_onnxruntime_latency_sums_the_exported_parts(prepared):
     pytest.importorskip("onnxruntime")
     space, ctx, arch = prepared
@@ -206,6 +211,7 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert "steps" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_vae_keeps_the_latents_magnitude(prepared):
     space, ctx, arch = prepared
     base = sr.SRAdapter(space, arch, ctx, TINY)
@@ -221,6 +227,7 @@ def test_a_fine_tuned_vae_keeps_the_latents_magnitude(prepared):
     assert abs(math.log(scaled)) < abs(math.log(unscaled))
 
 
+@pytest.mark.slow
 def test_only_what_trains_the_sr_model_enters_its_cache_key(prepared):
     space, ctx, arch = prepared
     key = sr.SRAdapter(space, arch, ctx, TINY)._payload()
@@ -326,6 +333,7 @@ def test_deblur_adaptation_reports_against_the_blurred_input(prepared, tmp_path)
     assert report.sr_summary(tmp_path, None, "sr") is None           # no sr.json there
 
 
+@pytest.mark.slow
 def test_latent_pairs_and_the_conditional_model_for_other_code(prepared):
     space, ctx, arch = prepared
     train = sr.latent_pairs(space, ctx, DEBLUR)
