@@ -108,13 +108,17 @@ class Run(_results.Run):
 
     def resume(self, *, n_trials: int | None = None, timeout: float | None = None,
                callbacks: Iterable[Callable[[Study, Trial], Any]] = (), quiet: bool = True,
-               retry_failed: bool = False) -> Run:
+               retry_failed: bool = False, export: bool = False) -> Run:
         """Continue this run to the end of its budget (what ``nasframe resume`` does), or for
         ``n_trials`` more search trials and/or ``timeout`` seconds, and return it reloaded.
-        A live run there is refused (ConfigError naming its process)."""
+        ``export=True`` also writes the CSV/JSON/plots and front files, as
+        :meth:`Experiment.run` does. A live run there is refused (ConfigError naming its
+        process)."""
         runner = Runner.resume(self.run_dir, quiet=quiet, retry_failed=retry_failed)
         with Study(runner) as study:
             study.optimize(n_trials=n_trials, timeout=timeout, callbacks=callbacks)
+        if export:
+            export_run(self.run_dir)
         return Run(self.run_dir)
 
     def study(self, *, quiet: bool = True) -> Study:

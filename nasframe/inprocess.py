@@ -83,6 +83,13 @@ def objective(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     with ``reports_intermediate=True`` it may call ``candidate.report(value, step)`` and
     raise ``nasframe.TrialPruned`` when ``candidate.should_prune()``."""
 
+    if kind not in ("proxy", "measured"):
+        raise ValueError(f"@nasframe.objective(kind={kind!r}): kind is 'proxy' (an estimate) "
+                         "or 'measured' (a measurement)")
+    if direction not in ("min", "max"):
+        raise ValueError(f"@nasframe.objective(direction={direction!r}): direction is 'min' "
+                         "or 'max'")
+
     def make(f: Callable[..., Any]) -> type:
         from nasframe.objective import Objective
 
