@@ -69,6 +69,33 @@ def experiment(args, pruner: dict | None, cache: Path) -> dict:
     return doc
 
 
+def pruner_for(label: str, args) -> dict:
+    """The pruner section for ``label``; ASHA/Hyperband's first rung is the first report
+    after the start (``--every`` steps), so their rungs fit any ``--steps``."""
+    doc = json.loads(json.dumps(PRUNERS[label]))
+    if label in ("asha", "hyperband"):
+        doc["params"]["min_resource"] = args.every
+    return doc
+
+
+def _same_finished_run(run_dir: Path, doc: dict, trials: int) -> bool:
+    """``run_dir`` holds this very experiment, finished (``--reuse``)."""
+    import nasframe
+
+    if not (run_dir / "trials.db").is_file():
+        return False
+    try:
+        run = nasframe.load_run(run_dir)
+    except Exception:  # noqa: BLE001 - anything else is a run to redo
+        return False
+    cfg = run.config.model_dump(mode="json")
+    same = all(json.dumps(cfg.get(k), sort_keys=True) == json.dumps(
+        nasframe.Experiment.from_dict(doc).cfg.model_dump(mode="json").get(k), sort_keys=True)
+        for k in ("search_space", "objectives", "strategy", "pruner", "seed"))
+    done = [t for t in run.trial_list() if t.status in ("complete", "infeasible", "pruned")]
+    return same and len(done) >= trials
+
+
 def summarise(run) -> dict:
     trials = [t for t in run.trial_list() if not t.is_reference]
     steps = sum(int((t.intermediate or {}).get("steps", 0)) for t in trials)
@@ -104,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/.cache/pruning")
     ap.add_argument("--json")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read a run again where --out already holds the same finished "
+                         "experiment (e.g. the unpruned baseline) instead of running it")
     args = ap.parse_args(argv)
 
     import torch
@@ -116,14 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for label in ["none", *args.pruners]:
         run_dir = out / label
-        shutil.rmtree(run_dir, ignore_errors=True)
-        exp = nasframe.Experiment.from_dict(experiment(args, None if label == "none"
-                                                       else PRUNERS[label], cache))
-        t0 = time.time()
-        run = exp.run(out=run_dir, quiet=True)
-        results[label] = {**summarise(run), "seconds": time.time() - t0}
+        pruner = None if label == "none" else pruner_for(label, args)
+        doc = experiment(args, pruner, cache)
+        reused = args.reuse and _same_finished_run(run_dir, doc, args.trials)
+        if reused:                    # the same experiment, finished before: read it again
+            run = nasframe.load_run(run_dir)
+            trials = run.trial_list()
+            seconds = max(t.finished for t in trials) - min(t.started for t in trials)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            exp = nasframe.Experiment.from_dict(doc)
+            t0 = time.time()
+            run = exp.run(out=run_dir, quiet=True)
+            seconds = time.time() - t0
+        results[label] = {**summarise(run), "seconds": seconds}
         print(f"{label}: {results[label]['trials']} trials, {results[label]['pruned']} pruned, "
-              f"{results[label]['steps']} steps, {results[label]['seconds']:.0f} s", flush=True)
+              f"{results[label]['steps']} steps, {results[label]['seconds']:.0f} s"
+              + (" (reused: the same finished run)" if reused else ""), flush=True)
     slots = max(p[0] for r in results.values() for p in r["points"]) if any(
         r["points"] for r in results.values()) else 0
     low = min((p[1] for r in results.values() for p in r["points"]), default=0.0)

@@ -17,6 +17,7 @@ pytest.importorskip("onnxscript")
 EXAMPLE = ROOT / "examples" / "ens_device.yaml"
 
 
+@pytest.mark.slow
 def test_example_validates_as_written():
     out = run_cli("validate", str(EXAMPLE))
     assert out.returncode == 0, out.stderr

@@ -41,7 +41,8 @@ def _small(name: str, trials: int) -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", [EXAMPLES[0], *(pytest.param(n, marks=pytest.mark.slow)
+                                                  for n in EXAMPLES[1:])])
 def test_example_files_validate_as_written(name):
     out = run_cli("validate", str(ROOT / "examples" / f"{name}.yaml"))
     assert out.returncode == 0, out.stderr

@@ -60,6 +60,7 @@ def test_hybrid_unet_variants_are_kind_by_stage_shape():
     assert len(parts) == len(space.slots) and all(p.key.startswith("transformer:") for p in parts)
 
 
+@pytest.mark.slow
 def test_on_the_fake_hub_every_variant_is_one_job_in_flight_together(tmp_path, monkeypatch):
     fake = tmp_path / "fake"
     fake.mkdir()

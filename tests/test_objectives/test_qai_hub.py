@@ -70,6 +70,7 @@ def _max_overlap(jobs: list[dict]) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_jobs_in_flight_together_values_and_cache_across_runs(tmp_path):
     fake, env = _fake(tmp_path, compile_seconds=1.0, profile_seconds=1.0)
     exp = _experiment(tmp_path)
@@ -115,6 +116,7 @@ def test_jobs_in_flight_together_values_and_cache_across_runs(tmp_path):
     assert len(qai_hub_fake.submissions(fake)) == 8
 
 
+@pytest.mark.slow
 def test_kill_9_while_jobs_run_then_resume_reattaches_without_paying_twice(tmp_path):
     fake, env = _fake(tmp_path, compile_seconds=2.0, profile_seconds=6.0)
     exp = _experiment(tmp_path, trials=5, batch=3)
@@ -229,6 +231,7 @@ def test_bad_options_name_the_field():
                                         where="objectives[0]")
 
 
+@pytest.mark.slow
 def test_the_nanosd_device_example_validates_only_with_a_token(tmp_path):
     pytest.importorskip("qai_hub")
     example = ROOT / "examples" / "nanosd_device.yaml"
@@ -250,6 +253,7 @@ def test_the_nanosd_device_example_validates_only_with_a_token(tmp_path):
     assert "latency (min)" in res.stdout
 
 
+@pytest.mark.slow
 def test_the_quantised_quad_graph_goes_to_the_hub_with_its_adapter_inputs(tmp_path):
     """latency with graph: quantised on qai_hub uploads the QDQ graph (the profile is in the
     graph: what AI Hub compiles to a QNN context binary), with every adapter tensor an input."""

@@ -15,9 +15,10 @@ pytest.importorskip("onnxscript")
 
 
 @pytest.mark.parametrize("part,names", [
-    (None, ["sample", "timestep", "encoder_hidden_states"]),
+    pytest.param(None, ["sample", "timestep", "encoder_hidden_states"], marks=pytest.mark.slow),
     ("vae_encoder", None), ("vae_decoder", None),
-    ("pipeline", ["sample", "timestep", "encoder_hidden_states"]),
+    pytest.param("pipeline", ["sample", "timestep", "encoder_hidden_states"],
+                 marks=pytest.mark.slow),
 ])
 def test_sd_parts_export_to_onnx_within_1e4(tmp_path, capsys, part, names):
     exp = tmp_path / "exp.yaml"
