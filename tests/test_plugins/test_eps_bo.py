@@ -84,6 +84,7 @@ def gap(told, eps: float = EPS) -> float:
     return (min(feasible) if feasible else math.inf) - optimum(eps)
 
 
+@pytest.mark.slow
 def test_finds_the_constrained_optimum_better_than_random():
     budget, seeds = 30, range(3)
     bo = [gap(drive(EpsBO(PROBLEM, seed=s, bounds={"fidelity": EPS}), budget)[1]) for s in seeds]
@@ -94,6 +95,7 @@ def test_finds_the_constrained_optimum_better_than_random():
     assert np.mean(bo) <= np.mean(rnd)
 
 
+@pytest.mark.slow
 def test_experiment_constraints_and_local_search():
     """No bounds: the experiment's constraint is modelled; a small `candidates` forces local search."""
     problem = Problem(SPACE, PROBLEM.objectives, (Constraint("fidelity", ">=", EPS),))
@@ -109,6 +111,7 @@ def test_experiment_constraints_and_local_search():
     assert trial.values["gmacs"] == min(t.values["gmacs"] for t in told if t.feasible)
 
 
+@pytest.mark.slow
 def test_same_seed_same_sequence():
     a = drive(EpsBO(PROBLEM, seed=3, bounds={"fidelity": EPS}, n_initial=4), 12)[0]
     b = drive(EpsBO(PROBLEM, seed=3, bounds={"fidelity": EPS}, n_initial=4), 12)[0]
