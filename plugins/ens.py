@@ -230,6 +230,18 @@ class EnsStrategy(Strategy):
                     if arch_id is not None and not self._known(arch_id) and arch_id not in queued:
                         queued.add(arch_id)
                         children.append([int(v) for v in x])
+            if self.screen > 1 and children:
+                # mating could not fill the pool (invalid or seen children): random unseen
+                # architectures top it up, screened like the children (after them in ties)
+                misses = 0
+                want = self.screen * self.population
+                while len(children) < want and misses < min(want, self.max_retries):
+                    x = self._random_unseen(queued)
+                    if x is None:
+                        misses += 1
+                        continue
+                    misses = 0
+                    children.append(x)
             sent = self._screened(children)
             for x in children:                # children not sent may still be drawn at random
                 queued.discard(self._arch_id(x))
