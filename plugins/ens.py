@@ -50,8 +50,10 @@ class EnsStrategy(Strategy):
     constrained value of each child, and the ``population`` children with the
     largest predicted hypervolume improvement (greedily, each counted over the
     observed front plus the children already sent; a child predicted
-    infeasible by its predicted violation) are sent, ties in NSGA-II's own
-    order. ``screen: 1, initial: random`` is plain NSGA-II.
+    infeasible by its predicted violation, a constrained value being given the
+    benefit of the model's leave-one-out error) are sent, ties in NSGA-II's
+    own order; a share ``explore`` of each generation is sent unscreened, in
+    NSGA-II's order. ``screen: 1, initial: random`` is plain NSGA-II.
 
     A generation is ``population`` architectures. It
     closes when all of it has been handed out and more is asked for: every
@@ -100,6 +102,8 @@ class EnsStrategy(Strategy):
         """Children made per child sent: the screening model sends the `population` of `screen x population` NSGA-II children with the best predicted hypervolume improvement (1: no screening)."""
         initial: Literal["maximin", "random"] = "maximin"
         """The first generation: `maximin` (random architectures spread out in Hamming distance from each other and from the trials told first) or `random`."""
+        explore: Float = Field(0.25, ge=0, le=1)
+        """Share of each screened generation sent unscreened, in NSGA-II's order."""
         ridge: Float = Field(1.0, gt=0)
         """L2 penalty of the screening model's ridge regression (on one-hot decisions)."""
 
@@ -114,6 +118,7 @@ class EnsStrategy(Strategy):
         self.screen = p.screen
         self.initial = p.initial
         self.ridge = float(p.ridge)
+        self.explore = float(p.explore)
         specs = {o.key: o for o in problem.objectives}
         self.quality = self._pick_key("quality", p.quality, "max", specs)
         self.cost = self._pick_key("cost", p.cost, "min", specs)
@@ -311,13 +316,15 @@ class EnsStrategy(Strategy):
             return children[: self.population]
         X, Y, F_obs = data
         keys = self._model_keys()
-        pred = self._ridge(X, Y, self._one_hot(np.array(children, dtype=np.int64)))
+        pred, err = self._ridge(X, Y, self._one_hot(np.array(children, dtype=np.int64)))
         col = {k: i for i, k in enumerate(keys)}
         sign = np.array([1.0 if o.direction == "min" else -1.0 for o in self.problem.objectives])
         F = pred[:, [col[o.key] for o in self.problem.objectives]] * sign
         G = np.zeros(len(children))
         for c in self.problem.constraints:
-            G += np.array([c.violation(float(v)) for v in pred[:, col[c.key]]])
+            # optimistic by the model's leave-one-out error: a child near the bound stays in
+            toward = err[col[c.key]] if c.op == ">=" else -err[col[c.key]]
+            G += np.array([c.violation(float(v) + toward) for v in pred[:, col[c.key]]])
         from pymoo.indicators.hv import HV
 
         front = F_obs
@@ -326,7 +333,8 @@ class EnsStrategy(Strategy):
             ref = front.max(0) + 0.1 * np.where(span > 0, span, 1.0)
         chosen: list[int] = []
         left = list(range(len(children)))
-        while left and len(chosen) < self.population:
+        n_model = self.population - int(round(self.explore * self.population))
+        while left and len(chosen) < n_model:
             base = HV(ref_point=ref)(front) if len(front) else 0.0
             gains = []
             for i in left:
@@ -345,6 +353,7 @@ class EnsStrategy(Strategy):
             if G[i] <= 0 and len(front):
                 front = np.vstack([front, F[i]])
                 front = front[(front < ref).all(1)]
+        chosen += left[: self.population - len(chosen)]    # exploration: NSGA-II's order
         return [children[i] for i in chosen]
 
     def _model_keys(self) -> list[str]:
@@ -389,15 +398,18 @@ class EnsStrategy(Strategy):
         out[np.arange(len(X))[:, None], X + offsets[None, :]] = 1.0
         return out
 
-    def _ridge(self, X: np.ndarray, Y: np.ndarray, Xq: np.ndarray) -> np.ndarray:
-        """Ridge regression of each column of ``Y`` on ``X`` (scaled per column), at ``Xq``."""
+    def _ridge(self, X: np.ndarray, Y: np.ndarray, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ridge regression of each column of ``Y`` on ``X`` (scaled per column): the
+        predictions at ``Xq`` and each column's leave-one-out RMS error."""
         mx, my = X.mean(0), Y.mean(0)
         sy = Y.std(0)
         sy = np.where(sy > 0, sy, 1.0)
         Xc = X - mx
-        A = Xc.T @ Xc + self.ridge * np.eye(X.shape[1])
-        W = np.linalg.solve(A, Xc.T @ ((Y - my) / sy))
-        return (Xq - mx) @ W * sy + my
+        A_inv = np.linalg.inv(Xc.T @ Xc + self.ridge * np.eye(X.shape[1]))
+        W = A_inv @ Xc.T @ ((Y - my) / sy)
+        hat = np.einsum("ij,jk,ik->i", Xc, A_inv, Xc)
+        loo = ((Y - my) / sy - Xc @ W) / np.maximum(1.0 - hat, 1e-6)[:, None]
+        return (Xq - mx) @ W * sy + my, np.sqrt((loo ** 2).mean(0)) * sy
 
     def _algorithm(self, seed: int, queued: set[str]):
         from pymoo.algorithms.moo.nsga2 import NSGA2

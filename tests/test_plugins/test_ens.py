@@ -223,6 +223,7 @@ def test_the_core_strategy_picks_nothing_by_default():
     ({"mutation_prob": 0}, ["mutation_prob", "(got 0)", "greater than 0"]),
     ({"screen": 0}, ["screen", "(got 0)", "greater than or equal to 1"]),
     ({"initial": "grid"}, ["initial", "grid", "maximin", "random"]),
+    ({"explore": 1.5}, ["explore", "1.5", "less than or equal to 1"]),
     ({"quality": "ssim"}, ["quality", "ssim", "psnr, transformer_count"]),
     ({"quality": "transformer_count"}, ["quality", "maximised", "direction 'min'"]),
     ({"cost": "psnr"}, ["cost", "minimised", "direction 'max'"]),
