@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,7 +40,22 @@ class EnsStrategy(Strategy):
     unseen architectures fill it; ``ask`` returns fewer, or none, once the
     space is exhausted.
 
-    A generation is ``population`` architectures. The first is random. It
+    Sample efficiency (both on by default, both generic): the first generation
+    is a space-filling design (``initial: maximin``: among ``16 x population``
+    random unseen architectures, greedily the one farthest, in Hamming distance
+    over the decisions, from everything the run has seen and chosen so far),
+    and every later generation is screened (``screen``): NSGA-II's operators
+    make ``screen x population`` children, a ridge regression on the one-hot
+    decisions, fit on the run's complete trials, predicts each objective and
+    constrained value of each child, and the ``population`` children with the
+    largest predicted hypervolume improvement (greedily, each counted over the
+    observed front plus the children already sent; a child predicted
+    infeasible by its predicted violation, a constrained value being given the
+    benefit of the model's leave-one-out error) are sent, ties in NSGA-II's
+    own order; a share ``explore`` of each generation is sent unscreened, in
+    NSGA-II's order. ``screen: 1, initial: random`` is plain NSGA-II.
+
+    A generation is ``population`` architectures. It
     closes when all of it has been handed out and more is asked for: every
     trial told since (its own results, reference architectures, any other
     trial) joins the current population in NSGA-II survival
@@ -56,7 +71,8 @@ class EnsStrategy(Strategy):
     State: the generator, the generation counter, the population and the
     trials told since the last survival (indices with their objective and
     violation values) and the queued proposals; which architectures the run
-    has seen comes from the history. pymoo's algorithm is rebuilt from it at each generation with
+    has seen, and the data of the screening model, come from the history (the model is
+    refit at each generation). pymoo's algorithm is rebuilt from it at each generation with
     a seed drawn from ``self.rng``, so a resumed instance continues the same
     search.
     """
@@ -82,6 +98,14 @@ class EnsStrategy(Strategy):
         """Per-gene mutation probability (default: 1 / number of decisions)."""
         max_retries: Int = Field(1000, ge=1, le=10_000_000)
         """Consecutive seen or invalid random draws before a generation stays short."""
+        screen: Int = Field(16, ge=1, le=1000)
+        """Children made per child sent: the screening model sends the `population` of `screen x population` NSGA-II children with the best predicted hypervolume improvement (1: no screening)."""
+        initial: Literal["maximin", "random"] = "maximin"
+        """The first generation: `maximin` (random architectures spread out in Hamming distance from each other and from the trials told first) or `random`."""
+        explore: Float = Field(0.25, ge=0, le=1)
+        """Share of each screened generation sent unscreened, in NSGA-II's order."""
+        ridge: Float = Field(1.0, gt=0)
+        """L2 penalty of the screening model's ridge regression (on one-hot decisions)."""
 
     def __init__(self, problem: Problem, params=None, **kwargs):
         super().__init__(problem, params, **kwargs)
@@ -91,6 +115,10 @@ class EnsStrategy(Strategy):
         self.crossover_prob = float(p.crossover_prob)
         self.mutation_prob = None if p.mutation_prob is None else float(p.mutation_prob)
         self.max_retries = p.max_retries
+        self.screen = p.screen
+        self.initial = p.initial
+        self.ridge = float(p.ridge)
+        self.explore = float(p.explore)
         specs = {o.key: o for o in problem.objectives}
         self.quality = self._pick_key("quality", p.quality, "max", specs)
         self.cost = self._pick_key("cost", p.cost, "min", specs)
@@ -103,6 +131,15 @@ class EnsStrategy(Strategy):
         self._queue: list[list[int]] = []         # this generation, not yet handed out
         self._members: set[str] = set()           # ids in _pop or _told
         self._asking: set[str] = set()            # handed out by the current ask (transient)
+        self._ids: dict[bytes, str | None] = {}   # indices -> arch id or None (a cache)
+
+    def _arch_id(self, x) -> str | None:
+        """The id of the architecture of decision indices ``x`` (None: invalid), cached."""
+        key = np.asarray(x, dtype=np.int64).tobytes()
+        if key not in self._ids:
+            arch = self.space.from_indices([int(v) for v in x])
+            self._ids[key] = None if arch is None else arch.id
+        return self._ids[key]
 
     def _known(self, arch_id: str) -> bool:
         """Seen by the run, or handed out by the ask in progress."""
@@ -189,36 +226,204 @@ class EnsStrategy(Strategy):
                           "F": [float(v) for v in f], "G": float(g[0])}
                          for x, f, g in zip(pop.get("X"), pop.get("F"), pop.get("G"))]
             self._members = {r["id"] for r in self._pop}
-            off = algo.ask() if len(self._pop) >= 2 else None
+            first = self._gen == 1 and self.initial == "maximin"
+            off = algo.ask() if len(self._pop) >= 2 and not first else None
+            children: list[list[int]] = []
             if off is not None:
                 for x in off.get("X"):
-                    arch = self.space.from_indices(x)
-                    if arch is not None and not self._known(arch.id) and arch.id not in queued:
-                        queued.add(arch.id)
-                        self._queue.append([int(v) for v in x])
+                    arch_id = self._arch_id(x)
+                    if arch_id is not None and not self._known(arch_id) and arch_id not in queued:
+                        queued.add(arch_id)
+                        children.append([int(v) for v in x])
+            if self.screen > 1 and children:
+                # mating could not fill the pool (invalid or seen children): random unseen
+                # architectures top it up, screened like the children (after them in ties)
+                misses = 0
+                want = self.screen * self.population
+                while len(children) < want and misses < min(want, self.max_retries):
+                    x = self._random_unseen(queued)
+                    if x is None:
+                        misses += 1
+                        continue
+                    misses = 0
+                    children.append(x)
+            sent = self._screened(children)
+            for x in children:                # children not sent may still be drawn at random
+                queued.discard(self._arch_id(x))
+            queued.update(self._arch_id(x) for x in sent)
+            self._queue.extend(sent)
+        if self._gen == 1 and self.initial == "maximin":
+            self._queue.extend(self._maximin(self.population - len(self._queue), queued))
         misses = 0
         while len(self._queue) < self.population and misses < self.max_retries:
-            try:
-                arch = self.space.sample(self.rng)
-            except RuntimeError:
-                break
-            x = self.space.to_indices(arch)
-            if x is None or self._known(arch.id) or arch.id in queued:
+            x = self._random_unseen(queued)
+            if x is None:
                 misses += 1
                 continue
             misses = 0
-            queued.add(arch.id)
             self._queue.append(x)
+
+    def _random_unseen(self, queued: set[str]) -> list[int] | None:
+        """A random valid architecture not seen nor queued (added to ``queued``), or None."""
+        try:
+            arch = self.space.sample(self.rng)
+        except RuntimeError:
+            return None
+        x = self.space.to_indices(arch)
+        if x is None or self._known(arch.id) or arch.id in queued:
+            return None
+        queued.add(arch.id)
+        return x
+
+    def _maximin(self, n: int, queued: set[str]) -> list[list[int]]:
+        """``n`` of ``16 n`` random unseen architectures, each in turn the farthest (Hamming
+        distance over the decisions) from the run's trials and those already chosen."""
+        if n <= 0:
+            return []
+        pool, misses = [], 0
+        while len(pool) < 16 * n and misses < self.max_retries:
+            x = self._random_unseen(queued)
+            if x is None:
+                misses += 1
+                continue
+            misses = 0
+            pool.append(x)
+        if not pool:
+            return []
+        X = np.array(pool, dtype=np.int64)
+        seen = [x for x in (self.space.to_indices(t.arch) for t in self.history.trials())
+                if x is not None]
+        near = (np.full(len(X), len(self._decisions) + 1, dtype=np.int64) if not seen else
+                (X[:, None, :] != np.array(seen)[None, :, :]).sum(-1).min(1))
+        chosen: list[int] = []
+        for _ in range(min(n, len(X))):
+            masked = np.where(np.isin(np.arange(len(X)), chosen), -1, near)
+            i = int(np.argmax(masked))
+            chosen.append(i)
+            near = np.minimum(near, (X != X[i]).sum(-1))
+        for i in set(range(len(X))) - set(chosen):  # the pool's other draws stay unseen
+            queued.discard(self._arch_id(pool[i]))
+        return [pool[i] for i in chosen]
+
+    # -- the screening model ----------------------------------------------
+    def _screened(self, children: list[list[int]]) -> list[list[int]]:
+        """The ``population`` children to send: the best predicted hypervolume improvements
+        first (greedily), the rest in NSGA-II's order."""
+        if self.screen <= 1 or len(children) <= self.population:
+            return children[: self.population]
+        data = self._training_data()
+        if data is None:
+            return children[: self.population]
+        X, Y, F_obs = data
+        keys = self._model_keys()
+        pred, err = self._ridge(X, Y, self._one_hot(np.array(children, dtype=np.int64)))
+        col = {k: i for i, k in enumerate(keys)}
+        sign = np.array([1.0 if o.direction == "min" else -1.0 for o in self.problem.objectives])
+        F = pred[:, [col[o.key] for o in self.problem.objectives]] * sign
+        G = np.zeros(len(children))
+        for c in self.problem.constraints:
+            # optimistic by the model's leave-one-out error: a child near the bound stays in
+            toward = err[col[c.key]] if c.op == ">=" else -err[col[c.key]]
+            G += np.array([c.violation(float(v) + toward) for v in pred[:, col[c.key]]])
+        from pymoo.indicators.hv import HV
+
+        front = F_obs
+        if len(front):
+            span = np.ptp(np.vstack([front, F[G <= 0]]) if (G <= 0).any() else front, axis=0)
+            ref = front.max(0) + 0.1 * np.where(span > 0, span, 1.0)
+        chosen: list[int] = []
+        left = list(range(len(children)))
+        n_model = self.population - int(round(self.explore * self.population))
+        while left and len(chosen) < n_model:
+            base = HV(ref_point=ref)(front) if len(front) else 0.0
+            gains = []
+            for i in left:
+                if G[i] > 0:
+                    gains.append(-G[i])
+                elif not len(front):
+                    gains.append(0.0)
+                else:
+                    pts = np.vstack([front, F[i]])
+                    pts = pts[(pts < ref).all(1)]
+                    gain = HV(ref_point=ref)(pts) - base if len(pts) else 0.0
+                    gains.append(gain if gain > 1e-12 * max(base, 1e-300) else 0.0)
+            j = int(np.argmax(gains))        # ties: the earliest, NSGA-II's order
+            i = left.pop(j)
+            chosen.append(i)
+            if G[i] <= 0 and len(front):
+                front = np.vstack([front, F[i]])
+                front = front[(front < ref).all(1)]
+        chosen += left[: self.population - len(chosen)]    # exploration: NSGA-II's order
+        return [children[i] for i in chosen]
+
+    def _model_keys(self) -> list[str]:
+        keys = list(self.problem.keys)
+        return keys + [c.key for c in self.problem.constraints if c.key not in keys]
+
+    def _training_data(self):
+        """One-hot decisions, values of the model keys and the feasible observed objective
+        vectors (minimisation form) of the run's complete trials, or None (too few)."""
+        keys = self._model_keys()
+        latest: dict[str, Trial] = {}
+        for t in self.history.finished():
+            latest.pop(t.arch.id, None)
+            latest[t.arch.id] = t
+        rows, ys, feasible = [], [], []
+        for arch_id in sorted(latest):
+            t = latest[arch_id]
+            if t.status != "complete":
+                continue
+            v = [t.values.get(k) for k in keys]
+            if any(x is None or not math.isfinite(float(x)) for x in v):
+                continue
+            x = self.space.to_indices(t.arch)
+            if x is None:
+                continue
+            rows.append(x)
+            ys.append([float(a) for a in v])
+            if t.feasible is not False:
+                feasible.append(self.problem.minimised(t))
+        if len(rows) < 3:
+            return None
+        F = np.array(feasible, dtype=float).reshape(-1, len(self.problem.objectives))
+        if len(F):
+            from pymoo.util.nds.non_dominated_sorting import find_non_dominated
+
+            F = F[find_non_dominated(F)]
+        return self._one_hot(np.array(rows, dtype=np.int64)), np.array(ys), F
+
+    def _one_hot(self, X: np.ndarray) -> np.ndarray:
+        offsets = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
+        out = np.zeros((len(X), int(self._counts.sum())))
+        out[np.arange(len(X))[:, None], X + offsets[None, :]] = 1.0
+        return out
+
+    def _ridge(self, X: np.ndarray, Y: np.ndarray, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ridge regression of each column of ``Y`` on ``X`` (scaled per column): the
+        predictions at ``Xq`` and each column's leave-one-out RMS error."""
+        mx, my = X.mean(0), Y.mean(0)
+        sy = Y.std(0)
+        sy = np.where(sy > 0, sy, 1.0)
+        Xc = X - mx
+        A_inv = np.linalg.inv(Xc.T @ Xc + self.ridge * np.eye(X.shape[1]))
+        W = A_inv @ Xc.T @ ((Y - my) / sy)
+        hat = np.einsum("ij,jk,ik->i", Xc, A_inv, Xc)
+        loo = ((Y - my) / sy - Xc @ W) / np.maximum(1.0 - hat, 1e-6)[:, None]
+        return (Xq - mx) @ W * sy + my, np.sqrt((loo ** 2).mean(0)) * sy
 
     def _algorithm(self, seed: int, queued: set[str]):
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.termination import NoTermination
         from pymoo.operators.crossover.ux import UniformCrossover
 
-        algo = NSGA2(pop_size=self.population, n_offsprings=self.population,
+        algo = NSGA2(pop_size=self.population, n_offsprings=self.population * self.screen,
                      crossover=UniformCrossover(prob=self.crossover_prob),
                      mutation=_RandomReset(prob=1.0, prob_var=self.mutation_prob),
                      eliminate_duplicates=_Unseen(self, queued))
+        if self.screen > 1:
+            # a screening pool may stay short (a converged or nearly exhausted space): mate
+            # 10 times, not pymoo's 100, before the random fill takes over
+            algo.mating.n_max_iterations = 10
         algo.setup(_IndexProblem(self._counts, len(self.problem.objectives)), seed=seed,
                    termination=NoTermination(), verbose=False)
         return algo
@@ -327,14 +532,9 @@ class _Unseen(_duplicate_base()):
         super().__init__()
         self.strategy = strategy
         self.queued = queued
-        self._ids: dict[tuple[int, ...], str | None] = {}
 
     def _id(self, x) -> str | None:
-        key = tuple(int(v) for v in x)
-        if key not in self._ids:
-            arch = self.strategy.space.from_indices(key)
-            self._ids[key] = None if arch is None else arch.id
-        return self._ids[key]
+        return self.strategy._arch_id(x)
 
     def _do(self, pop, other, is_duplicate):
         ids = [self._id(x) for x in pop.get("X")]
