@@ -49,9 +49,12 @@ def planted(tmp_path):
 
 @pytest.mark.parametrize("strategy", [
     {"name": "optuna", "params": {"sampler": "optunahub:samplers/planted"}},
-    {"name": "optuna", "params": {"sampler": "planted_sampler.Sampler"}},
-    {"name": "optuna", "params": {"sampler": "planted_sampler:Sampler"}},
-    {"name": "nni", "params": {"tuner": "planted_sampler.Sampler"}},
+    pytest.param({"name": "optuna", "params": {"sampler": "planted_sampler.Sampler"}},
+                 marks=pytest.mark.slow),
+    pytest.param({"name": "optuna", "params": {"sampler": "planted_sampler:Sampler"}},
+                 marks=pytest.mark.slow),
+    pytest.param({"name": "nni", "params": {"tuner": "planted_sampler.Sampler"}},
+                 marks=pytest.mark.slow),
 ], ids=["optunahub", "optuna-class-path", "optuna-colon-path", "nni-class-path"])
 def test_an_experiment_file_never_makes_validate_or_run_import_code(planted, strategy):
     pytest.importorskip("optuna")
