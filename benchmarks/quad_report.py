@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from nasframe.candidate import Candidate  # noqa: E402
 from nasframe.capabilities import MultiTask, TrainedWeights  # noqa: E402
 from nasframe.context import Context  # noqa: E402
-from nasframe.deploy import export_module, ort_session  # noqa: E402
+from nasframe.deploy import export_module, ort_session, qdq_session  # noqa: E402
 from nasframe_search_spaces.quad.bundle import (calibration_input, export_bundle, psnr_np,  # noqa: E402
                                                run_tiles, tiles)
 from nasframe_search_spaces.quad.deploy import feed, ship_profile  # noqa: E402
@@ -232,7 +232,7 @@ def npu_rows(space, arch, model, ctx, work: Path, args) -> dict:
         path = work / f"npu_{name}_qdq.onnx"
         ship_profile(sim, p, graph, path)
         t0 = time.time()
-        sessions[name] = (htp_session(path), ort_session(path, threads=args.threads))
+        sessions[name] = (htp_session(path), qdq_session(path, threads=args.threads))
         compile_s[name] = time.time() - t0
     rows: dict = {"compile_s": compile_s, "tiles": {t: len(v[0]) for t, v in val.items()}}
     for method, plan in plans.items():

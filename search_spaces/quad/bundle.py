@@ -139,7 +139,7 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
     ``npu`` also compile the QDQ graph for the emulated Hexagon NPU (onnxruntime-qnn)
     and score every task as it computes them; with ``aimet`` check the encodings and the
     QDQ graph with Qualcomm's AIMET (:func:`aimet_check`)."""
-    from nasframe.deploy import ort_session
+    from nasframe.deploy import ort_session, qdq_session
     from nasframe_search_spaces.hybrid_unet.data import psnr
     from nasframe_search_spaces.quad.deploy import export_adapter_graph, ship_profile
 
@@ -183,7 +183,7 @@ def export_bundle(space, arch: Architecture, model, out: str | Path, ctx=None,
         enc = ship_profile(sim, prof["shared"], out / "graph.onnx", out / "graph_qdq.onnx",
                            out / "graph.encodings")
         qpath = out / "graph_qdq.onnx"
-        outputs = {"qdq_ort": run_tiles(ort_session(qpath, threads=1), model, val, adapters)}
+        outputs = {"qdq_ort": run_tiles(qdq_session(qpath, threads=1), model, val, adapters)}
         float_out = run_tiles(ort_session(out / "graph.onnx", threads=1), model, val, adapters)
         report["qdq"] = {"path": str(qpath), "encodings": str(out / "graph.encodings"),
                          "activation_encodings": len(enc["activation_encodings"]),

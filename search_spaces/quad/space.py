@@ -456,7 +456,7 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
         import numpy as np
         import torch
 
-        from nasframe.deploy import ExportResult, _hash_file, ort_session
+        from nasframe.deploy import ExportResult, _hash_file, qdq_session
         from nasframe_search_spaces.quad.bundle import calibration_input
         from nasframe_search_spaces.quad.deploy import export_adapter_graph, ship_profile
 
@@ -473,7 +473,7 @@ class QuadSpace(SearchSpace, ValidationPairs, TrainedWeights, MultiTask, Quantis
                                 for k in range(self.params.qat.calib_batches)])
         ship_profile(sim, shared, float_path, path, path.with_suffix(".encodings"))
         seconds = report["seconds"] + time.perf_counter() - start
-        sess = ort_session(path, threads=1)
+        sess = qdq_session(path, threads=1)     # the graph as specified (see qdq_session)
         names = [i.name for i in sess.get_inputs()]
         got = sess.run(None, dict(zip(names, (t.detach().numpy() for t in inputs))))[0]
         with torch.no_grad():

@@ -249,11 +249,6 @@ def _psnr(a, b) -> float:
     return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "on an AVX2 CPU without VNNI (AMD EPYC, 2026-12-06) ONNX Runtime's output of the QDQ graph "
-    "is 27-33 dB from the float model where the simulation is 42-46 dB (ORT 1.30 and 1.32, "
-    "onnx 1.21 and 1.23 alike; it passed in CI before); suspected: MLAS's u8s8 int8 kernels "
-    "saturating on AVX2; see docs/status.md"))
 def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(mixed):
     """The QDQ graph holds exactly the simulation's encodings under the graph's tensor names
     (no re-calibration: ONNX Runtime reproduces the simulation far below its quantisation
@@ -263,7 +258,7 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(mixed):
     import onnx
     from onnx import numpy_helper
 
-    from nasframe.deploy import ort_session
+    from nasframe.deploy import qdq_session
     from nasframe_search_spaces.quad.deploy import feed, layer_of, map_profile
     from nasframe_search_spaces.quad.quant import INPUT_KEY
 
@@ -322,7 +317,7 @@ def test_qdq_graph_carries_the_trained_profile_at_each_blocks_bit_widths(mixed):
             {**want, "layer": key[:-len(".in")]}, key
     # ... and ONNX Runtime runs the simulation's quantisation: closer to it than the
     # simulation is to the float model (what remains are rounding flips, amplified by norms)
-    sess = ort_session(tmp_path / "q.onnx", threads=1)
+    sess = qdq_session(tmp_path / "q.onnx", threads=1)
     for task, adapter in net.task_adapters.items():
         got = sess.run(None, feed(net, x, adapter))[0]
         with torch.no_grad():
@@ -339,12 +334,12 @@ def test_the_qdq_graph_compiles_for_the_emulated_npu_without_cpu_fallback(mixed)
     graph with CPU fallback off, and computes what ONNX Runtime's CPU computes from it
     within the quantisation noise."""
     pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn (the NPU compiler) is not installed")
-    from nasframe.deploy import ort_session
+    from nasframe.deploy import qdq_session
     from nasframe_search_spaces.quad.deploy import feed, htp_session
 
     tmp_path, space, arch, net, sim, profile, enc, x = mixed
     npu = htp_session(tmp_path / "q.onnx")
-    cpu = ort_session(tmp_path / "q.onnx", threads=1)
+    cpu = qdq_session(tmp_path / "q.onnx", threads=1)
     for adapter in net.task_adapters.values():
         f = feed(net, x, adapter)
         got, want = npu.run(None, f)[0], cpu.run(None, f)[0]
@@ -362,7 +357,7 @@ def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(mixed):
     import onnx
     from aimet_onnx.quantsim import QuantizationSimModel
 
-    from nasframe.deploy import ort_session
+    from nasframe.deploy import qdq_session
     from nasframe_search_spaces.quad.deploy import aimet_sim, feed
 
     tmp_path, space, arch, net, sim, profile, enc, x = mixed
@@ -370,7 +365,7 @@ def test_aimet_loads_the_encodings_strictly_and_imports_the_qdq_graph(mixed):
     on = {n for n, q in loaded.qc_quantize_op_dict.items() if q.enabled}
     assert on == {e["name"] for e in enc["activation_encodings"] + enc["param_encodings"]}
     imported = QuantizationSimModel.from_onnx_qdq(onnx.load(str(tmp_path / "q.onnx")))
-    cpu = ort_session(tmp_path / "q.onnx", threads=1)
+    cpu = qdq_session(tmp_path / "q.onnx", threads=1)
     for adapter in net.task_adapters.values():
         f = feed(net, x, adapter)
         want = cpu.run(None, f)[0]
