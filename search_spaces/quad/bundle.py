@@ -6,8 +6,8 @@
     the float graph, every adapter tensor a graph input; per task, ONNX Runtime fed
     that task's adapter vs the PyTorch model with it merged (max error).
 ``adapters/<task>.pt``
-    each task's QUAD adapter (``{graph input name: tensor}``, ``torch.load(...,
-    weights_only=True)``).
+    each task's QUAD adapter (``{graph input name: tensor}``; load it with
+    ``torch.load(path, weights_only=True)``).
 ``profile.encodings``
     the shared profile QUAD trained against, under the simulation's keys (AIMET layout).
 ``graph.encodings``
