@@ -493,14 +493,7 @@ class Runner:
                 n = batch_size if left is None else min(batch_size, left)
                 queued = self._dequeue(n)
                 if queued:
-                    number = self.store.next_number()
-                    trials = [Trial(number + i, arch, "running",
-                                    seed=trial_seed(self.cfg.seed, arch), origin="enqueued",
-                                    started=time.time()) for i, arch in enumerate(queued)]
-                    finished = self._evaluate(executor, trials)
-                    for cb in self.callbacks:
-                        for t in finished:
-                            cb(t)
+                    finished = self._run_batch(executor, queued, origin="enqueued")
                     done += len(finished)
                     failed_total += sum(t.status == "failed" for t in finished)
                     self._count(finished)
@@ -520,13 +513,7 @@ class Runner:
                 if not new:
                     continue
                 duplicates = 0
-                number = self.store.next_number()
-                trials = [Trial(number + i, arch, "running", seed=trial_seed(self.cfg.seed, arch),
-                                started=time.time()) for i, arch in enumerate(new)]
-                finished = self._evaluate(executor, trials)
-                for cb in self.callbacks:
-                    for t in finished:
-                        cb(t)
+                finished = self._run_batch(executor, new)
                 done += len(finished)
                 failed_total += sum(t.status == "failed" for t in finished)
                 self._count(finished)
@@ -572,6 +559,18 @@ class Runner:
         specs = self.exp.specs
         return front_stats(self.history.trials(), [s.key for s in specs],
                            [s.direction for s in specs], self.cfg.reference_point)
+
+    def _run_batch(self, executor, archs, origin: str | None = None) -> list[Trial]:
+        """Number ``archs`` as new trials, evaluate them and call the callbacks."""
+        number = self.store.next_number()
+        extra = {"origin": origin} if origin is not None else {}
+        trials = [Trial(number + i, arch, "running", seed=trial_seed(self.cfg.seed, arch),
+                        started=time.time(), **extra) for i, arch in enumerate(archs)]
+        finished = self._evaluate(executor, trials)
+        for cb in self.callbacks:
+            for t in finished:
+                cb(t)
+        return finished
 
     def _split_duplicates(self, asked: list[Architecture]) -> tuple[list[Architecture], list[Trial]]:
         new, dup, seen = [], [], set()

@@ -145,10 +145,7 @@ class Study:
         ``"measured"``). Returns the stored trial (feasibility from the constraints)."""
         self._check_open()
         r = self._runner
-        number = trial if isinstance(trial, int) else trial.number
-        t = self._open.get(number)
-        if t is None:
-            raise ValueError(f"trial {number} was not asked in this study, or was told already")
+        number, t = self._asked(trial)
         if state not in ("complete", "failed", "pruned"):
             raise ValueError(f"state {state!r}: use 'complete', 'failed' or 'pruned'")
         values = {k: float(v) for k, v in (values or {}).items()}
@@ -187,15 +184,20 @@ class Study:
         out = r._finish([done])
         return out[0]
 
+    def _asked(self, trial: AskedTrial | int) -> tuple[int, Trial]:
+        """The number and the open trial of an asked trial (ValueError if it is not open)."""
+        number = trial if isinstance(trial, int) else trial.number
+        t = self._open.get(number)
+        if t is None:
+            raise ValueError(f"trial {number} was not asked in this study, or was told already")
+        return number, t
+
     def evaluate(self, trial: AskedTrial | int) -> Trial:
         """Evaluate an asked trial with the experiment's objectives (on its executor, as
         ``optimize`` does) and store it; returns the finished trial."""
         self._check_open()
         r = self._runner
-        number = trial if isinstance(trial, int) else trial.number
-        t = self._open.get(number)
-        if t is None:
-            raise ValueError(f"trial {number} was not asked in this study, or was told already")
+        number, t = self._asked(trial)
         from nasframe import stopping
 
         with stopping.watch():
