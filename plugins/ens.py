@@ -238,15 +238,9 @@ class EnsStrategy(Strategy):
             if self.screen > 1 and children:
                 # mating could not fill the pool (invalid or seen children): random unseen
                 # architectures top it up, screened like the children (after them in ties)
-                misses = 0
                 want = self.screen * self.population
-                while len(children) < want and misses < min(want, self.max_retries):
-                    x = self._random_unseen(queued)
-                    if x is None:
-                        misses += 1
-                        continue
-                    misses = 0
-                    children.append(x)
+                children += self._draw_unseen(want - len(children), queued,
+                                              min(want, self.max_retries))
             sent = self._screened(children)
             for x in children:                # children not sent may still be drawn at random
                 queued.discard(self._arch_id(x))
@@ -254,14 +248,22 @@ class EnsStrategy(Strategy):
             self._queue.extend(sent)
         if self._gen == 1 and self.initial == "maximin":
             self._queue.extend(self._maximin(self.population - len(self._queue), queued))
+        self._queue += self._draw_unseen(self.population - len(self._queue), queued,
+                                         self.max_retries)
+
+    def _draw_unseen(self, n: int, queued: set[str], patience: int) -> list[list[int]]:
+        """Up to ``n`` random valid architectures not seen nor queued (``patience`` misses in
+        a row end the draw)."""
+        out: list[list[int]] = []
         misses = 0
-        while len(self._queue) < self.population and misses < self.max_retries:
+        while len(out) < n and misses < patience:
             x = self._random_unseen(queued)
             if x is None:
                 misses += 1
                 continue
             misses = 0
-            self._queue.append(x)
+            out.append(x)
+        return out
 
     def _random_unseen(self, queued: set[str]) -> list[int] | None:
         """A random valid architecture not seen nor queued (added to ``queued``), or None."""
@@ -280,14 +282,7 @@ class EnsStrategy(Strategy):
         distance over the decisions) from the run's trials and those already chosen."""
         if n <= 0:
             return []
-        pool, misses = [], 0
-        while len(pool) < 16 * n and misses < self.max_retries:
-            x = self._random_unseen(queued)
-            if x is None:
-                misses += 1
-                continue
-            misses = 0
-            pool.append(x)
+        pool = self._draw_unseen(16 * n, queued, self.max_retries)
         if not pool:
             return []
         X = np.array(pool, dtype=np.int64)
