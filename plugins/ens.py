@@ -46,7 +46,7 @@ class EnsStrategy(Strategy):
     over the decisions, from everything the run has seen and chosen so far),
     and every later generation is screened (``screen``): NSGA-II's operators
     make ``screen x population`` children, a ridge regression on the one-hot
-    decisions, fit on the run's complete trials, predicts each objective and
+    decisions (a decision of more than 16 values: its index, scaled), fit on the run's complete trials, predicts each objective and
     constrained value of each child, and the ``population`` children with the
     largest predicted hypervolume improvement (greedily, each counted over the
     observed front plus the children already sent; a child predicted
@@ -105,7 +105,7 @@ class EnsStrategy(Strategy):
         explore: Float = Field(0.25, ge=0, le=1)
         """Share of each screened generation sent unscreened, in NSGA-II's order."""
         ridge: Float = Field(1.0, gt=0)
-        """L2 penalty of the screening model's ridge regression (on one-hot decisions)."""
+        """L2 penalty of the screening model's ridge regression (on one-hot decisions; a decision of more than 16 values enters as its scaled index)."""
 
     def __init__(self, problem: Problem, params=None, **kwargs):
         super().__init__(problem, params, **kwargs)
@@ -388,9 +388,19 @@ class EnsStrategy(Strategy):
         return self._one_hot(np.array(rows, dtype=np.int64)), np.array(ys), F
 
     def _one_hot(self, X: np.ndarray) -> np.ndarray:
-        offsets = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
-        out = np.zeros((len(X), int(self._counts.sum())))
-        out[np.arange(len(X))[:, None], X + offsets[None, :]] = 1.0
+        """The screening model's features: one-hot columns for a decision of at most
+        ``ONE_HOT_MAX`` values, one column (the index scaled to 0..1) for a larger one (an
+        integer range: its order is its meaning, and a one-hot of it would not fit)."""
+        small = self._counts <= ONE_HOT_MAX
+        widths = np.where(small, self._counts, 1)
+        offsets = np.concatenate([[0], np.cumsum(widths)[:-1]])
+        out = np.zeros((len(X), int(widths.sum())))
+        rows = np.arange(len(X))
+        for j, (count, off) in enumerate(zip(self._counts, offsets)):
+            if small[j]:
+                out[rows, off + X[:, j]] = 1.0
+            else:
+                out[rows, off] = X[:, j] / (count - 1)
         return out
 
     def _ridge(self, X: np.ndarray, Y: np.ndarray, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -495,6 +505,10 @@ def _mutation_base():
     from pymoo.core.mutation import Mutation
 
     return Mutation
+
+
+#: the screening model one-hot encodes a decision of at most this many values
+ONE_HOT_MAX = 16
 
 
 class _RandomReset(_mutation_base()):
