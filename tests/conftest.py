@@ -1,6 +1,14 @@
 """Shared fixtures: a tiny plugin of test components registered like any plugin."""
 from __future__ import annotations
 
+import os
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # the fast suite runs on every core (pytest-xdist, -n auto): each worker, and the
+    # processes its tests start, takes its share of the cores (before torch loads OpenMP)
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+
 import sys
 import time
 from pathlib import Path

@@ -183,8 +183,13 @@ def test_an_interrupted_run_resumes_from_python(tmp_path, plugins):
     stop.touch()
     exp = nasframe.Experiment.from_dict(_config(objectives=[{"name": "toy_cost"},
                                                             {"name": "api_stoppable"}]))
-    with pytest.raises(KeyboardInterrupt):
-        exp.run(out=tmp_path / "run")
+    # Ctrl-C as an interactive Python takes it (pytest-xdist's workers ignore SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            exp.run(out=tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, before)
     run = nasframe.load_run(tmp_path / "run")
     t = run.trials()
     assert (t["status"] == "complete").sum() == 3

@@ -14,6 +14,8 @@ import shutil
 import signal
 import sqlite3
 import time
+import warnings
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -328,26 +330,41 @@ def test_an_objective_id_that_is_a_results_column_is_refused(tmp_path, key):
     assert f"'{key}' is a column of the results" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_an_arch_file_that_is_not_one_is_never_quoted(tmp_path):
+def cli_here(capsys, *args: str) -> SimpleNamespace:
+    """The CLI in this process, for what it says (no process boundary is under test here)."""
+    from nasframe.cli import main
+
+    shown = warnings.showwarning
+    try:
+        code = main(list(args))
+    except SystemExit as exc:                  # argparse's own errors
+        code = exc.code
+    finally:
+        warnings.showwarning = shown
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
+def test_an_arch_file_that_is_not_one_is_never_quoted(tmp_path, capsys):
     exp = experiment(tmp_path)
     for i, text in enumerate(["password: hunter2-very-secret\ntoken: abcdef0123\n",
                               "hunter2-very-secret\n", "- hunter2-very-secret\n",
                               "x: {hunter2-very-secret: 1}\n"]):
         f = tmp_path / f"f{i}.txt"
         f.write_text(text)
-        res = cli("evaluate", str(exp), "--arch", str(f))
+        res = cli_here(capsys, "evaluate", str(exp), "--arch", str(f))
         assert res.returncode == 2, res.stderr
         assert "hunter2" not in res.stderr and "abcdef" not in res.stderr, res.stderr
 
 
-def test_messages_for_look_alike_keys_negative_seeds_and_paths(tmp_path):
+def test_messages_for_look_alike_keys_negative_seeds_and_paths(tmp_path, capsys):
     exp = experiment(tmp_path)
     doc = yaml.safe_load(exp.read_text())
     doc["budget"] = {"tri\u200bals": 5}
     doc["seed"] = -1
     doc["strategy"] = {"name": "r\u0430ndom"}        # a Cyrillic a
     exp.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    res = cli("validate", str(exp))
+    res = cli_here(capsys, "validate", str(exp))
     assert res.returncode == 2
     assert "tri\\u200bals" in res.stderr and "U+200B ZERO WIDTH SPACE" in res.stderr
     assert "seed:" in res.stderr and "max_retries" not in res.stderr
@@ -355,12 +372,12 @@ def test_messages_for_look_alike_keys_negative_seeds_and_paths(tmp_path):
         doc = yaml.safe_load(experiment(tmp_path).read_text())
         doc["name"] = name
         exp.write_text(yaml.safe_dump(doc))
-        res = cli("validate", str(exp))
+        res = cli_here(capsys, "validate", str(exp))
         assert res.returncode == 2 and "name:" in res.stderr, (name, res.stderr)
     doc = yaml.safe_load(experiment(tmp_path).read_text())
     doc["output"] = "$HOME/x"
     exp.write_text(yaml.safe_dump(doc))
-    res = cli("validate", str(exp))
+    res = cli_here(capsys, "validate", str(exp))
     assert res.returncode == 2 and "not expanded" in res.stderr
 
 

@@ -39,6 +39,7 @@ def test_one_step_denoiser_is_srs_one_step_call_as_one_input():
         and any("time_embedding" in n for n in names) and any(n.endswith("conv_in") for n in names)
 
 
+@pytest.mark.slow
 def test_one_shared_profile_quantises_both_tasks_and_a_naive_one_clips_the_other():
     """QuantSim over the one-step U-Net: a profile calibrated on both tasks' inputs vs one
     calibrated on the first only, scored on the second task (its condition 4x wider)."""

@@ -1,6 +1,7 @@
 """The 16-channel expansion: function-preserving transfer, re-alignment, the tiny16/latent16 presets."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nasframe.capabilities import Teacher
@@ -42,6 +43,7 @@ def test_expanded_vae_keeps_the_old_latent_and_decodes_what_the_old_one_decoded(
         assert torch.allclose(new.decode(z).sample, old.decode(m_old.mean).sample, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny16_space_trains_expands_and_realigns_its_teacher(tmp_path):
     space = SDUNetSpace({"preset": "tiny16", "latent_size": 8, "fidelity": {"samples": 2, "batch_size": 2},
                          "teacher": {"train": TRAIN}})

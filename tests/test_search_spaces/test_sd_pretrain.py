@@ -34,6 +34,7 @@ def test_photos_are_real_and_held_out_ones_are_not_trained_on():
     assert crops.shape == (3, 3, 32, 32) and crops.min() >= -1 and crops.max() <= 1
 
 
+@pytest.mark.slow
 def test_trained_teacher_is_trained_once_then_loaded_from_the_cache(tmp_path):
     space = _space()
     ctx = Context(tmp_path / "run", quiet=True)
@@ -104,6 +105,7 @@ def test_fidelity_and_distillation_use_photo_latents_and_the_null_embedding(tmp_
     assert v.value < 100 and v.details["distill"]["trained"] > 0
 
 
+@pytest.mark.slow
 def test_a_full_size_preset_fine_tunes_from_local_weights(tmp_path, monkeypatch):
     """``teacher.path`` + ``teacher.train``: training starts from the loaded weights
     (the tiny preset stands in for sd15's folder layout)."""

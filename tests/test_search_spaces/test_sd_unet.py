@@ -249,6 +249,7 @@ def test_fidelity_is_perfect_for_the_teacher_and_drops_with_surgery(ctx):
     assert tiny < nano < full
 
 
+@pytest.mark.slow
 def test_distilled_pairs_improve_and_are_trained_once(ctx):
     space = SDUNetSpace(preset="tiny", pairs=["full", "resnet"], mid="remove", innermost="remove",
                         fidelity={"samples": 4, "batch_size": 4})
