@@ -70,11 +70,14 @@ def experiment(args, pruner: dict | None, cache: Path) -> dict:
 
 
 def pruner_for(label: str, args) -> dict:
-    """The pruner section for ``label``; ASHA/Hyperband's first rung is the first report
-    after the start (``--every`` steps), so their rungs fit any ``--steps``."""
+    """The pruner section for ``label``: the first check is the first report after the start
+    (``--every`` steps: ASHA/Hyperband's first rung, the median pruner's warm-up), so the
+    pruners fit any ``--steps``."""
     doc = json.loads(json.dumps(PRUNERS[label]))
     if label in ("asha", "hyperband"):
         doc["params"]["min_resource"] = args.every
+    elif label.startswith("median"):
+        doc["params"]["n_warmup_steps"] = args.every
     return doc
 
 
