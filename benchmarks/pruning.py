@@ -16,7 +16,7 @@ and its ratio to the unpruned run's. Target: a pruner reaches the same front
 
 Usage::
 
-    python benchmarks/pruning.py [--trials 24] [--steps 80] [--every 20] [--strategy random]
+    python benchmarks/pruning.py [--trials 24] [--steps 40] [--every 5] [--strategy random]
                                  [--pruners asha median] [--json PATH] [--out DIR]
 
 With ``--strategy random`` every run evaluates the same architectures in the same
@@ -125,8 +125,8 @@ def hypervolume(points, ref) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--strategy", default="random", choices=("random", "ens"))
