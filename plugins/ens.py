@@ -394,6 +394,7 @@ class EnsStrategy(Strategy):
             from pymoo.util.nds.non_dominated_sorting import find_non_dominated
 
             F = F[find_non_dominated(F)]
+            F = F[np.lexsort(F.T[::-1])]     # one order, however the front was reached
         cache["front"] = F
         return (self._one_hot(np.array([r[1] for r in rows], dtype=np.int64)),
                 np.array([r[2] for r in rows]), F)
