@@ -136,7 +136,8 @@ def test_kill_9_then_resume_completes_budget_without_loss_or_repeat(tmp_path):
     assert after[:len(done_before)] == done_before  # completed trials untouched
 
 
-@pytest.mark.parametrize("executor", ["process", pytest.param("dask", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("executor", [pytest.param("process", marks=pytest.mark.slow),
+                                      pytest.param("dask", marks=pytest.mark.slow)])
 def test_parallel_executors_give_the_same_trials_as_inline(tmp_path, executor):
     if executor == "dask":
         pytest.importorskip("dask.distributed")

@@ -119,6 +119,7 @@ def test_same_seed_same_sequence():
     assert a == b and a != c
 
 
+@pytest.mark.slow
 def test_json_state_round_trip_continues_the_same_search():
     first = StrategyDriver(EpsBO(PROBLEM, seed=1, epsilons=EPSILONS, bounded="fidelity",
                                  n_initial=4))
@@ -131,6 +132,7 @@ def test_json_state_round_trip_continues_the_same_search():
     assert a == b
 
 
+@pytest.mark.slow
 def test_exhausts_a_small_space_without_duplicates():
     problem = Problem(ToySpace(), (ObjectiveSpec("a", "min"), ObjectiveSpec("b", "max")))
     strategy = StrategyDriver(EpsBO(problem, seed=0, bounds={"b": 40.0}, n_initial=3))

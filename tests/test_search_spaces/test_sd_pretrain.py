@@ -83,6 +83,7 @@ def test_training_lowers_the_denoising_loss():
     assert loss(state) < loss(init)
 
 
+@pytest.mark.slow
 def test_fidelity_and_distillation_use_photo_latents_and_the_null_embedding(tmp_path):
     space = _space()
     ctx = Context(tmp_path, quiet=True)
