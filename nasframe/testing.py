@@ -400,6 +400,10 @@ class StrategyContract:
         assert not {a.id for a in asked} & {a.id for a in foreign}, "proposed a told architecture"
 
 
+#: the executor contract's shared session per contract class (see ExecutorContract._shared)
+_SHARED_RUNS: dict[type, tuple] = {}
+
+
 class ExecutorContract:
     """The contract of an :class:`~nasframe.executor.Executor`.
 
@@ -472,16 +476,25 @@ class ExecutorContract:
         assert ex.workers == self.workers
         assert isinstance(ex.describe(), str)
 
+    def _shared(self, tmp_path):
+        """One executor session per contract class, shared by the tests below (each start of
+        an executor pays its workers' start-up: torch and the plugins imported per worker):
+        batches of ``batch``, 0, 1 and ``batch`` trials, in that order."""
+        key = type(self)
+        if key not in _SHARED_RUNS:
+            _SHARED_RUNS[key] = self._run(tmp_path, [self.batch, 0, 1, self.batch])
+        return _SHARED_RUNS[key]
+
     def test_returns_each_trial_finished_in_input_order(self, tmp_path):
-        _, _, out = self._run(tmp_path, [self.batch])
-        (sent, got), = out
-        assert [t.number for t in got] == [t.number for t in sent]
-        assert [t.arch.id for t in got] == [t.arch.id for t in sent]
-        assert all(isinstance(t, Trial) and t.status in ("complete", "infeasible") for t in got), \
-            [t.error for t in got]
+        _, _, out = self._shared(tmp_path)
+        for sent, got in out:
+            assert [t.number for t in got] == [t.number for t in sent]
+            assert [t.arch.id for t in got] == [t.arch.id for t in sent]
+            assert all(isinstance(t, Trial) and t.status in ("complete", "infeasible")
+                       for t in got), [t.error for t in got]
 
     def test_values_equal_an_in_process_evaluation(self, tmp_path):
-        exp, ctx, out = self._run(tmp_path, [self.batch, 1, self.batch])
+        exp, ctx, out = self._shared(tmp_path)
         for sent, got in out:
             local = [exp.evaluate(t, ctx) for t in sent]
             assert [self._key(t) for t in got] == [self._key(t) for t in local]
@@ -489,5 +502,5 @@ class ExecutorContract:
                 assert set(t.provenance) == set(t.values)
 
     def test_an_empty_batch_gives_an_empty_list(self, tmp_path):
-        _, _, out = self._run(tmp_path, [0, 1])
-        assert out[0][1] == [] and len(out[1][1]) == 1
+        _, _, out = self._shared(tmp_path)
+        assert [len(got) for _, got in out] == [self.batch, 0, 1, self.batch]

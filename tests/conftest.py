@@ -92,6 +92,37 @@ def toy_config():
     }
 
 
+def cli_here(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+    """The CLI in this process: what it prints and its exit code, as :func:`run_cli` returns
+    them, without a new interpreter's 2-4 s start (torch and the plugins imported again).
+    For tests of what the CLI says and does; a process boundary under test (signals, pipes,
+    a fresh interpreter's imports) uses :func:`run_cli`. ``timeout`` is not enforced here."""
+    import io
+    import subprocess
+    import warnings
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from nasframe.cli import main
+
+    saved_env, saved_cwd, shown = dict(os.environ), os.getcwd(), warnings.showwarning
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd or ROOT)
+        with redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings():
+            try:
+                code = main(list(args))
+            except SystemExit as exc:                 # argparse's own errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        warnings.showwarning = shown
+    return subprocess.CompletedProcess([sys.executable, "-m", "nasframe", *args], code,
+                                       stdout.getvalue(), stderr.getvalue())
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run the real CLI in a subprocess; returns CompletedProcess."""
     import os

@@ -5,7 +5,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import run_cli
+from conftest import cli_here
 from nasframe import accel
 from nasframe.accel import Accelerator
 from nasframe.config import ExperimentConfig
@@ -55,11 +55,11 @@ def test_config_rejects_an_unknown_device_and_precision():
 def test_validate_with_device_cuda_without_a_gpu_exits_2(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump({**FAST, "device": "cuda"}))
-    res = run_cli("validate", str(path))
+    res = cli_here("validate", str(path))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "device: 'cuda'" in res.stderr and "set device: cpu" in res.stderr
     path.write_text(yaml.safe_dump({**FAST, "precision": "bf16"}))
-    ok = run_cli("validate", str(path))
+    ok = cli_here("validate", str(path))
     assert ok.returncode == 0 and "bf16 autocast" in ok.stdout
 
 

@@ -1,4 +1,6 @@
-"""The CLI as a user meets it: real subprocesses, exit codes, messages."""
+"""The CLI as a user meets it: exit codes and messages, in real subprocesses where the process
+is part of what is tested (the first run, signals, pipes), in this process where only what the
+CLI says is (``cli_here``: no new interpreter to start)."""
 import json
 import os
 import signal
@@ -10,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here, run_cli
 
 
 def _write(tmp_path, doc, name="exp.yaml"):
@@ -41,16 +43,16 @@ def test_validate_ok_and_broken_yaml_exit_2(tmp_path):
 
 def test_unknown_strategy_is_one_line_with_choices(tmp_path):
     doc = dict(FAST, strategy={"name": "nsga"})
-    res = run_cli("validate", str(_write(tmp_path, doc)))
+    res = cli_here("validate", str(_write(tmp_path, doc)))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "unknown strategy 'nsga'" in res.stderr and "available: ens, eps_bo, grid, nni, optuna, random" in res.stderr
-    debug = run_cli("validate", str(_write(tmp_path, doc)), "--debug")
+    debug = cli_here("validate", str(_write(tmp_path, doc)), "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
 def test_missing_file_and_bad_run_dir_exit_2(tmp_path):
-    assert run_cli("validate", str(tmp_path / "nope.yaml")).returncode == 2
-    res = run_cli("resume", str(tmp_path))
+    assert cli_here("validate", str(tmp_path / "nope.yaml")).returncode == 2
+    res = cli_here("resume", str(tmp_path))
     assert res.returncode == 2 and "not a nasframe run directory" in res.stderr
 
 
@@ -71,7 +73,7 @@ def test_run_export_evaluate_round_trip(tmp_path):
         assert (run_dir / name).is_file()
     front = json.loads((run_dir / "pareto.json").read_text())["front"]
     member = front[0]
-    res = run_cli("evaluate", str(exp), "--arch", str(run_dir / "front" / f"{member['id']}.yaml"),
+    res = cli_here("evaluate", str(exp), "--arch", str(run_dir / "front" / f"{member['id']}.yaml"),
                   "--out", str(run_dir), "--quiet")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
@@ -79,9 +81,9 @@ def test_run_export_evaluate_round_trip(tmp_path):
     for key in ("params", "gmacs"):
         assert doc["values"][key]["value"] == member["values"][key]["value"]
         assert doc["values"][key]["provenance"]["kind"] == "proxy"
-    ref = run_cli("evaluate", str(exp), "--arch", "smallest", "--out", str(run_dir), "--quiet")
+    ref = cli_here("evaluate", str(exp), "--arch", "smallest", "--out", str(run_dir), "--quiet")
     assert ref.returncode == 0 and json.loads(ref.stdout)["origin"] == "reference:smallest"
-    bad = run_cli("evaluate", str(exp), "--arch", "nonexistent", "--quiet")
+    bad = cli_here("evaluate", str(exp), "--arch", "nonexistent", "--quiet")
     assert bad.returncode == 2 and "available: " in bad.stderr
 
 

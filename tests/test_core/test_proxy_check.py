@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scipy.stats import kendalltau
 
-from conftest import run_cli
+from conftest import cli_here
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory):
     }
     exp = tmp / "exp.yaml"
     exp.write_text(yaml.safe_dump(doc))
-    res = run_cli("run", str(exp), "--out", str(tmp / "run"), "--quiet", "--no-export")
+    res = cli_here("run", str(exp), "--out", str(tmp / "run"), "--quiet", "--no-export")
     assert res.returncode == 0, res.stderr
     return tmp / "run"
 
@@ -45,7 +45,7 @@ def _values(run_dir):
 
 @pytest.mark.slow
 def test_analyse_prints_tau_per_proxy_and_writes_the_plot(run_dir):
-    res = run_cli("analyse", str(run_dir), "-f", "json")
+    res = cli_here("analyse", str(run_dir), "-f", "json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["proxies"] == ["params", "gmacs"] and doc["measured"] == ["latency"]
@@ -59,17 +59,17 @@ def test_analyse_prints_tau_per_proxy_and_writes_the_plot(run_dir):
     png = run_dir / "proxy_check.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run_dir / "proxy_check.json").read_text()) == doc
-    table = run_cli("analyse", str(run_dir), "--no-plot")
+    table = cli_here("analyse", str(run_dir), "--no-plot")
     assert table.returncode == 0
     assert "Kendall tau" in table.stdout and "gmacs" in table.stdout
 
 
 def test_analyse_picks_keys_and_rejects_unknown_ones(run_dir, tmp_path):
-    res = run_cli("analyse", str(run_dir), "--proxies", "gmacs", "-f", "json", "--out", str(tmp_path))
+    res = cli_here("analyse", str(run_dir), "--proxies", "gmacs", "-f", "json", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert [c["proxy"] for c in json.loads(res.stdout)["correlations"]] == ["gmacs"]
     assert (tmp_path / "proxy_check.png").exists()
-    bad = run_cli("analyse", str(run_dir), "--proxies", "macs", "--no-plot")
+    bad = cli_here("analyse", str(run_dir), "--proxies", "macs", "--no-plot")
     assert bad.returncode == 2
     assert "no objective 'macs' in this run; its objectives: params, gmacs, latency" in bad.stderr
 
@@ -81,12 +81,12 @@ def test_a_run_without_measured_latency_says_so(tmp_path):
            "budget": {"trials": 3}, "references": False}
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(doc))
-    assert run_cli("run", str(exp), "--out", str(tmp_path / "run"), "--quiet",
+    assert cli_here("run", str(exp), "--out", str(tmp_path / "run"), "--quiet",
                    "--no-export").returncode == 0
-    res = run_cli("analyse", str(tmp_path / "run"))
+    res = cli_here("analyse", str(tmp_path / "run"))
     assert res.returncode == 2, res.stderr          # nothing to analyse: say what to add
     assert "nothing to analyse: no measured latency" in res.stderr
     assert "name: latency" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "run" / "proxy_check.png").exists()   # no blank plot
-    res = run_cli("analyze", str(tmp_path / "run"))               # the other spelling
+    res = cli_here("analyze", str(tmp_path / "run"))               # the other spelling
     assert res.returncode == 2 and "nothing to analyse" in res.stderr

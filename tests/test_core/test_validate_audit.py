@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 from nasframe.config import load_config
 from nasframe.errors import ConfigError
 from nasframe.experiment import Experiment
@@ -93,7 +93,7 @@ def test_validate_rejects_what_run_would(tmp_path, name, plugins):
         Experiment.from_config(load_config(exp), plugins, str(exp))
     assert time.perf_counter() - start < 1.0
     assert words in str(err.value)
-    res = run_cli("validate", str(exp))
+    res = cli_here("validate", str(exp))
     assert res.returncode == 2
     assert words in _short_single_error(res.stderr)
 
@@ -108,7 +108,7 @@ def test_hostile_or_broken_files_are_refused_quickly(tmp_path, name):
         load_config(exp)
     assert time.perf_counter() - start < 1.0
     assert words in str(err.value) and len(str(err.value)) < 400
-    res = run_cli("validate", str(exp))
+    res = cli_here("validate", str(exp))
     assert res.returncode == 2
     assert words in _short_single_error(res.stderr)
 
@@ -116,17 +116,17 @@ def test_hostile_or_broken_files_are_refused_quickly(tmp_path, name):
 def test_binary_garbage_and_huge_files(tmp_path):
     garbage = tmp_path / "garbage.yaml"
     garbage.write_bytes(bytes(range(256)) * 4)
-    res = run_cli("validate", str(garbage))
+    res = cli_here("validate", str(garbage))
     assert res.returncode == 2 and "a binary file" in _short_single_error(res.stderr)
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
-    res = run_cli("validate", str(latin))
+    res = cli_here("validate", str(latin))
     assert res.returncode == 2 and "not UTF-8 text" in _short_single_error(res.stderr)
     huge = tmp_path / "huge.yaml"
     huge.write_text("# " + "x" * 2_000_000 + "\n")
-    res = run_cli("validate", str(huge))
+    res = cli_here("validate", str(huge))
     assert res.returncode == 2 and "more than the 1,000,000" in _short_single_error(res.stderr)
-    res = run_cli("validate", str(tmp_path))
+    res = cli_here("validate", str(tmp_path))
     assert res.returncode == 2 and "not a experiment file" in _short_single_error(res.stderr) \
         or "a directory" in res.stderr
 
@@ -136,7 +136,7 @@ def test_an_output_path_that_is_a_file(tmp_path):
     exp.write_text(yaml.safe_dump(BASE))
     out = tmp_path / "taken"
     out.write_text("mine")
-    res = run_cli("run", str(exp), "--out", str(out))
+    res = cli_here("run", str(exp), "--out", str(out))
     assert res.returncode == 2 and "exists and is not a directory" in _short_single_error(res.stderr)
     assert out.read_text() == "mine"
 
@@ -148,13 +148,13 @@ def test_broken_or_foreign_stores_are_refused_and_left_alone(tmp_path, content):
     db = run / "trials.db"
     db.write_bytes(content)
     for args in (("resume", str(run)), ("export", str(run)), ("trials", str(run))):
-        res = run_cli(*args)
+        res = cli_here(*args)
         assert res.returncode == 2, (args, res.stderr)
         line = _short_single_error(res.stderr)
         assert "trials.db" in line and "not a nasframe trial store" in line
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(BASE))
-    res = run_cli("run", str(exp), "--out", str(run))
+    res = cli_here("run", str(exp), "--out", str(run))
     assert res.returncode == 2 and "is not a nasframe run" in _short_single_error(res.stderr)
     assert db.read_bytes() == content                  # never written into
     assert sorted(p.name for p in run.iterdir()) in (["trials.db"], [".nasframe.lock", "trials.db"])
@@ -168,7 +168,7 @@ def test_a_store_of_another_program_is_not_modified(tmp_path):
     db.commit()
     db.close()
     before = (run / "trials.db").read_bytes()
-    res = run_cli("resume", str(run))
+    res = cli_here("resume", str(run))
     assert res.returncode == 2 and "a database without nasframe's tables" in res.stderr
     assert (run / "trials.db").read_bytes() == before
 
@@ -177,10 +177,10 @@ def test_run_dir_arguments(tmp_path):
     for args, words in ((("resume", str(tmp_path / "nowhere")), "no such run directory"),
                         (("resume", str(tmp_path)), "is not a nasframe run directory"),
                         (("export", str(tmp_path / "nowhere")), "no such run directory")):
-        res = run_cli(*args)
+        res = cli_here(*args)
         assert res.returncode == 2 and words in _short_single_error(res.stderr)
     (tmp_path / "file").write_text("x")
-    res = run_cli("resume", str(tmp_path / "file"))
+    res = cli_here("resume", str(tmp_path / "file"))
     assert res.returncode == 2 and "not a directory" in _short_single_error(res.stderr)
 
 
@@ -195,7 +195,7 @@ def test_arch_files(tmp_path, doc, words):
     exp.write_text(yaml.safe_dump(BASE))
     arch = tmp_path / "arch.yaml"
     arch.write_text(yaml.safe_dump(doc))
-    res = run_cli("evaluate", str(exp), "--arch", str(arch), "--out", str(tmp_path / "o"))
+    res = cli_here("evaluate", str(exp), "--arch", str(arch), "--out", str(tmp_path / "o"))
     assert res.returncode == 2
     assert words in _short_single_error(res.stderr)
 
@@ -205,7 +205,7 @@ def test_arch_bomb_file(tmp_path):
     exp.write_text(yaml.safe_dump(BASE))
     arch = tmp_path / "arch.yaml"
     arch.write_text(LAUGHS)
-    res = run_cli("evaluate", str(exp), "--arch", str(arch), "--out", str(tmp_path / "o"))
+    res = cli_here("evaluate", str(exp), "--arch", str(arch), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "expands to more than" in _short_single_error(res.stderr)
 
 

@@ -14,14 +14,12 @@ import shutil
 import signal
 import sqlite3
 import time
-import warnings
-from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_faults import alive, cli, edit, experiment, finished_count, popen, trials, wait_for
+from test_faults import ENV, alive, cli, edit, experiment, finished_count, popen, trials, wait_for
 
 MARKER_MODULE = '''
 import pathlib, os
@@ -304,7 +302,7 @@ def test_a_run_into_a_folder_of_user_files_is_refused_before_the_search(tmp_path
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    res = cli("run", str(exp), "--out", str(mine), "--quiet", timeout=60)
+    res = cli_here("run", str(exp), "--out", str(mine), "--quiet", timeout=60)
     assert res.returncode == 2
     assert "notes.txt" in res.stderr and "--out" in res.stderr
     assert not (mine / "trials.db").exists()
@@ -313,7 +311,7 @@ def test_a_run_into_a_folder_of_user_files_is_refused_before_the_search(tmp_path
     prepared = tmp_path / "prepared"
     (prepared / "cache").mkdir(parents=True)
     (prepared / "trials.csv").write_text("mine")
-    res = cli("run", str(exp), "--out", str(prepared), "--quiet", timeout=60)
+    res = cli_here("run", str(exp), "--out", str(prepared), "--quiet", timeout=60)
     assert res.returncode == 2 and "trials.csv" in res.stderr
     assert (prepared / "trials.csv").read_text() == "mine"
 
@@ -325,46 +323,46 @@ def test_an_objective_id_that_is_a_results_column_is_refused(tmp_path, key):
     doc = yaml.safe_load(exp.read_text())
     doc["objectives"][1]["id"] = key
     exp.write_text(yaml.safe_dump(doc))
-    res = cli("validate", str(exp))
+    res = cli_here("validate", str(exp))
     assert res.returncode == 2
     assert f"'{key}' is a column of the results" in res.stderr and "Traceback" not in res.stderr
 
 
-def cli_here(capsys, *args: str) -> SimpleNamespace:
-    """The CLI in this process, for what it says (no process boundary is under test here)."""
-    from nasframe.cli import main
+def cli_here(*args: str, env: dict | None = None, timeout: float = 300):
+    """``cli`` in this process, for what the CLI says and does where no process boundary is
+    under test (see ``conftest.cli_here``): the fault plugin registered here, as
+    ``NASFRAME_PLUGIN_MODULES`` registers it in a new process (its workers still get it
+    from the environment)."""
+    import fault_plugin
+    from conftest import cli_here as here
+    from nasframe.plugins import get_plugins
 
-    shown = warnings.showwarning
-    try:
-        code = main(list(args))
-    except SystemExit as exc:                  # argparse's own errors
-        code = exc.code
-    finally:
-        warnings.showwarning = shown
-    out = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    plugins = get_plugins()
+    if "fault_space" not in plugins.search_spaces:
+        plugins.register(fault_plugin, "fault_plugin")
+    return here(*args, env={**ENV, **(env or {})}, timeout=timeout)
 
 
-def test_an_arch_file_that_is_not_one_is_never_quoted(tmp_path, capsys):
+def test_an_arch_file_that_is_not_one_is_never_quoted(tmp_path):
     exp = experiment(tmp_path)
     for i, text in enumerate(["password: hunter2-very-secret\ntoken: abcdef0123\n",
                               "hunter2-very-secret\n", "- hunter2-very-secret\n",
                               "x: {hunter2-very-secret: 1}\n"]):
         f = tmp_path / f"f{i}.txt"
         f.write_text(text)
-        res = cli_here(capsys, "evaluate", str(exp), "--arch", str(f))
+        res = cli_here("evaluate", str(exp), "--arch", str(f))
         assert res.returncode == 2, res.stderr
         assert "hunter2" not in res.stderr and "abcdef" not in res.stderr, res.stderr
 
 
-def test_messages_for_look_alike_keys_negative_seeds_and_paths(tmp_path, capsys):
+def test_messages_for_look_alike_keys_negative_seeds_and_paths(tmp_path):
     exp = experiment(tmp_path)
     doc = yaml.safe_load(exp.read_text())
     doc["budget"] = {"tri\u200bals": 5}
     doc["seed"] = -1
     doc["strategy"] = {"name": "r\u0430ndom"}        # a Cyrillic a
     exp.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    res = cli_here(capsys, "validate", str(exp))
+    res = cli_here("validate", str(exp))
     assert res.returncode == 2
     assert "tri\\u200bals" in res.stderr and "U+200B ZERO WIDTH SPACE" in res.stderr
     assert "seed:" in res.stderr and "max_retries" not in res.stderr
@@ -372,19 +370,19 @@ def test_messages_for_look_alike_keys_negative_seeds_and_paths(tmp_path, capsys)
         doc = yaml.safe_load(experiment(tmp_path).read_text())
         doc["name"] = name
         exp.write_text(yaml.safe_dump(doc))
-        res = cli_here(capsys, "validate", str(exp))
+        res = cli_here("validate", str(exp))
         assert res.returncode == 2 and "name:" in res.stderr, (name, res.stderr)
     doc = yaml.safe_load(experiment(tmp_path).read_text())
     doc["output"] = "$HOME/x"
     exp.write_text(yaml.safe_dump(doc))
-    res = cli_here(capsys, "validate", str(exp))
+    res = cli_here("validate", str(exp))
     assert res.returncode == 2 and "not expanded" in res.stderr
 
 
 def test_output_with_a_tilde_is_the_home_folder(tmp_path):
     exp = experiment(tmp_path, trials=2)
     edit(exp, output="~/nasframe-tilde-run")
-    res = cli("run", str(exp), "--quiet", "--no-export", env={"HOME": str(tmp_path / "home")})
+    res = cli_here("run", str(exp), "--quiet", "--no-export", env={"HOME": str(tmp_path / "home")})
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "home" / "nasframe-tilde-run" / "trials.db").exists()
     assert not (Path.cwd() / "~").exists()

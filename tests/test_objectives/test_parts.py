@@ -7,7 +7,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import run_cli
+from conftest import cli_here
 from nasframe import Architecture, Candidate, Context, Integer, SearchSpace, capabilities
 from nasframe.capabilities import ModelParts
 from nasframe.errors import ConfigError
@@ -164,7 +164,7 @@ def test_cli_run_with_an_unknown_part_exits_2(tmp_path):
     exp.write_text(yaml.safe_dump(doc))
     for cmd in (("validate", str(exp)),
                 ("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export")):
-        res = run_cli(*cmd)
+        res = cli_here(*cmd)
         assert res.returncode == 2, res.stderr
         assert "Traceback" not in res.stderr
         assert ("objectives[0]: objective 'params' needs a search space that provides "

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here, run_cli
 from nasframe_objectives import qai_hub_fake
 
 
@@ -165,7 +165,7 @@ def test_a_failing_compile_fails_only_its_trial_with_the_message_and_url(tmp_pat
     fake, env = _fake(tmp_path, compile_seconds=0.2, profile_seconds=0.2, fail_compile=[1],
                       transient=2)
     exp = _experiment(tmp_path, trials=3, batch=3)
-    res = run_cli("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export", env=env)
+    res = cli_here("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export", env=env)
     assert res.returncode == 0, res.stderr
     rows = _trials(tmp_path / "run")
     assert [r["status"] for r in rows].count("complete") == 2
@@ -185,7 +185,7 @@ def test_transient_errors_beyond_the_retries_fail_the_trial_with_the_cause(tmp_p
     fake, env = _fake(tmp_path, transient=100)
     # the device check off: its one call (a warning on a transient error) is not the subject
     exp = _experiment(tmp_path, trials=1, batch=1, retries=2, check_device=False)
-    res = run_cli("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export", env=env)
+    res = cli_here("run", str(exp), "--out", str(tmp_path / "run"), "--quiet", "--no-export", env=env)
     assert res.returncode == 0, res.stderr
     (row,) = _trials(tmp_path / "run")
     assert row["status"] == "failed"
@@ -215,7 +215,7 @@ def test_no_token_is_exit_2_at_validate_naming_the_fix(tmp_path):
 
 def test_no_token_with_the_fake_too(tmp_path):
     _, env = _fake(tmp_path, token=False)
-    res = run_cli("validate", str(_experiment(tmp_path)), env=env)
+    res = cli_here("validate", str(_experiment(tmp_path)), env=env)
     assert res.returncode == 2
     assert "qai-hub configure --api_token" in res.stderr
 

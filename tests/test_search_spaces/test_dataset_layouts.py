@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import run_cli
+from conftest import cli_here
 from nasframe.config import config_from_dict
 from nasframe.params import ParamError
 from nasframe.runner import run_experiment
@@ -238,7 +238,7 @@ def test_cli_exit_2_for_a_folder_in_the_wrong_layout(tmp_path):
         "objectives": [{"name": "psnr"}], "strategy": {"name": "random"}, "budget": {"trials": 1}}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
-    out = run_cli("validate", str(path))
+    out = cli_here("validate", str(path))
     assert out.returncode == 2, out.stderr
     assert "is not in the gopro layout: expected <root>/<sequence>/blur" in out.stderr
     assert "point `train` at" in out.stderr and "Traceback" not in out.stderr

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import cli_here
 
 from nasframe.deploy import exportable
 from nasframe_search_spaces.hybrid_unet import scan as sc
@@ -106,7 +106,7 @@ budget: {trials: 2}
     arch.write_text("enc1: ssm\nenc2: ssm\nenc3: transformer\nlatent: ssm\ndec3: transformer\n"
                     "dec2: ssm\ndec1: transformer\nrefine: ssm\n")
     path = tmp_path / "hybrid.onnx"
-    res = run_cli("export-model", str(exp), "--arch", str(arch), "--format", "onnx",
+    res = cli_here("export-model", str(exp), "--arch", str(arch), "--format", "onnx",
                   "-o", str(path), cwd=tmp_path, timeout=900)
     assert res.returncode == 0, res.stderr
     assert "max rel error" in res.stdout and "input inp: [1, 3, 16, 16] float32" in res.stdout

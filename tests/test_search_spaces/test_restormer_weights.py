@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import run_cli
+from conftest import cli_here
 from nasframe.capabilities import TrainedWeights
 from nasframe.errors import ConfigError
 from nasframe.testing import plugin_context
@@ -259,7 +259,7 @@ def test_cli_evaluates_the_published_teacher(tmp_path):
     sd = published_state("BiasFree", seed=3)
     sd["output.weight"] *= 0.1            # a small correction of the input: few clamped pixels
     path = _save(tmp_path / "gaussian_color_denoising_blind.pth", sd)
-    out = run_cli("evaluate", _experiment(tmp_path, path), "--arch", "teacher", "--quiet")
+    out = cli_here("evaluate", _experiment(tmp_path, path), "--arch", "teacher", "--quiet")
     assert out.returncode == 0, out.stderr
     value = json.loads(out.stdout)["values"]["psnr"]["value"]
     pairs = RestorationData.from_params(DATA, task_default="denoise", seed=0).validation()
@@ -272,7 +272,7 @@ def test_cli_evaluates_the_published_teacher(tmp_path):
 def test_cli_validate_refuses_a_file_that_does_not_fit(tmp_path):
     """Exit 2, naming `teacher.weights`, what is missing and the fix; no traceback."""
     path = _save(tmp_path / "real_denoising.pth", published_state("BiasFree"))
-    bad = run_cli("validate", _experiment(tmp_path, path, network={"norm_bias": True}))
+    bad = cli_here("validate", _experiment(tmp_path, path, network={"norm_bias": True}))
     assert bad.returncode == 2
     assert "`teacher.weights`" in bad.stderr and "missing from the file" in bad.stderr
     assert "`network.norm_bias: false`" in bad.stderr and "Traceback" not in bad.stderr
