@@ -92,6 +92,20 @@ def toy_config():
     }
 
 
+def load_script(name: str):
+    """``benchmarks/<name>.py`` as the module ``nasframe_bench_<name>`` (the benchmarks are
+    scripts, not a package), registered in ``sys.modules`` as an import would (so that its
+    pickled functions are found by name in forked workers)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"nasframe_bench_{name}",
+                                                  ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def cli_here(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """The CLI in this process: what it prints and its exit code, as :func:`run_cli` returns
     them, without a new interpreter's 2-4 s start (torch and the plugins imported again).

@@ -1,23 +1,18 @@
 """Smoke test of benchmarks/core_overhead.py: it runs end to end and reports three rows."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("optuna")
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "core_overhead.py"
+pytest.importorskip("optuna")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_core_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("core_overhead")
 
 
 def test_core_overhead_runs_and_reports_three_rows(tmp_path, capsys):

@@ -2,24 +2,19 @@
 Hexagon NPU (emulated HTP, CPU fallback off), and the emulator's profiling cycles reported."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("onnxruntime_qnn", reason="the NPU sections need onnxruntime-qnn "
                     "(pip install 'nasframe[npu]')")
 pytest.importorskip("onnxscript")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "deploy_report.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_deploy_report_npu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("deploy_report_npu")
 
 
 @pytest.mark.slow

@@ -5,18 +5,17 @@ made here: the values are made-up functions of the architecture.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
+
 pytest.importorskip("botorch")
 pytest.importorskip("optuna")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "eps_bo_vs_peers.py"
 #: 36 valid architectures out of 2^15 decision combinations
 TINY = {"preset": "tiny", "pairs": ["full", "removed"], "widths": [1.0], "mid": "keep",
         "innermost": "remove"}
@@ -24,10 +23,7 @@ TINY = {"preset": "tiny", "pairs": ["full", "removed"], "widths": [1.0], "mid": 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_eps_bo_vs_peers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eps_bo_vs_peers")
 
 
 @pytest.fixture(scope="module")

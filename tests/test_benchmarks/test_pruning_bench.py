@@ -1,22 +1,17 @@
 """Smoke test of benchmarks/pruning.py: the same search with and without a pruner, its table."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("optuna")
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruning.py"
+pytest.importorskip("optuna")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_pruning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pruning")
 
 
 @pytest.mark.slow

@@ -2,26 +2,22 @@
 one-step student, SR and deblur adapters, QUAD) and the table holds what the method claims."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("diffusers")
 pytest.importorskip("skimage")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quad_diffusion_report.py"
 TINY = ["--teacher-steps", "3", "--vae-steps", "2", "--sr-steps", "4", "--distill-steps", "4",
         "--pool", "8", "--eval-images", "2", "--adapter-steps", "3", "--qat-steps", "2",
         "--batch-size", "2", "--calib-batches", "1", "--no-export", "--quiet"]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_quad_diffusion_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quad_diffusion_report")
 
 
 @pytest.mark.slow     # 24 s at load average 9 on 2 cores, 122 s at 17

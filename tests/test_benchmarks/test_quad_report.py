@@ -3,26 +3,22 @@
 the quantisation noise of ONNX Runtime's CPU."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("skimage")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quad_report.py"
 TINY = ["--preset", "tiny", "--base-steps", "5", "--adapter-steps", "3", "--qat-steps", "3",
         "--size", "16", "--patch", "16", "--val-size", "32", "--short-side", "48",
         "--rounds", "2"]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_quad_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quad_report")
 
 
 @pytest.mark.slow

@@ -5,18 +5,17 @@ the values are made-up functions of the architecture: no model is trained or sco
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 pytest.importorskip("pymoo")
 pytest.importorskip("botorch")
 pytest.importorskip("diffusers")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "strategies_vs_peers.py"
 #: 36 valid architectures out of 2^15 decision combinations
 TINY_SD = {"preset": "tiny", "pairs": ["full", "removed"], "widths": [1.0], "mid": "keep",
            "innermost": "remove"}
@@ -24,12 +23,9 @@ TINY_SD = {"preset": "tiny", "pairs": ["full", "removed"], "widths": [1.0], "mid
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("nasframe_bench_strategies_vs_peers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module       # its forked workers (--jobs) find it by name
-    spec.loader.exec_module(module)
+    module = load_script("strategies_vs_peers")   # in sys.modules: its forked workers find it
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop(module.__name__, None)
 
 
 def _jitter(arch) -> float:
