@@ -88,11 +88,16 @@ def test_validate_rejects_what_run_would(tmp_path, name, plugins):
     doc, words = CASES[name]
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(doc))
-    start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         Experiment.from_config(load_config(exp), plugins, str(exp))
-    assert time.perf_counter() - start < 1.0
     assert words in str(err.value)
+    # refused before anything is built: the second refusal (the plugin's module is
+    # imported by now; a first import of dask alone can take a second on busy cores)
+    # takes no time to speak of
+    start = time.perf_counter()
+    with pytest.raises(ConfigError):
+        Experiment.from_config(load_config(exp), plugins, str(exp))
+    assert time.perf_counter() - start < 1.0
     res = cli_here("validate", str(exp))
     assert res.returncode == 2
     assert words in _short_single_error(res.stderr)
