@@ -206,7 +206,12 @@ def test_no_token_is_exit_2_at_validate_naming_the_fix(tmp_path):
     assert time.time() - start < 60      # no network retries: the config file is all it reads
     assert "objectives[1].params.options.token: no Qualcomm AI Hub API token" in res.stderr
     assert "qai-hub configure --api_token" in res.stderr and "Traceback" not in res.stderr
-    # a token in the environment is enough to validate
+    # a token in the environment is enough to validate (AI Hub's device list as cached by
+    # an earlier check: offline, the check waits 8 s and warns, as test_qai_hub_client shows)
+    cache = tmp_path / "hub-cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "devices.json").write_text(json.dumps({"time": time.time(),
+                                                    "names": ["Samsung Galaxy S25 (Family)"]}))
     res = subprocess.run([sys.executable, "-m", "nasframe", "validate", str(exp)], cwd=ROOT,
                          env={**env, "QAI_HUB_API_TOKEN": "abc"}, capture_output=True, text=True,
                          timeout=120)
