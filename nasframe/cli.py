@@ -585,7 +585,7 @@ def _sorted(rows: list[dict[str, Any]], key: str | None, reverse: bool) -> list[
     if rows and key not in rows[0]:
         from nasframe.errors import did_you_mean
 
-        raise ConfigError(f"--sort {key}: no such column{did_you_mean(key, rows[0])} columns: "
+        raise ConfigError(f"--sort {key}: no such column{did_you_mean(key, rows[0])}; the columns are "
                           + ", ".join(rows[0]))
     present = [r for r in rows if r.get(key) is not None]
     missing = [r for r in rows if r.get(key) is None]

@@ -30,7 +30,7 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
                 pick: tuple[int, str] | None = None) -> Path:
     """Every pair of objectives: trials (grey), infeasible (red x), front (blue, joined
     in 2-D, each point labelled with its id, the name of its
-    ``front/<id>.yaml``), reference architectures (black stars, named), constraint bounds (dashed red),
+    ``front/<id>.yaml``), reference architectures (black stars, named; with the id when on the front), constraint bounds (dashed red),
     the strategy's pick ``(index into a.trials, rule)`` (an orange diamond, labelled with
     its rule); the title counts the trials that cannot be placed (failed, pruned, or
     before every objective was evaluated)."""
@@ -67,8 +67,10 @@ def plot_pareto(a: FrontAnalysis, path: Path, title: str = "",
                             alpha=0.9)
         for i in np.flatnonzero(refs & ok):
             ax.scatter(x[i], y[i], s=160, marker="*", c="k", zorder=4)
-            ax.annotate(a.trials[i].origin.split(":", 1)[1], (x[i], y[i]), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8)
+            name = a.trials[i].origin.split(":", 1)[1]
+            if a.pareto[i]:             # on the front: its file is front/<id>.yaml too
+                name = f"{name} ({a.trials[i].arch.id})"
+            ax.annotate(name, (x[i], y[i]), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if pick is not None and ok[pick[0]]:
             p = pick[0]
             ax.scatter(x[p], y[p], s=150, marker="D", facecolors="none", edgecolors="tab:orange",
