@@ -142,7 +142,7 @@ class UNetConfig:
 
 
 PRESETS: dict[str, UNetConfig] = {
-    # SD 1.5 (REFERENCES): 859,520,964 parameters
+    # SD 1.5 (docs/sd.md): 859,520,964 parameters
     "sd15": UNetConfig(),
     # the same design on a 16-channel latent (TOC-SR's starting point)
     "latent16": UNetConfig(in_channels=16, out_channels=16),

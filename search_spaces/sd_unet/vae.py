@@ -32,7 +32,7 @@ keeps it even when rounding makes its input and output widths equal, so that
 every student block computes what its teacher block computes on the kept
 channels.
 
-SD 1.5 (REFERENCES: 83,653,863 parameters; encoder 34,163,592, decoder
+SD 1.5 (docs/sd.md: 83,653,863 parameters; encoder 34,163,592, decoder
 49,490,179, i.e. diffusers' bare ``Encoder`` / ``Decoder``): the full-width
 parts count 34,163,664 (``+ quant_conv`` 72) and 49,490,199
 (``+ post_quant_conv`` 20), together the whole ``AutoencoderKL``.
@@ -185,7 +185,7 @@ class VAEConfig:
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {
-    # SD 1.5's AutoencoderKL (REFERENCES: 83,653,863 parameters)
+    # SD 1.5's AutoencoderKL (docs/sd.md: 83,653,863 parameters)
     "sd15": VAEConfig(),
     # the same design on a 16-channel latent (pairs with the U-Net preset `latent16`)
     "latent16": VAEConfig(latent_channels=16),

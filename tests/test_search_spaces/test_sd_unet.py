@@ -68,7 +68,7 @@ def test_reference_parameter_counts_on_the_sd15_preset():
     with torch.device("meta"):
         for name, arch in refs.items():
             counts[name] = sum(p.numel() for p in space.build(arch).parameters())
-    # SD 1.5 (REFERENCES) and BK-SDM's configurations as diffusers builds them
+    # SD 1.5 (docs/sd.md) and BK-SDM's configurations as diffusers builds them
     assert counts["sd15"] == 859_520_964
     assert counts["bk_sdm_base"] == 579_384_964
     assert counts["bk_sdm_small"] == 482_346_884

@@ -61,7 +61,7 @@ def test_sd15_parameter_counts_match_references_on_meta():
     with torch.device("meta"):
         enc, dec = VAEEncoder(cfg), VAEDecoder(cfg)
         ref = AutoencoderKL(**cfg.to_diffusers())
-    # REFERENCES: 83,653,863 in all; encoder 34,163,592 and decoder 49,490,179 are
+    # SD 1.5 (docs/sd.md): 83,653,863 in all; encoder 34,163,592 and decoder 49,490,179 are
     # diffusers' bare Encoder / Decoder (without the 1x1 quant convs)
     assert n_params(ref) == 83_653_863
     assert n_params(enc.encoder) == 34_163_592
