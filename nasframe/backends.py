@@ -20,8 +20,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from nasframe.errors import NasframeError
 from nasframe.params import Component
@@ -75,6 +76,9 @@ class LatencyBackend(Component, abc.ABC):
     export_format: ClassVar[str | None] = None
     #: seconds between two polls of a device job
     poll_every: ClassVar[float] = 5.0
+    #: times in this process and can run two models alternately (:meth:`runner`): what
+    #: the ``latency`` objective's ``anchor`` needs
+    paired: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, **kwargs: Any):
         self._init_params(params, kwargs)
@@ -93,6 +97,15 @@ class LatencyBackend(Component, abc.ABC):
         raise NotImplementedError(f"latency backend '{self.name}' is asynchronous: "
                                   "it submits device jobs")
 
+    def runner(self, model: torch.nn.Module, inputs: tuple[Any, ...], ctx: Context,
+               exported: ExportResult | None = None) -> tuple[Callable[[], None], dict[str, Any]]:
+        """One forward pass as a callable, set up once (a session, threads, the inputs), for
+        timing two models alternately (:func:`paired_times`; ``paired`` backends), and the
+        settings :meth:`measure` reports beside its times (threads, runtime, ...). The call
+        returns when the pass is done (a GPU synchronised)."""
+        raise NotImplementedError(f"latency backend '{self.name}' does not time two models "
+                                  "alternately (paired = False)")
+
     def request(self, exported: ExportResult, ctx: Context) -> dict[str, Any]:
         """The job request for an exported model (asynchronous backends)."""
         raise NotImplementedError
@@ -106,6 +119,25 @@ class LatencyBackend(Component, abc.ABC):
         """The job's value in milliseconds once it is done, None while it runs; raises
         :class:`DeviceJobError` (with the job's URL) when it failed."""
         raise NotImplementedError
+
+
+def paired_times(first: Callable[[], None], second: Callable[[], None], warmup: int,
+                 repeats: int) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``repeats`` passes of each of two runners, timed alternately in the
+    order first, second, second, first, first, ... after ``warmup`` untimed passes of
+    each: a slow or fast phase of the machine falls on both, so their ratio holds where
+    each one's time alone does not."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats):
+        order = ((first, 0), (second, 1)) if i % 2 == 0 else ((second, 1), (first, 0))
+        for fn, slot in order:
+            start = time.perf_counter()
+            fn()
+            times[slot].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,27 @@ class TorchBackend(LatencyBackend):
 
         return f"torch {torch.__version__}"
 
+    paired = True
+
+    def runner(self, model, inputs, ctx, exported=None):
+        import torch
+
+        device, threads = self._device, self.params.threads
+        inputs = _to_device(inputs, device)
+        if _model_device(model) != device:      # a copy: the trial's model stays where it is
+            import copy
+
+            model = copy.deepcopy(model).to(device)
+        model.eval()
+
+        def run() -> None:
+            with num_threads(threads), torch.inference_mode():
+                model(*inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+        return run, {"threads": threads if threads is not None else torch.get_num_threads(),
+                     "torch": torch.__version__}
+
     def measure(self, model, inputs, ctx, exported=None) -> Value:
         import torch
 
@@ -221,6 +242,43 @@ def cached_export_quantised(candidate: Candidate, model, inputs, ctx: Context) -
     return candidate.space.export_quantised(candidate.arch, model, inputs, path)
 
 
+#: the anchor's runner of this process: {(run directory, anchor key): runner}
+_ANCHORS: dict[tuple[str, str], Any] = {}
+
+
+def _anchor_latency(path, run, repeats: int, options) -> dict[str, Any]:
+    """The anchor's own latency for this run: read from ``path``, else timed now (in five
+    rounds of ``repeats / 5`` passes, a second apart at most, the median of all) and written
+    there, under a lock so that parallel workers and a resumed run share one figure."""
+    import fcntl
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+        for _ in range(options.warmup):
+            run()
+        times: list[float] = []
+        rounds = min(5, repeats)
+        for r in range(rounds):
+            for _ in range(repeats // rounds + (r < repeats % rounds)):
+                start = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - start) * 1e3)
+        value = summarise(times)
+        doc = {"ms": value.value, "p10_ms": value.details["p10_ms"],
+               "p90_ms": value.details["p90_ms"], "repeats": len(times), "time": time.time()}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+        return doc
+
+
 class Latency(PartObjective):
     """Median time of one forward pass, in milliseconds, on a latency backend.
 
@@ -253,6 +311,17 @@ class Latency(PartObjective):
         graph: Literal["float", "quantised"] = "float"
         """Time the float model, or the space's deployable quantised graph (QDQ ONNX with
         the architecture's bit widths; needs an ONNX backend: onnxruntime, qai_hub)."""
+        anchor: str | None = Field(None, min_length=1, max_length=128)
+        """A reference architecture of the space (ENS: ``teacher``) timed alternately
+        with each candidate: the value is the candidate's median time over the anchor's
+        in the same passes, times the anchor's own latency (timed once per run,
+        ``anchor_repeats`` passes, kept in the run directory). A slow or fast phase of
+        the machine then falls on both, and candidates timed minutes apart compare as if
+        timed together. Each measurement takes twice the passes. Needs a backend that
+        times in this process (torch, onnxruntime)."""
+        anchor_repeats: Int = Field(60, ge=1, le=100_000)
+        """Passes of the anchor for its own latency (once per run, in rounds spread over
+        the first measurement)."""
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
@@ -281,6 +350,27 @@ class Latency(PartObjective):
             if self.part is not None:
                 raise ParamError("graph", "a quantised graph is of the whole model; remove "
                                  "part, or use graph: float")
+        if self.params.anchor is not None:
+            if not self.backend.paired or self.backend.asynchronous:
+                raise ParamError("anchor", f"backend {self.backend.name!r} cannot time two "
+                                 "models alternately; an anchor needs a backend that times in "
+                                 "this process (torch, onnxruntime), or remove anchor")
+            if self.params.graph == "quantised":
+                raise ParamError("anchor", "an anchor is timed as a float graph; remove anchor, "
+                                 "or use graph: float")
+
+    def check_space(self, space):
+        problem = super().check_space(space)
+        if problem is not None or self.params.anchor is None:
+            return problem
+        refs = tuple(space.reference_architectures())
+        if self.params.anchor in refs:
+            return None
+        from nasframe.errors import did_you_mean
+
+        return (f"params.anchor: search space '{space.name}' has no reference architecture "
+                f"{self.params.anchor!r}{did_you_mean(self.params.anchor, refs)}; "
+                + (f"available: {', '.join(refs)}" if refs else "it has none: remove anchor"))
 
     def requirements(self):
         from nasframe.capabilities import QuantisedGraph
@@ -331,8 +421,54 @@ class Latency(PartObjective):
                 details["export"].update(graph="quantised", note=exported.note)
         if self.backend.asynchronous:
             return Deferred(self.backend.request(exported, ctx), details)
-        value = self.backend.measure(model, inputs, ctx, exported)
+        if self.params.anchor is not None:
+            value = self._anchored(candidate, model, inputs, exported, ctx)
+        else:
+            value = self.backend.measure(model, inputs, ctx, exported)
         return Value(value.value, {**details, **value.details})
+
+    def _anchor_key(self, anchor_id: str, inputs) -> str:
+        import hashlib
+        import json
+
+        text = json.dumps({"anchor": self.params.anchor, "id": anchor_id, "part": self.part,
+                           "backend": self.backend.name, "device": self.backend.device(),
+                           "options": self.backend.params.model_dump(mode="json"),
+                           "inputs": input_shapes(inputs)}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _anchored(self, candidate: Candidate, model, inputs, exported, ctx: Context) -> Value:
+        """The candidate timed alternately with the anchor (see ``Params.anchor``)."""
+        import statistics
+
+        from nasframe import Candidate
+        from nasframe.backends import paired_times
+
+        p, backend = self.params, self.backend
+        arch = candidate.space.reference_architectures()[p.anchor]
+        key = self._anchor_key(arch.id, inputs)
+        held = _ANCHORS.get((str(ctx.run_dir), key))
+        if held is None:
+            ref = Candidate(candidate.space, arch, seed=candidate.seed)
+            ref_model = ref.module(self.part)
+            ref_export = self._export(ref, ref_model, inputs, ctx) if backend.export_format else None
+            held = backend.runner(ref_model, inputs, ctx, ref_export)[0]
+            _ANCHORS.clear()                  # one anchor per process: the current run's
+            _ANCHORS[(str(ctx.run_dir), key)] = held
+        anchor_run = held
+        base = _anchor_latency(ctx.run_dir / "latency_anchor" / f"{key}.json", anchor_run,
+                               p.anchor_repeats, backend.params)
+        run, settings = backend.runner(model, inputs, ctx, exported)
+        mine, theirs = paired_times(run, anchor_run, backend.params.warmup, backend.params.repeats)
+        ratio = statistics.median(mine) / statistics.median(theirs)
+        summary = summarise(mine)
+        return Value(ratio * base["ms"], {
+            **settings,
+            "anchor": {"name": p.anchor, "id": arch.id, "ms": base["ms"], "ratio": ratio,
+                       "window_ms": statistics.median(theirs), "repeats": base["repeats"]},
+            "window_ms": summary.value, "p10_ms": summary.details["p10_ms"],
+            "p90_ms": summary.details["p90_ms"], "repeats": len(mine),
+            "warmup": backend.params.warmup})
 
     def submit(self, request, ctx):
         return self.backend.submit(request, ctx)

@@ -57,24 +57,38 @@ class OnnxRuntimeBackend(LatencyBackend):
 
         return f"onnxruntime {ort.__version__}"
 
-    def measure(self, model, inputs, ctx, exported=None):
-        import onnxruntime as ort
+    paired = True
 
+    def _session(self, inputs, exported):
         from nasframe.deploy import _flat_tensors, ort_session
 
         if exported is None or exported.format != "onnx":
             raise ValueError("the onnxruntime backend times an exported ONNX graph; none was given")
         p = self.params
-        threads = self._threads()
-        session = ort_session(exported.path, threads, p.optimize, p.spinning)
+        session = ort_session(exported.path, self._threads(), p.optimize, p.spinning)
         names = [i.name for i in session.get_inputs()]
         feed = {n: t.detach().cpu().numpy() for n, t in zip(names, _flat_tensors(inputs))}
+        return session, feed
+
+    def _settings(self, session) -> dict:
+        import onnxruntime as ort
+
+        p = self.params
+        return {"threads": self._threads(), "onnxruntime": ort.__version__,
+                "providers": session.get_providers(), "graph_optimization": p.optimize,
+                "spinning": p.spinning, "export_format": "onnx"}
+
+    def runner(self, model, inputs, ctx, exported=None):
+        session, feed = self._session(inputs, exported)
+        return (lambda: session.run(None, feed)), self._settings(session)
+
+    def measure(self, model, inputs, ctx, exported=None):
+        p = self.params
+        session, feed = self._session(inputs, exported)
         times: list[float] = []
         for i in range(p.warmup + p.repeats):
             start = time.perf_counter()
             session.run(None, feed)
             if i >= p.warmup:
                 times.append((time.perf_counter() - start) * 1e3)
-        return summarise(times, threads=threads, warmup=p.warmup, onnxruntime=ort.__version__,
-                         providers=session.get_providers(), graph_optimization=p.optimize,
-                         spinning=p.spinning, export_format="onnx")
+        return summarise(times, warmup=p.warmup, **self._settings(session))

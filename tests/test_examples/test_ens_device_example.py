@@ -59,7 +59,10 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
         assert d["runtime"] == f"onnxruntime {ort.__version__}"
         assert d["providers"] == ["CPUExecutionProvider"] and d["threads"] == 2
         assert d["export"]["format"] == "onnx" and d["export"]["max_rel_error"] <= 1e-4
-        assert d["p10_ms"] <= t.values["latency"] <= d["p90_ms"]
+        # timed alternately with the teacher: the value is the ratio times its latency
+        assert d["anchor"]["name"] == "teacher" and d["anchor"]["ms"] > 0
+        assert t.values["latency"] == pytest.approx(d["anchor"]["ratio"] * d["anchor"]["ms"])
+        assert d["p10_ms"] <= d["window_ms"] <= d["p90_ms"]
         lut = t.provenance["latency_lut"]
         assert lut.kind == "proxy" and lut.backend == "latency_lut/onnxruntime"
         assert lut.details["table_entries"] > 0
