@@ -20,11 +20,16 @@ runs and by ``nasframe run examples/ens_device.yaml``), in ``--out``/``<task>``.
    check (``RUN_DIR/latency_lut.json``).
 3. **Proxies**: ``nasframe analyse``'s table: Kendall tau of each proxy (``transformer_count``,
    ``latency_lut``) against the measured ORT latency over the run's trials.
+4. **Side by side**: every complete trial's export timed again in one window (``--rounds``
+   rounds, a new random order each): how well the search's own latency, the lookup table
+   and the transformer count rank these times (Kendall tau), and the table's error
+   against them. On a shared machine the search's measurements, minutes apart, carry the
+   machine's slow and fast phases; this is the ranking they should have given.
 
 The load average is printed beside every timing. Usage::
 
     python benchmarks/ens_device_report.py [--tasks denoise,deblur,derain] [--trials 24]
-        [--teacher-steps 1500] [--distill-steps 400] [--repeats 20] [--threads 2]
+        [--teacher-steps 1500] [--distill-steps 400] [--repeats 20] [--threads 2] [--rounds 30]
         [--out runs/ens_device_report] [--cache runs/ens_cache] [--json PATH]
 """
 from __future__ import annotations
@@ -79,38 +84,82 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def teacher_vs_pick(run_dir: Path, repeats: int, threads: int) -> dict:
-    """The run's teacher and pick, exported as the search exported them, timed in ORT
-    interleaved."""
+def _session(run, run_dir: Path, trial, threads: int):
+    """An ORT session of the graph the search timed for ``trial`` (found by architecture
+    and graph hash in the run's export caches) and its inputs."""
     import numpy as np
 
     from nasframe.deploy import ort_session
 
+    roots = [run_dir / "cache"] + ([Path(run.config.cache_dir)] if run.config.cache_dir else [])
+    export = trial.provenance["latency"].details["export"]
+    path, meta = None, {}
+    found = [p for root in roots for p in (root / "exports").glob(f"{trial.arch.id}-*.onnx")]
+    for f in found:
+        meta = json.loads(Path(str(f) + ".json").read_text())
+        if meta["graph_hash"] == export["graph_hash"]:   # the graph the search timed
+            path = f
+            break
+    if path is None and found:   # the same architecture with other weights (a run
+        path = found[0]          # sharing the cache): the same ops, the same time
+        meta = json.loads(Path(str(path) + ".json").read_text())
+    if path is None:
+        raise FileNotFoundError(f"the export of trial {trial.number} timed by the search is "
+                                f"not in {', '.join(map(str, roots))}")
+    sess = ort_session(path, threads)
+    rng = np.random.default_rng(0)
+    feed = {i.name: rng.random(s, dtype=np.float32)
+            for i, s in zip(sess.get_inputs(), meta["input_shapes"])}
+    return sess, feed
+
+
+def side_by_side(run_dir: Path, rounds: int, threads: int) -> dict:
+    """Every complete trial's export timed again, all in one window: ``rounds`` rounds, each
+    trial once per round in a new random order (so that a slow phase of the machine falls
+    on all alike), the median per trial. Against these: Kendall tau of the search's own
+    latency and of each proxy, and the lookup table's error."""
+    import random
+
+    from scipy.stats import kendalltau
+
+    run = load_run(run_dir)
+    trials = [t for t in run.trial_list() if t.status == "complete"
+              and math.isfinite(t.values.get("latency", math.nan))]
+    sessions = {t.number: _session(run, run_dir, t, threads) for t in trials}
+    for sess, feed in sessions.values():
+        sess.run(None, feed)
+    times: dict[int, list[float]] = {n: [] for n in sessions}
+    order, rng, load = list(sessions), random.Random(0), _load()
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for n in order:
+            sess, feed = sessions[n]
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times[n].append((time.perf_counter() - start) * 1e3)
+    truth = [statistics.median(times[t.number]) for t in trials]
+    out: dict = {"n": len(trials), "rounds": rounds, "load_average": load,
+                 "min_ms": min(truth), "max_ms": max(truth), "tau": {}}
+    for key in ("latency", "latency_lut", "transformer_count"):
+        vals = [t.values.get(key, math.nan) for t in trials]
+        if all(math.isfinite(v) for v in vals):
+            res = kendalltau(vals, truth)
+            out["tau"][key] = {"tau": float(res.statistic), "p_value": float(res.pvalue)}
+    if all(math.isfinite(t.values.get("latency_lut", math.nan)) for t in trials):
+        rel = [abs(t.values["latency_lut"] - m) / m for t, m in zip(trials, truth)]
+        out["lut_mean_rel_error"], out["lut_max_rel_error"] = statistics.mean(rel), max(rel)
+    return out
+
+
+def teacher_vs_pick(run_dir: Path, repeats: int, threads: int) -> dict:
+    """The run's teacher and pick, exported as the search exported them, timed in ORT
+    interleaved."""
     run = load_run(run_dir)
     pick = run.pick_result
     teacher = next(t for t in run.analysis.trials if t.origin == "reference:teacher")
-    roots = [run_dir / "cache"] + ([Path(run.config.cache_dir)] if run.config.cache_dir else [])
     sessions, feeds = {}, {}
     for name, trial in (("teacher", teacher), ("pick", pick.trial)):
-        export = trial.provenance["latency"].details["export"]
-        path, meta = None, {}
-        found = [p for root in roots for p in (root / "exports").glob(f"{trial.arch.id}-*.onnx")]
-        for f in found:
-            meta = json.loads(Path(str(f) + ".json").read_text())
-            if meta["graph_hash"] == export["graph_hash"]:   # the graph the search timed
-                path = f
-                break
-        if path is None and found:   # the same architecture with other weights (a run
-            path = found[0]          # sharing the cache): the same ops, the same time
-            meta = json.loads(Path(str(path) + ".json").read_text())
-        if path is None:
-            raise FileNotFoundError(f"the export of trial {trial.number} ({name}) timed by the "
-                                    f"search is not in {', '.join(map(str, roots))}")
-        sess = ort_session(path, threads)
-        rng = np.random.default_rng(0)
-        feeds[name] = {i.name: rng.random(s, dtype=np.float32)
-                       for i, s in zip(sess.get_inputs(), meta["input_shapes"])}
-        sessions[name] = sess
+        sessions[name], feeds[name] = _session(run, run_dir, trial, threads)
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(2):
         for k, s in sessions.items():
@@ -168,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--distill-steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="rounds of the side-by-side re-timing of every trial")
     parser.add_argument("--out", type=Path, default=Path("runs/ens_device_report"))
     parser.add_argument("--cache", type=Path, default=Path("runs/ens_cache"))
     parser.add_argument("--json", type=Path, default=None)
@@ -190,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                        args.threads)}
         row["lut"] = lut_error(run_dir)
         row["proxies"] = proxies(run_dir)
+        row["side_by_side"] = side_by_side(run_dir, args.rounds, args.threads)
         result["tasks"][task] = row
     print(f"\nPick vs teacher in ONNX Runtime (128x128, {args.threads} threads, median of "
           f"{args.repeats} interleaved calls; target >= {SPEEDUP}x within {DB} dB)")
@@ -221,6 +273,15 @@ def main(argv: list[str] | None = None) -> dict:
         cells = ", ".join(f"{c['proxy']} {c['tau']:.2f} (p {c['p_value']:.2g}, n {c['n']})"
                           for c in r["proxies"] if c["measured"] == "latency")
         print(f"  {task:8s} {cells}")
+    print("\nEvery complete trial's export timed again side by side (one window, a new random "
+          "order per round): Kendall tau against these times, and the lookup table's error")
+    for task, r in result["tasks"].items():
+        sb = r["side_by_side"]
+        cells = ", ".join(f"{k} {v['tau']:.2f} (p {v['p_value']:.2g})" for k, v in sb["tau"].items())
+        lut = (f"; latency_lut error mean {100 * sb['lut_mean_rel_error']:.1f}%, max "
+               f"{100 * sb['lut_max_rel_error']:.1f}%" if "lut_mean_rel_error" in sb else "")
+        print(f"  {task:8s} n {sb['n']}, {sb['rounds']} rounds, {sb['min_ms']:.1f}-"
+              f"{sb['max_ms']:.1f} ms, load {sb['load_average']:.1f}: {cells}{lut}")
     result["pass"] = all(r["pass"] for r in result["tasks"].values())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

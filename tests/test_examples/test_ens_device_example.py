@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, load_script, run_cli
 from nasframe.results import load_run
 
 pytest.importorskip("onnxruntime")
@@ -70,3 +70,9 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     assert pick["rule"].startswith("psnr - 0.02 * latency")
     table = json.loads((tmp_path / "run" / "latency_lut.json").read_text())
     assert table["backend"] == "onnxruntime" and table["report"]["n"] == 1
+    # the report's side-by-side re-timing finds every trial's graph as the search timed it
+    report = load_script("ens_device_report")
+    sb = report.side_by_side(tmp_path / "run", rounds=2, threads=1)
+    assert sb["n"] == len(done) and sb["min_ms"] > 0
+    assert set(sb["tau"]) == {"latency", "latency_lut", "transformer_count"}
+    assert 0 <= sb["lut_mean_rel_error"] <= sb["lut_max_rel_error"]
