@@ -74,6 +74,23 @@ def _ensure_registered():
     return plugins
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test leaves torch's thread count as it found it: a benchmark's ``main`` or a
+    fixture that sets 2 threads would otherwise leave this xdist worker on 2 threads
+    beside the other worker's, and OpenMP's spinning threads then slow every later test
+    of the worker by up to ten times (seen: a 1 s conformance test taking 12 s of CPU)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if before is None:
+            before = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @pytest.fixture
 def plugins():
     return _ensure_registered()
