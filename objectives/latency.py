@@ -247,9 +247,9 @@ _ANCHORS: dict[tuple[str, str], Any] = {}
 
 
 def _anchor_latency(path, run, repeats: int, options) -> dict[str, Any]:
-    """The anchor's own latency for this run: read from ``path``, else timed now (in five
-    rounds of ``repeats / 5`` passes, a second apart at most, the median of all) and written
-    there, under a lock so that parallel workers and a resumed run share one figure."""
+    """The anchor's own latency for this run: read from ``path``, else timed now (the
+    median of ``repeats`` passes after the backend's warmup) and written there, under a
+    lock so that parallel workers and a resumed run share one figure."""
     import fcntl
     import json
     import os
@@ -264,12 +264,10 @@ def _anchor_latency(path, run, repeats: int, options) -> dict[str, Any]:
         for _ in range(options.warmup):
             run()
         times: list[float] = []
-        rounds = min(5, repeats)
-        for r in range(rounds):
-            for _ in range(repeats // rounds + (r < repeats % rounds)):
-                start = time.perf_counter()
-                run()
-                times.append((time.perf_counter() - start) * 1e3)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1e3)
         value = summarise(times)
         doc = {"ms": value.value, "p10_ms": value.details["p10_ms"],
                "p90_ms": value.details["p90_ms"], "repeats": len(times), "time": time.time()}
@@ -320,8 +318,8 @@ class Latency(PartObjective):
         timed together. Each measurement takes twice the passes. Needs a backend that
         times in this process (torch, onnxruntime)."""
         anchor_repeats: Int = Field(60, ge=1, le=100_000)
-        """Passes of the anchor for its own latency (once per run, in rounds spread over
-        the first measurement)."""
+        """Passes of the anchor for its own latency (timed once per run, at its first
+        measurement)."""
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)
@@ -447,15 +445,14 @@ class Latency(PartObjective):
         p, backend = self.params, self.backend
         arch = candidate.space.reference_architectures()[p.anchor]
         key = self._anchor_key(arch.id, inputs)
-        held = _ANCHORS.get((str(ctx.run_dir), key))
-        if held is None:
+        anchor_run = _ANCHORS.get((str(ctx.run_dir), key))
+        if anchor_run is None:
             ref = Candidate(candidate.space, arch, seed=candidate.seed)
             ref_model = ref.module(self.part)
             ref_export = self._export(ref, ref_model, inputs, ctx) if backend.export_format else None
-            held = backend.runner(ref_model, inputs, ctx, ref_export)[0]
+            anchor_run = backend.runner(ref_model, inputs, ctx, ref_export)[0]
             _ANCHORS.clear()                  # one anchor per process: the current run's
-            _ANCHORS[(str(ctx.run_dir), key)] = held
-        anchor_run = held
+            _ANCHORS[(str(ctx.run_dir), key)] = anchor_run
         base = _anchor_latency(ctx.run_dir / "latency_anchor" / f"{key}.json", anchor_run,
                                p.anchor_repeats, backend.params)
         run, settings = backend.runner(model, inputs, ctx, exported)
