@@ -121,6 +121,18 @@ class LatencyBackend(Component, abc.ABC):
         raise NotImplementedError
 
 
+def time_passes(run: Callable[[], None], warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` passes of a runner after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def paired_times(first: Callable[[], None], second: Callable[[], None], warmup: int,
                  repeats: int) -> tuple[list[float], list[float]]:
     """Milliseconds of ``repeats`` passes of each of two runners, timed alternately in the

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nasframe import Value
-from nasframe.backends import Deferred, LatencyBackend
+from nasframe.backends import Deferred, LatencyBackend, time_passes
 from nasframe.params import Field, Int, ParamError, Params, Shape, parse_params
 from nasframe_objectives._common import PartObjective, PartParams, input_shapes, model_mode
 
@@ -261,16 +261,9 @@ def _anchor_latency(path, run, repeats: int, options) -> dict[str, Any]:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             pass
-        for _ in range(options.warmup):
-            run()
-        times: list[float] = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1e3)
-        value = summarise(times)
+        value = summarise(time_passes(run, options.warmup, repeats))
         doc = {"ms": value.value, "p10_ms": value.details["p10_ms"],
-               "p90_ms": value.details["p90_ms"], "repeats": len(times), "time": time.time()}
+               "p90_ms": value.details["p90_ms"], "repeats": value.details["repeats"], "time": time.time()}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, path)

@@ -15,10 +15,9 @@ jobs' timings); turn it on (``spinning: true``) on an idle device.
 from __future__ import annotations
 
 import os
-import time
 from typing import Literal
 
-from nasframe.backends import LatencyBackend
+from nasframe.backends import LatencyBackend, time_passes
 from nasframe.params import Bool, Field, Int, Params
 from nasframe_objectives.latency import TimingParams, cpu_name, summarise
 
@@ -84,11 +83,5 @@ class OnnxRuntimeBackend(LatencyBackend):
 
     def measure(self, model, inputs, ctx, exported=None):
         p = self.params
-        session, feed = self._session(inputs, exported)
-        times: list[float] = []
-        for i in range(p.warmup + p.repeats):
-            start = time.perf_counter()
-            session.run(None, feed)
-            if i >= p.warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-        return summarise(times, warmup=p.warmup, **self._settings(session))
+        run, settings = self.runner(model, inputs, ctx, exported)
+        return summarise(time_passes(run, p.warmup, p.repeats), warmup=p.warmup, **settings)
