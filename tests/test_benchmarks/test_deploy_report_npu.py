@@ -14,7 +14,7 @@ pytest.importorskip("onnxscript")
 
 
 def _load():
-    return load_script("deploy_report_npu")
+    return load_script("deploy_report")
 
 
 @pytest.mark.slow
