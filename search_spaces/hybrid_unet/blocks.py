@@ -263,20 +263,25 @@ class SS2D(nn.Module):
             t = F.conv2d(t, dw[cut], self.dwconv.bias[cut], padding=1, groups=p)
             heads.append(F.silu(t).permute(0, 2, 3, 1))                    # (b, H1, H2, p)
         z = F.linear(x, w_in[e:], None if b_in is None else b_in[e:])
-        wx = self.x_proj.weight
-        params = sum((F.linear(t, wx[:, j * p:(j + 1) * p]) for j, t in enumerate(heads[1:], 1)),
-                     F.linear(heads[0], wx[:, :p]))
-        out = torch.cat(self._scan_export(heads, params, -torch.exp(self.A_log), frame), dim=-1)
+        out = torch.cat(self._scan_export(heads, -torch.exp(self.A_log), frame), dim=-1)
         return self.out_proj(self.out_norm(out) * F.silu(z))
 
-    def _scan_export(self, heads: list[torch.Tensor], params: torch.Tensor, A: torch.Tensor,
+    def _project(self, heads: list[torch.Tensor], rows: slice) -> torch.Tensor:
+        """Rows ``rows`` of the x-projection applied to the scan branch held as ``heads``:
+        the sum of each head's product with its columns, ``(b, H1, H2, rows)``."""
+        wx, p = self.x_proj.weight, self.headdim
+        terms = [t @ wx[rows, j * p:(j + 1) * p].T for j, t in enumerate(heads)]
+        return sum(terms[1:], terms[0])
+
+    def _scan_export(self, heads: list[torch.Tensor], A: torch.Tensor,
                      frame: int) -> list[torch.Tensor]:
         """The scan part in export form: ``heads`` the scan branch's channels, one
-        ``(b, H1, H2, headdim)`` tensor per head in channel order, ``params (b, H1, H2,
-        orders*(h + 2n))``, the map in ``frame`` (see :meth:`forward_export`). Orders unrolled
-        by static Python; an order whose direction runs along the other axis reads transposed
-        copies (only with 2 or 4 orders); a reversed direction is the anti-causal form of the
-        scan (:func:`.scan.scan_heads_sequence_export`), no flip. Returns the output per head."""
+        ``(b, H1, H2, headdim)`` tensor per head in channel order, the map in ``frame`` (see
+        :meth:`forward_export`). Each order's ``dt`` (per head), ``B`` and ``C`` are their own
+        products with slices of the x-projection (:meth:`_project`). Orders unrolled by static
+        Python; an order whose direction runs along the other axis reads transposed copies
+        (only with 2 or 4 orders); a reversed direction is the anti-causal form of the scan
+        (:func:`.scan.scan_heads_sequence_export`), no flip. Returns the output per head."""
         b, h1, h2, _ = heads[0].shape
         L, o, h, n, p = h1 * h2, self.orders, self.heads, self.d_state, self.headdim
         k = h + 2 * n
@@ -285,15 +290,21 @@ class SS2D(nn.Module):
             d = self._direction(i)
             mine = list(range(i * h, (i + 1) * h)) if self.split else list(range(h))
             us = [heads[j] for j in mine]
-            par = params[..., i * k:(i + 1) * k] if o > 1 else params
+            # dt, B and C each by its own product (no Split of one shared product); dt with
+            # the heads first, (b, h, L), so that no tensor has a size-1 last axis (ONNX
+            # Runtime broadcasts one element by element) and a head's dt is a plain slice
+            dt = self._project(heads, slice(i * k, i * k + h))                    # (b, H1, H2, h)
+            Bm = self._project(heads, slice(i * k + h, i * k + h + n))            # (b, H1, H2, n)
+            Cm = self._project(heads, slice(i * k + h + n, (i + 1) * k))
             across = d % 2 != frame
             if across:
-                us, par = [u.transpose(1, 2) for u in us], par.transpose(1, 2)
-            par = par.reshape(b, L, k)
-            dt = softplus_export(par[..., :h] + self.dt_bias[i * h:(i + 1) * h])
+                us, dt = [u.transpose(1, 2) for u in us], dt.transpose(1, 2)
+                Bm, Cm = Bm.transpose(1, 2), Cm.transpose(1, 2)
+            dt = dt.reshape(b, 1, L) if h == 1 else dt.reshape(b, L, h).transpose(1, 2)
+            dt = softplus_export(dt + self.dt_bias[i * h:(i + 1) * h, None])     # (b, h, L)
             ys = scan_heads_sequence_export([u.reshape(b, L, p) for u in us],
-                                            [dt[..., g] for g in range(h)], A[i * h:(i + 1) * h],
-                                            par[..., h:h + n], par[..., h + n:],
+                                            list(dt.reshape(b, h, L).unbind(1)), A[i * h:(i + 1) * h],
+                                            Bm.reshape(b, L, n), Cm.reshape(b, L, n),
                                             self.D[i * h:(i + 1) * h], self.export_chunk,
                                             reverse=d >= 2)
             for j, y in zip(mine, ys):

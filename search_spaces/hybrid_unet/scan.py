@@ -498,7 +498,9 @@ def _segment_exp(a: torch.Tensor, reverse: bool) -> torch.Tensor:
     Q = a.shape[-1]
     inner = _const(_tri_np(Q, "gt" if reverse else "lt"), a)          # [k, j]: k after j
     outer = _const(_tri_np(Q, "ge" if reverse else "le"), a)          # [i, k]: k up to i
-    return exp_export(outer @ (a[..., :, None] * inner))
+    # outer @ diag(a) @ inner, the diagonal applied to outer's columns: a broadcast along
+    # the last axis (ONNX Runtime broadcasts a size-1 last axis element by element, 2-3x slower)
+    return exp_export((outer * a[..., None, :]) @ inner)
 
 
 def _carry(states: torch.Tensor, s: torch.Tensor, reverse: bool, group: int) -> torch.Tensor:
@@ -513,7 +515,7 @@ def _carry(states: torch.Tensor, s: torch.Tensor, reverse: bool, group: int) -> 
         # exp(s_{j+1} + .. + s_{i-1}) for j < i: the segment sum of the strict interior
         inner = _const(_tri_np(c, "gt" if reverse else "lt"), s)      # [m, j]: m after j
         outer = _const(_tri_np(c, "gt" if reverse else "lt"), s)      # [i, m]: m before i
-        weights = exp_export(outer @ (s[..., :, None] * inner)) * outer
+        weights = exp_export((outer * s[..., None, :]) @ inner) * outer
         return weights @ states
     R = group
     extra = (-c) % R

@@ -1,6 +1,7 @@
 """Every export path compiles for the Hexagon NPU (QNN EP, HTP emulated, CPU fallback off) and
 computes what fp32 computes: hybrid_unet's teacher, a hybrid and all-SSM, an sd_unet U-Net; and
-hybrid_unet's pixel (un)shuffle in a rank-4 form that equals torch's exactly."""
+hybrid_unet's pixel (un)shuffle in a rank-4 form that equals torch's exactly (unshuffle: strided
+slices; shuffle: torch's own op, exported as ``DepthToSpace``)."""
 from __future__ import annotations
 
 import pytest
@@ -51,7 +52,10 @@ def test_resampling_exports_no_tensor_above_rank_4(tmp_path):
     ranks = {v.name: len(v.type.tensor_type.shape.dim)
              for v in [*model.graph.value_info, *model.graph.output]}
     assert ranks and max(ranks.values()) <= 4, {k: r for k, r in ranks.items() if r > 4}
-    assert {n.op_type for n in model.graph.node} <= {"Conv", "Reshape", "Transpose"}
+    ops = {n.op_type for n in model.graph.node}
+    # unshuffle: strided slices joined; shuffle: one DepthToSpace (not a rank-6 pair)
+    assert ops <= {"Conv", "Reshape", "Slice", "Concat", "DepthToSpace"}, ops
+    assert "DepthToSpace" in ops and "Transpose" not in ops
 
 
 def _check(space, arch, tmp_path, part=None):
