@@ -152,6 +152,34 @@ def paired_times(first: Callable[[], None], second: Callable[[], None], warmup: 
     return times
 
 
+def interleaved_times(runners: list[Callable[[], None]], warmup: int, repeats: int,
+                      seed: int = 0,
+                      on_round: Callable[[], None] | None = None) -> list[list[float]]:
+    """Milliseconds of ``repeats`` passes of each runner, timed in ``repeats`` rounds of one
+    pass each, in a new random order every round (seeded), after ``warmup`` untimed passes
+    of each: every runner sees the machine's slow and fast phases alike, so their times can
+    be added and subtracted (a lookup table's blocks against whole networks) where times
+    taken one model after the other, minutes apart, cannot. ``on_round`` is called after
+    each round (a progress bar)."""
+    import random
+
+    for _ in range(warmup):
+        for run in runners:
+            run()
+    order = list(range(len(runners)))
+    rng = random.Random(seed)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for i in order:
+            start = time.perf_counter()
+            runners[i]()
+            times[i].append((time.perf_counter() - start) * 1e3)
+        if on_round is not None:
+            on_round()
+    return times
+
+
 @dataclass(frozen=True)
 class CheckReport:
     """A deploy check's verdict on one exported graph.

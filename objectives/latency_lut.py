@@ -13,7 +13,9 @@ The fixed part (the stem, skips, resampling: what the blocks leave out) is
 measured: the median, over ``calibration`` sampled architectures timed whole, of
 the whole minus the sum of its blocks. ``check`` more sampled architectures are
 timed whole to report the prediction error (mean and max relative error, Kendall
-tau), in ``RUN_DIR/latency_lut.json`` with the table. The value is a prediction,
+tau), in ``RUN_DIR/latency_lut.json`` with the table. On a backend that times in
+this process the variants and the whole architectures are timed interleaved, in
+rounds (:func:`measure_modules`), so that the differences are taken at one pace. The value is a prediction,
 so its provenance kind is ``proxy`` (``nasframe analyse`` checks it against a
 measured latency).
 """
@@ -52,12 +54,19 @@ def make_backend(name: str, options: dict[str, Any]) -> LatencyBackend:
 
 
 def measure_modules(backend: LatencyBackend, items: list[tuple[str, Any, tuple[Any, ...]]],
-                    ctx: Context, export_dir: Path, what: str = "timing") -> dict[str, Value]:
-    """Time each ``(key, module, inputs)`` on ``backend``: one after the other for a
-    synchronous backend; an asynchronous one gets every job submitted first, then polled
-    together. Exported graphs go to ``export_dir``."""
-    from nasframe.backends import DeviceJobError
+                    ctx: Context, export_dir: Path, what: str = "timing",
+                    seed: int = 0) -> dict[str, Value]:
+    """Time each ``(key, module, inputs)`` on ``backend``. A backend that times in this
+    process and can hold a model ready (``paired``: torch, onnxruntime) times them all
+    interleaved, one pass of each per round in a new random order
+    (:func:`nasframe.backends.interleaved_times`), so that the table's blocks and the whole
+    networks its fixed part is measured on share the machine's pace; another synchronous
+    backend times them one after the other; an asynchronous one gets every job submitted
+    first, then polled together. Exported graphs go to ``export_dir``."""
+    from nasframe.backends import DeviceJobError, interleaved_times
     from nasframe.deploy import SUFFIX, ExportResult, export_module
+
+    from nasframe_objectives.latency import summarise
 
     def export(key: str, module: Any, inputs: tuple[Any, ...]) -> ExportResult | None:
         fmt = backend.export_format
@@ -70,6 +79,23 @@ def measure_modules(backend: LatencyBackend, items: list[tuple[str, Any, tuple[A
 
     out: dict[str, Value] = {}
     with ctx.progress() as bar:
+        if _timing(backend) == "interleaved":
+            task = bar.add_task(f"{what}: exporting for {backend.name}", total=len(items), info="")
+            runners, settings = [], []
+            for key, module, inputs in items:
+                run, setting = backend.runner(module.eval(), inputs, ctx,
+                                              export(key, module, inputs))
+                runners.append(run)
+                settings.append(setting)
+                bar.advance(task)
+            p = backend.params
+            rounds = bar.add_task(f"{what}: timing interleaved on {backend.name}",
+                                  total=p.repeats, info="rounds")
+            times = interleaved_times(runners, p.warmup, p.repeats, seed,
+                                      on_round=lambda: bar.advance(rounds))
+            for (key, _, _), t, setting in zip(items, times, settings):
+                out[key] = summarise(t, warmup=p.warmup, interleaved=len(items), **setting)
+            return out
         task = bar.add_task(f"{what} on {backend.name}", total=len(items), info="")
         if not backend.asynchronous:
             for key, module, inputs in items:
@@ -148,7 +174,11 @@ class LatencyLUT(Objective):
         payload = {"space": space.name, "space_params": _params_of(space), "shape": shape,
                    "backend": self.timer.name, "options": self.timer.params.model_dump(),
                    "calibration": self.params.calibration, "check": self.params.check,
-                   "seed": ctx.seed_for(self.params.seed)}
+                   "seed": ctx.seed_for(self.params.seed),
+                   # what made and ran the graphs: a new runtime or a new release of the
+                   # space's code (e.g. a faster export form) times anew
+                   "runtime": self.timer.runtime(), "code": _code_versions(space),
+                   "timing": _timing(self.timer)}
         path = ctx.cache.path("latency_lut", payload, ".json")
         if path.exists():
             doc = json.loads(path.read_text())
@@ -185,10 +215,6 @@ class LatencyLUT(Objective):
                 return make()
 
         variants = space.latency_variants(shape)
-        with torch.no_grad():
-            table = measure_modules(self.timer, [(v.key, seeded(v.build), inputs(v.input_shapes))
-                                                 for v in variants], ctx, export_dir,
-                                    f"latency table: {len(variants)} variants")
         rng = np.random.default_rng(seed)
         archs, seen = [], set()
         want = self.params.calibration + self.params.check
@@ -199,10 +225,17 @@ class LatencyLUT(Objective):
             if arch.id not in seen and space.validate(arch) is None:
                 seen.add(arch.id)
                 archs.append(arch)
-        whole = measure_modules(self.timer, [(f"arch-{a.id}", seeded(lambda a=a: space.build(a)),
-                                              inputs([shape]))
-                                             for a in archs], ctx, export_dir,
-                                f"latency table: {len(archs)} whole architectures")
+        # the variants and the whole networks in one timing (interleaved where the backend
+        # can): the fixed part is a difference of the two
+        items = ([(v.key, seeded(v.build), inputs(v.input_shapes)) for v in variants]
+                 + [(f"arch-{a.id}", seeded(lambda a=a: space.build(a)), inputs([shape]))
+                    for a in archs])
+        with torch.no_grad():
+            timed = measure_modules(self.timer, items, ctx, export_dir,
+                                    f"latency table: {len(variants)} variants + {len(archs)} "
+                                    "whole architectures", seed)
+        table = {v.key: timed[v.key] for v in variants}
+        whole = {k: v for k, v in timed.items() if k.startswith("arch-")}
         table_ms = {k: v.value for k, v in table.items()}
 
         def summed(arch) -> float:
@@ -254,6 +287,29 @@ class LatencyLUT(Objective):
             "table_entries": len(self.table), "runtime": self.timer.runtime(),
             "lut_mean_rel_error": self.report.get("mean_rel_error"),
             "lut_kendall_tau": self.report.get("kendall_tau")})
+
+
+def _timing(backend: LatencyBackend) -> str:
+    """How :func:`measure_modules` times on ``backend``."""
+    if backend.asynchronous:
+        return "device jobs"
+    return "interleaved" if backend.paired else "one after the other"
+
+
+def _code_versions(space) -> dict[str, str]:
+    """The installed versions of the distributions that provide the space's module and torch
+    (which exports its graphs): ``{distribution: version}``."""
+    from importlib import metadata
+
+    top = type(space).__module__.split(".")[0]
+    owners = metadata.packages_distributions()
+    out = {}
+    for dist in sorted({*owners.get(top, ()), *owners.get("torch", ())}):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _params_of(space) -> Any:

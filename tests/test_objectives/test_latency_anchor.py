@@ -11,7 +11,7 @@ import yaml
 
 from conftest import cli_here
 from nasframe import Candidate
-from nasframe.backends import paired_times
+from nasframe.backends import interleaved_times, paired_times
 from nasframe.errors import ConfigError
 from nasframe.plugins import get_plugins
 from nasframe.testing import plugin_context
@@ -37,6 +37,24 @@ def test_paired_times_alternate_and_keep_the_ratio_through_a_slow_phase():
     # the first half of a's passes against the second half of b's: what two candidates
     # timed minutes apart would see without an anchor
     assert np.median(a[:5]) / np.median(b[5:]) < 0.3
+
+
+def test_interleaved_times_give_each_runner_the_same_share_of_a_slow_phase():
+    calls: list[str] = []
+    phase = {"n": 0}
+    # three runners of work 1 : 1 : 2, the machine 3x slower after the 14th call
+    runners = [_phased(ms, calls, name, phase) for ms, name in ((2.0, "a"), (2.0, "b"), (4.0, "c"))]
+    rounds = []
+    times = interleaved_times(runners, warmup=1, repeats=8, seed=5,
+                              on_round=lambda: rounds.append(len(calls)))
+    assert [len(t) for t in times] == [8, 8, 8] and rounds == [3 + 3 * i for i in range(1, 9)]
+    timed = [calls[3 + 3 * i:6 + 3 * i] for i in range(8)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in timed)      # one pass of each per round
+    assert len({tuple(r) for r in timed}) > 1                    # in a new order
+    # each sees fast and slow rounds alike: sums over the passes keep the 1 : 1 : 2 of the
+    # work (one after the other, c would have had only slow passes: 6x a)
+    a, b, c = (sum(t) for t in times)
+    assert b / a == pytest.approx(1.0, abs=0.35) and c / a == pytest.approx(2.0, abs=0.7)
 
 
 @pytest.fixture

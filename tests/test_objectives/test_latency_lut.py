@@ -10,6 +10,7 @@ import pytest
 from nasframe import Architecture, Candidate, Context
 from nasframe.plugins import get_plugins
 from nasframe_objectives import qai_hub_fake
+from nasframe_objectives import latency_lut as lut_module
 from nasframe_objectives.latency_lut import LatencyLUT
 
 
@@ -17,7 +18,7 @@ def _space(name="conv_denoiser", **params):
     return get_plugins().search_spaces.create(name, params or {"input_size": 16})
 
 
-def test_prediction_is_the_sum_of_the_blocks_plus_the_fixed_part(tmp_path):
+def test_prediction_is_the_sum_of_the_blocks_plus_the_fixed_part(tmp_path, monkeypatch):
     space = _space()
     ctx = Context(run_dir=tmp_path, quiet=True, seed=2)
     obj = LatencyLUT(options={"warmup": 1, "repeats": 3, "threads": 1}, calibration=2, check=3)
@@ -34,6 +35,9 @@ def test_prediction_is_the_sum_of_the_blocks_plus_the_fixed_part(tmp_path):
         assert row["rel_error"] == pytest.approx(abs(row["predicted_ms"] - row["measured_ms"])
                                                  / row["measured_ms"])
     assert report["mean_rel_error"] >= 0 and -1 <= report["kendall_tau"] <= 1
+    # the variants and the whole networks were timed in one interleaved set (torch times in
+    # this process): 18 variants + 2 + 3 networks
+    assert {d["interleaved"] for d in doc["table_details"].values()} == {23}
     arch = Architecture({"depth": 3, "width": 16, "residual_blocks": True, "kernel_0": 5,
                          "kernel_1": 3, "kernel_2": 5, "kernel_3": 3})
     value, prov = obj(Candidate(space, space.canonicalize(arch)), ctx)
@@ -46,6 +50,13 @@ def test_prediction_is_the_sum_of_the_blocks_plus_the_fixed_part(tmp_path):
     again = LatencyLUT(options={"warmup": 1, "repeats": 3, "threads": 1}, calibration=2, check=3)
     again.prepare(space, ctx)
     assert again.table == obj.table and again.fixed_ms == obj.fixed_ms
+    # another release of the space's code (or another runtime) times anew: the cached table
+    # is keyed by both
+    monkeypatch.setattr(lut_module, "_code_versions", lambda sp: {"nasframe": "9.9.9"})
+    newer = LatencyLUT(options={"warmup": 1, "repeats": 3, "threads": 1}, calibration=2, check=3)
+    newer.prepare(space, ctx)
+    assert newer.table != obj.table
+    assert len(list((tmp_path / "cache" / "latency_lut").glob("*.json"))) == 2
 
 
 def test_hybrid_unet_variants_are_kind_by_stage_shape():
