@@ -15,9 +15,9 @@ the whole minus the sum of its blocks. ``check`` more sampled architectures are
 timed whole to report the prediction error (mean and max relative error, Kendall
 tau), in ``RUN_DIR/latency_lut.json`` with the table. On a backend that times in
 this process the variants and the whole architectures are timed interleaved, in
-rounds (:func:`measure_modules`), so that the differences are taken at one pace. The value is a prediction,
-so its provenance kind is ``proxy`` (``nasframe analyse`` checks it against a
-measured latency).
+rounds (:func:`measure_modules`), so that the differences are taken at one pace.
+The value is a prediction, so its provenance kind is ``proxy`` (``nasframe
+analyse`` checks it against a measured latency).
 """
 from __future__ import annotations
 

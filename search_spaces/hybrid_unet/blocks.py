@@ -303,7 +303,7 @@ class SS2D(nn.Module):
             dt = dt.reshape(b, 1, L) if h == 1 else dt.reshape(b, L, h).transpose(1, 2)
             dt = softplus_export(dt + self.dt_bias[i * h:(i + 1) * h, None])     # (b, h, L)
             ys = scan_heads_sequence_export([u.reshape(b, L, p) for u in us],
-                                            list(dt.reshape(b, h, L).unbind(1)), A[i * h:(i + 1) * h],
+                                            list(dt.unbind(1)), A[i * h:(i + 1) * h],
                                             Bm.reshape(b, L, n), Cm.reshape(b, L, n),
                                             self.D[i * h:(i + 1) * h], self.export_chunk,
                                             reverse=d >= 2)
