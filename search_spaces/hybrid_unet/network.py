@@ -142,7 +142,7 @@ class PixelUnshuffle(nn.PixelUnshuffle):
     joined along the channels: torch's own form is a rank-6 reshape/transpose pair, which
     NPU compilers (QNN's HTP among them) take only as a recognised pattern, and refuse once
     quantisation nodes sit between the two; a rank-4 pair of transposes that moves single
-    elements was 2-5x slower than the slices in ONNX Runtime (0.30-0.36 ms against
+    elements was 2-5x slower than the slices in ONNX Runtime (0.30-0.50 ms against
     0.06-0.17 ms at the small preset's three shapes, and 1.2 + 0.6 ms each inside the
     network). The same permutation of the same values: exactly equal, in every dtype."""
 
@@ -159,7 +159,6 @@ class PixelShuffle(nn.PixelShuffle):
     ONNX exporters write as one ``DepthToSpace`` (mode ``CRD``, rank 4; QNN's HTP takes it),
     in ONNX Runtime 1.6-3x faster than a rank-4 pair of transposes (0.07-0.25 ms against
     0.28-0.40 ms at the small preset's shapes)."""
-    # (a subclass only so that the module's name says what the network exports)
 
 
 class Downsample(nn.Sequential):
