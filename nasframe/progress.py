@@ -1,8 +1,10 @@
 """Progress bars used by the runner and by long ``prepare`` steps.
 
-In a terminal they are rich's live bars. Where rich cannot draw live (a Jupyter
-notebook, where it would need ipywidgets and prints their warnings instead of a
-bar) the same calls print a plain text line now and then (:class:`TextProgress`).
+In a terminal they are rich's live bars. Where rich cannot draw live the same calls
+print a plain text line now and then (:class:`TextProgress`): in a Jupyter notebook
+(rich would need ipywidgets and prints their warnings instead of a bar), every
+:data:`TEXT_EVERY` seconds; to a file or a pipe (``nohup``, a CI log, ``2> log``),
+where rich draws nothing until the step ends, every :data:`FILE_EVERY` seconds.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-#: seconds between two lines of a plain text progress
+#: seconds between two lines of a plain text progress in a notebook
 TEXT_EVERY = 2.0
+#: ... and to a file or a pipe (a log read later: fewer lines)
+FILE_EVERY = 10.0
 
 
 def in_notebook() -> bool:
@@ -32,9 +36,18 @@ def in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
-def plain(console: Console) -> bool:
-    """Whether progress on ``console`` must be plain text (no live display)."""
+def _notebook(console: Console) -> bool:
     return bool(getattr(console, "is_jupyter", False)) or in_notebook()
+
+
+def plain(console: Console) -> bool:
+    """Whether progress on ``console`` must be plain text (no live display): a notebook, or
+    output that is not a terminal (rich's bars would show nothing there until they end)."""
+    return _notebook(console) or not console.is_terminal
+
+
+def _every(console: Console) -> float:
+    return TEXT_EVERY if _notebook(console) else FILE_EVERY
 
 
 class TextProgress:
@@ -42,8 +55,8 @@ class TextProgress:
     line per task every :data:`TEXT_EVERY` seconds, and one when a task completes."""
 
     def __init__(self, label: str = "", disable: bool = False, file: Any = None,
-                 fields: tuple[str, ...] = ()):
-        self.label, self.disable, self.fields = label, disable, fields
+                 fields: tuple[str, ...] = (), every: float = TEXT_EVERY):
+        self.label, self.disable, self.fields, self.every = label, disable, fields, every
         self.file = file
         self.tasks: dict[int, dict[str, Any]] = {}
 
@@ -92,7 +105,7 @@ class TextProgress:
             return
         t = self.tasks[task]
         now = time.time()
-        if not force and now - t["last"] < TEXT_EVERY:
+        if not force and now - t["last"] < self.every:
             return
         total = f"/{t['total']:g}" if t["total"] is not None else ""
         extra = "  ".join(f"{k} {v}" for k, v in t["fields"].items() if k != "info" and v != "")
@@ -109,7 +122,7 @@ class TextProgress:
 def step_progress(console: Console, disable: bool = False, transient: bool = True):
     """A progress bar for a long step: ``with ctx.progress() as p: t = p.add_task("distil", total=n)``."""
     if plain(console):
-        return TextProgress(disable=disable)
+        return TextProgress(disable=disable, file=console.file, every=_every(console))
     return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[info]}"),
@@ -119,7 +132,7 @@ def step_progress(console: Console, disable: bool = False, transient: bool = Tru
 def search_progress(console: Console, disable: bool = False):
     """The search bar: trials done/total, failures, front size, hypervolume."""
     if plain(console):
-        return TextProgress("search", disable=disable)
+        return TextProgress("search", disable=disable, file=console.file, every=_every(console))
     return Progress(SpinnerColumn(), TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("failed {task.fields[failed]}"),
                     TextColumn("front {task.fields[front]}"),
@@ -136,7 +149,7 @@ def status(console: Console, text: str, disable: bool = False) -> Iterator[Any]:
         yield _Silent()
         return
     if plain(console):
-        print(text, file=sys.stderr, flush=True)
+        print(text, file=console.file, flush=True)
         yield _Silent()
         return
     with console.status(text, spinner="dots") as s:

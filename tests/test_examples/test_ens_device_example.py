@@ -76,3 +76,24 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     assert sb["n"] == len(done) and sb["min_ms"] > 0
     assert set(sb["tau"]) == {"latency", "latency_lut", "transformer_count"}
     assert 0 <= sb["lut_mean_rel_error"] <= sb["lut_max_rel_error"]
+    # pick and the fastest trial within 0.3 dB, re-timed interleaved against the teacher
+    tp = report.teacher_vs_pick(tmp_path / "run", repeats=2, threads=1)
+    teacher = next(t for t in done if t.origin == "reference:teacher")
+    w = tp["within"]
+    assert w["psnr_drop"] <= report.DB and w["speedup"] > 0 and tp["speedup"] > 0
+    fastest = next(t for t in done if t.number == w["trial"])
+    assert fastest.values["latency"] <= teacher.values["latency"]
+
+
+def test_report_takes_network_overrides_as_data():
+    report = load_script("ens_device_report")
+    args = report.argparse.Namespace(teacher_steps=None, distill_steps=None, trials=3,
+                                     time=None, cache="c",
+                                     network=report._mapping("{dim: 48, heads: [1, 2, 4, 8]}"))
+    cfg = report.task_config("deblur", args)
+    p = cfg["search_space"]["params"]
+    assert p["network"] == {"dim": 48, "heads": [1, 2, 4, 8]}
+    assert p["task"] == "deblur" and cfg["budget"]["trials"] == 3
+    for bad in ("[48]", "!!python/object/apply:os.system [ls]"):
+        with pytest.raises(report.argparse.ArgumentTypeError, match="mapping"):
+            report._mapping(bad)
