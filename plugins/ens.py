@@ -66,7 +66,10 @@ class EnsStrategy(Strategy):
     values, get a very bad fitness.
 
     :meth:`pick` recommends, among the feasible complete trials on the Pareto
-    front, the one maximising ``quality - penalty * cost``.
+    front, the one maximising ``quality - penalty * cost``; with ``max_drop``, the
+    lowest-``cost`` trial whose ``quality`` is at most ``max_drop`` below the reference
+    architecture ``baseline``'s (ENS's own question: the fastest network within 0.3 dB
+    of the teacher), whatever the scale of ``cost``.
 
     State: the generator, the generation counter, the population and the
     trials told since the last survival (indices with their objective and
@@ -88,6 +91,10 @@ class EnsStrategy(Strategy):
         """Architectures per generation."""
         penalty: Float = Field(0.1, ge=0)
         """Weight of `cost` in the pick: quality - penalty x cost."""
+        max_drop: Float | None = Field(None, ge=0)
+        """Pick by a bound instead of the penalty: the lowest-`cost` trial whose `quality` is at most this much below the reference architecture `baseline`'s (e.g. 0.3: within 0.3 dB of the teacher; null: the penalty rule)."""
+        baseline: str = "teacher"
+        """The reference architecture of the space that `max_drop` is counted from."""
         quality: str | None = None
         """The maximised objective of the pick (default: the first maximised one)."""
         cost: str | None = None
@@ -112,6 +119,14 @@ class EnsStrategy(Strategy):
         p = self.params
         self.population = p.population
         self.penalty = float(p.penalty)
+        self.max_drop = None if p.max_drop is None else float(p.max_drop)
+        self.baseline = p.baseline
+        if self.max_drop is not None:
+            refs = self.space.reference_architectures()
+            if self.baseline not in refs:
+                raise ParamError("baseline", f"must name a reference architecture of "
+                                 f"'{self.space.name}' ({', '.join(refs) or 'it has none'}), got "
+                                 f"{self.baseline!r}{did_you_mean(self.baseline, refs)}")
         self.crossover_prob = float(p.crossover_prob)
         self.mutation_prob = None if p.mutation_prob is None else float(p.mutation_prob)
         self.max_retries = p.max_retries
@@ -470,7 +485,9 @@ class EnsStrategy(Strategy):
     # -- the pick --------------------------------------------------------
     def pick(self, trials: Sequence[Trial]) -> tuple[Trial, str] | None:
         """Among feasible complete trials on the Pareto front, the one maximising
-        ``quality - penalty * cost`` (ties: the earliest trial)."""
+        ``quality - penalty * cost`` (ties: the earliest trial); with ``max_drop`` and the
+        baseline's trial complete, the lowest-``cost`` trial within ``max_drop`` of the
+        baseline's ``quality`` (ties: the better quality, then the earliest)."""
         if self.quality is None or self.cost is None:
             return None
         keys = self.problem.keys
@@ -478,11 +495,24 @@ class EnsStrategy(Strategy):
               and all(k in t.values and math.isfinite(t.values[k]) for k in keys)]
         if not ok:
             return None
+        note = ""
+        if self.max_drop is not None:
+            base = [t for t in ok if t.origin == f"reference:{self.baseline}"]
+            if base:
+                bound = base[-1].values[self.quality] - self.max_drop
+                within = [t for t in ok if t.values[self.quality] >= bound]
+                best = min(within, key=lambda t: (t.values[self.cost], -t.values[self.quality],
+                                                  t.number))
+                rule = (f"lowest {self.cost} with {self.quality} >= {bound:.6g} ({self.baseline}'s "
+                        f"{base[-1].values[self.quality]:.6g} - {self.max_drop:g}): "
+                        f"{self.cost} = {best.values[self.cost]:.6g}")
+                return best, rule
+            note = f" (no complete '{self.baseline}' trial for max_drop yet)"
         values = np.array([[t.values[k] for k in keys] for t in ok], dtype=float)
         mask = pareto_mask(values, [o.direction for o in self.problem.objectives])
         front = [t for t, m in zip(ok, mask) if m]
         best = max(front, key=lambda t: (self._score(t), -t.number))
-        rule = f"{self.quality} - {self.penalty:g} * {self.cost} = {self._score(best):.6g}"
+        rule = f"{self.quality} - {self.penalty:g} * {self.cost} = {self._score(best):.6g}{note}"
         return best, rule
 
     def _score(self, t: Trial) -> float:

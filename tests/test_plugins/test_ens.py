@@ -209,6 +209,34 @@ def test_pick_maximises_quality_minus_penalty_times_cost_on_the_front():
     assert EnsStrategy(PROBLEM).pick([]) is None
 
 
+def test_pick_with_max_drop_is_the_lowest_cost_within_the_bound_of_the_baseline():
+    def t(n, q, c, origin="strategy", **kw):
+        arch = Architecture({f"t{i}": i < c for i in range(N_SLOTS)})
+        return Trial(n, arch, kw.pop("status", "complete"), {"psnr": q, "transformer_count": c},
+                     feasible=kw.pop("feasible", True), origin=origin, **kw)
+
+    teacher = t(0, 32.0, 8, "reference:teacher")
+    trials = [teacher, t(1, 29.0, 0, "reference:all_ssm"), t(2, 31.6, 3), t(3, 31.8, 3),
+              t(4, 31.0, 1), t(5, 33.0, 1, feasible=False), t(6, 31.9, 2, status="infeasible")]
+    s = EnsStrategy(PROBLEM, penalty=0.1, max_drop=0.5)
+    trial, rule = s.pick(trials)
+    # within 0.5 of 32.0: trials 0, 2, 3; lowest cost 3 (a tie: the better PSNR, trial 3)
+    assert trial.number == 3
+    assert rule == ("lowest transformer_count with psnr >= 31.5 (teacher's 32 - 0.5): "
+                    "transformer_count = 3")
+    assert EnsStrategy(PROBLEM, max_drop=1.0).pick(trials)[0].number == 4
+    assert EnsStrategy(PROBLEM, max_drop=0).pick(trials)[0].number == 0   # only the teacher
+    # measured from another reference
+    assert EnsStrategy(PROBLEM, max_drop=0, baseline="all_ssm").pick(trials)[0].number == 1
+    # before the teacher's trial is complete: the penalty rule, saying why
+    trial, rule = s.pick(trials[1:])
+    assert rule.startswith("psnr - 0.1 * transformer_count") and "no complete 'teacher'" in rule
+    with pytest.raises((ValueError, ConfigError)) as err:
+        EnsStrategy(PROBLEM, max_drop=0.3, baseline="teachr")
+    assert all(w in str(err.value) for w in ("baseline", "'teachr'", "all_ssm, teacher",
+                                             "did you mean 'teacher'"))
+
+
 def test_the_core_strategy_picks_nothing_by_default():
     assert RandomSearch(PROBLEM).pick(trials_of(PROBLEM.space.enumerate())) is None
 
@@ -227,6 +255,7 @@ def test_the_core_strategy_picks_nothing_by_default():
     ({"quality": "ssim"}, ["quality", "ssim", "psnr, transformer_count"]),
     ({"quality": "transformer_count"}, ["quality", "maximised", "direction 'min'"]),
     ({"cost": "psnr"}, ["cost", "minimised", "direction 'max'"]),
+    ({"max_drop": -0.3}, ["max_drop", "-0.3", "greater than or equal to 0"]),
 ])
 def test_bad_params_are_named(params, words):
     with pytest.raises((ValueError, ConfigError)) as err:
