@@ -73,7 +73,7 @@ def task_config(task: str, args) -> dict:
         p["distill"] = {**p["distill"], "steps": args.distill_steps}
     if args.network:
         p["network"] = {**p.get("network", {}), **args.network}
-    if getattr(args, "penalty", None) is not None:
+    if args.penalty is not None:
         cfg["strategy"]["params"]["penalty"] = args.penalty
     if args.trials is not None:
         cfg["budget"]["trials"] = args.trials
@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="overrides of the preset, YAML, e.g. '{dim: 48, heads: [1, 2, 4, 8]}' "
                              "(Restormer's published width at the small preset's depth)")
     parser.add_argument("--penalty", type=float, default=None,
-                        help="dB per ms in the pick's rule (default: the example's 0.02; scale "
-                             "it with the teacher's latency for a wider network)")
+                        help="dB per ms of the penalty rule (the example picks by max_drop "
+                             "instead; the penalty only applies without it)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30,

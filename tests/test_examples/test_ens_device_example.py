@@ -90,7 +90,7 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
 def test_report_takes_network_overrides_as_data():
     report = load_script("ens_device_report")
     args = report.argparse.Namespace(teacher_steps=None, distill_steps=None, trials=3,
-                                     time=None, cache="c",
+                                     time=None, cache="c", penalty=None,
                                      network=report._mapping("{dim: 48, heads: [1, 2, 4, 8]}"))
     cfg = report.task_config("deblur", args)
     p = cfg["search_space"]["params"]
