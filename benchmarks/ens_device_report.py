@@ -4,7 +4,7 @@ lookup table's error against the measured latency, and which proxy ranks the lat
 
 For each task (``--tasks``: denoise, deblur, derain; the data settings of
 ``examples/ens_{task}.yaml``) the experiment of ``examples/ens_device.yaml`` is run with the
-task swapped in (``--teacher-steps``, ``--distill-steps``, ``--trials`` override the example's
+task swapped in (``--teacher-steps``, ``--distill-steps``, ``--stitch-steps``, ``--trials`` override the example's
 budget; the teacher and the distilled blocks are cached in ``--cache``, shared by the tasks'
 runs and by ``nasframe run examples/ens_device.yaml``), in ``--out``/``<task>``. Then:
 
@@ -29,7 +29,7 @@ runs and by ``nasframe run examples/ens_device.yaml``), in ``--out``/``<task>``.
 The load average is printed beside every timing. Usage::
 
     python benchmarks/ens_device_report.py [--tasks denoise,deblur,derain] [--trials 24]
-        [--teacher-steps 1500] [--distill-steps 400] [--network '{dim: 48, heads: [1, 2, 4, 8]}']
+        [--teacher-steps 1500] [--distill-steps 400] [--stitch-steps 400] [--network '{dim: 48, heads: [1, 2, 4, 8]}']
         [--penalty 0.02] [--repeats 20] [--threads 2] [--rounds 30]
         [--out runs/ens_device_report] [--cache runs/ens_cache] [--json PATH]
 """
@@ -71,6 +71,9 @@ def task_config(task: str, args) -> dict:
         p["teacher"] = {**p["teacher"], "steps": args.teacher_steps}
     if args.distill_steps is not None:
         p["distill"] = {**p["distill"], "steps": args.distill_steps}
+    if args.stitch_steps is not None:
+        p["distill"] = {**p["distill"], "stitch": {**p["distill"].get("stitch", {}),
+                                                   "steps": args.stitch_steps}}
     if args.network:
         p["network"] = {**p.get("network", {}), **args.network}
     if args.penalty is not None:
@@ -167,6 +170,10 @@ def side_by_side(run_dir: Path, rounds: int, threads: int) -> dict:
     return out
 
 
+def _db(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def teacher_vs_pick(run_dir: Path, repeats: int, threads: int) -> dict:
     """The run's teacher, its pick and its fastest trial within ``DB`` dB of the teacher
     (by the strategy's ``cost``, the search's latency or the lookup table: the target read
@@ -176,6 +183,7 @@ def teacher_vs_pick(run_dir: Path, repeats: int, threads: int) -> dict:
     pick = run.pick_result
     cost = run.config.strategy.params.get("cost", "latency")
     teacher = next(t for t in run.analysis.trials if t.origin == "reference:teacher")
+    all_ssm = next((t for t in run.analysis.trials if t.origin == "reference:all_ssm"), None)
     near = [t for t in run.trial_list() if t.status == "complete"
             and t.values.get("psnr", -math.inf) >= teacher.values["psnr"] - DB
             and math.isfinite(t.values.get(cost, math.nan))]
@@ -198,6 +206,7 @@ def teacher_vs_pick(run_dir: Path, repeats: int, threads: int) -> dict:
     def speedup(k):
         return statistics.median(t / p for t, p in zip(times["teacher"], times[k]))
     return {"teacher_psnr": teacher.values["psnr"], "pick_psnr": pick.trial.values["psnr"],
+            "all_ssm_psnr": all_ssm.values.get("psnr") if all_ssm is not None else None,
             "psnr_drop": teacher.values["psnr"] - pick.trial.values["psnr"],
             "teacher_ms": statistics.median(times["teacher"]),
             "pick_ms": statistics.median(times["pick"]), "speedup": speedup("pick"),
@@ -245,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--time", default=None, help="time cap per run (default: the example's)")
     parser.add_argument("--teacher-steps", type=int, default=None)
     parser.add_argument("--distill-steps", type=int, default=None)
+    parser.add_argument("--stitch-steps", type=int, default=None,
+                        help="steps of stitched distillation (0: feature distillation only)")
     parser.add_argument("--network", type=_mapping, default=None,
                         help="overrides of the preset, YAML, e.g. '{dim: 48, heads: [1, 2, 4, 8]}' "
                              "(Restormer's published width at the small preset's depth)")
@@ -282,14 +293,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nPick vs teacher in ONNX Runtime (128x128, {args.threads} threads, median of "
           f"{args.repeats} interleaved calls; target >= {SPEEDUP}x within {DB} dB)")
     print(f"  {'task':8s} {'teacher dB':>10s} {'pick dB':>8s} {'drop dB':>8s} {'teacher ms':>10s} "
-          f"{'pick ms':>8s} {'speed-up':>9s} {'transformers':>12s} {'load':>5s} {'':4s}")
+          f"{'pick ms':>8s} {'speed-up':>9s} {'transformers':>12s} {'load':>5s} {'':4s} "
+          f"{'all-SSM dB':>10s}")
     for task, r in result["tasks"].items():
         ok = r["speedup"] >= SPEEDUP and r["psnr_drop"] <= DB
         r["pass"] = ok
         print(f"  {task:8s} {r['teacher_psnr']:10.2f} {r['pick_psnr']:8.2f} {r['psnr_drop']:8.2f} "
               f"{r['teacher_ms']:10.1f} {r['pick_ms']:8.1f} {r['speedup']:8.2f}x "
               f"{r['pick_transformers']!s:>12s} {r['load_average']:5.1f} "
-              f"{'PASS' if ok else 'MISS'}")
+              f"{'PASS' if ok else 'MISS'} {_db(r.get('all_ssm_psnr')):>10s}")
     print(f"\nFastest trial within {DB} dB of the teacher (by the strategy's cost), re-timed "
           f"with the two above")
     for task, r in result["tasks"].items():

@@ -22,6 +22,18 @@ Captured features live for one step only.
 :func:`distill_cached` stores the trained students and the result in the
 run's :class:`~nasframe.context.ArtifactCache`, so a second call with the same
 payload loads the weights instead of training.
+
+Feature MSE trains each student on its teacher block's own input, alone. Put
+into a network beside other students, a student sees inputs its neighbours
+have already changed, and what it gets wrong is weighed by how much it moves
+the network's output, not its feature. :func:`stitch` (and
+:func:`stitch_cached`) is the second stage: the students, swapped into the
+teacher in place of their sub-modules (a random subset each step, the rest the
+teacher's own frozen blocks), train on the whole network's output against the
+teacher's::
+
+    result = stitch(teacher, students, lambda step: data(step), steps=400, lr=1e-3)
+    result.errors      # {"all": 0.004, "blocks.0": 0.0003, ...}: output MSE / mean square
 """
 from __future__ import annotations
 
@@ -29,6 +41,7 @@ import difflib
 import hashlib
 import json
 import math
+import random
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +57,8 @@ from nasframe.accel import Accelerator
 from nasframe.context import ArtifactCache
 from nasframe.errors import ConfigError
 
-__all__ = ["DistillResult", "distill", "distill_cached", "module_digest"]
+__all__ = ["DistillResult", "StitchResult", "distill", "distill_cached", "module_digest",
+           "stitch", "stitch_cached"]
 
 #: ``inputs_of(name, args, kwargs)``: what the student named ``name`` is called with.
 InputsOf = Callable[[str, tuple, dict], Any]
@@ -87,6 +101,33 @@ class DistillResult:
         return cls(losses=dict(data["losses"]), initial_losses=dict(data["initial_losses"]),
                    reference=dict(data["reference"]), steps=int(data["steps"]),
                    seconds=float(data["seconds"]), cached=cached)
+
+
+@dataclass
+class StitchResult:
+    """What :func:`stitch` achieved, measured on the probe batch(es).
+
+    ``errors`` and ``initial_errors`` (after and before training) are the MSE of
+    the network's output against the teacher's, relative to the mean square of
+    the teacher's output (0 is perfect), with every student swapped in
+    (``"all"``) and with each student alone (its name). ``cached``: the
+    students were loaded by :func:`stitch_cached` (``seconds`` is then the time
+    the original training took).
+    """
+
+    errors: dict[str, float]
+    initial_errors: dict[str, float]
+    steps: int
+    seconds: float
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "cached"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], cached: bool = False) -> StitchResult:
+        return cls(errors=dict(data["errors"]), initial_errors=dict(data["initial_errors"]),
+                   steps=int(data["steps"]), seconds=float(data["seconds"]), cached=cached)
 
 
 def _ratio(loss: float, reference: float) -> float:
@@ -175,22 +216,28 @@ def _shapes(value: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in _leaves(value)]
 
 
+def _named(teacher: nn.Module, names: list[str], what: str) -> dict[str, nn.Module]:
+    """``teacher``'s sub-modules by name; a name it lacks is an error with close matches."""
+    modules = dict(teacher.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        problems = []
+        for n in missing:
+            close = difflib.get_close_matches(n, list(modules), n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+            problems.append(f"{what}: teacher has no sub-module '{n}'{hint} "
+                            f"(names as in teacher.named_modules(), e.g. "
+                            f"{', '.join(repr(m) for m in list(modules)[1:4])})")
+        raise ConfigError(*problems)
+    return {n: modules[n] for n in names}
+
+
 class _Capture:
     """Forward hooks that record each named sub-module's inputs and output, per forward."""
 
     def __init__(self, teacher: nn.Module, names: list[str], inputs_of: InputsOf,
                  outputs_of: OutputsOf | None = None):
-        modules = dict(teacher.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            problems = []
-            for n in missing:
-                close = difflib.get_close_matches(n, list(modules), n=5, cutoff=0.5)
-                hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
-                problems.append(f"distill: teacher has no sub-module '{n}'{hint} "
-                                f"(names as in teacher.named_modules(), e.g. "
-                                f"{', '.join(repr(m) for m in list(modules)[1:4])})")
-            raise ConfigError(*problems)
+        modules = _named(teacher, names, "distill")
         self.records: dict[str, list[list[Any]]] = {n: [] for n in names}
         self.handles: list[Any] = []
         try:
@@ -451,6 +498,213 @@ class _Bar:
             self.owned.__exit__(*exc)
 
 
+# ---------------------------------------------------------------------------------- stitch
+
+class _Swap(nn.Module):
+    """A teacher sub-module and its student in one place; ``on`` says which one runs."""
+
+    def __init__(self, original: nn.Module, student: nn.Module):
+        super().__init__()
+        self.original, self.student, self.on = original, student, False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.student if self.on else self.original)(*args, **kwargs)
+
+
+class _Swaps:
+    """Students put into the teacher in place of their sub-modules, until :meth:`remove`."""
+
+    def __init__(self, teacher: nn.Module, students: Mapping[str, nn.Module]):
+        if "" in students:
+            raise ConfigError("stitch: a student must stand in for a sub-module of the teacher, "
+                              "not for the whole teacher (name '')")
+        modules = _named(teacher, list(students), "stitch")
+        self.slots: dict[str, tuple[nn.Module, str, nn.Module, _Swap]] = {}
+        try:
+            for name, student in students.items():
+                parent_name, _, child = name.rpartition(".")
+                parent = teacher.get_submodule(parent_name)
+                swap = _Swap(modules[name], student)
+                setattr(parent, child, swap)
+                self.slots[name] = (parent, child, modules[name], swap)
+        except BaseException:
+            self.remove()
+            raise
+
+    def use(self, on: set[str] | frozenset[str]) -> None:
+        for name, (*_, swap) in self.slots.items():
+            swap.on = name in on
+
+    def remove(self) -> None:
+        for parent, child, original, _ in self.slots.values():
+            setattr(parent, child, original)
+        self.slots.clear()
+
+
+def _subset(names: list[str], seed: int, step: int) -> frozenset[str]:
+    """Step ``step``'s students: each with probability ``p``, ``p`` uniform in [0, 1) per
+    step, at least one; a function of (seed, step) alone, so a resumed loop draws alike."""
+    rng = random.Random(seed * 1_000_003 + step)
+    p = rng.random()
+    on = frozenset(n for n in names if rng.random() < p)
+    return on or frozenset([names[rng.randrange(len(names))]])
+
+
+def _output_loss(out: Any, ref: Any, kind: str) -> torch.Tensor:
+    got, want = _shapes(out), _shapes(ref)
+    if got != want:
+        raise ConfigError(f"stitch: with students swapped in the network returns shape(s) "
+                          f"{_fmt_shapes(got)} but the teacher returns {_fmt_shapes(want)}; a "
+                          f"student must match its teacher module's output")
+    terms = [(o.float() - r.float()) for o, r in zip(_leaves(out), _leaves(ref))]
+    total = sum(t.numel() for t in terms)
+    if kind == "l1":
+        return sum(t.abs().sum() for t in terms) / max(total, 1)
+    return sum(t.pow(2).sum() for t in terms) / max(total, 1)
+
+
+def stitch(teacher: nn.Module, students: Mapping[str, nn.Module],
+           batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
+           weight_decay: float = 0.0, grad_clip: float | None = 1.0, seed: int = 0,
+           loss: str = "l1", probe: Any = None,
+           device: str | torch.device | Accelerator | None = None, precision: str = "fp32",
+           progress: Any = None, description: str = "stitching") -> StitchResult:
+    """Train students inside the teacher, on its output (stitched distillation).
+
+    ``students`` maps sub-module names of ``teacher`` to modules that can stand
+    in for them (as for :func:`distill`; typically students :func:`distill` has
+    trained). Each step swaps a random subset of them into the teacher (each
+    with probability ``p``, ``p`` drawn uniformly per step, at least one; the
+    draw is a function of ``seed`` and the step), runs it on ``batches(step)``
+    and trains the swapped-in students on ``loss`` (``l1`` or ``mse``) between
+    that network's output and the teacher's. The teacher's own modules run but
+    do not train; gradients reach a student through the blocks after it, so
+    each learns what its errors do to the output, beside the teacher's blocks
+    and beside other students: the mixes a block-wise search assembles.
+
+    ``probe`` (default ``batches(-1)``; a batch or a list of batches) measures
+    :class:`StitchResult`'s output errors before and after. Training: AdamW over
+    the students' parameters, cosine decay over ``steps``, each student's
+    gradient norm clipped to ``grad_clip`` on its own, ``precision`` autocast, a
+    checkpoint inside a cached artifact's ``make`` (:mod:`nasframe.checkpoint`).
+    The students are swapped out again afterwards (also on an error): the
+    teacher's modules, modes, parameters and their ``requires_grad`` are as before.
+    """
+    names = list(students)
+    if not names:
+        raise ConfigError("stitch: no students given")
+    if steps < 0:
+        raise ConfigError(f"stitch: steps must be >= 0 (got {steps})")
+    if loss not in ("l1", "mse"):
+        raise ConfigError(f"stitch: loss must be 'l1' or 'mse' (got {loss!r})")
+    if isinstance(device, Accelerator):
+        accel = device
+    else:
+        accel = Accelerator(torch.device(device) if device is not None else _device_of(teacher),
+                            precision)
+    start = time.perf_counter()
+    for s in students.values():
+        accel.to(s)
+    modes = {m: m.training for m in teacher.modules()}
+    frozen = {p: p.requires_grad for p in teacher.parameters()}
+    swaps = _Swaps(teacher, students)
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        probes = probe if isinstance(probe, list) else [batches(-1) if probe is None else probe]
+        initial = _stitch_errors(teacher, swaps, names, probes, accel)
+        _stitch_train(teacher, students, swaps, batches, steps, lr, weight_decay, grad_clip,
+                      seed, loss, accel, progress, description)
+        final = _stitch_errors(teacher, swaps, names, probes, accel)
+    finally:
+        swaps.remove()
+        for p, flag in frozen.items():
+            p.requires_grad_(flag)
+        for m, mode in modes.items():
+            m.training = mode
+        for s in students.values():
+            s.eval()
+    return StitchResult(errors=final, initial_errors=initial, steps=steps,
+                        seconds=time.perf_counter() - start)
+
+
+def _stitch_errors(teacher, swaps, names, probes, accel) -> dict[str, float]:
+    """Output MSE / mean square of the teacher's output: all students in, then each alone."""
+    configs = {"all": frozenset(names), **{n: frozenset([n]) for n in names}}
+    err = {k: 0.0 for k in configs}
+    teacher.eval()
+    with torch.no_grad(), accel.autocast():
+        for batch in probes:
+            batch = accel.to(batch)
+            swaps.use(frozenset())
+            ref = _call(teacher, batch)
+            scale = sum(float(r.float().pow(2).sum()) for r in _leaves(ref)) / max(
+                sum(r.numel() for r in _leaves(ref)), 1)
+            for key, on in configs.items():
+                swaps.use(on)
+                e = float(_output_loss(_call(teacher, batch), ref, "mse"))
+                err[key] += _ratio(e, scale) / len(probes)
+    swaps.use(frozenset())
+    return err
+
+
+def _stitch_train(teacher, students, swaps, batches, steps, lr, weight_decay, grad_clip, seed,
+                  loss_kind, accel, progress, description) -> None:
+    if steps == 0:
+        return
+    names = list(students)
+    params: dict[str, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, s in students.items():
+        params[name] = [p for p in s.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params[name])
+    flat = [p for ps in params.values() for p in ps]
+    if not flat:
+        return
+    opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    every = max(1, steps // 100)
+    scaler = accel.grad_scaler()
+    ckpt = checkpoint.loop()
+    tensors = [t for s in students.values() for t in (*s.parameters(), *s.buffers())]
+    first = 0
+    if ckpt is not None:
+        first, _ = ckpt.restore(tensors, opt, sched)
+    teacher.eval()
+    with _Bar(progress, description, steps) as bar:
+        running = None
+        for step in range(first, steps):
+            batch = accel.to(batches(step))
+            swaps.use(frozenset())
+            with torch.no_grad(), accel.autocast():
+                ref = _call(teacher, batch)
+            on = _subset(names, seed, step)
+            swaps.use(on)
+            for n in on:
+                students[n].train()
+            opt.zero_grad(set_to_none=True)
+            with accel.autocast():
+                loss = _output_loss(_call(teacher, batch), ref, loss_kind)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            if grad_clip is not None:
+                for n in on:
+                    if params[n]:
+                        nn.utils.clip_grad_norm_(params[n], grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            for n in on:
+                students[n].eval()
+            loss = loss.detach()
+            running = loss if running is None else 0.9 * running + 0.1 * loss
+            if (step + 1) % every == 0 or step + 1 == steps:
+                bar.update(step + 1, f"{loss_kind} {float(running):.3g}  students {len(on)}")
+            if ckpt is not None and ckpt.due(force=step + 1 == steps):
+                ckpt.save(step + 1, tensors, opt, sched)
+    swaps.use(frozenset())
+
+
 # ---------------------------------------------------------------------------------- caching
 
 def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, Any],
@@ -481,21 +735,57 @@ def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, A
     def make(tmp: Path) -> None:
         result = distill(teacher, students, batches, steps=steps, lr=lr,
                          weight_decay=weight_decay, grad_clip=grad_clip, **kwargs)
-        tmp.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.save({n: {k: v.detach().cpu() for k, v in s.state_dict().items()}
-                        for n, s in students.items()}, tmp / _STUDENTS_FILE)
-            (tmp / _RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _store(tmp, students, result)
         trained.append(result)
 
     path = cache.get_or_create(namespace, key, make)
     if trained:
         return trained[0]
+    return DistillResult.from_dict(_load(path, students, kwargs.get("device")), cached=True)
+
+
+def stitch_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, Any],
+                  teacher: nn.Module, students: Mapping[str, nn.Module],
+                  batches: Callable[[int], Any], *, steps: int, lr: float = 1e-3,
+                  weight_decay: float = 0.0, grad_clip: float | None = 1.0, seed: int = 0,
+                  loss: str = "l1", **kwargs: Any) -> StitchResult:
+    """:func:`stitch`, cached like :func:`distill_cached`: the key is ``payload`` plus the
+    student names, each student's :func:`module_digest` before stitching (so a stitch of
+    re-distilled students is a new artifact), ``steps``, ``lr``, ``weight_decay``,
+    ``grad_clip``, ``seed`` and ``loss``; ``payload`` names the teacher, the data and a
+    version. Other ``kwargs`` go to :func:`stitch`."""
+    key = {"payload": dict(payload), "students": {n: module_digest(s) for n, s in students.items()},
+           "steps": steps, "lr": lr, "weight_decay": weight_decay, "grad_clip": grad_clip,
+           "seed": seed, "loss": loss}
+    trained: list[StitchResult] = []
+
+    def make(tmp: Path) -> None:
+        result = stitch(teacher, students, batches, steps=steps, lr=lr, weight_decay=weight_decay,
+                        grad_clip=grad_clip, seed=seed, loss=loss, **kwargs)
+        _store(tmp, students, result)
+        trained.append(result)
+
+    path = cache.get_or_create(namespace, key, make)
+    if trained:
+        return trained[0]
+    return StitchResult.from_dict(_load(path, students, kwargs.get("device")), cached=True)
+
+
+def _store(tmp: Path, students: Mapping[str, nn.Module], result: Any) -> None:
+    """The students' weights and the result into the artifact folder ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.save({n: {k: v.detach().cpu() for k, v in s.state_dict().items()}
+                    for n, s in students.items()}, tmp / _STUDENTS_FILE)
+        (tmp / _RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load(path: Path, students: Mapping[str, nn.Module], device: Any) -> dict[str, Any]:
+    """Load a stored artifact's weights into ``students`` (on ``device``); its result."""
     states = torch.load(path / _STUDENTS_FILE, map_location="cpu", weights_only=True)
-    device = kwargs.get("device")
     for name, student in students.items():
         student.load_state_dict(states[name])
         if isinstance(device, Accelerator):
@@ -503,4 +793,4 @@ def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, A
         elif device is not None:
             student.to(device)
         student.eval()
-    return DistillResult.from_dict(json.loads((path / _RESULT_FILE).read_text()), cached=True)
+    return json.loads((path / _RESULT_FILE).read_text())

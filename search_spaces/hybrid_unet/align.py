@@ -9,6 +9,12 @@
    the teacher block's output from the teacher's own input at that block
    (feature MSE, :func:`nasframe.distill.distill`). One teacher pass per step
    trains them all.
+3. **Stitching** (``distill.stitch.steps`` > 0): the surrogates trained further
+   inside the teacher, a random subset swapped in per step, on the network's
+   output against the teacher's (:func:`nasframe.distill.stitch`): a block-wise
+   feature error says little about what a block's error does to the image
+   (derain at dim 48: the last decoder block's surrogate has one of the lowest
+   feature errors and costs 2 dB alone).
 
 The result, a :class:`Bank`, assembles any hybrid with no retraining: the
 teacher's weights everywhere, the surrogate's in each SSM slot. Both steps
@@ -27,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nasframe.distill import distill_cached, module_digest
+from nasframe.distill import distill_cached, module_digest, stitch_cached
 from nasframe import checkpoint
 from nasframe.accel import CPU, Accelerator
 from nasframe_search_spaces.hybrid_unet.data import RestorationData, psnr
@@ -196,12 +202,24 @@ def prepare_surrogates(cfg: UNetConfig, teacher_model: HybridRestormer, data: Re
         result = distill_cached(ctx.cache, "hybrid_unet/surrogates", payload, teacher_model, students,
                                 batches, steps=params["steps"], lr=params["lr"], progress=progress,
                                 description="surrogates", device=ctx.accel)
-    bank = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-            for name, m in students.items()}
     rel = result.relative()
     rel0 = result.relative(initial=True)
     report = {"cached": result.cached, "seconds": result.seconds, "steps": result.steps,
               "relative_mse": rel, "relative_mse_untrained": rel0}
+    stitch = params.get("stitch") or {}
+    if stitch.get("steps", 0) > 0:
+        with ctx.progress() as progress:
+            stitched = stitch_cached(
+                ctx.cache, "hybrid_unet/stitched", {**payload, "stitch_data": "train+2000000"},
+                teacher_model, students, lambda step: data.train_batch(bs, 2_000_000 + step)[0],
+                steps=stitch["steps"], lr=stitch["lr"], loss=stitch["loss"], seed=params["seed"],
+                progress=progress, description="stitching", device=ctx.accel)
+        report["stitch"] = {"cached": stitched.cached, "seconds": stitched.seconds,
+                            "steps": stitched.steps, "lr": stitch["lr"], "loss": stitch["loss"],
+                            "output_error": stitched.errors,
+                            "output_error_before": stitched.initial_errors}
+    bank = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+            for name, m in students.items()}
     return bank, report
 
 

@@ -34,7 +34,9 @@ Params (YAML ``search_space.params``):
     does not fit is a configuration error listing the missing and unexpected
     keys), else ``steps``, ``batch_size``, ``lr``, ``seed`` of its training.
 ``distill``
-    ``steps``, ``batch_size``, ``lr``, ``seed`` of the surrogates' distillation.
+    ``steps``, ``batch_size``, ``lr``, ``seed`` of the surrogates' distillation;
+    ``stitch: {steps, lr, loss}``, its optional second stage (the surrogates
+    trained inside the teacher on its output, a random subset swapped in per step).
 ``input_size``
     the side of the default example input (for ``gmacs`` and ``latency``).
 
@@ -130,6 +132,17 @@ class TeacherParams(Params):
     """Seed of the training (default: the experiment's seed)."""
 
 
+class StitchParams(Params):
+    steps: Int = Field(0, ge=0, le=10_000_000)
+    """Steps of stitched distillation after the feature distillation (0: none): each step
+    swaps a random subset of the surrogates into the teacher and trains them on the
+    network's output against the teacher's."""
+    lr: Float = Field(1e-3, gt=0, le=10)
+    """AdamW learning rate (cosine decay)."""
+    loss: Literal["l1", "mse"] = "l1"
+    """Loss between the stitched network's output and the teacher's."""
+
+
 class DistillParams(Params):
     steps: Int = Field(300, ge=1, le=10_000_000)
     """Distillation steps of the SSM surrogates (all trained together)."""
@@ -139,6 +152,8 @@ class DistillParams(Params):
     """Adam learning rate."""
     seed: Int | None = Field(None, ge=0)
     """Seed of the surrogates' initialisation (default: the experiment's seed)."""
+    stitch: StitchParams = StitchParams()
+    """Second stage: the surrogates trained inside the teacher on its output (steps, lr, loss)."""
 
 
 class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, ImageToImage,
@@ -167,7 +182,7 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
         teacher: TeacherParams = TeacherParams()
         """The all-transformer teacher: weights to load, or steps, batch_size, lr, seed of its training."""
         distill: DistillParams = DistillParams()
-        """The SSM surrogates' distillation: steps, batch_size, lr, seed."""
+        """The SSM surrogates' distillation: steps, batch_size, lr, seed; stitch (second stage)."""
         input_size: Int = Field(64, ge=8, le=8192)
         """Side of the default example input (gmacs, latency)."""
 
@@ -423,3 +438,10 @@ class HybridUNetSpace(SearchSpace, ValidationPairs, TrainedWeights, BlockKinds, 
                 f"images (inputs {input_psnr:.2f} dB); {len(rel)} SSM surrogates, feature error "
                 f"{np.mean(list(rel.values())):.3f} relative MSE (untrained "
                 f"{np.mean(list(rel0.values())):.3f})")
+        if "stitch" in s_report:
+            err = s_report["stitch"]["output_error"]
+            err0 = s_report["stitch"]["output_error_before"]
+            ctx.log(f"[hybrid_unet] stitched {s_report['stitch']['steps']} steps: output error "
+                    f"with every surrogate in {err0['all']:.2e} -> {err['all']:.2e} relative "
+                    f"MSE; the worst alone {max(err0[n] for n in rel):.2e} -> "
+                    f"{max(err[n] for n in rel):.2e}")

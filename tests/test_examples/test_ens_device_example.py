@@ -33,7 +33,7 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     assert p["network"] == {"dim": 48, "heads": [1, 2, 4, 8]}   # Restormer's width
     p.pop("network")
     p.update(preset="tiny", granularity="stage", teacher={"steps": 4, "batch_size": 2},
-             distill={"steps": 4, "batch_size": 2})
+             distill={"steps": 4, "batch_size": 2, "stitch": {"steps": 3}})   # stitching on
     p["data"] = {**p["data"], "short_side": 48, "val_size": 32, "patch": 16}
     objectives = {o["name"]: o for o in cfg["objectives"]}
     assert objectives["latency"]["params"]["backend"] == "onnxruntime"
@@ -52,6 +52,8 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     out = run_cli("run", str(path), "--out", str(tmp_path / "run"), timeout=1200)
     assert out.returncode == 0, out.stderr
     run = load_run(tmp_path / "run")
+    stitched = json.loads((tmp_path / "run" / "alignment.json").read_text())["surrogates"]["stitch"]
+    assert stitched["steps"] == 3 and set(stitched["output_error"]) >= {"all", "refinement.0"}
     done = [t for t in run.trial_list() if t.status == "complete"]
     assert len(done) >= 3       # the two references and the search's trials
     for t in done:
@@ -83,19 +85,22 @@ def test_tiny_run_measures_latency_in_onnxruntime(tmp_path):
     # pick and the fastest trial within 0.3 dB, re-timed interleaved against the teacher
     tp = report.teacher_vs_pick(tmp_path / "run", repeats=2, threads=1)
     w = tp["within"]
+    assert tp["all_ssm_psnr"] == next(t for t in done if t.origin == "reference:all_ssm").values["psnr"]
     assert w["psnr_drop"] <= report.DB and w["speedup"] > 0 and tp["speedup"] > 0
     assert w["by"] == "latency_lut" and w["trial"] == pick["trial"] == tp["pick_trial"]
 
 
 def test_report_takes_network_overrides_as_data():
     report = load_script("ens_device_report")
-    args = report.argparse.Namespace(teacher_steps=None, distill_steps=None, trials=3,
+    args = report.argparse.Namespace(teacher_steps=None, distill_steps=None, stitch_steps=50,
+                                     trials=3,
                                      time=None, cache="c", penalty=None,
                                      network=report._mapping("{dim: 48, heads: [1, 2, 4, 8]}"))
     cfg = report.task_config("deblur", args)
     p = cfg["search_space"]["params"]
     assert p["network"] == {"dim": 48, "heads": [1, 2, 4, 8]}
     assert p["task"] == "deblur" and cfg["budget"]["trials"] == 3
+    assert p["distill"]["stitch"]["steps"] == 50 and p["distill"]["steps"] == 400
     for bad in ("[48]", "!!python/object/apply:os.system [ls]"):
         with pytest.raises(report.argparse.ArgumentTypeError, match="mapping"):
             report._mapping(bad)

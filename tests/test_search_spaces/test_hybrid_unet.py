@@ -266,6 +266,29 @@ def test_bank_assembles_hybrids_without_retraining(prepared, tmp_path):
 
 
 @pytest.mark.slow
+def test_stitching_trains_the_surrogates_on_the_networks_output(prepared):
+    space, ctx = prepared
+    stitched = HybridUNetSpace(preset="tiny", granularity="stage", input_size=16, data=TINY_DATA,
+                               teacher={"steps": 40, "batch_size": 4},
+                               distill={"steps": 120, "batch_size": 4, "lr": 0.003,
+                                        "stitch": {"steps": 60, "lr": 0.002}})
+    stitched.prepare(ctx, frozenset({TrainedWeights}))     # teacher and surrogates from the cache
+    report = stitched._bank.report["surrogates"]
+    assert report["cached"] and not report["stitch"]["cached"]
+    err, err0 = report["stitch"]["output_error"], report["stitch"]["output_error_before"]
+    names = {HybridRestormer.block_name(st, i) for st, i in space.slots}
+    assert set(err) == names | {"all"}
+    assert err["all"] < err0["all"]
+    # the teacher is the same; the surrogates are not: all-SSM is nearer the teacher's PSNR
+    assert all(torch.equal(stitched._bank.teacher[k], v) for k, v in space._bank.teacher.items())
+    all_ssm = space.reference_architectures()["all_ssm"]
+    before = PSNR()(Candidate(space, all_ssm), ctx)[0]
+    after = PSNR()(Candidate(stitched, all_ssm), ctx)[0]
+    assert after > before, (before, after)
+    assert stitched.reference_architectures()["all_ssm"] == all_ssm
+
+
+@pytest.mark.slow
 def test_quality_objectives_on_the_aligned_space(prepared):
     space, ctx = prepared
     refs = space.reference_architectures()
