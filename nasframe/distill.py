@@ -730,18 +730,9 @@ def distill_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, A
     """
     key = {"payload": dict(payload), "students": {n: module_digest(s) for n, s in students.items()},
            "steps": steps, "lr": lr, "weight_decay": weight_decay, "grad_clip": grad_clip}
-    trained: list[DistillResult] = []
-
-    def make(tmp: Path) -> None:
-        result = distill(teacher, students, batches, steps=steps, lr=lr,
-                         weight_decay=weight_decay, grad_clip=grad_clip, **kwargs)
-        _store(tmp, students, result)
-        trained.append(result)
-
-    path = cache.get_or_create(namespace, key, make)
-    if trained:
-        return trained[0]
-    return DistillResult.from_dict(_load(path, students, kwargs.get("device")), cached=True)
+    return _cached(cache, namespace, key, students, DistillResult, kwargs.get("device"),
+                   lambda: distill(teacher, students, batches, steps=steps, lr=lr,
+                                   weight_decay=weight_decay, grad_clip=grad_clip, **kwargs))
 
 
 def stitch_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, Any],
@@ -757,34 +748,35 @@ def stitch_cached(cache: ArtifactCache, namespace: str, payload: Mapping[str, An
     key = {"payload": dict(payload), "students": {n: module_digest(s) for n, s in students.items()},
            "steps": steps, "lr": lr, "weight_decay": weight_decay, "grad_clip": grad_clip,
            "seed": seed, "loss": loss}
-    trained: list[StitchResult] = []
+    return _cached(cache, namespace, key, students, StitchResult, kwargs.get("device"),
+                   lambda: stitch(teacher, students, batches, steps=steps, lr=lr,
+                                  weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
+                                  loss=loss, **kwargs))
+
+
+def _cached(cache: ArtifactCache, namespace: str, key: Mapping[str, Any],
+            students: Mapping[str, nn.Module], result_type: Any, device: Any,
+            train: Callable[[], Any]) -> Any:
+    """``train()`` once per ``key``: the artifact folder holds the students' weights and the
+    result; on a hit the weights are loaded into ``students`` (on ``device``, eval mode)
+    with ``weights_only=True`` and the result comes back with ``cached=True``."""
+    trained: list[Any] = []
 
     def make(tmp: Path) -> None:
-        result = stitch(teacher, students, batches, steps=steps, lr=lr, weight_decay=weight_decay,
-                        grad_clip=grad_clip, seed=seed, loss=loss, **kwargs)
-        _store(tmp, students, result)
+        result = train()
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.save({n: {k: v.detach().cpu() for k, v in s.state_dict().items()}
+                        for n, s in students.items()}, tmp / _STUDENTS_FILE)
+            (tmp / _RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         trained.append(result)
 
     path = cache.get_or_create(namespace, key, make)
     if trained:
         return trained[0]
-    return StitchResult.from_dict(_load(path, students, kwargs.get("device")), cached=True)
-
-
-def _store(tmp: Path, students: Mapping[str, nn.Module], result: Any) -> None:
-    """The students' weights and the result into the artifact folder ``tmp``."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.save({n: {k: v.detach().cpu() for k, v in s.state_dict().items()}
-                    for n, s in students.items()}, tmp / _STUDENTS_FILE)
-        (tmp / _RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _load(path: Path, students: Mapping[str, nn.Module], device: Any) -> dict[str, Any]:
-    """Load a stored artifact's weights into ``students`` (on ``device``); its result."""
     states = torch.load(path / _STUDENTS_FILE, map_location="cpu", weights_only=True)
     for name, student in students.items():
         student.load_state_dict(states[name])
@@ -793,4 +785,4 @@ def _load(path: Path, students: Mapping[str, nn.Module], device: Any) -> dict[st
         elif device is not None:
             student.to(device)
         student.eval()
-    return json.loads((path / _RESULT_FILE).read_text())
+    return result_type.from_dict(json.loads((path / _RESULT_FILE).read_text()), cached=True)
