@@ -204,6 +204,28 @@ def _first_input(name: str, args: tuple, kwargs: dict) -> Any:
                       f"inputs_of=... to say what its student receives")
 
 
+def _accelerator(device: Any, precision: str, teacher: nn.Module) -> Accelerator:
+    """``device`` as an :class:`Accelerator` (default: the teacher's device at ``precision``)."""
+    if isinstance(device, Accelerator):
+        return device
+    return Accelerator(torch.device(device) if device is not None else _device_of(teacher),
+                       precision)
+
+
+def _optimiser(students: Mapping[str, nn.Module], lr: float, weight_decay: float, steps: int):
+    """Each student's trainable parameters (a shared one counted once), one AdamW over all
+    and its cosine decay over ``steps`` (None, None without parameters)."""
+    params: dict[str, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, s in students.items():
+        params[name] = [p for p in s.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params[name])
+    flat = [p for ps in params.values() for p in ps]
+    opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay) if flat else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opt else None
+    return params, opt, sched
+
+
 def _device_of(module: nn.Module) -> torch.device:
     for t in module.parameters():
         return t.device
@@ -369,11 +391,7 @@ def distill(teacher: nn.Module, students: Mapping[str, nn.Module],
         raise ConfigError("distill: no students given")
     if steps < 0:
         raise ConfigError(f"distill: steps must be >= 0 (got {steps})")
-    if isinstance(device, Accelerator):
-        accel = device
-    else:
-        accel = Accelerator(torch.device(device) if device is not None else _device_of(teacher),
-                            precision)
+    accel = _accelerator(device, precision, teacher)
     inputs_of = inputs_of or _first_input
     start = time.perf_counter()
     for s in students.values():
@@ -417,14 +435,7 @@ def _train(teacher, students, capture, batches, steps, lr, weight_decay, grad_cl
            progress, description) -> None:
     if steps == 0:
         return
-    params: dict[str, list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for name, s in students.items():
-        params[name] = [p for p in s.parameters() if p.requires_grad and id(p) not in seen]
-        seen.update(id(p) for p in params[name])
-    flat = [p for ps in params.values() for p in ps]
-    opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay) if flat else None
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if opt else None
+    params, opt, sched = _optimiser(students, lr, weight_decay, steps)
     every = max(1, steps // 100)
     device = accel.device
     scaler = accel.grad_scaler()          # fp16: loss scaling; otherwise passes through
@@ -597,11 +608,7 @@ def stitch(teacher: nn.Module, students: Mapping[str, nn.Module],
         raise ConfigError(f"stitch: steps must be >= 0 (got {steps})")
     if loss not in ("l1", "mse"):
         raise ConfigError(f"stitch: loss must be 'l1' or 'mse' (got {loss!r})")
-    if isinstance(device, Accelerator):
-        accel = device
-    else:
-        accel = Accelerator(torch.device(device) if device is not None else _device_of(teacher),
-                            precision)
+    accel = _accelerator(device, precision, teacher)
     start = time.perf_counter()
     for s in students.values():
         accel.to(s)
@@ -653,16 +660,9 @@ def _stitch_train(teacher, students, swaps, batches, steps, lr, weight_decay, gr
     if steps == 0:
         return
     names = list(students)
-    params: dict[str, list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for name, s in students.items():
-        params[name] = [p for p in s.parameters() if p.requires_grad and id(p) not in seen]
-        seen.update(id(p) for p in params[name])
-    flat = [p for ps in params.values() for p in ps]
-    if not flat:
+    params, opt, sched = _optimiser(students, lr, weight_decay, steps)
+    if opt is None:
         return
-    opt = torch.optim.AdamW(flat, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     every = max(1, steps // 100)
     scaler = accel.grad_scaler()
     ckpt = checkpoint.loop()
